@@ -1,0 +1,9 @@
+//! `relay-core`: the STUN/TURN protocol with no sockets and no clock.
+//!
+//! Bytes and time go in, actions come out, so that the io_uring data plane,
+//! the portable backend, tests and fuzzers all drive the same code.
+//!
+//! - [`wire`]: the zero-copy wire format (RFC 8489, RFC 8656, RFC 5780,
+//!   RFC 6062), message integrity and TCP/TLS framing.
+
+pub mod wire;

@@ -1,0 +1,141 @@
+//! Telling STUN from ChannelData from anything else by the first byte
+//! (RFC 7983 §7), and cutting a TCP/TLS byte stream into frames
+//! (RFC 8656 §12.5, RFC 8489 §6.2.2).
+
+use super::channel_data::{self, CHANNEL_DATA_HEADER_LEN};
+use super::message::{HEADER_LEN, MAGIC_COOKIE, be16, be32};
+
+/// What a packet is, judged by its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PacketKind {
+    /// 0–3: STUN.
+    Stun,
+    /// 64–79 (channels 0x4000–0x4FFF): TURN ChannelData.
+    ChannelData,
+    /// Anything else (DTLS, RTP, ZRTP, QUIC, garbage): not for a TURN server.
+    Other,
+}
+
+/// Classifies a packet by its first byte (RFC 7983 §7).
+#[inline]
+pub const fn classify(first_byte: u8) -> PacketKind {
+    match first_byte {
+        0..=3 => PacketKind::Stun,
+        64..=79 => PacketKind::ChannelData,
+        _ => PacketKind::Other,
+    }
+}
+
+/// Classifies a datagram; an empty one is [`PacketKind::Other`].
+#[inline]
+pub fn classify_packet(buf: &[u8]) -> PacketKind {
+    match buf.first() {
+        Some(b) => classify(*b),
+        None => PacketKind::Other,
+    }
+}
+
+/// The largest frame a stream can carry: a ChannelData message with a
+/// 65535-byte payload padded to four (STUN messages are at most 65552).
+pub const MAX_FRAME_LEN: usize = channel_data::stream_len(0xFFFF);
+
+/// Why a stream cannot be framed: the connection should be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// The next byte starts neither STUN nor ChannelData.
+    #[error("byte 0x{0:02x} starts neither a STUN nor a ChannelData frame")]
+    UnknownFrame(u8),
+    /// A STUN header with a bad magic cookie.
+    #[error("STUN frame with a bad magic cookie")]
+    BadMagicCookie,
+    /// A STUN length that is not a multiple of four.
+    #[error("STUN frame length {0} is not a multiple of 4")]
+    UnalignedLength(u16),
+}
+
+/// The next frame in a stream buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole STUN message of this many bytes starts the buffer.
+    Stun(usize),
+    /// A whole ChannelData message of this many bytes (padding included)
+    /// starts the buffer.
+    ChannelData(usize),
+    /// The frame is incomplete: at least this many bytes in all are needed.
+    NeedMore(usize),
+}
+
+/// Finds the next frame at the start of `buf`.
+///
+/// Returns the frame's total size once all of it is buffered, how many
+/// bytes are needed otherwise, or an error meaning the stream is not TURN
+/// and the connection should be closed.
+pub fn next_frame(buf: &[u8]) -> Result<Frame, FramingError> {
+    let Some(&first) = buf.first() else {
+        return Ok(Frame::NeedMore(CHANNEL_DATA_HEADER_LEN));
+    };
+    match classify(first) {
+        PacketKind::Stun => {
+            if buf.len() < 4 {
+                return Ok(Frame::NeedMore(HEADER_LEN));
+            }
+            let len = be16(buf, 2);
+            if !len.is_multiple_of(4) {
+                return Err(FramingError::UnalignedLength(len));
+            }
+            if buf.len() >= 8 && be32(buf, 4) != MAGIC_COOKIE {
+                return Err(FramingError::BadMagicCookie);
+            }
+            let total = HEADER_LEN + usize::from(len);
+            Ok(if buf.len() >= total { Frame::Stun(total) } else { Frame::NeedMore(total) })
+        }
+        PacketKind::ChannelData => {
+            if buf.len() < CHANNEL_DATA_HEADER_LEN {
+                return Ok(Frame::NeedMore(CHANNEL_DATA_HEADER_LEN));
+            }
+            let total = channel_data::stream_len(usize::from(be16(buf, 2)));
+            Ok(if buf.len() >= total { Frame::ChannelData(total) } else { Frame::NeedMore(total) })
+        }
+        PacketKind::Other => Err(FramingError::UnknownFrame(first)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::channel_data::stream_len;
+
+    #[test]
+    fn classify_ranges() {
+        assert_eq!(classify(0x00), PacketKind::Stun);
+        assert_eq!(classify(0x01), PacketKind::Stun);
+        assert_eq!(classify(0x03), PacketKind::Stun);
+        assert_eq!(classify(0x04), PacketKind::Other);
+        assert_eq!(classify(0x40), PacketKind::ChannelData);
+        assert_eq!(classify(0x4F), PacketKind::ChannelData);
+        assert_eq!(classify(0x50), PacketKind::Other);
+        assert_eq!(classify(0x16), PacketKind::Other, "DTLS handshake");
+        assert_eq!(classify(0x80), PacketKind::Other, "RTP");
+        assert_eq!(classify_packet(&[]), PacketKind::Other);
+    }
+
+    #[test]
+    fn framing() {
+        assert_eq!(next_frame(&[]), Ok(Frame::NeedMore(4)));
+        assert_eq!(next_frame(&[0x00, 0x01]), Ok(Frame::NeedMore(20)));
+        let mut stun = vec![0x00, 0x01, 0x00, 0x04, 0x21, 0x12, 0xA4, 0x42];
+        stun.extend_from_slice(&[0; 16]);
+        assert_eq!(next_frame(&stun[..10]), Ok(Frame::NeedMore(24)));
+        stun.extend_from_slice(&[0x40, 0x00]);
+        assert_eq!(next_frame(&stun), Ok(Frame::Stun(24)));
+        assert_eq!(next_frame(&stun[24..]), Ok(Frame::NeedMore(4)));
+        assert_eq!(next_frame(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5]), Ok(Frame::NeedMore(12)));
+        assert_eq!(next_frame(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]), Ok(Frame::ChannelData(12)));
+        assert_eq!(next_frame(b"\x16\x03\x01\x02\x00"), Err(FramingError::UnknownFrame(0x16)), "TLS on a plain port");
+        // "GET " starts with 0x47, inside the ChannelData range: framed by its length ("T ").
+        assert_eq!(next_frame(b"GET / HTTP/1.1"), Ok(Frame::NeedMore(stream_len(0x5420))));
+        assert_eq!(next_frame(&[0x00, 0x01, 0x00, 0x03]), Err(FramingError::UnalignedLength(3)));
+        assert_eq!(next_frame(&[0x00, 0x01, 0x00, 0x04, 0, 0, 0, 0]), Err(FramingError::BadMagicCookie));
+        assert_eq!(MAX_FRAME_LEN, 65540);
+    }
+}
