@@ -1,0 +1,439 @@
+//! Which peer addresses a client may reach through the relay.
+//!
+//! A TURN server that relays to any address lets its clients reach the
+//! server's own loopback services, the operator's private networks and cloud
+//! metadata endpoints (RFC 8656 §21.2.1, §21.3). [`PeerPolicy`] is consulted
+//! on the control path (CreatePermission, ChannelBind, and the implicit
+//! permission of a Send indication) and denies such addresses.
+//!
+//! # Rules
+//!
+//! For an address, in order:
+//!
+//! 1. one of the server's own addresses ([`PeerPolicy::deny_own`]) is
+//!    denied ([`Denied::OwnAddress`]), whatever the lists say;
+//! 2. the operator's allow and deny lists are searched for the longest
+//!    prefix that contains the address; if it is a deny entry the address is
+//!    denied ([`Denied::OperatorDeny`]), if it is an allow entry the address
+//!    is permitted (the default list is not consulted). An allow and a deny
+//!    entry of the same length: deny wins. So `deny 10.0.0.0/8` with
+//!    `allow 10.1.2.0/24` permits 10.1.2.3 only, and `allow 0.0.0.0/0`
+//!    with `deny 192.168.1.0/24` denies only that /24;
+//! 3. otherwise an address in the default list ([`DEFAULT_DENY`]) is denied
+//!    ([`Denied::DefaultDeny`]), and any other is permitted.
+//!
+//! An IPv6 address that embeds an IPv4 address — IPv4-mapped
+//! (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, except `::` and `::1`)
+//! or NAT64 well-known prefix (`64:ff9b::a.b.c.d`, RFC 6052) — must pass both
+//! the IPv6 rules for the whole address and the IPv4 rules (the operator's
+//! IPv4 lists included) for the embedded address; an own IPv4 address is
+//! also denied in its embedded forms. Write operator entries for IPv4 ranges
+//! in IPv4 notation: an IPv6 entry like `::ffff:10.0.0.0/104` only matches
+//! under the IPv6 rules.
+//!
+//! Checks allocate nothing; their cost is linear in the number of entries.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Why a peer address is refused. The server answers 403 (Forbidden).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The address is in a range denied by default (private, loopback,
+    /// link-local, multicast, reserved, …) and no operator entry allows it.
+    #[error("peer address is in a range denied by default")]
+    DefaultDeny,
+    /// The operator's deny list covers the address.
+    #[error("peer address is denied by the operator's policy")]
+    OperatorDeny,
+    /// The address is one of the server's own addresses.
+    #[error("peer address is one of the server's own addresses")]
+    OwnAddress,
+}
+
+impl Denied {
+    /// The STUN error code for a refused peer: 403 (Forbidden, RFC 8656 §18).
+    pub const fn stun_code(self) -> u16 {
+        403
+    }
+}
+
+/// A prefix of one address family, held in the low bits of a `u128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rule {
+    net: u128,
+    mask: u128,
+    len: u8,
+}
+
+impl Rule {
+    const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Rule {
+        let mask = if len == 0 { 0 } else { (u32::MAX << (32 - len)) as u128 };
+        let addr = u32::from_be_bytes([a, b, c, d]) as u128;
+        Rule { net: addr & mask, mask, len }
+    }
+
+    const fn v6(addr: u128, len: u8) -> Rule {
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        Rule { net: addr & mask, mask, len }
+    }
+
+    #[inline]
+    const fn contains(&self, addr: u128) -> bool {
+        addr & self.mask == self.net
+    }
+}
+
+/// The IPv4 ranges denied by default.
+const DEFAULT_DENY_V4: [Rule; 12] = [
+    Rule::v4(0, 0, 0, 0, 8),          // "this" network (RFC 791)
+    Rule::v4(127, 0, 0, 0, 8),        // loopback
+    Rule::v4(10, 0, 0, 0, 8),         // private (RFC 1918)
+    Rule::v4(100, 64, 0, 0, 10),      // shared address space, CGNAT (RFC 6598)
+    Rule::v4(169, 254, 0, 0, 16),     // link-local, cloud metadata
+    Rule::v4(172, 16, 0, 0, 12),      // private (RFC 1918)
+    Rule::v4(192, 0, 0, 0, 24),       // IETF protocol assignments (RFC 6890)
+    Rule::v4(192, 168, 0, 0, 16),     // private (RFC 1918)
+    Rule::v4(198, 18, 0, 0, 15),      // benchmarking (RFC 2544)
+    Rule::v4(224, 0, 0, 0, 4),        // multicast
+    Rule::v4(240, 0, 0, 0, 4),        // reserved (RFC 1112)
+    Rule::v4(255, 255, 255, 255, 32), // limited broadcast
+];
+
+/// The IPv6 ranges denied by default.
+const DEFAULT_DENY_V6: [Rule; 5] = [
+    Rule::v6(0, 128),                 // unspecified
+    Rule::v6(1, 128),                 // loopback
+    Rule::v6(0xfc00_u128 << 112, 7),  // unique local (RFC 4193)
+    Rule::v6(0xfe80_u128 << 112, 10), // link-local
+    Rule::v6(0xff00_u128 << 112, 8),  // multicast
+];
+
+/// The ranges denied by default, as text (for documentation and logs).
+pub const DEFAULT_DENY: [&str; 17] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// `::ffff:0:0/96`, IPv4-mapped addresses, shifted right by 32.
+const MAPPED_PREFIX: u128 = 0xffff;
+/// `64:ff9b::/96`, the NAT64 well-known prefix (RFC 6052), shifted right by 32.
+const NAT64_PREFIX: u128 = 0x0064_ff9b_u128 << 64;
+
+/// The IPv4 address an IPv6 address embeds, if any (mapped, compatible, NAT64).
+#[inline]
+fn embedded_v4(addr: u128) -> Option<u32> {
+    let high = addr >> 32;
+    let low = addr as u32;
+    match high {
+        MAPPED_PREFIX | NAT64_PREFIX => Some(low),
+        // IPv4-compatible; `::` and `::1` are the IPv6 unspecified and loopback addresses.
+        0 if low > 1 => Some(low),
+        _ => None,
+    }
+}
+
+/// The operator's lists for one address family.
+#[derive(Debug, Clone, Default)]
+struct Lists {
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+}
+
+impl Lists {
+    /// Longest-prefix decision between the lists: `Some(true)` allowed,
+    /// `Some(false)` denied, `None` when no entry contains `addr`.
+    #[inline]
+    fn decide(&self, addr: u128) -> Option<bool> {
+        let longest = |rules: &[Rule]| rules.iter().filter(|r| r.contains(addr)).map(|r| r.len).max();
+        match (longest(&self.allow), longest(&self.deny)) {
+            (None, None) => None,
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (Some(allow), Some(deny)) => Some(allow > deny),
+        }
+    }
+}
+
+/// The peer address policy: the default deny list, the operator's allow and
+/// deny lists, and the server's own addresses. See the [module](self) docs
+/// for the rules.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    v4: Lists,
+    v6: Lists,
+    own_v4: Vec<u32>,
+    own_v6: Vec<u128>,
+}
+
+impl Default for PeerPolicy {
+    fn default() -> Self {
+        PeerPolicy::new()
+    }
+}
+
+impl PeerPolicy {
+    /// The default deny list only.
+    pub fn new() -> Self {
+        PeerPolicy { v4: Lists::default(), v6: Lists::default(), own_v4: Vec::new(), own_v6: Vec::new() }
+    }
+
+    /// The default deny list plus the operator's allow and deny lists.
+    pub fn with_lists(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Self {
+        let mut policy = PeerPolicy::new();
+        for net in allow {
+            policy.allow(net);
+        }
+        for net in deny {
+            policy.deny(net);
+        }
+        policy
+    }
+
+    /// Adds an operator allow entry.
+    pub fn allow(&mut self, net: IpNet) {
+        let (lists, rule) = self.lists_for(net);
+        lists.allow.push(rule);
+    }
+
+    /// Adds an operator deny entry.
+    pub fn deny(&mut self, net: IpNet) {
+        let (lists, rule) = self.lists_for(net);
+        lists.deny.push(rule);
+    }
+
+    fn lists_for(&mut self, net: IpNet) -> (&mut Lists, Rule) {
+        match net {
+            IpNet::V4(n) => {
+                let [a, b, c, d] = n.addr().octets();
+                (&mut self.v4, Rule::v4(a, b, c, d, n.prefix_len()))
+            }
+            IpNet::V6(n) => (&mut self.v6, Rule::v6(u128::from(n.addr()), n.prefix_len())),
+        }
+    }
+
+    /// Denies one of the server's own addresses (a relay or listening
+    /// address), even where an operator entry allows it. An IPv4-mapped
+    /// IPv6 address is recorded as its IPv4 address.
+    pub fn deny_own(&mut self, addr: IpAddr) {
+        match addr.to_canonical() {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                if !self.own_v4.contains(&a) {
+                    self.own_v4.push(a);
+                }
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                if !self.own_v6.contains(&a) {
+                    self.own_v6.push(a);
+                }
+            }
+        }
+    }
+
+    /// Whether the server may relay to `ip`, and if not, why.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                if self.own_v4.contains(&a) {
+                    return Err(Denied::OwnAddress);
+                }
+                self.check_v4(a)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                let embedded = embedded_v4(a);
+                if self.own_v6.contains(&a) || embedded.is_some_and(|e| self.own_v4.contains(&e)) {
+                    return Err(Denied::OwnAddress);
+                }
+                decide(&self.v6, &DEFAULT_DENY_V6, a)?;
+                match embedded {
+                    Some(e) => self.check_v4(e),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Whether the server may relay to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.check(ip).is_ok()
+    }
+
+    #[inline]
+    fn check_v4(&self, addr: u32) -> Result<(), Denied> {
+        decide(&self.v4, &DEFAULT_DENY_V4, u128::from(addr))
+    }
+}
+
+#[inline]
+fn decide(lists: &Lists, defaults: &[Rule], addr: u128) -> Result<(), Denied> {
+    match lists.decide(addr) {
+        Some(true) => Ok(()),
+        Some(false) => Err(Denied::OperatorDeny),
+        None if defaults.iter().any(|r| r.contains(addr)) => Err(Denied::DefaultDeny),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_list_text_matches_rules() {
+        let parsed: Vec<IpNet> = DEFAULT_DENY.iter().map(|s| net(s)).collect();
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for n in parsed {
+            let mut p = PeerPolicy::new();
+            let (_, rule) = p.lists_for(n);
+            match n {
+                IpNet::V4(_) => v4.push(rule),
+                IpNet::V6(_) => v6.push(rule),
+            }
+        }
+        assert_eq!(v4, DEFAULT_DENY_V4);
+        assert_eq!(v6, DEFAULT_DENY_V6);
+    }
+
+    #[test]
+    fn every_default_range_is_denied_at_both_ends() {
+        let p = PeerPolicy::new();
+        for range in DEFAULT_DENY {
+            let n = net(range);
+            for addr in [n.network(), n.broadcast()] {
+                assert_eq!(p.check(addr), Err(Denied::DefaultDeny), "{addr} in {range}");
+            }
+        }
+        // An address in each range, and a permitted neighbour just outside it.
+        let cases = [
+            ("0.1.2.3", "1.0.0.0"),
+            ("127.0.0.1", "128.0.0.0"),
+            ("10.255.0.1", "11.0.0.0"),
+            ("100.127.255.255", "100.128.0.0"),
+            ("169.254.169.254", "169.253.255.255"),
+            ("172.31.255.255", "172.32.0.0"),
+            ("192.0.0.170", "192.0.1.0"),
+            ("192.168.1.1", "192.169.0.0"),
+            ("198.19.1.1", "198.20.0.0"),
+            ("239.255.255.250", "223.255.255.255"),
+            ("250.0.0.1", "100.63.255.255"),
+            ("fd00::1", "fe00::1"),
+            ("fe80::1", "fec0::1"),
+            ("ff02::1", "2001:db8::1"),
+        ];
+        for (denied, neighbour) in cases {
+            assert_eq!(p.check(ip(denied)), Err(Denied::DefaultDeny), "{denied}");
+            assert!(p.permits(ip(neighbour)), "{neighbour}");
+        }
+        assert_eq!(p.check(ip("255.255.255.255")), Err(Denied::DefaultDeny));
+        assert_eq!(p.check(ip("::")), Err(Denied::DefaultDeny));
+        assert_eq!(p.check(ip("::1")), Err(Denied::DefaultDeny));
+        assert!(p.permits(ip("8.8.8.8")));
+        assert!(p.permits(ip("1.1.1.1")));
+        assert!(p.permits(ip("2606:4700::1111")));
+        assert_eq!(p.check(ip("::2")), Err(Denied::DefaultDeny), "IPv4-compatible ::0.0.0.2");
+        assert!(p.permits(ip("::808:808")), "IPv4-compatible ::8.8.8.8");
+    }
+
+    #[test]
+    fn embedded_ipv4_forms() {
+        let p = PeerPolicy::new();
+        for form in ["::ffff:", "::", "64:ff9b::"] {
+            for v4 in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.0.1", "0.0.0.1", "224.0.0.1"] {
+                let a = ip(&format!("{form}{v4}"));
+                assert_eq!(p.check(a), Err(Denied::DefaultDeny), "{a}");
+            }
+            let public = ip(&format!("{form}8.8.8.8"));
+            assert!(p.permits(public), "{public}");
+        }
+        // Not one of the embedding prefixes: judged as IPv6 only.
+        assert!(p.permits(ip("64:ff9c::a00:1")));
+        assert!(p.permits(ip("::fffe:a00:1")));
+    }
+
+    #[test]
+    fn operator_allow_overrides_default_for_what_it_names() {
+        let p = PeerPolicy::with_lists(vec![net("127.0.0.0/8"), net("::1/128")], vec![]);
+        assert!(p.permits(ip("127.0.0.1")));
+        assert!(p.permits(ip("::ffff:127.0.0.1")), "embedded forms follow the IPv4 lists");
+        assert!(p.permits(ip("::1")));
+        assert_eq!(p.check(ip("10.0.0.1")), Err(Denied::DefaultDeny));
+        assert_eq!(p.check(ip("::ffff:10.0.0.1")), Err(Denied::DefaultDeny));
+        assert_eq!(p.check(ip("fe80::1")), Err(Denied::DefaultDeny));
+
+        let p = PeerPolicy::with_lists(vec![net("10.1.0.0/16")], vec![]);
+        assert!(p.permits(ip("10.1.200.3")));
+        assert_eq!(p.check(ip("10.2.0.1")), Err(Denied::DefaultDeny));
+    }
+
+    #[test]
+    fn operator_deny_and_longest_prefix() {
+        let p = PeerPolicy::with_lists(vec![], vec![net("203.0.113.0/24"), net("2001:db8::/32")]);
+        assert_eq!(p.check(ip("203.0.113.7")), Err(Denied::OperatorDeny));
+        assert_eq!(p.check(ip("::ffff:203.0.113.7")), Err(Denied::OperatorDeny));
+        assert_eq!(p.check(ip("64:ff9b::203.0.113.7")), Err(Denied::OperatorDeny));
+        assert_eq!(p.check(ip("2001:db8::1")), Err(Denied::OperatorDeny));
+        assert!(p.permits(ip("203.0.114.1")));
+
+        // Deny beats a default-list allow override of the same range.
+        let p = PeerPolicy::with_lists(vec![net("10.0.0.0/8")], vec![net("10.0.0.0/8")]);
+        assert_eq!(p.check(ip("10.0.0.1")), Err(Denied::OperatorDeny));
+
+        // A more specific allow inside a deny wins, a more specific deny inside an allow wins.
+        let p = PeerPolicy::with_lists(
+            vec![net("10.1.2.0/24"), net("0.0.0.0/0")],
+            vec![net("10.0.0.0/8"), net("198.51.100.0/24")],
+        );
+        assert!(p.permits(ip("10.1.2.3")));
+        assert_eq!(p.check(ip("10.1.3.1")), Err(Denied::OperatorDeny));
+        assert_eq!(p.check(ip("198.51.100.9")), Err(Denied::OperatorDeny));
+        assert!(p.permits(ip("192.168.1.1")), "allow 0.0.0.0/0 overrides every IPv4 default");
+        assert_eq!(p.check(ip("fe80::1")), Err(Denied::DefaultDeny), "IPv6 defaults untouched");
+    }
+
+    #[test]
+    fn own_addresses_always_denied() {
+        let mut p = PeerPolicy::with_lists(vec![net("0.0.0.0/0"), net("::/0")], vec![]);
+        p.deny_own(ip("203.0.113.10"));
+        p.deny_own(ip("2001:db8::10"));
+        p.deny_own(ip("::ffff:198.51.100.1"));
+        p.deny_own(ip("203.0.113.10"));
+        assert_eq!(p.own_v4.len(), 2);
+        assert_eq!(p.check(ip("203.0.113.10")), Err(Denied::OwnAddress));
+        assert_eq!(p.check(ip("::ffff:203.0.113.10")), Err(Denied::OwnAddress));
+        assert_eq!(p.check(ip("64:ff9b::203.0.113.10")), Err(Denied::OwnAddress));
+        assert_eq!(p.check(ip("2001:db8::10")), Err(Denied::OwnAddress));
+        assert_eq!(p.check(ip("198.51.100.1")), Err(Denied::OwnAddress));
+        assert!(p.permits(ip("203.0.113.11")));
+        assert!(p.permits(ip("127.0.0.1")), "allow-all overrides the defaults");
+        assert_eq!(Denied::OwnAddress.stun_code(), 403);
+    }
+}
