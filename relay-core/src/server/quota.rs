@@ -330,6 +330,14 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn shared_types_are_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Quotas>();
+        shared::<QuotaToken>();
+        shared::<TokenBucket>();
+    }
+
+    #[test]
     fn error_codes() {
         assert_eq!(QuotaError::TotalReached.stun_code(), 508);
         assert_eq!(QuotaError::UserReached.stun_code(), 486);
