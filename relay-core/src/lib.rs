@@ -5,8 +5,8 @@
 //!
 //! - [`wire`]: the zero-copy wire format (RFC 8489, RFC 8656, RFC 5780,
 //!   RFC 6062), message integrity and TCP/TLS framing.
-//! - [`server`]: the TURN server's credentials, nonces, peer policy and
-//!   quotas.
+//! - [`server`]: the TURN server as a sans-IO shard: allocations,
+//!   permissions, channels, auth, quotas and peer policy.
 
 pub mod server;
 pub mod wire;

@@ -1,11 +1,27 @@
-//! Self-contained pieces of the TURN server's control path.
+//! The TURN/STUN server as a sans-IO state machine: one [`Server`] is one
+//! shard's state (allocations, permissions, channels, relay addresses,
+//! timers, counters). Bytes and time go in, actions come out; the io_uring
+//! data plane, tests and fuzzers all drive the same code.
 //!
-//! - [`auth`]: long-term credentials (static users, coturn user files, REST
-//!   API secrets) and stateless nonces;
-//! - [`policy`]: which peer addresses clients may reach through the relay;
-//! - [`quota`]: allocation quotas shared by all shards, and per-allocation
-//!   bandwidth limits.
+//! - [`shard`]: [`Server`], request handling and the relay fast path;
+//! - [`table`]: the allocation table and its indexes;
+//! - [`relays`]: the shard's pool of relayed addresses;
+//! - [`timer`]: the expiry wheel;
+//! - [`auth`]: credentials (static users, user files, TURN REST secrets) and
+//!   stateless nonces;
+//! - [`policy`]: which peer addresses may be relayed to;
+//! - [`quota`]: allocation quotas shared by all shards, bandwidth caps;
+//! - [`stats`]: shard-local counters.
 
 pub mod auth;
 pub mod policy;
 pub mod quota;
+pub mod relays;
+pub mod shard;
+pub mod stats;
+pub mod table;
+pub mod timer;
+
+pub use relays::{RelayId, RelayPool};
+pub use shard::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server, ServerConfig, ServerParts};
+pub use table::{Client, Transport};

@@ -1,0 +1,273 @@
+//! Shard-local counters: plain integers, bumped without atomics or locks.
+//! The I/O layer reads them between batches and exports them (Prometheus).
+
+use crate::wire::Method;
+
+macro_rules! labelled {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $label:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant,)* }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// How many values there are.
+            pub const COUNT: usize = $name::ALL.len();
+
+            /// The label value used in metrics.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+labelled! {
+    /// Request methods, as counted.
+    MethodLabel {
+        /// Binding.
+        Binding = "binding",
+        /// Allocate.
+        Allocate = "allocate",
+        /// Refresh.
+        Refresh = "refresh",
+        /// CreatePermission.
+        CreatePermission = "create_permission",
+        /// ChannelBind.
+        ChannelBind = "channel_bind",
+        /// Any other method.
+        Other = "other",
+    }
+}
+
+impl MethodLabel {
+    /// The label for a method.
+    pub fn of(m: Method) -> MethodLabel {
+        match m {
+            Method::BINDING => MethodLabel::Binding,
+            Method::ALLOCATE => MethodLabel::Allocate,
+            Method::REFRESH => MethodLabel::Refresh,
+            Method::CREATE_PERMISSION => MethodLabel::CreatePermission,
+            Method::CHANNEL_BIND => MethodLabel::ChannelBind,
+            _ => MethodLabel::Other,
+        }
+    }
+}
+
+labelled! {
+    /// Request outcomes: success or the error code answered.
+    Outcome {
+        /// A success response.
+        Success = "success",
+        /// 300 Try Alternate.
+        E300 = "300",
+        /// 400 Bad Request.
+        E400 = "400",
+        /// 401 Unauthenticated.
+        E401 = "401",
+        /// 403 Forbidden.
+        E403 = "403",
+        /// 420 Unknown Attribute.
+        E420 = "420",
+        /// 437 Allocation Mismatch.
+        E437 = "437",
+        /// 438 Stale Nonce.
+        E438 = "438",
+        /// 440 Address Family not Supported.
+        E440 = "440",
+        /// 441 Wrong Credentials.
+        E441 = "441",
+        /// 442 Unsupported Transport Protocol.
+        E442 = "442",
+        /// 443 Peer Address Family Mismatch.
+        E443 = "443",
+        /// 486 Allocation Quota Reached.
+        E486 = "486",
+        /// 500 Server Error.
+        E500 = "500",
+        /// 508 Insufficient Capacity.
+        E508 = "508",
+        /// Any other code.
+        Other = "other",
+    }
+}
+
+impl Outcome {
+    /// The outcome of an error code.
+    pub fn of_code(code: u16) -> Outcome {
+        match code {
+            300 => Outcome::E300,
+            400 => Outcome::E400,
+            401 => Outcome::E401,
+            403 => Outcome::E403,
+            420 => Outcome::E420,
+            437 => Outcome::E437,
+            438 => Outcome::E438,
+            440 => Outcome::E440,
+            441 => Outcome::E441,
+            442 => Outcome::E442,
+            443 => Outcome::E443,
+            486 => Outcome::E486,
+            500 => Outcome::E500,
+            508 => Outcome::E508,
+            _ => Outcome::Other,
+        }
+    }
+}
+
+labelled! {
+    /// Why authentication did not pass.
+    AuthFailure {
+        /// No MESSAGE-INTEGRITY: the normal first leg, answered with a challenge.
+        Challenge = "challenge",
+        /// USERNAME, REALM or NONCE missing next to MESSAGE-INTEGRITY.
+        MissingAttribute = "missing_attribute",
+        /// The realm is not ours.
+        WrongRealm = "wrong_realm",
+        /// No key for this username (unknown user, expired REST credential).
+        UnknownUser = "unknown_user",
+        /// MESSAGE-INTEGRITY did not verify.
+        BadIntegrity = "bad_integrity",
+        /// The nonce expired or was not issued to this client.
+        StaleNonce = "stale_nonce",
+        /// A different username than the allocation's.
+        WrongUsername = "wrong_username",
+        /// PASSWORD-ALGORITHM(S) inconsistent with what was offered.
+        BadAlgorithm = "bad_algorithm",
+    }
+}
+
+labelled! {
+    /// Why a packet was dropped without an answer.
+    Drop {
+        /// Not STUN, not ChannelData, or a malformed message.
+        Malformed = "malformed",
+        /// A FINGERPRINT that does not verify.
+        BadFingerprint = "bad_fingerprint",
+        /// Data for a 5-tuple without an allocation.
+        NoAllocation = "no_allocation",
+        /// ChannelData on an unbound (or expired) channel.
+        NoChannel = "no_channel",
+        /// Data to or from a peer without a permission.
+        NoPermission = "no_permission",
+        /// A peer the policy denies.
+        DeniedPeer = "denied_peer",
+        /// Over the allocation's bandwidth cap.
+        Bandwidth = "bandwidth",
+        /// A response or indication the server has no use for.
+        Unexpected = "unexpected",
+        /// The payload does not fit the outgoing framing.
+        TooLarge = "too_large",
+    }
+}
+
+labelled! {
+    /// Direction of relayed traffic.
+    Direction {
+        /// Client to peer.
+        ToPeer = "to_peer",
+        /// Peer to client.
+        ToClient = "to_client",
+    }
+}
+
+/// The counters of one shard.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Allocations created.
+    pub allocations_created: u64,
+    /// Allocations that timed out.
+    pub allocations_expired: u64,
+    /// Allocations deleted by Refresh with LIFETIME 0 or a closed connection.
+    pub allocations_deleted: u64,
+    /// Allocations alive now.
+    pub allocations_active: u64,
+    /// Permissions alive now (lazily updated on expiry).
+    pub permissions_active: u64,
+    /// Channels bound now (lazily updated on expiry).
+    pub channels_active: u64,
+    /// Requests by method and outcome.
+    pub requests: [[u64; Outcome::COUNT]; MethodLabel::COUNT],
+    /// Authentication failures by reason.
+    pub auth_failures: [u64; AuthFailure::COUNT],
+    /// Dropped packets by reason.
+    pub drops: [u64; Drop::COUNT],
+    /// Relayed packets by direction.
+    pub relayed_packets: [u64; Direction::COUNT],
+    /// Relayed payload bytes by direction.
+    pub relayed_bytes: [u64; Direction::COUNT],
+    /// Indications received (Send) from clients.
+    pub send_indications: u64,
+    /// Data indications sent to clients.
+    pub data_indications: u64,
+}
+
+impl Stats {
+    /// Counts a request outcome.
+    #[inline]
+    pub fn request(&mut self, m: MethodLabel, o: Outcome) {
+        self.requests[m as usize][o as usize] += 1;
+    }
+
+    /// Counts an authentication failure.
+    #[inline]
+    pub fn auth_failure(&mut self, r: AuthFailure) {
+        self.auth_failures[r as usize] += 1;
+    }
+
+    /// Counts a drop.
+    #[inline]
+    pub fn drop(&mut self, r: Drop) {
+        self.drops[r as usize] += 1;
+    }
+
+    /// Counts a relayed packet.
+    #[inline]
+    pub fn relayed(&mut self, d: Direction, bytes: usize) {
+        self.relayed_packets[d as usize] += 1;
+        self.relayed_bytes[d as usize] += bytes as u64;
+    }
+
+    /// Requests counted for a method and outcome.
+    pub fn requests_of(&self, m: MethodLabel, o: Outcome) -> u64 {
+        self.requests[m as usize][o as usize]
+    }
+
+    /// Drops counted for a reason.
+    pub fn drops_of(&self, r: Drop) -> u64 {
+        self.drops[r as usize]
+    }
+
+    /// Auth failures counted for a reason.
+    pub fn auth_failures_of(&self, r: AuthFailure) -> u64 {
+        self.auth_failures[r as usize]
+    }
+
+    /// Adds another shard's counters (for a process-wide total).
+    pub fn merge(&mut self, o: &Stats) {
+        self.allocations_created += o.allocations_created;
+        self.allocations_expired += o.allocations_expired;
+        self.allocations_deleted += o.allocations_deleted;
+        self.allocations_active += o.allocations_active;
+        self.permissions_active += o.permissions_active;
+        self.channels_active += o.channels_active;
+        for (a, b) in self.requests.iter_mut().zip(&o.requests) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (x, y) in self.auth_failures.iter_mut().zip(&o.auth_failures) {
+            *x += y;
+        }
+        for (x, y) in self.drops.iter_mut().zip(&o.drops) {
+            *x += y;
+        }
+        for d in 0..Direction::COUNT {
+            self.relayed_packets[d] += o.relayed_packets[d];
+            self.relayed_bytes[d] += o.relayed_bytes[d];
+        }
+        self.send_indications += o.send_indications;
+        self.data_indications += o.data_indications;
+    }
+}

@@ -1,0 +1,878 @@
+//! The sans-IO TURN server driven request by request, with time moved by
+//! hand: every request's success and error paths, expiry, quotas, policy,
+//! and the conversation Chromium's libwebrtc holds with a TURN server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_core::server::auth::{Credentials, NonceIssuer};
+use relay_core::server::policy::PeerPolicy;
+use relay_core::server::quota::Quotas;
+use relay_core::server::stats::{AuthFailure, Drop, MethodLabel, Outcome};
+use relay_core::server::{
+    Client, ClientAction, Event, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts, Transport,
+};
+use relay_core::wire::attr::transport;
+use relay_core::wire::integrity::{Key, PasswordAlgorithm};
+use relay_core::wire::{
+    Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
+};
+
+const REALM: &str = "example.org";
+const UNIX_T0: u64 = 1_800_000_000;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A server, a clock and one client, with helpers to talk TURN.
+struct H {
+    server: Server,
+    t0: Instant,
+    now: Instant,
+    client: Client,
+    user: String,
+    key: Key,
+    nonce: Option<String>,
+    tid: u64,
+    out: Vec<u8>,
+    /// Answer 438 as clients do: take the fresh nonce and retry once.
+    retry_stale: bool,
+}
+
+struct Setup {
+    config: ServerConfig,
+    policy: PeerPolicy,
+    quotas: Quotas,
+    relays: Vec<&'static str>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            config: ServerConfig::default(),
+            policy: PeerPolicy::new(),
+            quotas: Quotas::new(0, 0, 1024),
+            relays: vec!["203.0.113.1:50000", "203.0.113.1:50001", "203.0.113.1:50002"],
+        }
+    }
+}
+
+const PEER: &str = "198.51.100.7:6000";
+const PEER2: &str = "198.51.100.8:6001";
+
+impl H {
+    fn new() -> H {
+        H::with(Setup::default())
+    }
+
+    fn with(s: Setup) -> H {
+        let mut credentials = Credentials::new(REALM);
+        credentials.add_user("alice", "wonderland").unwrap();
+        credentials.add_user("bob", "builder").unwrap();
+        credentials.add_rest_secret(b"rest-secret");
+        let t0 = Instant::now();
+        let parts = ServerParts {
+            config: s.config,
+            credentials,
+            nonces: NonceIssuer::new([7; 32], 600),
+            policy: s.policy,
+            quotas: Arc::new(s.quotas),
+        };
+        let mut server = Server::new(parts, t0, UNIX_T0, 42);
+        for r in s.relays {
+            server.add_relay(addr(r));
+        }
+        H {
+            server,
+            t0,
+            now: t0,
+            client: Client::udp(addr("192.0.2.10:40000"), addr("203.0.113.1:3478")),
+            user: "alice".into(),
+            key: Key::long_term(PasswordAlgorithm::Md5, "alice", REALM, "wonderland").unwrap(),
+            nonce: None,
+            tid: 0,
+            out: vec![0; 1500],
+            retry_stale: true,
+        }
+    }
+
+    /// The same user from another 5-tuple (nonces are per client address).
+    fn move_to(&mut self, remote: &str) {
+        self.client.remote = addr(remote);
+        self.nonce = None;
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.server.handle_timeout(self.now);
+    }
+
+    fn next_tid(&mut self) -> TransactionId {
+        self.tid += 1;
+        let mut t = [0u8; 12];
+        t[4..].copy_from_slice(&self.tid.to_be_bytes());
+        TransactionId(t)
+    }
+
+    /// Builds a request; `auth` adds USERNAME/REALM/NONCE/MESSAGE-INTEGRITY.
+    fn build(&mut self, method: Method, tid: TransactionId, auth: bool, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid).unwrap();
+        for a in attrs {
+            b.add(a).unwrap();
+        }
+        if auth {
+            let nonce = self.nonce.clone().expect("no nonce yet");
+            b.add(&Attribute::Username(&self.user)).unwrap();
+            b.add(&Attribute::Realm(REALM)).unwrap();
+            b.add(&Attribute::Nonce(&nonce)).unwrap();
+            b.add_message_integrity(self.key.as_bytes()).unwrap();
+        }
+        b.add_fingerprint().unwrap();
+        let n = b.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    fn send(&mut self, packet: &[u8]) -> ClientAction {
+        let client = self.client;
+        self.server.handle_client(self.now, &client, packet, &mut self.out)
+    }
+
+    /// Sends and returns the reply's bytes (panics if there is none).
+    fn roundtrip(&mut self, packet: &[u8]) -> Vec<u8> {
+        match self.send(packet) {
+            ClientAction::Reply { len } => self.out[..len].to_vec(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    /// Sends an authenticated request, fetching a nonce first if needed.
+    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        if self.nonce.is_none() {
+            self.challenge(method);
+        }
+        let tid = self.next_tid();
+        let req = self.build(method, tid, true, attrs);
+        let resp = self.roundtrip(&req);
+        if self.retry_stale && error_code(&resp) == Some(438) {
+            self.nonce = Some(nonce_of(&resp));
+            let tid = self.next_tid();
+            let req = self.build(method, tid, true, attrs);
+            return self.roundtrip(&req);
+        }
+        resp
+    }
+
+    /// Sends an unauthenticated request, expects 401, keeps the nonce.
+    fn challenge(&mut self, method: Method) -> Vec<u8> {
+        let tid = self.next_tid();
+        let req = self.build(method, tid, false, &[Attribute::RequestedTransport(transport::UDP)]);
+        let resp = self.roundtrip(&req);
+        assert_eq!(error_code(&resp), Some(401));
+        self.nonce = Some(nonce_of(&resp));
+        resp
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        let resp = self.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        assert_eq!(class(&resp), Class::Success, "allocate failed: {:?}", error_code(&resp));
+        relayed(&resp)[0]
+    }
+
+    fn permit(&mut self, peer: &str) -> Vec<u8> {
+        self.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(peer))])
+    }
+
+    fn bind(&mut self, number: u16, peer: &str) -> Vec<u8> {
+        self.request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(number), Attribute::XorPeerAddress(addr(peer))])
+    }
+
+    fn refresh(&mut self, lifetime: u32) -> Vec<u8> {
+        self.request(Method::REFRESH, &[Attribute::Lifetime(lifetime)])
+    }
+
+    /// A datagram from `peer` to relay 0 carrying `payload`; returns the
+    /// bytes that would go to the client.
+    fn peer_sends(&mut self, relay: RelayId, peer: &str, payload: &[u8]) -> Option<(Client, Vec<u8>)> {
+        let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + 4];
+        buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+        let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
+        match self.server.handle_peer(self.now, relay, addr(peer), &mut buf, range) {
+            PeerAction::Forward { client, frame } => Some((client, buf[frame].to_vec())),
+            PeerAction::None => None,
+        }
+    }
+
+    fn stats_requests(&self, m: MethodLabel, o: Outcome) -> u64 {
+        self.server.stats().requests_of(m, o)
+    }
+}
+
+fn nonce_of(resp: &[u8]) -> String {
+    let m = Message::parse(resp).unwrap();
+    match m.get(AttributeType::NONCE).map(|a| a.decode(&m.transaction_id())) {
+        Some(Ok(Attribute::Nonce(n))) => n.to_owned(),
+        _ => panic!("error response without NONCE"),
+    }
+}
+
+fn class(resp: &[u8]) -> Class {
+    Message::parse(resp).unwrap().class()
+}
+
+fn error_code(resp: &[u8]) -> Option<u16> {
+    let m = Message::parse(resp).unwrap();
+    match m.get(AttributeType::ERROR_CODE)?.decode(&m.transaction_id()) {
+        Ok(Attribute::ErrorCode(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn attrs(resp: &[u8]) -> Vec<Attribute<'_>> {
+    let m = Message::parse(resp).unwrap();
+    let tid = m.transaction_id();
+    m.attributes().map(|a| a.decode(&tid).unwrap()).collect()
+}
+
+fn relayed(resp: &[u8]) -> Vec<SocketAddr> {
+    attrs(resp)
+        .into_iter()
+        .filter_map(|a| match a {
+            Attribute::XorRelayedAddress(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lifetime(resp: &[u8]) -> Option<u32> {
+    attrs(resp).into_iter().find_map(|a| match a {
+        Attribute::Lifetime(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn relay_of(h: &H, relayed: SocketAddr) -> RelayId {
+    (0..16).map(RelayId).find(|&r| h.server.relay_addr(r) == Some(relayed)).unwrap()
+}
+
+#[test]
+fn binding_answers_anyone_with_both_mapped_addresses() {
+    let mut h = H::new();
+    let tid = h.next_tid();
+    let req = h.build(Method::BINDING, tid, false, &[]);
+    let resp = h.roundtrip(&req);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.message_type(), MessageType::new(Class::Success, Method::BINDING));
+    assert_eq!(m.transaction_id(), tid);
+    let a = attrs(&resp);
+    assert!(a.contains(&Attribute::XorMappedAddress(h.client.remote)));
+    assert!(a.contains(&Attribute::MappedAddress(h.client.remote)));
+    // The request carried FINGERPRINT, so the response does.
+    m.verify_fingerprint().unwrap();
+}
+
+/// The exchange as Chromium's libwebrtc runs it (p2p/base/turn_port.cc).
+#[test]
+fn libwebrtc_conversation() {
+    let mut h = H::new();
+    // 1. Unauthenticated Allocate → 401 with REALM and NONCE.
+    let resp = h.challenge(Method::ALLOCATE);
+    let a = attrs(&resp);
+    assert!(a.contains(&Attribute::Realm(REALM)));
+    assert!(Message::parse(&resp).unwrap().integrity_offset().is_none());
+    // 2. Authenticated Allocate → relayed address, lifetime, mapped address.
+    let tid = h.next_tid();
+    let req = h.build(Method::ALLOCATE, tid, true, &[Attribute::RequestedTransport(transport::UDP)]);
+    let resp = h.roundtrip(&req);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    m.verify_message_integrity(h.key.as_bytes()).unwrap();
+    let relay_addr = relayed(&resp)[0];
+    assert_eq!(lifetime(&resp), Some(600));
+    assert!(attrs(&resp).contains(&Attribute::XorMappedAddress(h.client.remote)));
+    let relay = relay_of(&h, relay_addr);
+    assert_eq!(h.server.poll_event(), Some(Event::RelayOpened { relay, dont_fragment: false }));
+    // 3. CreatePermission.
+    assert_eq!(class(&h.permit(PEER)), Class::Success);
+    // 4. ChannelBind.
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    // 5. ChannelData client → peer: forwarded as a range of the input.
+    let mut cd = vec![0u8; 4 + 5];
+    relay_core::wire::channel_data::encode(&mut cd, 0x4000, b"hello", false).unwrap();
+    match h.send(&cd) {
+        ClientAction::Forward { relay: r, peer, payload } => {
+            assert_eq!((r, peer), (relay, addr(PEER)));
+            assert_eq!(&cd[payload], b"hello");
+        }
+        other => panic!("{other:?}"),
+    }
+    // 6. Peer → client: ChannelData framed in place.
+    let (to, frame) = h.peer_sends(relay, PEER, b"world").unwrap();
+    assert_eq!(to, h.client);
+    let cd = ChannelData::parse(&frame).unwrap();
+    assert_eq!((cd.channel, cd.payload), (0x4000, &b"world"[..]));
+    // 7. Refresh with LIFETIME 0 deletes the allocation.
+    let resp = h.refresh(0);
+    assert_eq!(class(&resp), Class::Success);
+    assert_eq!(lifetime(&resp), Some(0));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.poll_event(), Some(Event::RelayReleased { relay }));
+    assert_eq!(h.send(&frame), ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoAllocation), 1);
+    let s = h.server.stats();
+    assert_eq!((s.allocations_created, s.allocations_deleted, s.allocations_active), (1, 1, 0));
+    assert_eq!(s.relayed_packets, [1, 1]);
+    assert_eq!(s.relayed_bytes, [5, 5]);
+}
+
+#[test]
+fn allocate_retransmission_gets_the_same_answer_and_a_new_request_gets_437() {
+    let mut h = H::new();
+    h.challenge(Method::ALLOCATE);
+    let tid = h.next_tid();
+    let req = h.build(Method::ALLOCATE, tid, true, &[Attribute::RequestedTransport(transport::UDP)]);
+    let first = h.roundtrip(&req);
+    let again = h.roundtrip(&req);
+    assert_eq!(relayed(&first), relayed(&again));
+    assert_eq!(class(&again), Class::Success);
+    assert_eq!(h.server.allocation_count(), 1);
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(437));
+    Message::parse(&resp).unwrap().verify_message_integrity(h.key.as_bytes()).unwrap();
+}
+
+#[test]
+fn allocate_transport_checks() {
+    let mut h = H::new();
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::TCP)]);
+    assert_eq!(error_code(&resp), Some(442));
+    let resp = h.request(Method::ALLOCATE, &[]);
+    assert_eq!(error_code(&resp), Some(400));
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn wrong_password_and_unknown_user_look_the_same() {
+    let mut h = H::new();
+    h.challenge(Method::ALLOCATE);
+    h.key = Key::long_term(PasswordAlgorithm::Md5, "alice", REALM, "wrong").unwrap();
+    let wrong_pw = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    h.user = "mallory".into();
+    let unknown = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&wrong_pw), Some(401));
+    assert_eq!(error_code(&unknown), Some(401));
+    let shape = |r: &[u8]| attrs(r).iter().map(|a| a.attribute_type()).collect::<Vec<_>>();
+    assert_eq!(shape(&wrong_pw), shape(&unknown));
+    assert_eq!(wrong_pw.len(), unknown.len());
+    assert_eq!(h.server.stats().auth_failures_of(AuthFailure::BadIntegrity), 1);
+    assert_eq!(h.server.stats().auth_failures_of(AuthFailure::UnknownUser), 1);
+}
+
+#[test]
+fn missing_credentials_attributes_is_400_and_wrong_realm_is_401() {
+    let mut h = H::new();
+    h.challenge(Method::ALLOCATE);
+    // MESSAGE-INTEGRITY without USERNAME.
+    let tid = h.next_tid();
+    let mut buf = vec![0u8; 200];
+    let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::ALLOCATE), tid).unwrap();
+    b.add(&Attribute::RequestedTransport(transport::UDP)).unwrap();
+    b.add(&Attribute::Realm(REALM)).unwrap();
+    b.add(&Attribute::Nonce(h.nonce.as_deref().unwrap())).unwrap();
+    b.add_message_integrity(h.key.as_bytes()).unwrap();
+    let n = b.finish();
+    assert_eq!(error_code(&h.roundtrip(&buf[..n])), Some(400));
+    // A realm that is not ours.
+    let mut buf = vec![0u8; 200];
+    let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::ALLOCATE), tid).unwrap();
+    b.add(&Attribute::RequestedTransport(transport::UDP)).unwrap();
+    b.add(&Attribute::Username("alice")).unwrap();
+    b.add(&Attribute::Realm("evil.example")).unwrap();
+    b.add(&Attribute::Nonce(h.nonce.as_deref().unwrap())).unwrap();
+    b.add_message_integrity(h.key.as_bytes()).unwrap();
+    let n = b.finish();
+    assert_eq!(error_code(&h.roundtrip(&buf[..n])), Some(401));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut h = H::new();
+    h.retry_stale = false;
+    h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP), Attribute::Lifetime(3600)]);
+    h.advance(601);
+    let old = h.nonce.clone();
+    let resp = h.refresh(600);
+    assert_eq!(error_code(&resp), Some(438));
+    let Some(Attribute::Nonce(fresh)) = attrs(&resp).into_iter().find(|a| matches!(a, Attribute::Nonce(_))) else {
+        panic!("438 without NONCE")
+    };
+    assert_ne!(Some(fresh.to_owned()), old);
+    h.nonce = Some(fresh.to_owned());
+    assert_eq!(class(&h.refresh(600)), Class::Success);
+    // A nonce issued to another client address is not accepted either.
+    h.client.remote = addr("192.0.2.11:40000");
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(438));
+}
+
+#[test]
+fn another_username_on_the_allocation_is_441() {
+    let mut h = H::new();
+    h.allocate();
+    h.user = "bob".into();
+    h.key = Key::long_term(PasswordAlgorithm::Md5, "bob", REALM, "builder").unwrap();
+    assert_eq!(error_code(&h.refresh(600)), Some(441));
+    assert_eq!(h.server.stats().auth_failures_of(AuthFailure::WrongUsername), 1);
+}
+
+#[test]
+fn sha256_password_algorithm_negotiation() {
+    let mut h = H::new();
+    let resp = h.challenge(Method::ALLOCATE);
+    let nonce = h.nonce.clone().unwrap();
+    assert!(nonce.starts_with("obMatJos2"), "nonce {nonce} lacks the security feature cookie");
+    let m = Message::parse(&resp).unwrap();
+    let offered = m.get(AttributeType::PASSWORD_ALGORITHMS).expect("PASSWORD-ALGORITHMS").value.to_vec();
+    let key = Key::long_term(PasswordAlgorithm::Sha256, "alice", REALM, "wonderland").unwrap();
+    let build = |h: &mut H, offered: &[u8], algorithm: u16| {
+        let tid = h.next_tid();
+        let mut buf = vec![0u8; 400];
+        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::ALLOCATE), tid).unwrap();
+        b.add(&Attribute::RequestedTransport(transport::UDP)).unwrap();
+        b.add(&Attribute::Username("alice")).unwrap();
+        b.add(&Attribute::Realm(REALM)).unwrap();
+        b.add(&Attribute::Nonce(&nonce)).unwrap();
+        b.add_raw(AttributeType::PASSWORD_ALGORITHMS, offered).unwrap();
+        b.add_raw(AttributeType::PASSWORD_ALGORITHM, &[(algorithm >> 8) as u8, algorithm as u8, 0, 0]).unwrap();
+        b.add_message_integrity_sha256(key.as_bytes()).unwrap();
+        let n = b.finish();
+        buf.truncate(n);
+        buf
+    };
+    // A downgraded PASSWORD-ALGORITHMS list is refused.
+    let req = build(&mut h, &offered[4..], 2);
+    assert_eq!(error_code(&h.roundtrip(&req)), Some(400));
+    let req = build(&mut h, &offered, 2);
+    let resp = h.roundtrip(&req);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success, "{:?}", error_code(&resp));
+    m.verify_message_integrity_sha256(key.as_bytes()).unwrap();
+    assert!(m.integrity_offset().is_none());
+}
+
+#[test]
+fn rest_api_credentials_with_rotation_and_expiry() {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut h = H::new();
+    let username = format!("{}:carol", UNIX_T0 + 3600);
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"rest-secret").unwrap();
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    h.user = username.clone();
+    h.key = Key::long_term(PasswordAlgorithm::Md5, &username, REALM, &password).unwrap();
+    h.allocate();
+    // Expired REST username: 401.
+    let mut h = H::new();
+    let username = format!("{}:carol", UNIX_T0 - 1);
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"rest-secret").unwrap();
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    h.user = username.clone();
+    h.key = Key::long_term(PasswordAlgorithm::Md5, &username, REALM, &password).unwrap();
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(401));
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_is_420() {
+    let mut h = H::new();
+    let tid = h.next_tid();
+    let mut buf = vec![0u8; 100];
+    let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::BINDING), tid).unwrap();
+    b.add_raw(AttributeType(0x0031), &[1, 2, 3, 4]).unwrap();
+    b.add_raw(AttributeType(0x8031), &[1, 2, 3, 4]).unwrap(); // optional: ignored
+    let n = b.finish();
+    let resp = h.roundtrip(&buf[..n]);
+    assert_eq!(error_code(&resp), Some(420));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.get(AttributeType::UNKNOWN_ATTRIBUTES).unwrap().value, &[0x00, 0x31]);
+}
+
+#[test]
+fn unknown_method_is_400_and_indications_are_never_answered() {
+    let mut h = H::new();
+    let tid = h.next_tid();
+    let req = h.build(Method::new(0x0ff).unwrap(), tid, false, &[]);
+    assert_eq!(error_code(&h.roundtrip(&req)), Some(400));
+    let mut buf = vec![0u8; 100];
+    let b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::BINDING), tid).unwrap();
+    let n = b.finish();
+    assert_eq!(h.send(&buf[..n]), ClientAction::None);
+    // Responses sent to the server are dropped.
+    let b = MessageBuilder::new(&mut buf, MessageType::new(Class::Success, Method::BINDING), tid).unwrap();
+    let n = b.finish();
+    assert_eq!(h.send(&buf[..n]), ClientAction::None);
+    // Garbage, truncated messages and a bad FINGERPRINT are dropped.
+    assert_eq!(h.send(&[0xff; 30]), ClientAction::None);
+    assert_eq!(h.send(&req[..req.len() - 4]), ClientAction::None);
+    let mut bad = req.clone();
+    let l = bad.len();
+    bad[l - 1] ^= 1;
+    assert_eq!(h.send(&bad), ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::BadFingerprint), 1);
+}
+
+#[test]
+fn peer_policy_is_enforced_on_permissions_and_channels() {
+    let mut h = H::new();
+    h.allocate();
+    for denied in ["127.0.0.1:1", "10.1.2.3:1", "192.168.1.1:1", "169.254.1.1:1", "224.0.0.1:1", "203.0.113.1:9"] {
+        assert_eq!(error_code(&h.permit(denied)), Some(403), "{denied}");
+    }
+    assert_eq!(error_code(&h.bind(0x4001, "172.16.0.1:5")), Some(403));
+    // All or nothing: one denied address fails the whole request.
+    let resp = h.request(
+        Method::CREATE_PERMISSION,
+        &[Attribute::XorPeerAddress(addr(PEER)), Attribute::XorPeerAddress(addr("10.0.0.1:1"))],
+    );
+    assert_eq!(error_code(&resp), Some(403));
+    assert!(h.peer_sends(RelayId(0), PEER, b"x").is_none());
+    // An IPv6 peer on an IPv4-only allocation: 443.
+    assert_eq!(error_code(&h.permit("[2001:db8::1]:5")), Some(443));
+
+    // The operator may allow loopback peers.
+    let mut h = H::with(Setup {
+        policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
+        ..Setup::default()
+    });
+    h.allocate();
+    assert_eq!(class(&h.permit("127.0.0.1:5000")), Class::Success);
+    assert_eq!(error_code(&h.permit("10.0.0.1:5000")), Some(403));
+}
+
+#[test]
+fn send_and_data_indications() {
+    let mut h = H::new();
+    let relayed_addr = h.allocate();
+    let relay = relay_of(&h, relayed_addr);
+    let send = |h: &mut H, peer: &str, data: &[u8]| {
+        let tid = h.next_tid();
+        let mut buf = vec![0u8; 200];
+        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), tid).unwrap();
+        b.add(&Attribute::XorPeerAddress(addr(peer))).unwrap();
+        b.add(&Attribute::Data(data)).unwrap();
+        let n = b.finish();
+        buf.truncate(n);
+        let action = h.send(&buf);
+        (buf, action)
+    };
+    // No permission: silently dropped.
+    let (_, action) = send(&mut h, PEER, b"early");
+    assert_eq!(action, ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoPermission), 1);
+    h.permit(PEER);
+    let (buf, action) = send(&mut h, PEER, b"hello peer");
+    let ClientAction::Forward { relay: r, peer, payload } = action else { panic!("{action:?}") };
+    assert_eq!((r, peer, &buf[payload]), (relay, addr(PEER), &b"hello peer"[..]));
+    // From the peer, without a channel: a Data indication.
+    let (_, frame) = h.peer_sends(relay, PEER, b"odd size").unwrap();
+    let m = Message::parse(&frame).unwrap();
+    assert_eq!(m.message_type(), MessageType::new(Class::Indication, Method::DATA));
+    let a = attrs(&frame);
+    assert!(a.contains(&Attribute::XorPeerAddress(addr(PEER))));
+    assert!(a.contains(&Attribute::Data(b"odd size")));
+    let (_, frame) = h.peer_sends(relay, PEER, b"abc").unwrap();
+    assert!(attrs(&frame).contains(&Attribute::Data(b"abc")));
+    // Another peer IP has no permission.
+    assert!(h.peer_sends(relay, PEER2, b"x").is_none());
+    // The same IP on another port does (permissions are by IP).
+    assert!(h.peer_sends(relay, "198.51.100.7:9999", b"x").is_some());
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut h = H::new();
+    let relayed_addr = h.allocate();
+    let relay = relay_of(&h, relayed_addr);
+    assert_eq!(error_code(&h.bind(0x3fff, PEER)), Some(400));
+    assert_eq!(error_code(&h.bind(0x5000, PEER)), Some(400));
+    let resp = h.request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000)]);
+    assert_eq!(error_code(&resp), Some(400));
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    // Re-binding the same pair refreshes it.
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    // The number to another peer, or the peer to another number: 400.
+    assert_eq!(error_code(&h.bind(0x4000, PEER2)), Some(400));
+    assert_eq!(error_code(&h.bind(0x4001, PEER)), Some(400));
+    assert_eq!(class(&h.bind(0x4001, PEER2)), Class::Success);
+    // The binding installed a permission.
+    assert!(h.peer_sends(relay, PEER2, b"x").is_some());
+    assert_eq!(h.server.stats().channels_active, 2);
+
+    // Let 0x4000 expire (keep the allocation and PEER2's channel alive).
+    h.advance(300);
+    h.refresh(600);
+    h.bind(0x4001, PEER2);
+    h.advance(301);
+    h.refresh(600);
+    h.bind(0x4001, PEER2);
+    assert_eq!(h.server.stats().channels_active, 1);
+    // Within the 5-minute quarantine the number stays with its old peer.
+    let peer3 = "198.51.100.9:7000";
+    assert_eq!(error_code(&h.bind(0x4000, peer3)), Some(400));
+    assert_eq!(class(&h.bind(0x4002, peer3)), Class::Success);
+    h.advance(200);
+    h.refresh(600);
+    h.bind(0x4001, PEER2);
+    h.bind(0x4002, peer3);
+    h.advance(101);
+    assert_eq!(class(&h.bind(0x4000, "198.51.100.10:7000")), Class::Success);
+}
+
+#[test]
+fn permissions_channels_and_allocations_expire() {
+    let mut h = H::new();
+    let relayed_addr = h.allocate();
+    let relay = relay_of(&h, relayed_addr);
+    h.bind(0x4000, PEER);
+    h.permit(PEER2);
+    assert!(h.peer_sends(relay, PEER2, b"x").is_some());
+    h.advance(299);
+    assert!(h.peer_sends(relay, PEER2, b"x").is_some());
+    h.advance(1);
+    assert!(h.peer_sends(relay, PEER2, b"x").is_none(), "permission outlived 300 s");
+    assert_eq!(h.server.stats().permissions_active, 0);
+    // The channel (600 s) lives on, but its permission (300 s) expired too.
+    let mut cd = vec![0u8; 8];
+    relay_core::wire::channel_data::encode(&mut cd, 0x4000, b"ping", false).unwrap();
+    assert_eq!(h.send(&cd), ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoPermission), 2);
+    h.permit(PEER);
+    assert!(matches!(h.send(&cd), ClientAction::Forward { .. }));
+    assert_eq!(lifetime(&h.refresh(600)), Some(600));
+    h.advance(300);
+    assert_eq!(h.send(&cd), ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoChannel), 1);
+    assert_eq!(h.server.stats().channels_active, 0);
+    // The allocation: 600 s after the last Refresh.
+    h.advance(299);
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(1);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.stats().allocations_expired, 1);
+    assert_eq!(h.server.stats().allocations_active, 0);
+    assert!(h.peer_sends(relay, PEER, b"x").is_none());
+}
+
+#[test]
+fn refresh_extends_and_lifetimes_are_capped() {
+    let mut h = H::with(Setup {
+        config: ServerConfig { max_lifetime: Duration::from_secs(1200), ..ServerConfig::default() },
+        ..Setup::default()
+    });
+    let resp =
+        h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP), Attribute::Lifetime(100_000)]);
+    assert_eq!(lifetime(&resp), Some(1200));
+    assert_eq!(lifetime(&h.refresh(10)), Some(600));
+    h.advance(599);
+    assert_eq!(lifetime(&h.refresh(900)), Some(900));
+    h.advance(899);
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(1);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(error_code(&h.refresh(600)), Some(437));
+}
+
+#[test]
+fn quotas_per_user_and_in_total() {
+    let mut h = H::with(Setup { quotas: Quotas::new(2, 1, 64), ..Setup::default() });
+    let alloc = |h: &mut H| h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    let as_bob = |h: &mut H| {
+        h.user = "bob".into();
+        h.key = Key::long_term(PasswordAlgorithm::Md5, "bob", REALM, "builder").unwrap();
+    };
+    h.allocate();
+    h.move_to("192.0.2.10:40001");
+    assert_eq!(error_code(&alloc(&mut h)), Some(486), "alice's second allocation");
+    as_bob(&mut h);
+    h.allocate();
+    h.move_to("192.0.2.10:40002");
+    assert_eq!(error_code(&alloc(&mut h)), Some(508), "total of 2 reached");
+    // Deleting bob's allocation gives his quota and the total back.
+    h.move_to("192.0.2.10:40001");
+    assert_eq!(class(&h.refresh(0)), Class::Success);
+    h.move_to("192.0.2.10:40002");
+    h.allocate();
+    assert_eq!(h.stats_requests(MethodLabel::Allocate, Outcome::E486), 1);
+}
+
+#[test]
+fn total_quota_and_relay_exhaustion_are_508() {
+    let mut h = H::with(Setup { quotas: Quotas::new(1, 0, 64), ..Setup::default() });
+    h.allocate();
+    h.move_to("192.0.2.10:40001");
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(508));
+
+    let mut h = H::with(Setup { relays: vec!["203.0.113.1:50000"], ..Setup::default() });
+    h.allocate();
+    h.move_to("192.0.2.10:40001");
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(508));
+    assert_eq!(h.stats_requests(MethodLabel::Allocate, Outcome::E508), 1);
+}
+
+#[test]
+fn address_families() {
+    let mut h = H::new();
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::RequestedAddressFamily(2)],
+    );
+    assert_eq!(error_code(&resp), Some(440));
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[
+            Attribute::RequestedTransport(transport::UDP),
+            Attribute::RequestedAddressFamily(1),
+            Attribute::AdditionalAddressFamily(2),
+        ],
+    );
+    assert_eq!(error_code(&resp), Some(400));
+
+    let mut h = H::with(Setup { relays: vec!["203.0.113.1:50000", "[2001:db8::1]:50000"], ..Setup::default() });
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::AdditionalAddressFamily(2)],
+    );
+    assert_eq!(class(&resp), Class::Success);
+    assert_eq!(relayed(&resp), vec![addr("203.0.113.1:50000"), addr("[2001:db8::1]:50000")]);
+    assert_eq!(class(&h.permit("[2001:db8:5::7]:5")), Class::Success);
+    assert_eq!(class(&h.permit(PEER)), Class::Success);
+    let v6 = relay_of(&h, addr("[2001:db8::1]:50000"));
+    assert!(h.peer_sends(v6, "[2001:db8:5::7]:5", b"v6 data").is_some());
+
+    // Asking for an additional family the server lacks still allocates IPv4,
+    // with ADDRESS-ERROR-CODE 440.
+    let mut h = H::new();
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::AdditionalAddressFamily(2)],
+    );
+    assert_eq!(class(&resp), Class::Success);
+    assert!(attrs(&resp).iter().any(|a| matches!(a, Attribute::AddressErrorCode(2, e) if e.code == 440)));
+}
+
+#[test]
+fn even_port_and_reservation_token() {
+    let mut h = H::with(Setup {
+        relays: vec!["203.0.113.1:50001", "203.0.113.1:50002", "203.0.113.1:50003"],
+        ..Setup::default()
+    });
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::EvenPort(true), Attribute::DontFragment],
+    );
+    assert_eq!(relayed(&resp), vec![addr("203.0.113.1:50002")]);
+    let token = *attrs(&resp)
+        .iter()
+        .find_map(|a| match a {
+            Attribute::ReservationToken(t) => Some(*t),
+            _ => None,
+        })
+        .expect("RESERVATION-TOKEN");
+    let relay = relay_of(&h, addr("203.0.113.1:50002"));
+    assert_eq!(h.server.poll_event(), Some(Event::RelayOpened { relay, dont_fragment: true }));
+    // Token together with EVEN-PORT: 400.
+    h.move_to("192.0.2.10:40001");
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[
+            Attribute::RequestedTransport(transport::UDP),
+            Attribute::ReservationToken(&token),
+            Attribute::EvenPort(false),
+        ],
+    );
+    assert_eq!(error_code(&resp), Some(400));
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::ReservationToken(&token)],
+    );
+    assert_eq!(relayed(&resp), vec![addr("203.0.113.1:50003")]);
+    // A token used once (or unknown) is 508.
+    h.move_to("192.0.2.10:40002");
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::ReservationToken(&token)],
+    );
+    assert_eq!(error_code(&resp), Some(508));
+}
+
+#[test]
+fn stream_clients_get_padded_channel_data_and_lose_allocations_on_close() {
+    let mut h = H::new();
+    h.client = Client { transport: Transport::Tcp, conn: 9, ..h.client };
+    let relayed_addr = h.allocate();
+    let relay = relay_of(&h, relayed_addr);
+    h.bind(0x4000, PEER);
+    let (to, frame) = h.peer_sends(relay, PEER, b"12345").unwrap();
+    assert_eq!(to.conn, 9);
+    assert_eq!(frame.len(), 12);
+    assert_eq!(&frame[..4], &[0x40, 0x00, 0x00, 0x05]);
+    assert_eq!(&frame[9..], &[0, 0, 0]);
+    let client = h.client;
+    h.server.handle_client_closed(h.now, &client);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.stats().allocations_deleted, 1);
+}
+
+#[test]
+fn bandwidth_cap_drops_excess() {
+    let mut h = H::with(Setup {
+        config: ServerConfig { bandwidth_limit: 1000, bandwidth_burst: 1000, ..ServerConfig::default() },
+        ..Setup::default()
+    });
+    let relayed_addr = h.allocate();
+    let relay = relay_of(&h, relayed_addr);
+    h.permit(PEER);
+    let big = [0u8; 400];
+    let sent = (0..5).filter(|_| h.peer_sends(relay, PEER, &big).is_some()).count();
+    assert_eq!(sent, 2);
+    assert_eq!(h.server.stats().drops_of(Drop::Bandwidth), 3);
+    h.advance(1);
+    assert!(h.peer_sends(relay, PEER, &big).is_some());
+}
+
+#[test]
+fn timers_wake_the_io_layer_only_while_there_is_something_to_expire() {
+    let mut h = H::new();
+    assert_eq!(h.server.next_timeout(), None);
+    h.allocate();
+    let t = h.server.next_timeout().unwrap();
+    assert!(t > h.now && t <= h.now + Duration::from_secs(1));
+    h.refresh(0);
+    h.advance(700);
+    let _ = h.t0;
+    assert_eq!(h.server.next_timeout(), None);
+}
+
+#[test]
+fn no_panic_on_truncations_of_valid_traffic() {
+    let mut h = H::new();
+    h.allocate();
+    h.permit(PEER);
+    let reqs = [h.build(Method::REFRESH, TransactionId([1; 12]), true, &[Attribute::Lifetime(300)])];
+    for req in &reqs {
+        for cut in 0..req.len() {
+            let _ = h.send(&req[..cut]);
+        }
+    }
+    for cut in 0..8 {
+        let _ = h.send(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4][..cut]);
+    }
+    let _ = IpAddr::from([0, 0, 0, 0]);
+}
