@@ -1,0 +1,177 @@
+//! What a shard owns whatever the backend: the sans-IO server, its sockets,
+//! and the control channel from other threads.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use relay_core::server::stats::Stats;
+use relay_core::server::{Event, RelayId, Server};
+
+use crate::sys::{self, EventFd};
+
+/// Which backend a shard runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// io_uring with provided buffer rings and multishot receives.
+    IoUring,
+    /// epoll with recvmmsg/sendmmsg batching.
+    Portable,
+}
+
+impl BackendKind {
+    /// A short name for logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendKind::IoUring => "io_uring",
+            BackendKind::Portable => "portable",
+        }
+    }
+}
+
+/// A shard's answer to a stats request.
+#[derive(Clone, Debug)]
+pub struct ShardReport {
+    /// The shard's index.
+    pub shard: usize,
+    /// Its counters.
+    pub stats: Stats,
+    /// Allocations alive.
+    pub allocations: usize,
+    /// Relay addresses free for new allocations.
+    pub relays_free: usize,
+    /// Relay addresses resting in quarantine.
+    pub relays_quarantined: usize,
+    /// Datagrams the kernel refused to send (full buffers, unreachable).
+    pub send_failures: u64,
+    /// The backend it runs.
+    pub backend: BackendKind,
+}
+
+/// Messages to a shard from other threads.
+#[derive(Debug)]
+pub enum Control {
+    /// Send a [`ShardReport`] back.
+    Stats(Sender<ShardReport>),
+    /// Stop taking allocations; exit when none is left or at the deadline.
+    Drain(Instant),
+    /// Exit now.
+    Stop,
+}
+
+/// What a socket of the shard is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockKind {
+    /// A client-facing listener on this local address.
+    Listener(SocketAddr),
+    /// A relay socket.
+    Relay(RelayId),
+}
+
+/// One socket of the shard.
+#[derive(Debug)]
+pub struct Sock {
+    /// The socket.
+    pub socket: UdpSocket,
+    /// Its role.
+    pub kind: SockKind,
+}
+
+/// A shard's state, shared by both backends.
+pub struct ShardState {
+    /// The shard's index.
+    pub index: usize,
+    /// The sans-IO server.
+    pub server: Server,
+    /// Listeners first, then relay sockets.
+    pub socks: Vec<Sock>,
+    /// Socket index of each relay id.
+    pub relay_sock: Vec<usize>,
+    /// Control messages from other threads.
+    pub control: Receiver<Control>,
+    /// Wakes the shard when a control message is sent.
+    pub wake: Arc<EventFd>,
+    /// Drain deadline, once draining.
+    pub draining: Option<Instant>,
+    /// Set when the shard should exit.
+    pub stop: bool,
+    /// Datagrams the kernel refused.
+    pub send_failures: u64,
+    /// Relay sockets currently set to Don't Fragment.
+    pub df: Vec<bool>,
+}
+
+impl ShardState {
+    /// The descriptor of a relay's socket.
+    #[inline]
+    pub fn relay_fd(&self, relay: RelayId) -> Option<RawFd> {
+        self.relay_sock.get(relay.index()).map(|&i| self.socks[i].socket.as_raw_fd())
+    }
+
+    /// The listener for a client's local address.
+    #[inline]
+    pub fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
+        self.socks.iter().find(|s| s.kind == SockKind::Listener(local)).map(|s| s.socket.as_raw_fd())
+    }
+
+    /// Handles pending control messages.
+    pub fn handle_control(&mut self, backend: BackendKind) {
+        while let Ok(c) = self.control.try_recv() {
+            match c {
+                Control::Stats(reply) => {
+                    let (free, quarantined) = self.server.relays_free();
+                    let _ = reply.send(ShardReport {
+                        shard: self.index,
+                        stats: self.server.stats().clone(),
+                        allocations: self.server.allocation_count(),
+                        relays_free: free,
+                        relays_quarantined: quarantined,
+                        send_failures: self.send_failures,
+                        backend,
+                    });
+                }
+                Control::Drain(deadline) => {
+                    self.server.set_accepting(false);
+                    self.draining = Some(deadline);
+                }
+                Control::Stop => self.stop = true,
+            }
+        }
+    }
+
+    /// Applies the server's events to the sockets (DF bit on relays).
+    pub fn apply_events(&mut self) {
+        while let Some(e) = self.server.poll_event() {
+            let (relay, on) = match e {
+                Event::RelayOpened { relay, dont_fragment } => (relay, dont_fragment),
+                Event::RelayReleased { relay } => (relay, false),
+            };
+            let Some(&i) = self.relay_sock.get(relay.index()) else { continue };
+            if self.df[relay.index()] != on {
+                let s = &self.socks[i].socket;
+                let v6 = s.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+                if sys::set_dont_fragment(s.as_raw_fd(), v6, on).is_ok() {
+                    self.df[relay.index()] = on;
+                }
+            }
+        }
+    }
+
+    /// True when the shard's loop should end.
+    pub fn finished(&self, now: Instant) -> bool {
+        self.stop || self.draining.is_some_and(|d| now >= d || self.server.allocation_count() == 0)
+    }
+
+    /// How long the loop may sleep: until the server's next timer, at most
+    /// a second while draining (to notice the deadline).
+    pub fn sleep_for(&self, now: Instant) -> Option<std::time::Duration> {
+        let mut t = self.server.next_timeout().map(|t| t.saturating_duration_since(now));
+        if self.draining.is_some() {
+            let s = std::time::Duration::from_secs(1);
+            t = Some(t.map_or(s, |t| t.min(s)));
+        }
+        t
+    }
+}
