@@ -1,10 +1,307 @@
 //! `relay-io`: the thread-per-core data plane of the TURN relay.
 //!
 //! Each shard is one thread, pinned to a core, owning a
-//! [`relay_core::server::Server`], its own SO_REUSEPORT listeners and a slice
-//! of the relay ports, and one event loop: io_uring where the kernel allows
-//! it, epoll with recvmmsg/sendmmsg batching where it does not.
+//! [`relay_core::server::Server`], its own SO_REUSEPORT listeners and a
+//! disjoint slice of the relay ports, and one event loop: io_uring where the
+//! kernel allows it, epoll with recvmmsg/sendmmsg batching where it does
+//! not. Only control messages (stats, drain, stop) cross threads, through a
+//! channel and an eventfd; the packet path takes no lock and allocates
+//! nothing.
+//!
+//! Steering: the kernel picks a SO_REUSEPORT socket by hashing the flow's
+//! 4-tuple, so a client's 5-tuple reaches the same shard for as long as the
+//! set of listeners is unchanged, which it is for the life of the process.
+//! Peer traffic arrives on relay sockets, which belong to exactly one shard.
 
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded, unbounded};
+use relay_core::server::{RelayId, Server};
+
+pub mod portable;
 pub mod shard;
 pub mod socket;
 pub mod sys;
+pub mod uring;
+
+pub use shard::{BackendKind, Control, ShardReport};
+pub use socket::{RelayIp, RelayPorts};
+
+use shard::{ShardState, Sock, SockKind};
+use sys::EventFd;
+
+/// Which backend to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring when the kernel offers what it needs, else portable.
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll + recvmmsg/sendmmsg.
+    Portable,
+}
+
+/// Data plane settings.
+#[derive(Clone, Debug)]
+pub struct IoConfig {
+    /// Number of shards (threads).
+    pub shards: usize,
+    /// Pin shard `k` to core `k` (modulo the cores there are).
+    pub pin_cores: bool,
+    /// Backend choice.
+    pub backend: Backend,
+    /// UDP addresses clients reach (port 0: picked by the kernel once and
+    /// shared by every shard).
+    pub udp_listen: Vec<SocketAddr>,
+    /// Relay IPs.
+    pub relay_ips: Vec<RelayIp>,
+    /// Relay ports.
+    pub relay_ports: RelayPorts,
+    /// Datagrams per receive batch.
+    pub batch: usize,
+    /// Largest datagram relayed; larger ones are dropped.
+    pub max_datagram: usize,
+    /// SO_RCVBUF/SO_SNDBUF of listeners.
+    pub listener_buffer: usize,
+    /// SO_RCVBUF/SO_SNDBUF of relay sockets.
+    pub relay_buffer: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            shards: 1,
+            pin_cores: false,
+            backend: Backend::Auto,
+            udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 3478))],
+            relay_ips: vec![RelayIp::same(IpAddr::from([127, 0, 0, 1]))],
+            relay_ports: RelayPorts::Range(49152, 65535),
+            batch: 32,
+            max_datagram: 2048,
+            listener_buffer: 8 << 20,
+            relay_buffer: 256 << 10,
+        }
+    }
+}
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be created or bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// No relay socket could be bound for a shard.
+    #[error("shard {0}: no relay port could be bound")]
+    NoRelayPorts(usize),
+    /// io_uring was required but is unavailable.
+    #[error("io_uring unavailable: {0}")]
+    IoUringUnavailable(String),
+    /// Spawning a shard thread failed.
+    #[error("cannot start shard thread: {0}")]
+    Spawn(io::Error),
+}
+
+struct ShardHandle {
+    control: Sender<Control>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// The running data plane.
+pub struct Relay {
+    shards: Vec<ShardHandle>,
+    backend: BackendKind,
+    backend_reason: String,
+    udp_addrs: Vec<SocketAddr>,
+    relay_count: usize,
+}
+
+impl Relay {
+    /// Binds every socket (so that errors surface here), builds one server
+    /// per shard with `make_server(shard_index)`, and starts the shards.
+    pub fn start(config: &IoConfig, mut make_server: impl FnMut(usize) -> Server) -> Result<Relay, StartError> {
+        let (backend, backend_reason) = choose_backend(config.backend)?;
+        let n = config.shards.max(1);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut udp_addrs = config.udp_listen.clone();
+        let mut shards = Vec::with_capacity(n);
+        let mut relay_count = 0;
+        for k in 0..n {
+            let mut server = make_server(k);
+            let mut socks = Vec::new();
+            for addr in udp_addrs.iter_mut() {
+                let s = socket::udp_listener(*addr, config.listener_buffer)
+                    .map_err(|source| StartError::Bind { addr: *addr, source })?;
+                // Port 0: the first shard's choice is everyone's.
+                *addr = s.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
+                server.deny_own_address(addr.ip());
+                socks.push(Sock { socket: s, kind: SockKind::Listener(*addr) });
+            }
+            let mut relay_sock = Vec::new();
+            for rip in &config.relay_ips {
+                server.deny_own_address(rip.bind);
+                let ports: Vec<u16> = match &config.relay_ports {
+                    RelayPorts::Range(lo, hi) => socket::port_slice(*lo, *hi, k, n).collect(),
+                    RelayPorts::Ephemeral(count) => vec![0; *count],
+                };
+                for port in ports {
+                    let bind = SocketAddr::new(rip.bind, port);
+                    // A port someone else holds is skipped, not fatal.
+                    let Ok(s) = socket::relay_socket(bind, config.relay_buffer) else { continue };
+                    let Ok(local) = s.local_addr() else { continue };
+                    let id = server.add_relay(SocketAddr::new(rip.advertised, local.port()));
+                    debug_assert_eq!(id, RelayId(relay_sock.len() as u32));
+                    relay_sock.push(socks.len());
+                    socks.push(Sock { socket: s, kind: SockKind::Relay(id) });
+                }
+            }
+            if relay_sock.is_empty() {
+                return Err(StartError::NoRelayPorts(k));
+            }
+            relay_count += relay_sock.len();
+            let (tx, rx) = unbounded();
+            let wake = Arc::new(EventFd::new().map_err(StartError::Spawn)?);
+            let df = vec![false; relay_sock.len()];
+            let state = ShardState {
+                index: k,
+                server,
+                socks,
+                relay_sock,
+                control: rx,
+                wake: wake.clone(),
+                draining: None,
+                stop: false,
+                send_failures: 0,
+                df,
+            };
+            let core = (config.pin_cores && !cores.is_empty()).then(|| cores[k % cores.len()]);
+            let (batch, max_datagram) = (config.batch.max(1), config.max_datagram);
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{k}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let mut state = state;
+                    match backend {
+                        BackendKind::IoUring => uring::run(&mut state, batch, max_datagram),
+                        BackendKind::Portable => portable::run(&mut state, batch, max_datagram),
+                    }
+                })
+                .map_err(StartError::Spawn)?;
+            shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
+        }
+        tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
+        Ok(Relay { shards, backend, backend_reason, udp_addrs, relay_count })
+    }
+
+    /// The backend the shards run.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Why that backend was chosen.
+    pub fn backend_reason(&self) -> &str {
+        &self.backend_reason
+    }
+
+    /// The UDP listen addresses, with kernel-chosen ports resolved.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// Relay sockets bound across all shards.
+    pub fn relay_count(&self) -> usize {
+        self.relay_count
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn send(&self, make: impl Fn() -> Control) {
+        for s in &self.shards {
+            let _ = s.control.send(make());
+            s.wake.notify();
+        }
+    }
+
+    /// Asks every shard for its counters; shards that do not answer within
+    /// `timeout` are left out.
+    pub fn stats(&self, timeout: Duration) -> Vec<ShardReport> {
+        let (tx, rx) = bounded(self.shards.len());
+        self.send(|| Control::Stats(tx.clone()));
+        let deadline = Instant::now() + timeout;
+        let mut v: Vec<ShardReport> = (0..self.shards.len()).map_while(|_| rx.recv_deadline(deadline).ok()).collect();
+        v.sort_by_key(|r| r.shard);
+        v
+    }
+
+    /// Stops taking allocations; shards exit once their allocations are
+    /// gone or `deadline` passes. Wait with [`Relay::join`].
+    pub fn drain(&self, deadline: Instant) {
+        self.send(|| Control::Drain(deadline));
+    }
+
+    /// True once every shard thread has exited.
+    pub fn is_finished(&self) -> bool {
+        self.shards.iter().all(|s| s.thread.as_ref().is_none_or(|t| t.is_finished()))
+    }
+
+    /// Waits for every shard to exit; returns the first error a shard hit.
+    pub fn join(mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let r = t.join().unwrap_or_else(|_| Err(io::Error::other("shard thread panicked")));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+        }
+        result
+    }
+
+    /// Stops every shard now and waits for them.
+    pub fn stop(self) -> io::Result<()> {
+        self.send(|| Control::Stop);
+        self.join()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = s.control.send(Control::Stop);
+                s.wake.notify();
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn choose_backend(want: Backend) -> Result<(BackendKind, String), StartError> {
+    match want {
+        Backend::Portable => Ok((BackendKind::Portable, "forced by configuration".into())),
+        Backend::IoUring => match uring::probe() {
+            Ok(()) => Ok((BackendKind::IoUring, "forced by configuration".into())),
+            Err(why) => Err(StartError::IoUringUnavailable(why)),
+        },
+        Backend::Auto => match uring::probe() {
+            Ok(()) => Ok((BackendKind::IoUring, "io_uring available".into())),
+            Err(why) => Ok((BackendKind::Portable, format!("io_uring unavailable: {why}"))),
+        },
+    }
+}

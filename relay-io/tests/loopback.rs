@@ -1,0 +1,337 @@
+//! The data plane over real loopback sockets, one suite run against both
+//! backends: Allocate → permission → channel → ChannelData both ways,
+//! Send/Data indications, many allocations spread over shards, quarantine
+//! and exhaustion of relay ports, and a graceful stop with traffic in
+//! flight. Every wait is bounded.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_core::server::auth::{Credentials, NonceIssuer};
+use relay_core::server::policy::PeerPolicy;
+use relay_core::server::quota::Quotas;
+use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_core::wire::attr::transport;
+use relay_core::wire::channel_data;
+use relay_core::wire::integrity::{Key, PasswordAlgorithm};
+use relay_core::wire::{
+    Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
+};
+use relay_io::{Backend, BackendKind, IoConfig, Relay, RelayIp, RelayPorts};
+
+const REALM: &str = "loopback.test";
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Duration) -> Option<Relay> {
+    let config = IoConfig {
+        shards,
+        backend,
+        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(ports_per_shard),
+        ..IoConfig::default()
+    };
+    let quotas = Arc::new(Quotas::new(0, 0, 4096));
+    let make = |_k: usize| {
+        let mut credentials = Credentials::new(REALM);
+        credentials.add_user("alice", "secret").unwrap();
+        let parts = ServerParts {
+            config: ServerConfig { relay_quarantine: quarantine, ..ServerConfig::default() },
+            credentials,
+            nonces: NonceIssuer::new([9; 32], 600),
+            policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
+            quotas: quotas.clone(),
+        };
+        Server::new(parts, Instant::now(), 1_800_000_000, 7)
+    };
+    match Relay::start(&config, make) {
+        Ok(r) => Some(r),
+        Err(relay_io::StartError::IoUringUnavailable(why)) => {
+            eprintln!("skipping io_uring run: {why}");
+            None
+        }
+        Err(e) => panic!("start: {e}"),
+    }
+}
+
+/// A blocking TURN client for tests.
+struct TurnClient {
+    sock: UdpSocket,
+    server: SocketAddr,
+    key: Key,
+    nonce: String,
+    tid: u32,
+}
+
+impl TurnClient {
+    fn new(server: SocketAddr) -> TurnClient {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let key = Key::long_term(PasswordAlgorithm::Md5, "alice", REALM, "secret").unwrap();
+        TurnClient { sock, server, key, nonce: String::new(), tid: 0 }
+    }
+
+    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        for _ in 0..3 {
+            self.tid += 1;
+            let mut t = [0u8; 12];
+            t[..4].copy_from_slice(&self.tid.to_be_bytes());
+            let tid = TransactionId(t);
+            let mut buf = [0u8; 1500];
+            let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid).unwrap();
+            for a in attrs {
+                b.add(a).unwrap();
+            }
+            if !self.nonce.is_empty() {
+                b.add(&Attribute::Username("alice")).unwrap();
+                b.add(&Attribute::Realm(REALM)).unwrap();
+                b.add(&Attribute::Nonce(&self.nonce)).unwrap();
+                b.add_message_integrity(self.key.as_bytes()).unwrap();
+            }
+            b.add_fingerprint().unwrap();
+            let n = b.finish();
+            self.sock.send_to(&buf[..n], self.server).unwrap();
+            let resp = self.recv_response(tid);
+            if let Some(code @ (401 | 438)) = error_code(&resp) {
+                let m = Message::parse(&resp).unwrap();
+                match m.get(AttributeType::NONCE).map(|a| a.decode(&m.transaction_id())) {
+                    Some(Ok(Attribute::Nonce(n))) if code == 438 || self.nonce.is_empty() => {
+                        self.nonce = n.to_owned();
+                        continue;
+                    }
+                    _ => return resp,
+                }
+            }
+            return resp;
+        }
+        panic!("no answer after retries")
+    }
+
+    fn recv_response(&self, tid: TransactionId) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            let n = match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no response: {e}"),
+            };
+            if let Ok(m) = Message::parse(&buf[..n])
+                && m.transaction_id() == tid
+            {
+                return buf[..n].to_vec();
+            }
+        }
+        panic!("no response")
+    }
+
+    fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        let resp = self.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        let m = Message::parse(&resp).unwrap();
+        if m.class() != Class::Success {
+            return Err(error_code(&resp).unwrap_or(0));
+        }
+        match m.get(AttributeType::XOR_RELAYED_ADDRESS).unwrap().decode(&m.transaction_id()).unwrap() {
+            Attribute::XorRelayedAddress(a) => Ok(a),
+            _ => unreachable!(),
+        }
+    }
+
+    fn ok(&mut self, method: Method, attrs: &[Attribute<'_>]) {
+        let resp = self.request(method, attrs);
+        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{method:?}: {:?}", error_code(&resp));
+    }
+
+    fn recv_raw(&self) -> Option<Vec<u8>> {
+        recv_retrying(&self.sock).map(|(v, _)| v)
+    }
+}
+
+/// One datagram, retrying when a signal interrupts the wait.
+fn recv_retrying(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..100 {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+fn error_code(resp: &[u8]) -> Option<u16> {
+    let m = Message::parse(resp).ok()?;
+    match m.get(AttributeType::ERROR_CODE)?.decode(&m.transaction_id()) {
+        Ok(Attribute::ErrorCode(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn peer() -> UdpSocket {
+    // 127.0.0.1 is the relay's own address (always denied as a peer).
+    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn backends() -> Vec<Backend> {
+    vec![Backend::Portable, Backend::IoUring]
+}
+
+#[test]
+fn channel_data_both_ways() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 1, 8, Duration::from_secs(60)) else { continue };
+        let server = relay.udp_addrs()[0];
+        let mut c = TurnClient::new(server);
+        let relayed = c.allocate().unwrap();
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        c.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(paddr)]);
+        c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(paddr)]);
+        for i in 0..50u32 {
+            let payload = format!("ping {i} {backend:?}");
+            let mut frame = vec![0u8; 4 + payload.len()];
+            channel_data::encode(&mut frame, 0x4001, payload.as_bytes(), false).unwrap();
+            c.sock.send_to(&frame, server).unwrap();
+            let (got, from) = recv_retrying(&p).expect("peer receives");
+            assert_eq!((&got[..], from), (payload.as_bytes(), relayed));
+            let answer = format!("pong {i}");
+            p.send_to(answer.as_bytes(), relayed).unwrap();
+            let got = c.recv_raw().expect("client receives");
+            let cd = ChannelData::parse(&got).unwrap();
+            assert_eq!((cd.channel, cd.payload), (0x4001, answer.as_bytes()));
+        }
+        let reports = relay.stats(TIMEOUT);
+        assert_eq!(reports.len(), 1);
+        let kind = if backend == Backend::Portable { BackendKind::Portable } else { BackendKind::IoUring };
+        assert_eq!(reports[0].backend, kind);
+        assert_eq!(reports[0].stats.relayed_packets, [50, 50]);
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn send_and_data_indications() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 1, 4, Duration::from_secs(60)) else { continue };
+        let server = relay.udp_addrs()[0];
+        let mut c = TurnClient::new(server);
+        let relayed = c.allocate().unwrap();
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        c.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(paddr)]);
+        let mut buf = [0u8; 200];
+        let tid = TransactionId([5; 12]);
+        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), tid).unwrap();
+        b.add(&Attribute::XorPeerAddress(paddr)).unwrap();
+        b.add(&Attribute::Data(b"via send")).unwrap();
+        let n = b.finish();
+        c.sock.send_to(&buf[..n], server).unwrap();
+        let (got, from) = recv_retrying(&p).expect("peer receives");
+        assert_eq!((&got[..], from), (&b"via send"[..], relayed));
+        p.send_to(b"back via data", relayed).unwrap();
+        let ind = c.recv_raw().unwrap();
+        let m = Message::parse(&ind).unwrap();
+        assert_eq!(m.message_type(), MessageType::new(Class::Indication, Method::DATA));
+        let tid = m.transaction_id();
+        let data = m.get(AttributeType::DATA).unwrap().decode(&tid).unwrap();
+        assert_eq!(data, Attribute::Data(b"back via data"));
+        let from = m.get(AttributeType::XOR_PEER_ADDRESS).unwrap().decode(&tid).unwrap();
+        assert_eq!(from, Attribute::XorPeerAddress(paddr));
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn many_allocations_over_shards_each_reach_their_shard() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 2, 150, Duration::from_secs(60)) else { continue };
+        let server = relay.udp_addrs()[0];
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        let mut clients: Vec<(TurnClient, SocketAddr)> = (0..200)
+            .map(|_| {
+                let mut c = TurnClient::new(server);
+                let relayed = c.allocate().unwrap();
+                c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(paddr)]);
+                (c, relayed)
+            })
+            .collect();
+        // Every client's ChannelData reaches the peer through its relay,
+        // which only works on the shard holding its allocation.
+        for (i, (c, relayed)) in clients.iter_mut().enumerate() {
+            let mut frame = [0u8; 8];
+            channel_data::encode(&mut frame, 0x4000, &(i as u32).to_be_bytes(), false).unwrap();
+            c.sock.send_to(&frame, server).unwrap();
+            let (got, from) = recv_retrying(&p).expect("peer receives");
+            assert_eq!((&got[..], from), (&(i as u32).to_be_bytes()[..], *relayed));
+        }
+        let reports = relay.stats(TIMEOUT);
+        assert_eq!(reports.len(), 2);
+        let per_shard: Vec<usize> = reports.iter().map(|r| r.allocations).collect();
+        assert_eq!(per_shard.iter().sum::<usize>(), 200);
+        assert!(per_shard.iter().all(|&n| n > 0), "one shard got everything: {per_shard:?}");
+        assert!(reports.iter().all(|r| r.stats.drops_of(relay_core::server::stats::Drop::NoAllocation) == 0));
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn released_ports_rest_in_quarantine_and_exhaustion_is_508() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 1, 2, Duration::from_secs(30)) else { continue };
+        let server = relay.udp_addrs()[0];
+        let mut a = TurnClient::new(server);
+        let first = a.allocate().unwrap();
+        a.ok(Method::REFRESH, &[Attribute::Lifetime(0)]);
+        let mut b = TurnClient::new(server);
+        let second = b.allocate().unwrap();
+        assert_ne!(first, second, "a released port was handed out again at once");
+        let mut c = TurnClient::new(server);
+        assert_eq!(c.allocate(), Err(508));
+        let r = &relay.stats(TIMEOUT)[0];
+        assert_eq!((r.relays_free, r.relays_quarantined), (0, 1));
+        // A late packet to the released port is drained and dropped.
+        let p = peer();
+        p.send_to(b"late", first).unwrap();
+        assert!(b.sock.set_read_timeout(Some(Duration::from_millis(200))).is_ok());
+        assert!(b.recv_raw().is_none());
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn graceful_stop_lets_running_allocations_finish() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 1, 4, Duration::from_secs(60)) else { continue };
+        let server = relay.udp_addrs()[0];
+        let mut c = TurnClient::new(server);
+        let relayed = c.allocate().unwrap();
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(paddr)]);
+        relay.drain(Instant::now() + Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+        // New allocations are refused...
+        let mut d = TurnClient::new(server);
+        assert_eq!(d.allocate(), Err(508));
+        // ...while the running one still relays.
+        let mut frame = [0u8; 8];
+        channel_data::encode(&mut frame, 0x4000, b"live", false).unwrap();
+        c.sock.send_to(&frame, server).unwrap();
+        let (got, from) = recv_retrying(&p).expect("peer receives");
+        assert_eq!((&got[..], from), (&b"live"[..], relayed));
+        assert!(!relay.is_finished());
+        // Its end lets the shard exit.
+        c.ok(Method::REFRESH, &[Attribute::Lifetime(0)]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !relay.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(relay.is_finished(), "shard did not exit after its last allocation");
+        relay.join().unwrap();
+    }
+}
