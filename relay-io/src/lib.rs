@@ -124,6 +124,7 @@ pub struct Relay {
     backend_reason: String,
     udp_addrs: Vec<SocketAddr>,
     relay_count: usize,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Relay {
@@ -202,7 +203,7 @@ impl Relay {
             shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
         }
         tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
-        Ok(Relay { shards, backend, backend_reason, udp_addrs, relay_count })
+        Ok(Relay { shards, backend, backend_reason, udp_addrs, relay_count, draining: Default::default() })
     }
 
     /// The backend the shards run.
@@ -248,9 +249,21 @@ impl Relay {
         v
     }
 
+    /// Gives every shard new credentials (a reload without dropping
+    /// allocations).
+    pub fn set_credentials(&self, credentials: &relay_core::server::auth::Credentials) {
+        self.send(|| Control::SetCredentials(Box::new(credentials.clone())));
+    }
+
+    /// True once a drain has been asked for.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops taking allocations; shards exit once their allocations are
     /// gone or `deadline` passes. Wait with [`Relay::join`].
     pub fn drain(&self, deadline: Instant) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         self.send(|| Control::Drain(deadline));
     }
 

@@ -59,6 +59,8 @@ pub enum Control {
     Drain(Instant),
     /// Exit now.
     Stop,
+    /// Replace the credentials (SIGHUP reload); allocations are kept.
+    SetCredentials(Box<relay_core::server::auth::Credentials>),
 }
 
 /// What a socket of the shard is for.
@@ -137,6 +139,7 @@ impl ShardState {
                     self.draining = Some(deadline);
                 }
                 Control::Stop => self.stop = true,
+                Control::SetCredentials(c) => self.server.set_credentials(*c),
             }
         }
     }

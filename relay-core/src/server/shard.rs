@@ -266,6 +266,12 @@ impl Server {
         (total - self.pool.in_use() - resting, resting)
     }
 
+    /// Replaces the credentials (a reload): new requests use them at once;
+    /// existing allocations keep the key they authenticated with.
+    pub fn set_credentials(&mut self, credentials: Credentials) {
+        self.credentials = credentials;
+    }
+
     /// Stops (or resumes) taking new allocations, for a graceful stop:
     /// Allocate is answered 508 while existing allocations run on.
     pub fn set_accepting(&mut self, accepting: bool) {

@@ -1,0 +1,463 @@
+//! Configuration: a TOML file, command-line flags over it, and an embedded
+//! default that is safe to run as is. Every error names the file (or the
+//! command line), the line and the key, before any socket is opened.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A configuration error: where, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, or `<command line>`.
+    pub file: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// The key, dotted (`relay.ports`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.key.is_empty()) {
+            (0, true) => write!(f, "{}: {}", self.file, self.message),
+            (0, false) => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+            (l, true) => write!(f, "{}:{}: {}", self.file, l, self.message),
+            (l, false) => write!(f, "{}:{}: {}: {}", self.file, l, self.key, self.message),
+        }
+    }
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    file: String,
+    text: String,
+}
+
+impl Origin {
+    fn command_line() -> Origin {
+        Origin { file: "<command line>".into(), text: String::new() }
+    }
+
+    /// The line on which `key`'s value stands (best effort: the first line
+    /// assigning the key's last component), 0 when unknown.
+    fn line_of(&self, key: &str) -> usize {
+        let last = key.rsplit('.').next().unwrap_or(key);
+        let last = last.split('[').next().unwrap_or(last);
+        self.text
+            .lines()
+            .position(|l| {
+                let l = l.trim_start();
+                l.strip_prefix(last).is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map_or(0, |i| i + 1)
+    }
+
+    fn error(&self, key: &str, message: impl fmt::Display) -> ConfigError {
+        ConfigError { file: self.file.clone(), line: self.line_of(key), key: key.into(), message: message.to_string() }
+    }
+}
+
+/// Which data plane backend to run.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendName {
+    /// io_uring when available, else portable.
+    #[default]
+    Auto,
+    /// io_uring only.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// epoll + recvmmsg/sendmmsg.
+    Portable,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// The authentication realm.
+    pub realm: String,
+    /// SOFTWARE attribute; empty sends none.
+    pub software: String,
+    /// Shards (threads); 0 = one per core.
+    pub shards: usize,
+    /// Pin each shard to a core.
+    pub pin_cores: bool,
+    /// Data plane backend.
+    pub backend: BackendName,
+    /// Seconds a graceful stop waits for allocations to end.
+    pub drain_timeout: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            realm: "turn-relay".into(),
+            software: String::new(),
+            shards: 0,
+            pin_cores: true,
+            backend: BackendName::Auto,
+            drain_timeout: 30,
+        }
+    }
+}
+
+/// `[listen]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSection {
+    /// UDP addresses clients reach.
+    pub udp: Vec<SocketAddr>,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        ListenSection { udp: vec![SocketAddr::from(([0, 0, 0, 0], 3478))] }
+    }
+}
+
+/// `[relay]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    /// Local IPs relay sockets bind to; empty = the host's primary address.
+    pub ips: Vec<IpAddr>,
+    /// Advertised addresses behind a 1:1 NAT: `"PUBLIC"` (for the single
+    /// relay IP) or `"PUBLIC/PRIVATE"`, as coturn's `external-ip`.
+    pub external: Vec<String>,
+    /// Port range `"LO-HI"`, split between shards.
+    pub ports: String,
+    /// Seconds a released relay port rests before reuse.
+    pub quarantine: u64,
+    /// Largest datagram relayed, bytes.
+    pub max_datagram: usize,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        RelaySection {
+            ips: Vec::new(),
+            external: Vec::new(),
+            ports: "49152-65535".into(),
+            quarantine: 60,
+            max_datagram: 2048,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `"user:password"` entries.
+    pub users: Vec<String>,
+    /// A coturn-style user file (`user:password` or `user:0x<md5 key>`).
+    pub user_file: Option<PathBuf>,
+    /// TURN REST API shared secrets (several for rotation).
+    pub rest_secrets: Vec<String>,
+    /// Seconds a nonce stays valid.
+    pub nonce_lifetime: u64,
+    /// Offer SHA-256 keys (RFC 8489 PASSWORD-ALGORITHMS).
+    pub sha256: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection { users: Vec::new(), user_file: None, rest_secrets: Vec::new(), nonce_lifetime: 600, sha256: true }
+    }
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Allocations in total; 0 = unlimited.
+    pub max_allocations: u32,
+    /// Allocations per user; 0 = unlimited.
+    pub max_allocations_per_user: u32,
+    /// Bandwidth per allocation, bytes per second; 0 = unlimited.
+    pub bandwidth: u64,
+    /// Default allocation lifetime, seconds.
+    pub default_lifetime: u64,
+    /// Longest allocation lifetime, seconds.
+    pub max_lifetime: u64,
+    /// Permissions per allocation.
+    pub max_permissions: usize,
+    /// Channels per allocation.
+    pub max_channels: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_allocations: 0,
+            max_allocations_per_user: 0,
+            bandwidth: 0,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            max_permissions: 64,
+            max_channels: 64,
+        }
+    }
+}
+
+/// `[peers]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersSection {
+    /// Networks allowed even though the default policy denies them.
+    pub allow: Vec<IpNet>,
+    /// Networks denied in addition to the default list.
+    pub deny: Vec<IpNet>,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve `/metrics`, `/healthz`, `/readyz` here.
+    pub enabled: bool,
+    /// The HTTP address.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9641)) }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Level or tracing filter (`info`, `relay_io=debug`).
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into(), format: LogFormat::Human }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerSection,
+    /// `[listen]`.
+    pub listen: ListenSection,
+    /// `[relay]`.
+    pub relay: RelaySection,
+    /// `[auth]`.
+    pub auth: AuthSection,
+    /// `[limits]`.
+    pub limits: LimitsSection,
+    /// `[peers]`.
+    pub peers: PeersSection,
+    /// `[metrics]`.
+    pub metrics: MetricsSection,
+    /// `[log]`.
+    pub log: LogSection,
+    #[serde(skip)]
+    origin: Origin,
+}
+
+/// The relay IPs resolved: bind address and advertised address.
+pub type RelayAddr = (IpAddr, IpAddr);
+
+impl Config {
+    /// Parses TOML text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let origin = Origin { file: file.into(), text: text.into() };
+        let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(&origin, "", &e))?;
+        let mut c: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            toml_error(&origin, &key, e.inner())
+        })?;
+        c.origin = origin;
+        Ok(c)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Reads `path`, or the embedded default when there is none.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Config::load(p),
+            None => Ok(Config::default()),
+        }
+    }
+
+    fn origin_of(&self, from_cli: bool) -> Origin {
+        if from_cli { Origin::command_line() } else { self.origin.clone() }
+    }
+
+    /// Checks values that parse but make no sense, and resolves the relay
+    /// addresses. `cli_keys` are the keys the command line set (errors in
+    /// them name the command line).
+    pub fn validate(&self, cli_keys: &[&str]) -> Result<(Vec<RelayAddr>, (u16, u16)), ConfigError> {
+        let origin = |key: &str| self.origin_of(cli_keys.contains(&key));
+        let ports = parse_ports(&self.relay.ports).map_err(|m| origin("relay.ports").error("relay.ports", m))?;
+        if self.listen.udp.is_empty() {
+            return Err(origin("listen.udp").error("listen.udp", "at least one listen address is needed"));
+        }
+        for (i, u) in self.auth.users.iter().enumerate() {
+            let ok = u.split_once(':').is_some_and(|(n, p)| !n.trim().is_empty() && !p.is_empty());
+            if !ok {
+                let key = format!("auth.users[{i}]");
+                return Err(origin("auth.users").error(&key, "expected \"user:password\""));
+            }
+        }
+        if self.limits.max_lifetime == 0 || self.limits.default_lifetime == 0 {
+            return Err(origin("limits.max_lifetime").error("limits.max_lifetime", "lifetimes must be positive"));
+        }
+        if self.relay.max_datagram < 576 || self.relay.max_datagram > 65535 {
+            return Err(origin("relay.max_datagram").error("relay.max_datagram", "must be within 576..=65535"));
+        }
+        let ips = if self.relay.ips.is_empty() { vec![primary_ip()] } else { self.relay.ips.clone() };
+        let mut addrs: Vec<RelayAddr> = ips.iter().map(|&ip| (ip, ip)).collect();
+        for e in &self.relay.external {
+            let o = origin("relay.external");
+            let (public, private) = match e.split_once('/') {
+                Some((p, q)) => (p, Some(q)),
+                None => (e.as_str(), None),
+            };
+            let public: IpAddr =
+                public.trim().parse().map_err(|_| o.error("relay.external", format!("bad address {public:?}")))?;
+            match private {
+                Some(q) => {
+                    let q: IpAddr =
+                        q.trim().parse().map_err(|_| o.error("relay.external", format!("bad address {q:?}")))?;
+                    let Some(a) = addrs.iter_mut().find(|a| a.0 == q) else {
+                        return Err(o.error("relay.external", format!("{q} is not one of relay.ips")));
+                    };
+                    a.1 = public;
+                }
+                None if addrs.len() == 1 => addrs[0].1 = public,
+                None => {
+                    return Err(o.error("relay.external", "with several relay IPs, write PUBLIC/PRIVATE"));
+                }
+            }
+        }
+        Ok((addrs, ports))
+    }
+}
+
+fn toml_error(origin: &Origin, key: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map_or_else(|| origin.line_of(key), |s| origin.text[..s.start.min(origin.text.len())].lines().count().max(1));
+    let line = if e.span().is_some_and(|s| s.start > 0 && origin.text.as_bytes().get(s.start - 1) == Some(&b'\n')) {
+        line + 1
+    } else {
+        line
+    };
+    ConfigError { file: origin.file.clone(), line, key: key.into(), message: e.message().trim().to_string() }
+}
+
+/// Parses `"LO-HI"`.
+pub fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("expected \"LO-HI\", got {s:?}"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("bad port {lo:?}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("bad port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("empty or invalid range {lo}-{hi}"));
+    }
+    Ok((lo, hi))
+}
+
+/// The address the host would use to reach the Internet (no packet is
+/// sent: connecting a UDP socket only picks a route).
+pub fn primary_ip() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::parse("x.toml", "").unwrap();
+        assert_eq!(c.listen.udp, vec!["0.0.0.0:3478".parse::<SocketAddr>().unwrap()]);
+        assert!(c.validate(&[]).is_ok());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let text = "[server]\nrealm = \"r\"\n\n[relay]\nports = 5\n";
+        let e = Config::parse("relay.toml", text).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line, e.key.as_str()), ("relay.toml", 5, "relay.ports"), "{e}");
+
+        let e = Config::parse("relay.toml", "[server]\nrelm = \"r\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "server.relm"), "{e}");
+        assert!(e.message.contains("relm"), "{e}");
+
+        let e = Config::parse("relay.toml", "[peers]\nallow = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "peers.allow[0]"), "{e}");
+
+        let c = Config::parse("relay.toml", "[relay]\nports = \"9-3\"\n").unwrap();
+        let e = c.validate(&[]).unwrap_err();
+        assert_eq!(e.to_string(), "relay.toml:2: relay.ports: empty or invalid range 9-3");
+        let e = c.validate(&["relay.ports"]).unwrap_err();
+        assert!(e.to_string().starts_with("<command line>: relay.ports:"), "{e}");
+
+        let c = Config::parse("relay.toml", "[auth]\nusers = [\"nopassword\"]\n").unwrap();
+        assert_eq!(c.validate(&[]).unwrap_err().to_string(), "relay.toml:2: auth.users[0]: expected \"user:password\"");
+    }
+
+    #[test]
+    fn external_addresses() {
+        let c = Config::parse("r", "[relay]\nips = [\"10.0.0.5\"]\nexternal = [\"203.0.113.9\"]\n").unwrap();
+        let (addrs, _) = c.validate(&[]).unwrap();
+        assert_eq!(addrs, vec![("10.0.0.5".parse().unwrap(), "203.0.113.9".parse().unwrap())]);
+        let c =
+            Config::parse("r", "[relay]\nips = [\"10.0.0.5\", \"10.0.0.6\"]\nexternal = [\"203.0.113.9\"]\n").unwrap();
+        assert!(c.validate(&[]).is_err());
+        let c =
+            Config::parse("r", "[relay]\nips = [\"10.0.0.5\", \"10.0.0.6\"]\nexternal = [\"203.0.113.9/10.0.0.6\"]\n")
+                .unwrap();
+        let (addrs, _) = c.validate(&[]).unwrap();
+        assert_eq!(addrs[1].1, "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+}

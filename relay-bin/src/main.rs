@@ -1,0 +1,388 @@
+//! `turn-relay`: the STUN/TURN relay server.
+//!
+//! With no arguments it serves on an embedded default configuration that is
+//! safe: authentication on (a random password printed at start), the
+//! default peer policy, UDP port 3478, metrics on loopback.
+
+mod config;
+mod metrics;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use ipnet::IpNet;
+use relay_core::server::auth::{Credentials, NonceIssuer};
+use relay_core::server::policy::PeerPolicy;
+use relay_core::server::quota::Quotas;
+use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+
+use crate::config::{BackendName, Config, ConfigError, LogFormat};
+
+/// Command line. Every flag overrides the configuration file's key of the
+/// same meaning; repeatable flags replace the file's list.
+#[derive(Debug, Parser)]
+#[command(name = "turn-relay", version, about = "A fast STUN/TURN relay (RFC 8489, RFC 8656)")]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// UDP listen address (repeatable) [listen.udp].
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Relay IP (repeatable) [relay.ips].
+    #[arg(long)]
+    relay_ip: Vec<IpAddr>,
+    /// Relay port range LO-HI [relay.ports].
+    #[arg(long)]
+    relay_ports: Option<String>,
+    /// Advertised relay address PUBLIC or PUBLIC/PRIVATE (repeatable) [relay.external].
+    #[arg(long)]
+    external_ip: Vec<String>,
+    /// Seconds a released relay port rests before reuse [relay.quarantine].
+    #[arg(long)]
+    quarantine: Option<u64>,
+    /// Realm [server.realm].
+    #[arg(long)]
+    realm: Option<String>,
+    /// SOFTWARE attribute [server.software].
+    #[arg(long)]
+    software: Option<String>,
+    /// Shards; 0 = one per core [server.shards].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Do not pin shards to cores [server.pin_cores = false].
+    #[arg(long)]
+    no_pin: bool,
+    /// Backend [server.backend].
+    #[arg(long, value_enum)]
+    backend: Option<BackendName>,
+    /// user:password (repeatable) [auth.users].
+    #[arg(long)]
+    user: Vec<String>,
+    /// coturn-style user file [auth.user_file].
+    #[arg(long)]
+    user_file: Option<PathBuf>,
+    /// TURN REST API shared secret (repeatable) [auth.rest_secrets].
+    #[arg(long)]
+    rest_secret: Vec<String>,
+    /// Allocations in total [limits.max_allocations].
+    #[arg(long)]
+    max_allocations: Option<u32>,
+    /// Allocations per user [limits.max_allocations_per_user].
+    #[arg(long)]
+    max_allocations_per_user: Option<u32>,
+    /// Bytes per second per allocation [limits.bandwidth].
+    #[arg(long)]
+    bandwidth: Option<u64>,
+    /// Longest allocation lifetime, seconds [limits.max_lifetime].
+    #[arg(long)]
+    max_lifetime: Option<u64>,
+    /// Allow peers in this network (repeatable) [peers.allow].
+    #[arg(long)]
+    allow_peer: Vec<IpNet>,
+    /// Deny peers in this network (repeatable) [peers.deny].
+    #[arg(long)]
+    deny_peer: Vec<IpNet>,
+    /// Metrics/health HTTP address [metrics.listen].
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// No metrics listener [metrics.enabled = false].
+    #[arg(long)]
+    no_metrics: bool,
+    /// Log level or filter [log.level].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format [log.format].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// Applies the flags over `c`; returns the keys they set.
+    fn apply(&self, c: &mut Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        macro_rules! set {
+            ($key:literal, $cond:expr, $apply:expr) => {
+                if $cond {
+                    $apply;
+                    keys.push($key);
+                }
+            };
+        }
+        set!("listen.udp", !self.listen.is_empty(), c.listen.udp = self.listen.clone());
+        set!("relay.ips", !self.relay_ip.is_empty(), c.relay.ips = self.relay_ip.clone());
+        set!("relay.ports", self.relay_ports.is_some(), c.relay.ports = self.relay_ports.clone().unwrap_or_default());
+        set!("relay.external", !self.external_ip.is_empty(), c.relay.external = self.external_ip.clone());
+        set!("relay.quarantine", self.quarantine.is_some(), c.relay.quarantine = self.quarantine.unwrap_or(60));
+        set!("server.realm", self.realm.is_some(), c.server.realm = self.realm.clone().unwrap_or_default());
+        set!("server.software", self.software.is_some(), c.server.software = self.software.clone().unwrap_or_default());
+        set!("server.shards", self.shards.is_some(), c.server.shards = self.shards.unwrap_or(0));
+        set!("server.pin_cores", self.no_pin, c.server.pin_cores = false);
+        set!("server.backend", self.backend.is_some(), c.server.backend = self.backend.unwrap_or_default());
+        set!("auth.users", !self.user.is_empty(), c.auth.users = self.user.clone());
+        set!("auth.user_file", self.user_file.is_some(), c.auth.user_file = self.user_file.clone());
+        set!("auth.rest_secrets", !self.rest_secret.is_empty(), c.auth.rest_secrets = self.rest_secret.clone());
+        set!("limits.max_allocations", self.max_allocations.is_some(), {
+            c.limits.max_allocations = self.max_allocations.unwrap_or(0)
+        });
+        set!("limits.max_allocations_per_user", self.max_allocations_per_user.is_some(), {
+            c.limits.max_allocations_per_user = self.max_allocations_per_user.unwrap_or(0)
+        });
+        set!("limits.bandwidth", self.bandwidth.is_some(), c.limits.bandwidth = self.bandwidth.unwrap_or(0));
+        set!(
+            "limits.max_lifetime",
+            self.max_lifetime.is_some(),
+            c.limits.max_lifetime = self.max_lifetime.unwrap_or(0)
+        );
+        set!("peers.allow", !self.allow_peer.is_empty(), c.peers.allow = self.allow_peer.clone());
+        set!("peers.deny", !self.deny_peer.is_empty(), c.peers.deny = self.deny_peer.clone());
+        set!("metrics.listen", self.metrics.is_some(), c.metrics.listen = self.metrics.unwrap_or(c.metrics.listen));
+        set!("metrics.enabled", self.no_metrics, c.metrics.enabled = false);
+        set!("log.level", self.log_level.is_some(), c.log.level = self.log_level.clone().unwrap_or_default());
+        set!("log.format", self.log_format.is_some(), c.log.format = self.log_format.unwrap_or_default());
+        keys
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b
+}
+
+/// Builds the credentials from the configuration. Without any user or
+/// secret, a user `turn` with a random password is made up and returned so
+/// that it can be printed.
+fn credentials(c: &Config) -> Result<(Credentials, Option<String>), ConfigError> {
+    let mut creds = Credentials::new(&c.server.realm);
+    for (i, u) in c.auth.users.iter().enumerate() {
+        let (name, password) = u.split_once(':').unwrap_or((u, ""));
+        creds.add_user(name.trim(), password).map_err(|e| ConfigError {
+            file: "configuration".into(),
+            line: 0,
+            key: format!("auth.users[{i}]"),
+            message: e.to_string(),
+        })?;
+    }
+    if let Some(path) = &c.auth.user_file {
+        creds.load_user_file(path).map_err(|e| ConfigError {
+            file: e.file,
+            line: e.line,
+            key: e.key,
+            message: e.message,
+        })?;
+    }
+    for s in &c.auth.rest_secrets {
+        creds.add_rest_secret(s.as_bytes());
+    }
+    let mut generated = None;
+    if c.auth.users.is_empty() && c.auth.user_file.is_none() && c.auth.rest_secrets.is_empty() {
+        use base64::Engine;
+        let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>());
+        creds.add_user("turn", &password).map_err(|e| ConfigError {
+            file: "<generated>".into(),
+            line: 0,
+            key: "auth.users".into(),
+            message: e.to_string(),
+        })?;
+        generated = Some(password);
+    }
+    Ok((creds, generated))
+}
+
+fn server_config(c: &Config) -> ServerConfig {
+    ServerConfig {
+        software: (!c.server.software.is_empty()).then(|| c.server.software.clone()),
+        default_lifetime: Duration::from_secs(c.limits.default_lifetime),
+        max_lifetime: Duration::from_secs(c.limits.max_lifetime),
+        max_permissions: c.limits.max_permissions,
+        max_channels: c.limits.max_channels,
+        relay_quarantine: Duration::from_secs(c.relay.quarantine),
+        bandwidth_limit: c.limits.bandwidth,
+        bandwidth_burst: c.limits.bandwidth,
+        sha256: c.auth.sha256,
+        ..ServerConfig::default()
+    }
+}
+
+fn init_logging(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match c.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("turn-relay: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let cli_keys = cli.apply(&mut config);
+    let (relay_addrs, (port_lo, port_hi)) = match config.validate(&cli_keys) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("turn-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (creds, generated) = match credentials(&config) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("turn-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    match run(&cli, &config, relay_addrs, (port_lo, port_hi), creds, generated) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("turn-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(
+    cli: &Cli,
+    config: &Config,
+    relay_addrs: Vec<(IpAddr, IpAddr)>,
+    ports: (u16, u16),
+    creds: Credentials,
+    generated: Option<String>,
+) -> Result<(), String> {
+    let shards = match config.server.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let io = IoConfig {
+        shards,
+        pin_cores: config.server.pin_cores,
+        backend: match config.server.backend {
+            BackendName::Auto => Backend::Auto,
+            BackendName::IoUring => Backend::IoUring,
+            BackendName::Portable => Backend::Portable,
+        },
+        udp_listen: config.listen.udp.clone(),
+        relay_ips: relay_addrs.iter().map(|&(bind, advertised)| RelayIp { bind, advertised }).collect(),
+        relay_ports: RelayPorts::Range(ports.0, ports.1),
+        max_datagram: config.relay.max_datagram,
+        ..IoConfig::default()
+    };
+    let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user, 1 << 16));
+    let nonces = NonceIssuer::new(random_bytes::<32>(), config.auth.nonce_lifetime);
+    let policy = PeerPolicy::with_lists(config.peers.allow.clone(), config.peers.deny.clone());
+    let server_config = server_config(config);
+    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let make = |_shard: usize| {
+        let parts = ServerParts {
+            config: server_config.clone(),
+            credentials: creds.clone(),
+            nonces: nonces.clone(),
+            policy: policy.clone(),
+            quotas: quotas.clone(),
+        };
+        Server::new(parts, Instant::now(), unix_now, u64::from_le_bytes(random_bytes::<8>()))
+    };
+    let relay = Relay::start(&io, make).map_err(|e| e.to_string())?;
+    tracing::info!(
+        backend = relay.backend().name(),
+        reason = relay.backend_reason(),
+        shards = relay.shard_count(),
+        relay_ports = relay.relay_count(),
+        "turn-relay listening on {:?}",
+        relay.udp_addrs()
+    );
+    if let Some(password) = &generated {
+        // Printed once so that a first run is usable; never logged.
+        println!("turn-relay: no credentials configured; generated user \"turn\" with password \"{password}\"");
+        println!("turn-relay: realm \"{}\", listening on {:?}", config.server.realm, relay.udp_addrs());
+    }
+    let ready = Arc::new(AtomicBool::new(true));
+    if config.metrics.enabled {
+        let handle = metrics::install()?;
+        let addr = metrics::serve(config.metrics.listen, handle, ready.clone())
+            .map_err(|e| format!("metrics listener {}: {e}", config.metrics.listen))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signals = signals;
+            for s in signals.forever() {
+                if sig_tx.send(s).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let backend = relay.backend().name();
+    let mut stop_requested = false;
+    while !relay.is_finished() {
+        match sig_rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(signal_hook::consts::SIGHUP) => match Config::load_or_default(cli.config.as_deref()).and_then(|mut c| {
+                cli.apply(&mut c);
+                credentials(&c)
+            }) {
+                Ok((creds, _)) => {
+                    relay.set_credentials(&creds);
+                    tracing::info!("SIGHUP: credentials reloaded");
+                }
+                Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old credentials: {e}"),
+            },
+            Ok(_) if stop_requested => {
+                tracing::info!("second stop signal: stopping now");
+                break;
+            }
+            Ok(_) => {
+                stop_requested = true;
+                ready.store(false, Ordering::Relaxed);
+                let deadline = Instant::now() + Duration::from_secs(config.server.drain_timeout);
+                tracing::info!(drain_timeout_s = config.server.drain_timeout, "draining: no new allocations");
+                relay.drain(deadline);
+            }
+            Err(_) => {}
+        }
+        if config.metrics.enabled {
+            metrics::publish(&relay.stats(Duration::from_millis(500)), backend);
+        }
+    }
+    handle.close();
+    relay.stop().map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics: the shards' local counters are collected once a
+//! second (never an atomic per packet) and published through the `metrics`
+//! facade; a small HTTP listener serves `/metrics`, `/healthz` and
+//! `/readyz`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome, Stats};
+use relay_io::ShardReport;
+
+/// Installs the global recorder; returns the handle that renders it.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    Ok(handle)
+}
+
+/// Publishes what the shards reported (absolute values of their counters).
+pub fn publish(reports: &[ShardReport], backend: &str) {
+    let mut total = Stats::default();
+    let (mut free, mut quarantined, mut send_failures) = (0usize, 0usize, 0u64);
+    for r in reports {
+        total.merge(&r.stats);
+        free += r.relays_free;
+        quarantined += r.relays_quarantined;
+        send_failures += r.send_failures;
+    }
+    gauge!("turn_shards").set(reports.len() as f64);
+    gauge!("turn_backend_info", "backend" => backend.to_owned()).set(1.0);
+    gauge!("turn_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!("turn_allocations_active").set(total.allocations_active as f64);
+    gauge!("turn_permissions_active").set(total.permissions_active as f64);
+    gauge!("turn_channels_active").set(total.channels_active as f64);
+    gauge!("turn_relay_ports_free").set(free as f64);
+    gauge!("turn_relay_ports_quarantined").set(quarantined as f64);
+    counter!("turn_allocations_created_total").absolute(total.allocations_created);
+    counter!("turn_allocations_expired_total").absolute(total.allocations_expired);
+    counter!("turn_allocations_deleted_total").absolute(total.allocations_deleted);
+    counter!("turn_send_failures_total").absolute(send_failures);
+    counter!("turn_send_indications_total").absolute(total.send_indications);
+    counter!("turn_data_indications_total").absolute(total.data_indications);
+    for &m in MethodLabel::ALL {
+        for &o in Outcome::ALL {
+            let v = total.requests_of(m, o);
+            if v > 0 {
+                counter!("turn_requests_total", "method" => m.label(), "result" => o.label()).absolute(v);
+            }
+        }
+    }
+    for &r in AuthFailure::ALL {
+        counter!("turn_auth_failures_total", "reason" => r.label()).absolute(total.auth_failures_of(r));
+    }
+    for &r in Drop::ALL {
+        counter!("turn_dropped_packets_total", "reason" => r.label()).absolute(total.drops_of(r));
+    }
+    for &d in Direction::ALL {
+        let labels = [("direction", d.label()), ("transport", "udp")];
+        counter!("turn_relayed_packets_total", &labels).absolute(total.relayed_packets[d as usize]);
+        counter!("turn_relayed_bytes_total", &labels).absolute(total.relayed_bytes[d as usize]);
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (it
+/// takes allocations: not draining) on `addr`, one short-lived connection
+/// at a time on its own thread.
+pub fn serve(addr: SocketAddr, handle: PrometheusHandle, ready: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = answer(stream, &handle, &ready);
+        }
+    })?;
+    Ok(local)
+}
+
+fn answer(mut s: TcpStream, handle: &PrometheusHandle, ready: &AtomicBool) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = [0u8; 2048];
+    let mut n = 0;
+    while n < req.len() && !req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut req[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let line = std::str::from_utf8(&req[..n]).unwrap_or("").lines().next().unwrap_or("");
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_owned()),
+        ("GET", "/readyz") => ("503 Service Unavailable", "text/plain", "draining\n".to_owned()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_owned()),
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body.as_bytes())
+}

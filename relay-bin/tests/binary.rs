@@ -1,0 +1,303 @@
+//! The `turn-relay` binary as an operator runs it, over loopback: flags and
+//! a config file, a full relay round trip, metrics and health endpoints,
+//! SIGHUP credential reload without losing allocations, and SIGTERM drain.
+//! Every process started here is stopped by its pid; every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_core::wire::attr::transport;
+use relay_core::wire::channel_data;
+use relay_core::wire::integrity::{Key, PasswordAlgorithm};
+use relay_core::wire::{
+    Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
+};
+
+const REALM: &str = "bin.test";
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A relay port range unlikely to be in use: above the ephemeral range
+/// the kernel hands out by default on Linux, varied by pid.
+fn relay_range() -> String {
+    let lo = 20000 + (std::process::id() % 400) as u16 * 20;
+    format!("{lo}-{}", lo + 15)
+}
+
+struct Relay {
+    child: Child,
+    server: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Relay {
+    fn start(extra: &[&str]) -> Relay {
+        let port = free_udp_port();
+        let metrics_port = free_tcp_port();
+        let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+        let mut args = vec![
+            "--listen".to_owned(),
+            server.to_string(),
+            "--relay-ip".into(),
+            "127.0.0.1".into(),
+            "--relay-ports".into(),
+            relay_range(),
+            "--realm".into(),
+            REALM.into(),
+            "--allow-peer".into(),
+            "127.0.0.0/8".into(),
+            "--metrics".into(),
+            metrics.to_string(),
+            "--shards".into(),
+            "1".into(),
+            "--no-pin".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(env!("CARGO_BIN_EXE_turn-relay"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Relay { child, server, metrics };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(r.metrics, "/healthz").is_none() {
+            assert!(Instant::now() < deadline, "turn-relay did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn signal(&self, sig: i32) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(TIMEOUT)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let code = body.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body))
+}
+
+fn metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics")?;
+    body.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+struct Client {
+    sock: UdpSocket,
+    server: SocketAddr,
+    user: String,
+    key: Key,
+    nonce: String,
+    tid: u32,
+}
+
+impl Client {
+    fn new(server: SocketAddr, user: &str, password: &str) -> Client {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let key = Key::long_term(PasswordAlgorithm::Md5, user, REALM, password).unwrap();
+        Client { sock, server, user: user.into(), key, nonce: String::new(), tid: 0 }
+    }
+
+    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        for _ in 0..3 {
+            self.tid += 1;
+            let tid = TransactionId([self.tid as u8; 12]);
+            let mut buf = [0u8; 1500];
+            let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid).unwrap();
+            for a in attrs {
+                b.add(a).unwrap();
+            }
+            if !self.nonce.is_empty() {
+                b.add(&Attribute::Username(&self.user)).unwrap();
+                b.add(&Attribute::Realm(REALM)).unwrap();
+                b.add(&Attribute::Nonce(&self.nonce)).unwrap();
+                b.add_message_integrity(self.key.as_bytes()).unwrap();
+            }
+            let n = b.finish();
+            self.sock.send_to(&buf[..n], self.server).unwrap();
+            let resp = loop {
+                let (n, _) = self.sock.recv_from(&mut buf).expect("response");
+                if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
+                    break buf[..n].to_vec();
+                }
+            };
+            let m = Message::parse(&resp).unwrap();
+            let code = match m.get(AttributeType::ERROR_CODE).map(|a| a.decode(&tid)) {
+                Some(Ok(Attribute::ErrorCode(e))) => e.code,
+                _ => 0,
+            };
+            if ((code == 401 && self.nonce.is_empty()) || code == 438)
+                && let Some(Ok(Attribute::Nonce(n))) = m.get(AttributeType::NONCE).map(|a| a.decode(&tid))
+            {
+                self.nonce = n.to_owned();
+                continue;
+            }
+            return resp;
+        }
+        panic!("no final answer")
+    }
+
+    fn ok(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        let resp = self.request(method, attrs);
+        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{method:?}");
+        resp
+    }
+
+    fn code(&mut self, method: Method, attrs: &[Attribute<'_>]) -> u16 {
+        let resp = self.request(method, attrs);
+        let m = Message::parse(&resp).unwrap();
+        match m.get(AttributeType::ERROR_CODE).map(|a| a.decode(&m.transaction_id())) {
+            Some(Ok(Attribute::ErrorCode(e))) => e.code,
+            _ => 0,
+        }
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        let resp = self.ok(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        let m = Message::parse(&resp).unwrap();
+        match m.get(AttributeType::XOR_RELAYED_ADDRESS).unwrap().decode(&m.transaction_id()).unwrap() {
+            Attribute::XorRelayedAddress(a) => a,
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Sends ChannelData `n` times through the relay and checks the echo.
+fn round_trip(c: &Client, peer: &UdpSocket, relayed: SocketAddr, n: u32) {
+    let mut buf = [0u8; 2048];
+    for i in 0..n {
+        let mut frame = [0u8; 8];
+        channel_data::encode(&mut frame, 0x4000, &i.to_be_bytes(), false).unwrap();
+        c.sock.send_to(&frame, c.server).unwrap();
+        let (k, from) = peer.recv_from(&mut buf).expect("peer receives");
+        assert_eq!((&buf[..k], from), (&i.to_be_bytes()[..], relayed));
+        peer.send_to(&buf[..k], relayed).unwrap();
+        let (k, _) = c.sock.recv_from(&mut buf).expect("client receives");
+        let cd = ChannelData::parse(&buf[..k]).unwrap();
+        assert_eq!(cd.payload, &i.to_be_bytes());
+    }
+}
+
+#[test]
+fn relays_reports_metrics_reloads_and_drains() {
+    let dir = std::env::temp_dir().join(format!("turn-relay-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users");
+    std::fs::write(&users, "alice:secret\n").unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(&config, format!("[auth]\nuser_file = {:?}\n", users.display().to_string())).unwrap();
+    let mut relay = Relay::start(&["--config", config.to_str().unwrap()]);
+
+    // Binding, no auth.
+    let mut c = Client::new(relay.server, "alice", "secret");
+    let resp = c.ok(Method::BINDING, &[]);
+    let m = Message::parse(&resp).unwrap();
+    let mapped = m.get(AttributeType::XOR_MAPPED_ADDRESS).unwrap().decode(&m.transaction_id()).unwrap();
+    assert_eq!(mapped, Attribute::XorMappedAddress(c.sock.local_addr().unwrap()));
+
+    // A relay round trip.
+    let relayed = c.allocate();
+    let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.ok(
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(peer.local_addr().unwrap())],
+    );
+    round_trip(&c, &peer, relayed, 20);
+
+    // Metrics (published once a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sent = r#"turn_relayed_packets_total{direction="to_peer",transport="udp"}"#;
+    while metric(relay.metrics, sent) != Some(20.0) {
+        assert!(Instant::now() < deadline, "metrics never showed 20 relayed packets");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(relay.metrics, "turn_allocations_active"), Some(1.0));
+    assert!(metric(relay.metrics, r#"turn_requests_total{method="allocate",result="success"}"#) == Some(1.0));
+    assert_eq!(http_get(relay.metrics, "/readyz").unwrap().0, 200);
+
+    // A user unknown to the file is refused; after editing the file and
+    // SIGHUP, accepted, and alice's allocation still relays.
+    let mut bob = Client::new(relay.server, "bob", "builder");
+    assert_eq!(bob.code(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]), 401);
+    std::fs::write(&users, "alice:secret\nbob:builder\n").unwrap();
+    relay.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut bob = loop {
+        let mut b = Client::new(relay.server, "bob", "builder");
+        if b.code(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]) == 0 {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the user file");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    round_trip(&c, &peer, relayed, 5);
+
+    // SIGTERM: not ready, no new allocations, running ones go on.
+    relay.signal(15);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http_get(relay.metrics, "/readyz").unwrap().0, 503);
+    let mut late = Client::new(relay.server, "alice", "secret");
+    assert_eq!(late.code(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]), 508);
+    round_trip(&c, &peer, relayed, 5);
+    assert!(relay.wait_exit(Duration::from_millis(200)).is_none());
+    // When the last allocations end, the process exits cleanly.
+    c.ok(Method::REFRESH, &[Attribute::Lifetime(0)]);
+    bob.ok(Method::REFRESH, &[Attribute::Lifetime(0)]);
+    let status = relay.wait_exit(Duration::from_secs(5)).expect("turn-relay did not exit after draining");
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_configuration_is_refused_before_any_socket() {
+    let dir = std::env::temp_dir().join(format!("turn-relay-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[server]\nrealm = \"x\"\n[limits]\nmax_lifetime = \"long\"\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_turn-relay")).args(["--config", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:4: limits.max_lifetime:", path.display())), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_turn-relay")).args(["--relay-ports", "5-1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<command line>: relay.ports"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
