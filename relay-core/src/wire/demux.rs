@@ -3,7 +3,7 @@
 //! (RFC 8656 §12.5, RFC 8489 §6.2.2).
 
 use super::channel_data::{self, CHANNEL_DATA_HEADER_LEN};
-use super::message::{HEADER_LEN, MAGIC_COOKIE, be16, be32};
+use super::message::{HEADER_LEN, MAGIC_COOKIE, MAX_MESSAGE_LEN, be16, be32};
 
 /// What a packet is, judged by its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,9 +35,14 @@ pub fn classify_packet(buf: &[u8]) -> PacketKind {
     }
 }
 
-/// The largest frame a stream can carry: a ChannelData message with a
-/// 65535-byte payload padded to four (STUN messages are at most 65552).
-pub const MAX_FRAME_LEN: usize = channel_data::stream_len(0xFFFF);
+/// The largest frame a stream can carry, and so the smallest read buffer
+/// that can hold any frame: a STUN message of the greatest length the header
+/// allows, 20 + 65532 = 65552 bytes. (The largest ChannelData message, a
+/// 65535-byte payload padded to four, is 65540 bytes.)
+pub const MAX_FRAME_LEN: usize = {
+    let channel_data = channel_data::stream_len(0xFFFF);
+    if MAX_MESSAGE_LEN > channel_data { MAX_MESSAGE_LEN } else { channel_data }
+};
 
 /// Why a stream cannot be framed: the connection should be closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +141,35 @@ mod tests {
         assert_eq!(next_frame(b"GET / HTTP/1.1"), Ok(Frame::NeedMore(stream_len(0x5420))));
         assert_eq!(next_frame(&[0x00, 0x01, 0x00, 0x03]), Err(FramingError::UnalignedLength(3)));
         assert_eq!(next_frame(&[0x00, 0x01, 0x00, 0x04, 0, 0, 0, 0]), Err(FramingError::BadMagicCookie));
-        assert_eq!(MAX_FRAME_LEN, 65540);
+    }
+
+    /// Regression: MAX_FRAME_LEN was the largest ChannelData frame (65540),
+    /// smaller than the largest STUN frame (65552), so a read buffer of that
+    /// size could never complete a long STUN message and `NeedMore` could ask
+    /// for more than MAX_FRAME_LEN (found by the `stream_framer` fuzz target).
+    #[test]
+    fn max_frame_len_bounds_every_frame() {
+        assert_eq!(MAX_FRAME_LEN, 65552);
+        assert_eq!(MAX_FRAME_LEN, MAX_MESSAGE_LEN);
+        assert!(MAX_FRAME_LEN >= stream_len(0xFFFF));
+
+        let mut stun = vec![0u8; MAX_MESSAGE_LEN];
+        stun[..8].copy_from_slice(&[0x00, 0x01, 0xFF, 0xFC, 0x21, 0x12, 0xA4, 0x42]);
+        assert_eq!(next_frame(&stun[..HEADER_LEN]), Ok(Frame::NeedMore(MAX_FRAME_LEN)));
+        assert_eq!(next_frame(&stun), Ok(Frame::Stun(MAX_FRAME_LEN)));
+
+        let cd = [0x4F, 0xFF, 0xFF, 0xFF];
+        assert_eq!(next_frame(&cd), Ok(Frame::NeedMore(stream_len(0xFFFF))));
+
+        // Every length field, for both kinds of frame, stays within the bound.
+        for len in 0..=u16::MAX {
+            let [l0, l1] = len.to_be_bytes();
+            for header in [[0x00, 0x01, l0, l1, 0x21, 0x12, 0xA4, 0x42], [0x40, 0x00, l0, l1, 0, 0, 0, 0]] {
+                match next_frame(&header) {
+                    Ok(Frame::NeedMore(n) | Frame::Stun(n) | Frame::ChannelData(n)) => assert!(n <= MAX_FRAME_LEN),
+                    Err(e) => assert_eq!(e, FramingError::UnalignedLength(len)),
+                }
+            }
+        }
     }
 }

@@ -218,8 +218,10 @@ pub enum ParseError {
 ///
 /// The view covers exactly the message's bytes (header plus the length the
 /// header declares). Attributes that follow MESSAGE-INTEGRITY, other than
-/// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, are ignored as RFC 8489 §14.5
-/// requires: [`Message::attributes`] does not yield them.
+/// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and attributes that follow
+/// MESSAGE-INTEGRITY-SHA256, other than FINGERPRINT, are ignored as RFC 8489
+/// §14.5 and §14.6 require: [`Message::attributes`] does not yield them, so
+/// it yields the same integrity attributes the verifiers check.
 #[derive(Clone, Copy, Debug)]
 pub struct Message<'a> {
     buf: &'a [u8],
@@ -347,9 +349,9 @@ impl<'a> Message<'a> {
         self.buf.len() == HEADER_LEN
     }
 
-    /// The attributes in order, without those RFC 8489 §14.5 says to ignore.
+    /// The attributes in order, without those RFC 8489 §14.5 and §14.6 say to ignore.
     pub fn attributes(&self) -> Attributes<'a> {
-        Attributes { buf: self.buf, off: HEADER_LEN, after_integrity: false }
+        Attributes { buf: self.buf, off: HEADER_LEN, after_integrity: false, after_integrity_sha256: false }
     }
 
     /// The first attribute of type `ty`, if any.
@@ -395,6 +397,7 @@ pub struct Attributes<'a> {
     buf: &'a [u8],
     off: usize,
     after_integrity: bool,
+    after_integrity_sha256: bool,
 }
 
 impl<'a> Iterator for Attributes<'a> {
@@ -411,14 +414,23 @@ impl<'a> Iterator for Attributes<'a> {
             let value = self.buf.get(start..start + len)?;
             let offset = self.off;
             self.off = start + padded(len);
-            let is_integrity = matches!(ty, AttributeType::MESSAGE_INTEGRITY | AttributeType::MESSAGE_INTEGRITY_SHA256);
-            if self.after_integrity && !is_integrity && ty != AttributeType::FINGERPRINT {
-                continue;
+            // Only MESSAGE-INTEGRITY-SHA256 and FINGERPRINT may follow
+            // MESSAGE-INTEGRITY; only FINGERPRINT may follow
+            // MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.5, §14.6).
+            let sealed = self.after_integrity || self.after_integrity_sha256;
+            let keep = match ty {
+                AttributeType::FINGERPRINT => true,
+                AttributeType::MESSAGE_INTEGRITY_SHA256 => !self.after_integrity_sha256,
+                _ => !sealed,
+            };
+            match ty {
+                AttributeType::MESSAGE_INTEGRITY => self.after_integrity = true,
+                AttributeType::MESSAGE_INTEGRITY_SHA256 => self.after_integrity_sha256 = true,
+                _ => {}
             }
-            if is_integrity {
-                self.after_integrity = true;
+            if keep {
+                return Some(RawAttribute { ty, value, offset });
             }
-            return Some(RawAttribute { ty, value, offset });
         }
     }
 }
@@ -527,6 +539,49 @@ mod tests {
         let n = (v.len() - HEADER_LEN) as u16;
         v[2..4].copy_from_slice(&n.to_be_bytes());
         assert_eq!(Message::parse(&v).unwrap_err(), ParseError::FingerprintNotLast);
+    }
+
+    /// Regression: `attributes()` used to yield a MESSAGE-INTEGRITY that
+    /// follows MESSAGE-INTEGRITY-SHA256 (and repeated integrity attributes),
+    /// which RFC 8489 §14.5/§14.6 say to ignore and which the verifiers do
+    /// ignore, so `get(MESSAGE_INTEGRITY)` found an attribute while
+    /// `integrity_offset()` was `None` (found by the `stun_message` fuzz target).
+    #[test]
+    fn ignored_integrity_attributes_are_not_yielded() {
+        fn message(types: &[u16]) -> Vec<u8> {
+            let mut v = header(0x0001, 0);
+            for &ty in types {
+                let len: u16 = match ty {
+                    0x0008 => 20,
+                    0x001C => 32,
+                    _ => 4,
+                };
+                v.extend_from_slice(&ty.to_be_bytes());
+                v.extend_from_slice(&len.to_be_bytes());
+                v.extend(std::iter::repeat_n(0, usize::from(len)));
+            }
+            let n = (v.len() - HEADER_LEN) as u16;
+            v[2..4].copy_from_slice(&n.to_be_bytes());
+            v
+        }
+        let (mi, sha, fp, lifetime) = (0x0008, 0x001C, 0x8028, 0x000D);
+        let t = |ty: u16| AttributeType(ty);
+
+        let v = message(&[lifetime, sha, mi, lifetime, sha, fp]);
+        let m = Message::parse(&v).unwrap();
+        let yielded: Vec<_> = m.attributes().map(|a| (a.ty, a.offset)).collect();
+        assert_eq!(yielded, vec![(t(lifetime), 20), (t(sha), 28), (t(fp), 132)]);
+        assert_eq!(m.get(AttributeType::MESSAGE_INTEGRITY), None);
+        assert_eq!(m.integrity_offset(), None);
+        assert_eq!(m.integrity_sha256_offset(), Some(28));
+
+        let v = message(&[mi, lifetime, mi, sha, sha, fp]);
+        let m = Message::parse(&v).unwrap();
+        let yielded: Vec<_> = m.attributes().map(|a| (a.ty, a.offset)).collect();
+        assert_eq!(yielded, vec![(t(mi), 20), (t(sha), 76), (t(fp), 148)]);
+        assert_eq!(m.integrity_offset(), Some(20));
+        assert_eq!(m.integrity_sha256_offset(), Some(76));
+        assert_eq!(m.fingerprint_offset(), Some(148));
     }
 
     #[test]
