@@ -599,7 +599,8 @@ fn channel_bind_rules() {
     let relayed_addr = h.allocate();
     let relay = relay_of(&h, relayed_addr);
     assert_eq!(error_code(&h.bind(0x3fff, PEER)), Some(400));
-    assert_eq!(error_code(&h.bind(0x5000, PEER)), Some(400));
+    assert_eq!(error_code(&h.bind(0x7fff, PEER)), Some(400));
+    assert_eq!(error_code(&h.bind(0x8000, PEER)), Some(400));
     let resp = h.request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000)]);
     assert_eq!(error_code(&resp), Some(400));
     assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);

@@ -10,9 +10,12 @@
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// Lowest channel number a client may bind (RFC 8656 §12).
 pub const MIN_CHANNEL: u16 = 0x4000;
-/// Highest channel number a client may bind (RFC 8656 §12; RFC 5766 allowed
-/// up to 0x7FFE, the range 0x5000–0x7FFF is now reserved).
-pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// Highest channel number a client may bind: 0x7FFE, as RFC 5766 §11
+/// allowed. RFC 8656 §12 narrowed the range to 0x4FFF and reserved the
+/// rest, but deployed clients (coturn's `turnutils_uclient`, older stacks)
+/// still pick numbers up to 0x7FFE, and their first bytes (0x50–0x7F) belong
+/// to no other protocol in RFC 7983, so accepting them costs nothing.
+pub const MAX_CHANNEL: u16 = 0x7FFE;
 
 /// True for channel numbers a client may bind.
 #[inline]
@@ -27,7 +30,7 @@ pub enum ChannelDataError {
     #[error("{0} bytes is shorter than the ChannelData header")]
     TooShort(usize),
     /// The channel number is outside 0x4000–0x4FFF.
-    #[error("channel number 0x{0:04x} is outside 0x4000-0x4fff")]
+    #[error("channel number 0x{0:04x} is outside 0x4000-0x7ffe")]
     BadChannel(u16),
     /// The length field runs past the data present.
     #[error("ChannelData length {declared} exceeds the {available} bytes present")]
@@ -135,7 +138,9 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(ChannelData::parse(b"\x40\x00\x00"), Err(ChannelDataError::TooShort(3)));
-        assert_eq!(ChannelData::parse(b"\x50\x00\x00\x00"), Err(ChannelDataError::BadChannel(0x5000)));
+        assert_eq!(ChannelData::parse(b"\x7f\xff\x00\x00"), Err(ChannelDataError::BadChannel(0x7fff)));
+        assert_eq!(ChannelData::parse(b"\x80\x00\x00\x00"), Err(ChannelDataError::BadChannel(0x8000)));
+        assert!(ChannelData::parse(b"\x50\x00\x00\x00").is_ok(), "RFC 5766 channel numbers are accepted");
         assert_eq!(ChannelData::parse(b"\x3f\xff\x00\x00"), Err(ChannelDataError::BadChannel(0x3fff)));
         assert_eq!(
             ChannelData::parse(b"\x40\x00\x00\x05abc"),

@@ -10,7 +10,9 @@ use super::message::{HEADER_LEN, MAGIC_COOKIE, MAX_MESSAGE_LEN, be16, be32};
 pub enum PacketKind {
     /// 0–3: STUN.
     Stun,
-    /// 64–79 (channels 0x4000–0x4FFF): TURN ChannelData.
+    /// 64–127 (channels 0x4000–0x7FFE): TURN ChannelData. RFC 7983 gives
+    /// 64–79 to TURN channels and leaves 80–127 unassigned; RFC 5766
+    /// clients use channels up to 0x7FFE.
     ChannelData,
     /// Anything else (DTLS, RTP, ZRTP, QUIC, garbage): not for a TURN server.
     Other,
@@ -21,7 +23,7 @@ pub enum PacketKind {
 pub const fn classify(first_byte: u8) -> PacketKind {
     match first_byte {
         0..=3 => PacketKind::Stun,
-        64..=79 => PacketKind::ChannelData,
+        64..=127 => PacketKind::ChannelData,
         _ => PacketKind::Other,
     }
 }
@@ -118,7 +120,7 @@ mod tests {
         assert_eq!(classify(0x04), PacketKind::Other);
         assert_eq!(classify(0x40), PacketKind::ChannelData);
         assert_eq!(classify(0x4F), PacketKind::ChannelData);
-        assert_eq!(classify(0x50), PacketKind::Other);
+        assert_eq!(classify(0x7F), PacketKind::ChannelData);
         assert_eq!(classify(0x16), PacketKind::Other, "DTLS handshake");
         assert_eq!(classify(0x80), PacketKind::Other, "RTP");
         assert_eq!(classify_packet(&[]), PacketKind::Other);

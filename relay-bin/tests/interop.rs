@@ -1,0 +1,118 @@
+//! Interop with real third-party software: coturn's client tools (Debian
+//! package `coturn`, installed by `.ci/run`) against `turn-relay` over
+//! loopback. `turnutils_stunclient` for Binding, `turnutils_uclient` with
+//! ChannelData (its default) and with Send/Data indications (`-s`); each
+//! run is bounded and must show every message back and zero loss.
+//!
+//! Without the tools the test fails, unless `TURN_RELAY_SKIP_INTEROP=1`
+//! says to skip (for machines without coturn; CI always has it).
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tools_present() -> bool {
+    let found = ["turnutils_uclient", "turnutils_peer", "turnutils_stunclient"].iter().all(|t| {
+        Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success())
+    });
+    if !found && std::env::var("TURN_RELAY_SKIP_INTEROP").as_deref() != Ok("1") {
+        panic!("coturn's client tools are missing: apt-get install coturn (or TURN_RELAY_SKIP_INTEROP=1)");
+    }
+    found
+}
+
+fn free_udp_port(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a command for at most `limit`, killing it after.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+        }
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = watchdog.join();
+    out
+}
+
+/// The totals line: `tot_send_msgs=N, tot_recv_msgs=M`.
+fn totals(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))?;
+    let num = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Some((num("tot_send_msgs=")?, num("tot_recv_msgs=")?))
+}
+
+#[test]
+fn coturn_clients_relay_through_turn_relay() {
+    if !tools_present() {
+        eprintln!("skipping: TURN_RELAY_SKIP_INTEROP=1 and coturn's tools are missing");
+        return;
+    }
+    let port = free_udp_port("127.0.0.1");
+    let peer_port = free_udp_port("127.0.0.2");
+    let lo = 21000 + (std::process::id() % 300) as u16 * 30;
+    let relay = Killed(
+        Command::new(env!("CARGO_BIN_EXE_turn-relay"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--relay-ip", "127.0.0.1"])
+            .args(["--relay-ports", &format!("{lo}-{}", lo + 29), "--user", "test:pass", "--realm", "example.org"])
+            .args(["--allow-peer", "127.0.0.0/8", "--no-metrics", "--shards", "1", "--no-pin"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The relay's own address (127.0.0.1) is never a permitted peer, so the
+    // echo peer listens on 127.0.0.2.
+    let _peer = Killed(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.2", "-p", &peer_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = run_bounded(
+        Command::new("turnutils_stunclient").args(["-p", &port.to_string(), "127.0.0.1"]),
+        Duration::from_secs(10),
+    );
+    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("UDP reflexive addr: 127.0.0.1:"), "stunclient:\n{log}");
+
+    for (mode, extra) in [("ChannelData", &[][..]), ("Send/Data indications", &["-s"][..])] {
+        let out = run_bounded(
+            Command::new("turnutils_uclient")
+                .args(extra)
+                .args(["-p", &port.to_string(), "-u", "test", "-w", "pass", "-m", "4", "-n", "100", "-l", "120"])
+                .args(["-z", "2", "-c", "-e", "127.0.0.2", "-r", &peer_port.to_string(), "127.0.0.1"]),
+            Duration::from_secs(30),
+        );
+        let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(totals(&log), Some((400, 400)), "{mode}: uclient log:\n{log}");
+        assert!(log.contains("Total lost packets 0 (0.000000%)"), "{mode}: uclient log:\n{log}");
+        assert!(!log.contains("error"), "{mode}: uclient reported an error:\n{log}");
+    }
+    drop(relay);
+}
