@@ -208,6 +208,8 @@ pub struct Server {
     epoch: Instant,
     epoch_unix: u64,
     accepting: bool,
+    /// Allocations the table has room for.
+    reserved_for: usize,
 }
 
 enum AuthOutcome<'m> {
@@ -239,6 +241,7 @@ impl Server {
             epoch: now,
             epoch_unix: unix_now,
             accepting: true,
+            reserved_for: 0,
         }
     }
 
@@ -794,6 +797,13 @@ impl Server {
             Err(e) => return self.error(out, msg, label, seal, e.stun_code(), |_| Ok(())),
         };
 
+        // Size the table for every relay address once, before the first
+        // allocation (relays are all registered by then).
+        let total = self.pool.capacity(AddressFamily::V4) + self.pool.capacity(AddressFamily::V6);
+        if total > self.reserved_for {
+            self.table.reserve_total(total);
+            self.reserved_for = total;
+        }
         let id = self.table.vacant_key();
         let reserve = (even_port == Some(true)).then(|| (self.rng.next().to_le_bytes(), now));
         let first = match (token, even_port) {
@@ -828,8 +838,8 @@ impl Server {
             expires,
             username: username.into(),
             key,
-            permissions: Vec::new(),
-            channels: Vec::new(),
+            permissions: Default::default(),
+            channels: Default::default(),
             quota: Some(quota),
             bucket,
             allocate_tid: tid,
