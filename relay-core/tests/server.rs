@@ -877,3 +877,19 @@ fn no_panic_on_truncations_of_valid_traffic() {
     }
     let _ = IpAddr::from([0, 0, 0, 0]);
 }
+
+#[test]
+fn software_is_configurable() {
+    let mut h = H::with(Setup {
+        config: ServerConfig { software: Some("turn-relay test".into()), ..ServerConfig::default() },
+        ..Setup::default()
+    });
+    let tid = h.next_tid();
+    let req = h.build(Method::BINDING, tid, false, &[]);
+    let resp = h.roundtrip(&req);
+    assert!(attrs(&resp).contains(&Attribute::Software("turn-relay test")));
+    let mut h = H::new();
+    let req = h.build(Method::BINDING, tid, false, &[]);
+    let resp = h.roundtrip(&req);
+    assert!(!attrs(&resp).iter().any(|a| matches!(a, Attribute::Software(_))));
+}
