@@ -219,6 +219,8 @@ struct Uring {
     sends: Sends,
     msg_template: Box<libc::msghdr>,
     rearm: Vec<usize>,
+    /// Scratch for `rearm`, swapped each turn so neither reallocates.
+    rearm_now: Vec<usize>,
     timer_armed: bool,
     timespec: Box<Timespec>,
 }
@@ -238,6 +240,7 @@ pub fn run(st: &mut ShardState, _batch: usize, max_datagram: usize) -> io::Resul
         sends: Sends::new(usize::from(buffers) + 1024, 1024),
         msg_template,
         rearm: (0..st.socks.len()).collect(),
+        rearm_now: Vec::with_capacity(st.socks.len()),
         timer_armed: false,
         timespec: Box::new(Timespec::new()),
     };
@@ -293,9 +296,12 @@ impl Uring {
                 self.flush_sends(st);
                 return Ok(());
             }
-            for i in std::mem::take(&mut self.rearm) {
+            std::mem::swap(&mut self.rearm, &mut self.rearm_now);
+            for k in 0..self.rearm_now.len() {
+                let i = self.rearm_now[k];
                 self.arm_recv(st, i);
             }
+            self.rearm_now.clear();
             if !self.timer_armed
                 && let Some(d) = st.sleep_for(now)
             {
