@@ -126,11 +126,14 @@ impl Default for ServerSection {
 pub struct ListenSection {
     /// UDP addresses clients reach.
     pub udp: Vec<SocketAddr>,
+    /// TCP addresses clients reach (TURN over TCP); empty for none.
+    pub tcp: Vec<SocketAddr>,
 }
 
 impl Default for ListenSection {
     fn default() -> Self {
-        ListenSection { udp: vec![SocketAddr::from(([0, 0, 0, 0], 3478))] }
+        let any = SocketAddr::from(([0, 0, 0, 0], 3478));
+        ListenSection { udp: vec![any], tcp: vec![any] }
     }
 }
 

@@ -38,6 +38,12 @@ struct Cli {
     /// UDP listen address (repeatable) [listen.udp].
     #[arg(long)]
     listen: Vec<SocketAddr>,
+    /// TCP listen address (repeatable) [listen.tcp].
+    #[arg(long)]
+    listen_tcp: Vec<SocketAddr>,
+    /// No TCP listener [listen.tcp = []].
+    #[arg(long)]
+    no_tcp: bool,
     /// Relay IP (repeatable) [relay.ips].
     #[arg(long)]
     relay_ip: Vec<IpAddr>,
@@ -119,6 +125,8 @@ impl Cli {
             };
         }
         set!("listen.udp", !self.listen.is_empty(), c.listen.udp = self.listen.clone());
+        set!("listen.tcp", !self.listen_tcp.is_empty(), c.listen.tcp = self.listen_tcp.clone());
+        set!("listen.tcp", self.no_tcp, c.listen.tcp.clear());
         set!("relay.ips", !self.relay_ip.is_empty(), c.relay.ips = self.relay_ip.clone());
         set!("relay.ports", self.relay_ports.is_some(), c.relay.ports = self.relay_ports.clone().unwrap_or_default());
         set!("relay.external", !self.external_ip.is_empty(), c.relay.external = self.external_ip.clone());
@@ -289,6 +297,7 @@ fn run(
             BackendName::Portable => Backend::Portable,
         },
         udp_listen: config.listen.udp.clone(),
+        tcp_listen: config.listen.tcp.clone(),
         relay_ips: relay_addrs.iter().map(|&(bind, advertised)| RelayIp { bind, advertised }).collect(),
         relay_ports: RelayPorts::Range(ports.0, ports.1),
         max_datagram: config.relay.max_datagram,
@@ -315,8 +324,9 @@ fn run(
         reason = relay.backend_reason(),
         shards = relay.shard_count(),
         relay_ports = relay.relay_count(),
-        "turn-relay listening on {:?}",
-        relay.udp_addrs()
+        "turn-relay listening on UDP {:?}, TCP {:?}",
+        relay.udp_addrs(),
+        relay.tcp_addrs()
     );
     if let Some(password) = &generated {
         // Printed once so that a first run is usable; never logged.

@@ -26,12 +26,23 @@ pub fn install() -> Result<PrometheusHandle, String> {
 pub fn publish(reports: &[ShardReport], backend: &str) {
     let mut total = Stats::default();
     let (mut free, mut quarantined, mut send_failures) = (0usize, 0usize, 0u64);
+    let mut streams = relay_io::stream::StreamStats::default();
     for r in reports {
         total.merge(&r.stats);
         free += r.relays_free;
         quarantined += r.relays_quarantined;
         send_failures += r.send_failures;
+        streams.open += r.streams.open;
+        streams.accepted += r.streams.accepted;
+        streams.refused += r.streams.refused;
+        streams.garbage += r.streams.garbage;
+        streams.shed += r.streams.shed;
     }
+    gauge!("turn_tcp_connections_open").set(streams.open as f64);
+    counter!("turn_tcp_connections_accepted_total").absolute(streams.accepted);
+    counter!("turn_tcp_connections_refused_total").absolute(streams.refused);
+    counter!("turn_tcp_connections_garbage_total").absolute(streams.garbage);
+    counter!("turn_tcp_shed_frames_total").absolute(streams.shed);
     gauge!("turn_shards").set(reports.len() as f64);
     gauge!("turn_backend_info", "backend" => backend.to_owned()).set(1.0);
     gauge!("turn_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);

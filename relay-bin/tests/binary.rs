@@ -48,6 +48,8 @@ impl Relay {
         let mut args = vec![
             "--listen".to_owned(),
             server.to_string(),
+            "--listen-tcp".into(),
+            server.to_string(),
             "--relay-ip".into(),
             "127.0.0.1".into(),
             "--relay-ports".into(),

@@ -1,8 +1,9 @@
 //! Interop with real third-party software: coturn's client tools (Debian
 //! package `coturn`, installed by `.ci/run`) against `turn-relay` over
-//! loopback. `turnutils_stunclient` for Binding, `turnutils_uclient` with
-//! ChannelData (its default) and with Send/Data indications (`-s`); each
-//! run is bounded and must show every message back and zero loss.
+//! loopback. `turnutils_stunclient` for Binding, `turnutils_uclient` over
+//! UDP and over TCP (`-t`), with ChannelData (its default) and with
+//! Send/Data indications (`-s`); each run is bounded and must show every
+//! message back and zero loss.
 //!
 //! Without the tools the test fails, unless `TURN_RELAY_SKIP_INTEROP=1`
 //! says to skip (for machines without coturn; CI always has it).
@@ -71,11 +72,21 @@ fn coturn_clients_relay_through_turn_relay() {
     }
     let port = free_udp_port("127.0.0.1");
     let peer_port = free_udp_port("127.0.0.2");
-    let lo = 21000 + (std::process::id() % 300) as u16 * 30;
+    let lo = 21000 + (std::process::id() % 90) as u16 * 100;
     let relay = Killed(
         Command::new(env!("CARGO_BIN_EXE_turn-relay"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--relay-ip", "127.0.0.1"])
-            .args(["--relay-ports", &format!("{lo}-{}", lo + 29), "--user", "test:pass", "--realm", "example.org"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--listen-tcp", &format!("127.0.0.1:{port}")])
+            .args(["--relay-ip", "127.0.0.1"])
+            .args([
+                "--relay-ports",
+                &format!("{lo}-{}", lo + 99),
+                "--quarantine",
+                "1",
+                "--user",
+                "test:pass",
+                "--realm",
+                "example.org",
+            ])
             .args(["--allow-peer", "127.0.0.0/8", "--no-metrics", "--shards", "1", "--no-pin"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -101,7 +112,13 @@ fn coturn_clients_relay_through_turn_relay() {
     let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("UDP reflexive addr: 127.0.0.1:"), "stunclient:\n{log}");
 
-    for (mode, extra) in [("ChannelData", &[][..]), ("Send/Data indications", &["-s"][..])] {
+    let modes = [
+        ("ChannelData", &[][..]),
+        ("Send/Data indications", &["-s"][..]),
+        ("TCP ChannelData", &["-t"][..]),
+        ("TCP Send/Data indications", &["-t", "-s"][..]),
+    ];
+    for (mode, extra) in modes {
         let out = run_bounded(
             Command::new("turnutils_uclient")
                 .args(extra)

@@ -25,6 +25,7 @@ use relay_core::server::{RelayId, Server};
 pub mod portable;
 pub mod shard;
 pub mod socket;
+pub mod stream;
 pub mod sys;
 pub mod uring;
 
@@ -58,6 +59,10 @@ pub struct IoConfig {
     /// UDP addresses clients reach (port 0: picked by the kernel once and
     /// shared by every shard).
     pub udp_listen: Vec<SocketAddr>,
+    /// TCP addresses clients reach (TURN over TCP).
+    pub tcp_listen: Vec<SocketAddr>,
+    /// Limits of TCP connections.
+    pub stream_limits: stream::StreamLimits,
     /// Relay IPs.
     pub relay_ips: Vec<RelayIp>,
     /// Relay ports.
@@ -79,6 +84,8 @@ impl Default for IoConfig {
             pin_cores: false,
             backend: Backend::Auto,
             udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 3478))],
+            tcp_listen: Vec::new(),
+            stream_limits: stream::StreamLimits::default(),
             relay_ips: vec![RelayIp::same(IpAddr::from([127, 0, 0, 1]))],
             relay_ports: RelayPorts::Range(49152, 65535),
             batch: 32,
@@ -123,6 +130,7 @@ pub struct Relay {
     backend: BackendKind,
     backend_reason: String,
     udp_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
     relay_count: usize,
     draining: std::sync::atomic::AtomicBool,
 }
@@ -135,6 +143,7 @@ impl Relay {
         let n = config.shards.max(1);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut udp_addrs = config.udp_listen.clone();
+        let mut tcp_addrs = config.tcp_listen.clone();
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;
         for k in 0..n {
@@ -148,6 +157,14 @@ impl Relay {
                 server.deny_own_address(addr.ip());
                 socks.push(Sock { socket: s, kind: SockKind::Listener(*addr) });
             }
+            let mut tcp = Vec::new();
+            for addr in tcp_addrs.iter_mut() {
+                let l = socket::tcp_listener(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
+                *addr = l.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
+                server.deny_own_address(addr.ip());
+                tcp.push(l);
+            }
+            let streams = stream::Streams::new(tcp, config.stream_limits).map_err(StartError::Spawn)?;
             let mut relay_sock = Vec::new();
             for rip in &config.relay_ips {
                 server.deny_own_address(rip.bind);
@@ -184,6 +201,8 @@ impl Relay {
                 stop: false,
                 send_failures: 0,
                 df,
+                streams,
+                last_housekeeping: Instant::now(),
             };
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[k % cores.len()]);
             let (batch, max_datagram) = (config.batch.max(1), config.max_datagram);
@@ -203,7 +222,7 @@ impl Relay {
             shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
         }
         tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
-        Ok(Relay { shards, backend, backend_reason, udp_addrs, relay_count, draining: Default::default() })
+        Ok(Relay { shards, backend, backend_reason, udp_addrs, tcp_addrs, relay_count, draining: Default::default() })
     }
 
     /// The backend the shards run.
@@ -219,6 +238,11 @@ impl Relay {
     /// The UDP listen addresses, with kernel-chosen ports resolved.
     pub fn udp_addrs(&self) -> &[SocketAddr] {
         &self.udp_addrs
+    }
+
+    /// The TCP listen addresses, with kernel-chosen ports resolved.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
     }
 
     /// Relay sockets bound across all shards.

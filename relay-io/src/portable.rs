@@ -18,6 +18,8 @@ use crate::sys::{Batch, Epoll, empty_event};
 
 /// Token of the shard's wake-up eventfd.
 const WAKE: u64 = u64::MAX;
+/// Token of the stream (TCP) epoll.
+const STREAMS: u64 = u64::MAX - 1;
 
 /// Batches read from one ready socket before moving on, so that one busy
 /// socket cannot starve the others.
@@ -33,12 +35,16 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
     for (i, s) in st.socks.iter().enumerate() {
         ep.add(s.socket.as_raw_fd(), i as u64)?;
     }
+    if !st.streams.is_empty() {
+        ep.add(st.streams.fd(), STREAMS)?;
+    }
     let slot_len = PEER_HEADROOM + max_datagram + PEER_TAILROOM + 1;
     let mut batch = Batch::new(batch_size, slot_len, REPLY_LEN);
     let mut events = vec![empty_event(); 256];
     loop {
         let now = Instant::now();
         if st.finished(now) {
+            st.close_streams(now);
             return Ok(());
         }
         let timeout = st.sleep_for(now).map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
@@ -51,11 +57,16 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
                 st.handle_control(BackendKind::Portable);
                 continue;
             }
+            if token == STREAMS {
+                st.process_streams(now);
+                continue;
+            }
             drain_socket(st, token as usize, &mut batch, now);
         }
         if st.server.next_timeout().is_some_and(|t| t <= now) {
             st.server.handle_timeout(now);
         }
+        st.housekeeping(now);
         st.apply_events();
     }
 }
@@ -98,9 +109,12 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Insta
                     let payload = PEER_HEADROOM..PEER_HEADROOM + r.len;
                     if let PeerAction::Forward { client, frame } =
                         st.server.handle_peer(now, relay, from, slot, payload)
-                        && let Some(lfd) = st.listener_fd(client.local)
                     {
-                        batch.send_slot(lfd, client.remote, i, frame);
+                        if client.transport.is_stream() {
+                            st.deliver_stream(client.conn, &slot[frame], now);
+                        } else if let Some(lfd) = st.listener_fd(client.local) {
+                            batch.send_slot(lfd, client.remote, i, frame);
+                        }
                     }
                 }
             }

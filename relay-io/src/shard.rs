@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use relay_core::server::stats::Stats;
 use relay_core::server::{Event, RelayId, Server};
 
+use crate::stream::Streams;
 use crate::sys::{self, EventFd};
 
 /// Which backend a shard runs.
@@ -48,6 +49,8 @@ pub struct ShardReport {
     pub send_failures: u64,
     /// The backend it runs.
     pub backend: BackendKind,
+    /// TCP connection counters.
+    pub streams: crate::stream::StreamStats,
 }
 
 /// Messages to a shard from other threads.
@@ -103,6 +106,10 @@ pub struct ShardState {
     pub send_failures: u64,
     /// Relay sockets currently set to Don't Fragment.
     pub df: Vec<bool>,
+    /// TCP listeners and client connections.
+    pub streams: Streams,
+    /// When housekeeping last ran.
+    pub last_housekeeping: Instant,
 }
 
 impl ShardState {
@@ -130,7 +137,8 @@ impl ShardState {
                         allocations: self.server.allocation_count(),
                         relays_free: free,
                         relays_quarantined: quarantined,
-                        send_failures: self.send_failures,
+                        send_failures: self.send_failures + self.streams.stats.send_failures,
+                        streams: self.streams.stats,
                         backend,
                     });
                 }
@@ -162,6 +170,31 @@ impl ShardState {
         }
     }
 
+    /// Handles ready stream listeners and connections.
+    pub fn process_streams(&mut self, now: Instant) {
+        let ShardState { server, streams, socks, relay_sock, .. } = self;
+        let relay = |id: u32| relay_sock.get(id as usize).map(|&i| &socks[i].socket);
+        streams.process(now, server, &relay);
+    }
+
+    /// Sends a framed message to a stream client (shed when its queue is full).
+    pub fn deliver_stream(&mut self, conn: u32, bytes: &[u8], now: Instant) {
+        self.streams.deliver(conn, bytes, now, &mut self.server);
+    }
+
+    /// Once-a-second housekeeping besides the server's timers.
+    pub fn housekeeping(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_housekeeping) >= std::time::Duration::from_secs(1) {
+            self.last_housekeeping = now;
+            self.streams.expire(now, &mut self.server);
+        }
+    }
+
+    /// Closes every stream connection (on exit).
+    pub fn close_streams(&mut self, now: Instant) {
+        self.streams.close_all(now, &mut self.server);
+    }
+
     /// True when the shard's loop should end.
     pub fn finished(&self, now: Instant) -> bool {
         self.stop || self.draining.is_some_and(|d| now >= d || self.server.allocation_count() == 0)
@@ -171,7 +204,7 @@ impl ShardState {
     /// a second while draining (to notice the deadline).
     pub fn sleep_for(&self, now: Instant) -> Option<std::time::Duration> {
         let mut t = self.server.next_timeout().map(|t| t.saturating_duration_since(now));
-        if self.draining.is_some() {
+        if self.draining.is_some() || self.streams.has_connections() {
             let s = std::time::Duration::from_secs(1);
             t = Some(t.map_or(s, |t| t.min(s)));
         }

@@ -52,6 +52,20 @@ pub fn udp_listener(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// A TCP listener bound with SO_REUSEPORT (one per shard on the same
+/// address; the kernel spreads connections by flow hash).
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// A relay socket bound to `addr` (port 0: the kernel picks).
 pub fn relay_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     let s = udp(addr)?;

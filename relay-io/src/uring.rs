@@ -43,6 +43,7 @@ const RECV: u64 = 1 << 56;
 const SEND: u64 = 2 << 56;
 const WAKE: u64 = 3 << 56;
 const TIMER: u64 = 4 << 56;
+const STREAMS: u64 = 5 << 56;
 const KIND: u64 = 0xff << 56;
 
 /// Checks that this kernel can run the backend.
@@ -280,6 +281,11 @@ impl Uring {
         self.push(e);
     }
 
+    fn arm_streams(&mut self, st: &ShardState) {
+        let e = opcode::PollAdd::new(Fd(st.streams.fd()), libc::POLLIN as u32).multi(true).build().user_data(STREAMS);
+        self.push(e);
+    }
+
     fn arm_timer(&mut self, d: Duration) {
         *self.timespec = Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
         let e = opcode::Timeout::new(&*self.timespec).build().user_data(TIMER);
@@ -289,11 +295,15 @@ impl Uring {
 
     fn event_loop(&mut self, st: &mut ShardState) -> io::Result<()> {
         self.arm_wake(st);
+        if !st.streams.is_empty() {
+            self.arm_streams(st);
+        }
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(4096);
         loop {
             let now = Instant::now();
             if st.finished(now) {
                 self.flush_sends(st);
+                st.close_streams(now);
                 return Ok(());
             }
             std::mem::swap(&mut self.rearm, &mut self.rearm_now);
@@ -327,12 +337,19 @@ impl Uring {
                         }
                     }
                     TIMER => self.timer_armed = false,
+                    STREAMS => {
+                        st.process_streams(now);
+                        if !cqueue::more(flags) {
+                            self.arm_streams(st);
+                        }
+                    }
                     _ => {}
                 }
             }
             if st.server.next_timeout().is_some_and(|t| t <= now) {
                 st.server.handle_timeout(now);
             }
+            st.housekeeping(now);
             st.apply_events();
         }
     }
@@ -441,6 +458,10 @@ impl Uring {
             SockKind::Relay(relay) => {
                 let payload = PEER_HEADROOM..PEER_HEADROOM + payload_len;
                 match st.server.handle_peer(now, relay, from, buf, payload) {
+                    PeerAction::Forward { client, frame } if client.transport.is_stream() => {
+                        st.deliver_stream(client.conn, &buf[frame], now);
+                        self.bufs.give(bid);
+                    }
                     PeerAction::Forward { client, frame } => match st.listener_fd(client.local) {
                         Some(lfd) => self.send(lfd, client.remote, SendBuf::Ring(bid), frame.start, frame.len(), st),
                         None => self.bufs.give(bid),

@@ -28,6 +28,7 @@ fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Du
         shards,
         backend,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
         relay_ports: RelayPorts::Ephemeral(ports_per_shard),
         ..IoConfig::default()
@@ -333,5 +334,134 @@ fn graceful_stop_lets_running_allocations_finish() {
         }
         assert!(relay.is_finished(), "shard did not exit after its last allocation");
         relay.join().unwrap();
+    }
+}
+
+/// A blocking TURN-over-TCP client: frames are read with relay-core's
+/// stream framer.
+struct TcpTurn {
+    stream: std::net::TcpStream,
+    rbuf: Vec<u8>,
+    key: Key,
+    nonce: String,
+    tid: u8,
+}
+
+impl TcpTurn {
+    fn connect(addr: SocketAddr) -> TcpTurn {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let key = Key::long_term(PasswordAlgorithm::Md5, "alice", REALM, "secret").unwrap();
+        TcpTurn { stream, rbuf: Vec::new(), key, nonce: String::new(), tid: 0 }
+    }
+
+    fn frame(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        loop {
+            match relay_core::wire::next_frame(&self.rbuf).unwrap() {
+                relay_core::wire::Frame::Stun(n) | relay_core::wire::Frame::ChannelData(n) => {
+                    return self.rbuf.drain(..n).collect();
+                }
+                relay_core::wire::Frame::NeedMore(_) => {
+                    let mut buf = [0u8; 4096];
+                    let n = self.stream.read(&mut buf).expect("frame");
+                    assert!(n > 0, "connection closed");
+                    self.rbuf.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        use std::io::Write;
+        for _ in 0..2 {
+            self.tid += 1;
+            let tid = TransactionId([self.tid; 12]);
+            let mut buf = [0u8; 1500];
+            let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid).unwrap();
+            for a in attrs {
+                b.add(a).unwrap();
+            }
+            if !self.nonce.is_empty() {
+                b.add(&Attribute::Username("alice")).unwrap();
+                b.add(&Attribute::Realm(REALM)).unwrap();
+                b.add(&Attribute::Nonce(&self.nonce)).unwrap();
+                b.add_message_integrity(self.key.as_bytes()).unwrap();
+            }
+            let n = b.finish();
+            self.stream.write_all(&buf[..n]).unwrap();
+            let resp = self.frame();
+            if error_code(&resp) == Some(401) && self.nonce.is_empty() {
+                let m = Message::parse(&resp).unwrap();
+                if let Some(Ok(Attribute::Nonce(n))) = m.get(AttributeType::NONCE).map(|a| a.decode(&tid)) {
+                    self.nonce = n.to_owned();
+                    continue;
+                }
+            }
+            return resp;
+        }
+        panic!("no final answer")
+    }
+}
+
+#[test]
+fn turn_over_tcp() {
+    use std::io::Write;
+    for backend in backends() {
+        let Some(relay) = start(backend, 1, 4, Duration::from_secs(60)) else { continue };
+        let mut c = TcpTurn::connect(relay.tcp_addrs()[0]);
+        let resp = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{backend:?}: {:?}", error_code(&resp));
+        let Ok(Attribute::XorRelayedAddress(relayed)) =
+            m.get(AttributeType::XOR_RELAYED_ADDRESS).unwrap().decode(&m.transaction_id())
+        else {
+            panic!()
+        };
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        // Data indication before any channel.
+        let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(paddr)]);
+        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+        p.send_to(b"odd", relayed).unwrap();
+        let ind = c.frame();
+        assert_eq!(ind.len() % 4, 0);
+        let m = Message::parse(&ind).unwrap();
+        assert_eq!(m.get(AttributeType::DATA).unwrap().value, b"odd");
+        let resp =
+            c.request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4002), Attribute::XorPeerAddress(paddr)]);
+        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+        for i in 0..20u8 {
+            // Client → peer: padded ChannelData on the stream, several per write.
+            let payload = vec![i; 1 + usize::from(i)];
+            let mut frame = vec![0u8; channel_data::stream_len(payload.len())];
+            channel_data::encode(&mut frame, 0x4002, &payload, true).unwrap();
+            c.stream.write_all(&frame).unwrap();
+            let (got, from) = recv_retrying(&p).expect("peer receives");
+            assert_eq!((&got[..], from), (&payload[..], relayed));
+            // Peer → client: padded ChannelData.
+            p.send_to(&payload, relayed).unwrap();
+            let f = c.frame();
+            assert_eq!(f.len(), channel_data::stream_len(payload.len()));
+            let cd = ChannelData::parse(&f).unwrap();
+            assert_eq!((cd.channel, cd.payload), (0x4002, &payload[..]));
+        }
+        // Closing the connection ends the allocation.
+        drop(c);
+        let deadline = Instant::now() + TIMEOUT;
+        while relay.stats(TIMEOUT)[0].allocations != 0 {
+            assert!(Instant::now() < deadline, "{backend:?}: allocation outlived its connection");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = &relay.stats(TIMEOUT)[0];
+        assert_eq!((r.streams.accepted, r.streams.open), (1, 0));
+        // Bytes that are neither STUN nor ChannelData close the stream
+        // (the server's end: the read sees end-of-file, not a timeout).
+        let mut g = std::net::TcpStream::connect(relay.tcp_addrs()[0]).unwrap();
+        g.write_all(&[0xff; 8]).unwrap();
+        g.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(std::io::Read::read(&mut g, &mut buf), Ok(0)), "{backend:?}: garbage did not close");
+        relay.stop().unwrap();
     }
 }

@@ -286,6 +286,11 @@ impl Server {
         &self.stats
     }
 
+    /// True when this client has an allocation.
+    pub fn has_allocation(&self, client: &Client) -> bool {
+        self.table.lookup(client).is_some()
+    }
+
     /// Allocations alive.
     pub fn allocation_count(&self) -> usize {
         self.table.len()

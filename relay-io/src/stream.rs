@@ -1,0 +1,348 @@
+//! TURN over TCP (RFC 8656 §3.1): the shard's stream listeners and client
+//! connections.
+//!
+//! Streams live in an epoll instance of their own, which either backend
+//! watches as one descriptor (the portable loop nests it in its epoll; the
+//! io_uring loop polls it with a multishot PollAdd), so both run this one
+//! implementation. Relaying to peers is always UDP. Each connection has a
+//! receive buffer cut into frames by relay-core's stream framer, and a
+//! bounded send queue: relayed data is shed when a client reads too
+//! slowly, control responses never are (a client that lets even those pile
+//! up past a hard limit is disconnected).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use relay_core::server::{Client, ClientAction, Server, Transport};
+use relay_core::wire::demux::{self, Frame};
+use slab::Slab;
+
+use crate::sys::{Epoll, empty_event};
+
+const LISTENER: u64 = 1 << 40;
+const INITIAL_READ: usize = 4096;
+
+/// Stream settings.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Connections per shard.
+    pub max_connections: usize,
+    /// Queued relayed bytes per connection before relayed data is shed.
+    pub send_queue: usize,
+    /// Queued bytes at which a connection is closed (control included).
+    pub send_queue_hard: usize,
+    /// A connection without an allocation and without traffic for this
+    /// long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_connections: 10_000,
+            send_queue: 256 << 10,
+            send_queue_hard: 1 << 20,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    client: Client,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    writing: bool,
+    last: Instant,
+}
+
+/// Counters of the stream side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamStats {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused (limit reached).
+    pub refused: u64,
+    /// Connections closed for unframeable input.
+    pub garbage: u64,
+    /// Relayed frames shed because the client read too slowly.
+    pub shed: u64,
+    /// Relayed frames to peers that the kernel refused.
+    pub send_failures: u64,
+}
+
+/// A shard's stream listeners and connections.
+pub struct Streams {
+    epoll: Epoll,
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    conns: Slab<Conn>,
+    limits: StreamLimits,
+    events: Vec<libc::epoll_event>,
+    reply: Vec<u8>,
+    /// Counters.
+    pub stats: StreamStats,
+}
+
+impl Streams {
+    /// Takes over bound, non-blocking listeners.
+    pub fn new(listeners: Vec<TcpListener>, limits: StreamLimits) -> io::Result<Streams> {
+        let epoll = Epoll::new()?;
+        let mut v = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let local = l.local_addr()?;
+            epoll.add(l.as_raw_fd(), LISTENER | i as u64)?;
+            v.push((l, local));
+        }
+        Ok(Streams {
+            epoll,
+            listeners: v,
+            conns: Slab::new(),
+            limits,
+            events: vec![empty_event(); 128],
+            reply: vec![0u8; 1500],
+            stats: StreamStats::default(),
+        })
+    }
+
+    /// True when there is nothing to watch.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    /// True while any client connection is open.
+    pub fn has_connections(&self) -> bool {
+        !self.conns.is_empty()
+    }
+
+    /// The descriptor the backend watches for readiness.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.epoll.raw()
+    }
+
+    /// Handles every ready listener and connection, without blocking.
+    /// `relay` gives the UDP socket of a relay id.
+    pub fn process<'s>(&mut self, now: Instant, server: &mut Server, relay: &dyn Fn(u32) -> Option<&'s UdpSocket>) {
+        for _ in 0..8 {
+            let n = match self.epoll.wait(&mut self.events, 0) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            for i in 0..n {
+                let ev = self.events[i];
+                let token = ev.u64;
+                if token & LISTENER != 0 {
+                    self.accept((token & !LISTENER) as usize, now);
+                    continue;
+                }
+                let id = token as usize;
+                if ev.events & libc::EPOLLOUT as u32 != 0 {
+                    self.flush(id, now, server);
+                }
+                if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                    self.read(id, now, server, relay);
+                }
+            }
+            if n < self.events.len() {
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        let Some((listener, local)) = self.listeners.get(index) else { return };
+        let local = *local;
+        for _ in 0..64 {
+            let (stream, remote) = match listener.accept() {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            if self.conns.len() >= self.limits.max_connections || stream.set_nonblocking(true).is_err() {
+                self.stats.refused += 1;
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let id = entry.key();
+            if self.epoll.add(stream.as_raw_fd(), id as u64).is_err() {
+                self.stats.refused += 1;
+                continue;
+            }
+            let client = Client { transport: Transport::Tcp, remote, local, conn: id as u32 };
+            entry.insert(Conn {
+                stream,
+                client,
+                rbuf: vec![0u8; INITIAL_READ],
+                rlen: 0,
+                wbuf: Vec::new(),
+                wpos: 0,
+                writing: false,
+                last: now,
+            });
+            self.stats.accepted += 1;
+            self.stats.open += 1;
+        }
+    }
+
+    fn read<'s>(&mut self, id: usize, now: Instant, server: &mut Server, relay: &dyn Fn(u32) -> Option<&'s UdpSocket>) {
+        loop {
+            let Some(c) = self.conns.get_mut(id) else { return };
+            if c.rlen == c.rbuf.len() {
+                // The framer asked for more than fits: grow, within bounds.
+                if c.rbuf.len() >= demux::MAX_FRAME_LEN {
+                    return self.close(id, now, server);
+                }
+                let n = (c.rbuf.len() * 2).min(demux::MAX_FRAME_LEN);
+                c.rbuf.resize(n, 0);
+            }
+            let got = match c.stream.read(&mut c.rbuf[c.rlen..]) {
+                Ok(0) => return self.close(id, now, server),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(id, now, server),
+            };
+            c.rlen += got;
+            c.last = now;
+            // Cut and handle every complete frame.
+            let mut start = 0;
+            loop {
+                let Some(c) = self.conns.get_mut(id) else { return };
+                match demux::next_frame(&c.rbuf[start..c.rlen]) {
+                    Ok(Frame::Stun(n) | Frame::ChannelData(n)) => {
+                        let client = c.client;
+                        let action = server.handle_client(now, &client, &c.rbuf[start..start + n], &mut self.reply);
+                        match action {
+                            ClientAction::None => {}
+                            ClientAction::Reply { len } => {
+                                let reply = std::mem::take(&mut self.reply);
+                                self.queue(id, &reply[..len], false, now, server);
+                                self.reply = reply;
+                            }
+                            ClientAction::Forward { relay: r, peer, payload } => {
+                                let c = &self.conns[id];
+                                let sent = relay(r.0).map(|s| s.send_to(&c.rbuf[start..][payload], peer));
+                                if !matches!(sent, Some(Ok(_))) {
+                                    self.stats.send_failures += 1;
+                                }
+                            }
+                        }
+                        start += n;
+                    }
+                    Ok(Frame::NeedMore(need)) => {
+                        let c = &mut self.conns[id];
+                        c.rbuf.copy_within(start..c.rlen, 0);
+                        c.rlen -= start;
+                        if need > c.rbuf.len() {
+                            c.rbuf.resize(need.min(demux::MAX_FRAME_LEN), 0);
+                        }
+                        break;
+                    }
+                    Err(_) => {
+                        self.stats.garbage += 1;
+                        return self.close(id, now, server);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues bytes for a client connection: `relayed` data is shed when
+    /// the queue is over its limit; control responses are not. Returns
+    /// false when nothing was queued.
+    pub fn deliver(&mut self, conn: u32, bytes: &[u8], now: Instant, server: &mut Server) -> bool {
+        self.queue(conn as usize, bytes, true, now, server)
+    }
+
+    fn queue(&mut self, id: usize, bytes: &[u8], relayed: bool, now: Instant, server: &mut Server) -> bool {
+        let Some(c) = self.conns.get_mut(id) else { return false };
+        let pending = c.wbuf.len() - c.wpos;
+        if relayed && pending + bytes.len() > self.limits.send_queue {
+            self.stats.shed += 1;
+            return false;
+        }
+        if pending + bytes.len() > self.limits.send_queue_hard {
+            self.close(id, now, server);
+            return false;
+        }
+        if pending == 0 {
+            // Nothing waiting: try to write at once, queue only the rest.
+            match c.stream.write(bytes) {
+                Ok(n) if n == bytes.len() => return true,
+                Ok(n) => {
+                    c.wbuf.clear();
+                    c.wpos = 0;
+                    c.wbuf.extend_from_slice(&bytes[n..]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.wbuf.clear();
+                    c.wpos = 0;
+                    c.wbuf.extend_from_slice(bytes);
+                }
+                Err(_) => {
+                    self.close(id, now, server);
+                    return false;
+                }
+            }
+        } else {
+            c.wbuf.extend_from_slice(bytes);
+        }
+        if !c.writing {
+            c.writing = true;
+            let _ = self.epoll.modify(c.stream.as_raw_fd(), id as u64, true);
+        }
+        true
+    }
+
+    fn flush(&mut self, id: usize, now: Instant, server: &mut Server) {
+        let Some(c) = self.conns.get_mut(id) else { return };
+        while c.wpos < c.wbuf.len() {
+            match c.stream.write(&c.wbuf[c.wpos..]) {
+                Ok(0) => return self.close(id, now, server),
+                Ok(n) => c.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(id, now, server),
+            }
+        }
+        c.wbuf.clear();
+        c.wpos = 0;
+        c.writing = false;
+        let _ = self.epoll.modify(c.stream.as_raw_fd(), id as u64, false);
+    }
+
+    fn close(&mut self, id: usize, now: Instant, server: &mut Server) {
+        if let Some(c) = self.conns.try_remove(id) {
+            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            server.handle_client_closed(now, &c.client);
+            self.stats.open -= 1;
+        }
+    }
+
+    /// Closes connections idle past the limit that hold no allocation.
+    pub fn expire(&mut self, now: Instant, server: &mut Server) {
+        let idle = self.limits.idle_timeout;
+        let stale: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.last) > idle && !server.has_allocation(&c.client))
+            .map(|(id, _)| id)
+            .collect();
+        for id in stale {
+            self.close(id, now, server);
+        }
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&mut self, now: Instant, server: &mut Server) {
+        let ids: Vec<usize> = self.conns.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            self.close(id, now, server);
+        }
+    }
+}
