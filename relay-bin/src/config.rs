@@ -128,12 +128,14 @@ pub struct ListenSection {
     pub udp: Vec<SocketAddr>,
     /// TCP addresses clients reach (TURN over TCP); empty for none.
     pub tcp: Vec<SocketAddr>,
+    /// TLS addresses clients reach (TURN over TLS); needs `[tls]`.
+    pub tls: Vec<SocketAddr>,
 }
 
 impl Default for ListenSection {
     fn default() -> Self {
         let any = SocketAddr::from(([0, 0, 0, 0], 3478));
-        ListenSection { udp: vec![any], tcp: vec![any] }
+        ListenSection { udp: vec![any], tcp: vec![any], tls: Vec::new() }
     }
 }
 
@@ -164,6 +166,16 @@ impl Default for RelaySection {
             max_datagram: 2048,
         }
     }
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 /// `[auth]`.
@@ -274,6 +286,8 @@ pub struct Config {
     pub listen: ListenSection,
     /// `[relay]`.
     pub relay: RelaySection,
+    /// `[tls]`.
+    pub tls: TlsSection,
     /// `[auth]`.
     pub auth: AuthSection,
     /// `[limits]`.
@@ -344,6 +358,9 @@ impl Config {
                 let key = format!("auth.users[{i}]");
                 return Err(origin("auth.users").error(&key, "expected \"user:password\""));
             }
+        }
+        if !self.listen.tls.is_empty() && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+            return Err(origin("listen.tls").error("listen.tls", "TLS listeners need tls.cert and tls.key"));
         }
         if self.limits.max_lifetime == 0 || self.limits.default_lifetime == 0 {
             return Err(origin("limits.max_lifetime").error("limits.max_lifetime", "lifetimes must be positive"));

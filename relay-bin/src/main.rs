@@ -44,6 +44,15 @@ struct Cli {
     /// No TCP listener [listen.tcp = []].
     #[arg(long)]
     no_tcp: bool,
+    /// TLS listen address (repeatable) [listen.tls].
+    #[arg(long)]
+    listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain [tls.cert].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key [tls.key].
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// Relay IP (repeatable) [relay.ips].
     #[arg(long)]
     relay_ip: Vec<IpAddr>,
@@ -127,6 +136,9 @@ impl Cli {
         set!("listen.udp", !self.listen.is_empty(), c.listen.udp = self.listen.clone());
         set!("listen.tcp", !self.listen_tcp.is_empty(), c.listen.tcp = self.listen_tcp.clone());
         set!("listen.tcp", self.no_tcp, c.listen.tcp.clear());
+        set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = self.listen_tls.clone());
+        set!("tls.cert", self.tls_cert.is_some(), c.tls.cert = self.tls_cert.clone());
+        set!("tls.key", self.tls_key.is_some(), c.tls.key = self.tls_key.clone());
         set!("relay.ips", !self.relay_ip.is_empty(), c.relay.ips = self.relay_ip.clone());
         set!("relay.ports", self.relay_ports.is_some(), c.relay.ports = self.relay_ports.clone().unwrap_or_default());
         set!("relay.external", !self.external_ip.is_empty(), c.relay.external = self.external_ip.clone());
@@ -207,6 +219,22 @@ fn credentials(c: &Config) -> Result<(Credentials, Option<String>), ConfigError>
         generated = Some(password);
     }
     Ok((creds, generated))
+}
+
+/// Re-reads the configuration for a SIGHUP: credentials and certificate.
+fn reload(cli: &Cli) -> Result<(Credentials, Option<Arc<relay_io::tls::Rustls>>), String> {
+    let mut c = Config::load_or_default(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    cli.apply(&mut c);
+    let (creds, _) = credentials(&c).map_err(|e| e.to_string())?;
+    Ok((creds, tls_config(&c)?))
+}
+
+/// The TLS certificate, when `[tls]` names one.
+fn tls_config(c: &Config) -> Result<Option<Arc<relay_io::tls::Rustls>>, String> {
+    match (&c.tls.cert, &c.tls.key) {
+        (Some(cert), Some(key)) => relay_io::tls::load_server_config(cert, key).map(Some).map_err(|e| e.to_string()),
+        _ => Ok(None),
+    }
 }
 
 fn server_config(c: &Config) -> ServerConfig {
@@ -298,6 +326,8 @@ fn run(
         },
         udp_listen: config.listen.udp.clone(),
         tcp_listen: config.listen.tcp.clone(),
+        tls_listen: config.listen.tls.clone(),
+        tls: tls_config(config)?,
         relay_ips: relay_addrs.iter().map(|&(bind, advertised)| RelayIp { bind, advertised }).collect(),
         relay_ports: RelayPorts::Range(ports.0, ports.1),
         max_datagram: config.relay.max_datagram,
@@ -324,9 +354,10 @@ fn run(
         reason = relay.backend_reason(),
         shards = relay.shard_count(),
         relay_ports = relay.relay_count(),
-        "turn-relay listening on UDP {:?}, TCP {:?}",
+        "turn-relay listening on UDP {:?}, TCP {:?}, TLS {:?}",
         relay.udp_addrs(),
-        relay.tcp_addrs()
+        relay.tcp_addrs(),
+        relay.tls_addrs()
     );
     if let Some(password) = &generated {
         // Printed once so that a first run is usable; never logged.
@@ -364,15 +395,15 @@ fn run(
     let mut stop_requested = false;
     while !relay.is_finished() {
         match sig_rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(signal_hook::consts::SIGHUP) => match Config::load_or_default(cli.config.as_deref()).and_then(|mut c| {
-                cli.apply(&mut c);
-                credentials(&c)
-            }) {
-                Ok((creds, _)) => {
+            Ok(signal_hook::consts::SIGHUP) => match reload(cli) {
+                Ok((creds, tls)) => {
                     relay.set_credentials(&creds);
-                    tracing::info!("SIGHUP: credentials reloaded");
+                    if let Some(tls) = tls {
+                        relay.set_tls_config(&tls);
+                    }
+                    tracing::info!("SIGHUP: credentials and certificates reloaded");
                 }
-                Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old credentials: {e}"),
+                Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old settings: {e}"),
             },
             Ok(_) if stop_requested => {
                 tracing::info!("second stop signal: stopping now");

@@ -27,6 +27,7 @@ pub mod shard;
 pub mod socket;
 pub mod stream;
 pub mod sys;
+pub mod tls;
 pub mod uring;
 
 pub use shard::{BackendKind, Control, ShardReport};
@@ -61,6 +62,10 @@ pub struct IoConfig {
     pub udp_listen: Vec<SocketAddr>,
     /// TCP addresses clients reach (TURN over TCP).
     pub tcp_listen: Vec<SocketAddr>,
+    /// TLS addresses clients reach (TURN over TLS); needs `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate and key for the TLS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Limits of TCP connections.
     pub stream_limits: stream::StreamLimits,
     /// Relay IPs.
@@ -85,6 +90,8 @@ impl Default for IoConfig {
             backend: Backend::Auto,
             udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 3478))],
             tcp_listen: Vec::new(),
+            tls_listen: Vec::new(),
+            tls: None,
             stream_limits: stream::StreamLimits::default(),
             relay_ips: vec![RelayIp::same(IpAddr::from([127, 0, 0, 1]))],
             relay_ports: RelayPorts::Range(49152, 65535),
@@ -113,6 +120,9 @@ pub enum StartError {
     /// io_uring was required but is unavailable.
     #[error("io_uring unavailable: {0}")]
     IoUringUnavailable(String),
+    /// TLS listeners were asked for without a certificate.
+    #[error("TLS listeners need a certificate and key")]
+    NoCertificate,
     /// Spawning a shard thread failed.
     #[error("cannot start shard thread: {0}")]
     Spawn(io::Error),
@@ -131,6 +141,7 @@ pub struct Relay {
     backend_reason: String,
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     relay_count: usize,
     draining: std::sync::atomic::AtomicBool,
 }
@@ -144,6 +155,10 @@ impl Relay {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut udp_addrs = config.udp_listen.clone();
         let mut tcp_addrs = config.tcp_listen.clone();
+        let mut tls_addrs = config.tls_listen.clone();
+        if !tls_addrs.is_empty() && config.tls.is_none() {
+            return Err(StartError::NoCertificate);
+        }
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;
         for k in 0..n {
@@ -164,7 +179,15 @@ impl Relay {
                 server.deny_own_address(addr.ip());
                 tcp.push(l);
             }
-            let streams = stream::Streams::new(tcp, config.stream_limits).map_err(StartError::Spawn)?;
+            let mut tls = Vec::new();
+            for addr in tls_addrs.iter_mut() {
+                let l = socket::tcp_listener(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
+                *addr = l.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
+                server.deny_own_address(addr.ip());
+                tls.push(l);
+            }
+            let streams =
+                stream::Streams::new(tcp, tls, config.tls.clone(), config.stream_limits).map_err(StartError::Spawn)?;
             let mut relay_sock = Vec::new();
             for rip in &config.relay_ips {
                 server.deny_own_address(rip.bind);
@@ -222,7 +245,16 @@ impl Relay {
             shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
         }
         tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
-        Ok(Relay { shards, backend, backend_reason, udp_addrs, tcp_addrs, relay_count, draining: Default::default() })
+        Ok(Relay {
+            shards,
+            backend,
+            backend_reason,
+            udp_addrs,
+            tcp_addrs,
+            tls_addrs,
+            relay_count,
+            draining: Default::default(),
+        })
     }
 
     /// The backend the shards run.
@@ -243,6 +275,16 @@ impl Relay {
     /// The TCP listen addresses, with kernel-chosen ports resolved.
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
         &self.tcp_addrs
+    }
+
+    /// The TLS listen addresses, with kernel-chosen ports resolved.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    /// Gives every shard a new TLS certificate for new connections.
+    pub fn set_tls_config(&self, config: &Arc<rustls::ServerConfig>) {
+        self.send(|| Control::SetTls(config.clone()));
     }
 
     /// Relay sockets bound across all shards.

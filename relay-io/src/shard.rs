@@ -64,6 +64,8 @@ pub enum Control {
     Stop,
     /// Replace the credentials (SIGHUP reload); allocations are kept.
     SetCredentials(Box<relay_core::server::auth::Credentials>),
+    /// Replace the TLS certificate for new connections.
+    SetTls(std::sync::Arc<rustls::ServerConfig>),
 }
 
 /// What a socket of the shard is for.
@@ -148,6 +150,7 @@ impl ShardState {
                 }
                 Control::Stop => self.stop = true,
                 Control::SetCredentials(c) => self.server.set_credentials(*c),
+                Control::SetTls(c) => self.streams.set_tls_config(c),
             }
         }
     }

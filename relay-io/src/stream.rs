@@ -1,5 +1,5 @@
-//! TURN over TCP (RFC 8656 §3.1): the shard's stream listeners and client
-//! connections.
+//! TURN over TCP and TLS (RFC 8656 §3.1): the shard's stream listeners and
+//! client connections.
 //!
 //! Streams live in an epoll instance of their own, which either backend
 //! watches as one descriptor (the portable loop nests it in its epoll; the
@@ -12,7 +12,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::server::{Client, ClientAction, Server, Transport};
@@ -36,6 +37,8 @@ pub struct StreamLimits {
     /// A connection without an allocation and without traffic for this
     /// long is closed.
     pub idle_timeout: Duration,
+    /// A TLS handshake not finished in this time is abandoned.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for StreamLimits {
@@ -45,13 +48,95 @@ impl Default for StreamLimits {
             send_queue: 256 << 10,
             send_queue_hard: 1 << 20,
             idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<rustls::ServerConnection>, TcpStream),
+}
+
+impl Io {
+    fn fd(&self) -> RawFd {
+        match self {
+            Io::Plain(s) | Io::Tls(_, s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Application bytes in; `Ok(0)` at the end of the stream.
+    fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(buf),
+            Io::Tls(tls, s) => loop {
+                match tls.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if tls.read_tls(s)? == 0 {
+                    return Ok(0);
+                }
+                tls.process_new_packets().map_err(io::Error::other)?;
+                // Handshake replies, alerts: out as far as the socket takes.
+                flush_tls(tls, s)?;
+            },
+        }
+    }
+
+    /// Application bytes out; `WouldBlock` while earlier TLS records wait.
+    fn write_plain(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.write(bytes),
+            Io::Tls(tls, s) => {
+                flush_tls(tls, s)?;
+                if tls.wants_write() || tls.is_handshaking() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = tls.writer().write(bytes)?;
+                flush_tls(tls, s)?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes pending TLS records; Ok even when the socket is full.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Io::Plain(_) => Ok(()),
+            Io::Tls(tls, s) => flush_tls(tls, s),
+        }
+    }
+
+    /// TLS records wait for the socket.
+    fn pending(&self) -> bool {
+        matches!(self, Io::Tls(tls, _) if tls.wants_write())
+    }
+
+    fn handshaking(&self) -> bool {
+        matches!(self, Io::Tls(tls, _) if tls.is_handshaking())
+    }
+}
+
+fn flush_tls(tls: &mut rustls::ServerConnection, s: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(s) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 struct Conn {
-    stream: TcpStream,
+    io: Io,
     client: Client,
+    opened: Instant,
     rbuf: Vec<u8>,
     rlen: usize,
     wbuf: Vec<u8>,
@@ -80,7 +165,9 @@ pub struct StreamStats {
 /// A shard's stream listeners and connections.
 pub struct Streams {
     epoll: Epoll,
-    listeners: Vec<(TcpListener, SocketAddr)>,
+    /// Listeners, their address, and whether they speak TLS.
+    listeners: Vec<(TcpListener, SocketAddr, bool)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     conns: Slab<Conn>,
     limits: StreamLimits,
     events: Vec<libc::epoll_event>,
@@ -90,24 +177,37 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Takes over bound, non-blocking listeners.
-    pub fn new(listeners: Vec<TcpListener>, limits: StreamLimits) -> io::Result<Streams> {
+    /// Takes over bound, non-blocking listeners: `tcp` speak TURN over TCP,
+    /// `tls` TURN over TLS with `tls_config`.
+    pub fn new(
+        tcp: Vec<TcpListener>,
+        tls: Vec<TcpListener>,
+        tls_config: Option<Arc<rustls::ServerConfig>>,
+        limits: StreamLimits,
+    ) -> io::Result<Streams> {
         let epoll = Epoll::new()?;
         let mut v = Vec::new();
-        for (i, l) in listeners.into_iter().enumerate() {
+        let all = tcp.into_iter().map(|l| (l, false)).chain(tls.into_iter().map(|l| (l, true)));
+        for (i, (l, is_tls)) in all.enumerate() {
             let local = l.local_addr()?;
             epoll.add(l.as_raw_fd(), LISTENER | i as u64)?;
-            v.push((l, local));
+            v.push((l, local, is_tls));
         }
         Ok(Streams {
             epoll,
             listeners: v,
+            tls: tls_config,
             conns: Slab::new(),
             limits,
             events: vec![empty_event(); 128],
             reply: vec![0u8; 1500],
             stats: StreamStats::default(),
         })
+    }
+
+    /// Replaces the TLS certificate for new connections (a reload).
+    pub fn set_tls_config(&mut self, config: Arc<rustls::ServerConfig>) {
+        self.tls = Some(config);
     }
 
     /// True when there is nothing to watch.
@@ -155,8 +255,8 @@ impl Streams {
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
-        let Some((listener, local)) = self.listeners.get(index) else { return };
-        let local = *local;
+        let Some((listener, local, is_tls)) = self.listeners.get(index) else { return };
+        let (local, is_tls) = (*local, *is_tls);
         for _ in 0..64 {
             let (stream, remote) = match listener.accept() {
                 Ok(x) => x,
@@ -173,10 +273,27 @@ impl Streams {
                 self.stats.refused += 1;
                 continue;
             }
-            let client = Client { transport: Transport::Tcp, remote, local, conn: id as u32 };
+            let (io, transport) = match (is_tls, &self.tls) {
+                (false, _) => (Io::Plain(stream), Transport::Tcp),
+                (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
+                    Ok(tls) => (Io::Tls(Box::new(tls), stream), Transport::Tls),
+                    Err(_) => {
+                        let _ = self.epoll.delete(stream.as_raw_fd());
+                        self.stats.refused += 1;
+                        continue;
+                    }
+                },
+                (true, None) => {
+                    let _ = self.epoll.delete(stream.as_raw_fd());
+                    self.stats.refused += 1;
+                    continue;
+                }
+            };
+            let client = Client { transport, remote, local, conn: id as u32 };
             entry.insert(Conn {
-                stream,
+                io,
                 client,
+                opened: now,
                 rbuf: vec![0u8; INITIAL_READ],
                 rlen: 0,
                 wbuf: Vec::new(),
@@ -200,10 +317,17 @@ impl Streams {
                 let n = (c.rbuf.len() * 2).min(demux::MAX_FRAME_LEN);
                 c.rbuf.resize(n, 0);
             }
-            let got = match c.stream.read(&mut c.rbuf[c.rlen..]) {
+            let got = match c.io.read_plain(&mut c.rbuf[c.rlen..]) {
                 Ok(0) => return self.close(id, now, server),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // TLS handshake records may be waiting for the socket.
+                    if c.io.pending() && !c.writing {
+                        c.writing = true;
+                        let _ = self.epoll.modify(c.io.fd(), id as u64, true);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(id, now, server),
             };
@@ -272,7 +396,7 @@ impl Streams {
         }
         if pending == 0 {
             // Nothing waiting: try to write at once, queue only the rest.
-            match c.stream.write(bytes) {
+            match c.io.write_plain(bytes) {
                 Ok(n) if n == bytes.len() => return true,
                 Ok(n) => {
                     c.wbuf.clear();
@@ -294,15 +418,18 @@ impl Streams {
         }
         if !c.writing {
             c.writing = true;
-            let _ = self.epoll.modify(c.stream.as_raw_fd(), id as u64, true);
+            let _ = self.epoll.modify(c.io.fd(), id as u64, true);
         }
         true
     }
 
     fn flush(&mut self, id: usize, now: Instant, server: &mut Server) {
         let Some(c) = self.conns.get_mut(id) else { return };
+        if c.io.flush().is_err() {
+            return self.close(id, now, server);
+        }
         while c.wpos < c.wbuf.len() {
-            match c.stream.write(&c.wbuf[c.wpos..]) {
+            match c.io.write_plain(&c.wbuf[c.wpos..]) {
                 Ok(0) => return self.close(id, now, server),
                 Ok(n) => c.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -312,13 +439,15 @@ impl Streams {
         }
         c.wbuf.clear();
         c.wpos = 0;
-        c.writing = false;
-        let _ = self.epoll.modify(c.stream.as_raw_fd(), id as u64, false);
+        if !c.io.pending() {
+            c.writing = false;
+            let _ = self.epoll.modify(c.io.fd(), id as u64, false);
+        }
     }
 
     fn close(&mut self, id: usize, now: Instant, server: &mut Server) {
         if let Some(c) = self.conns.try_remove(id) {
-            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            let _ = self.epoll.delete(c.io.fd());
             server.handle_client_closed(now, &c.client);
             self.stats.open -= 1;
         }
@@ -326,11 +455,14 @@ impl Streams {
 
     /// Closes connections idle past the limit that hold no allocation.
     pub fn expire(&mut self, now: Instant, server: &mut Server) {
-        let idle = self.limits.idle_timeout;
+        let (idle, handshake) = (self.limits.idle_timeout, self.limits.handshake_timeout);
         let stale: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| now.saturating_duration_since(c.last) > idle && !server.has_allocation(&c.client))
+            .filter(|(_, c)| {
+                (c.io.handshaking() && now.saturating_duration_since(c.opened) > handshake)
+                    || (now.saturating_duration_since(c.last) > idle && !server.has_allocation(&c.client))
+            })
             .map(|(id, _)| id)
             .collect();
         for id in stale {

@@ -23,12 +23,26 @@ use relay_io::{Backend, BackendKind, IoConfig, Relay, RelayIp, RelayPorts};
 const REALM: &str = "loopback.test";
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A self-signed certificate for "localhost": the server's config and the
+/// certificate for a client's root store.
+fn test_certificate() -> (Arc<rustls::ServerConfig>, rustls::pki_types::CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    (relay_io::tls::server_config(vec![cert.clone()], key).unwrap(), cert)
+}
+
+static CERT: std::sync::OnceLock<(Arc<rustls::ServerConfig>, rustls::pki_types::CertificateDer<'static>)> =
+    std::sync::OnceLock::new();
+
 fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Duration) -> Option<Relay> {
     let config = IoConfig {
         shards,
         backend,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(CERT.get_or_init(test_certificate).0.clone()),
         relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
         relay_ports: RelayPorts::Ephemeral(ports_per_shard),
         ..IoConfig::default()
@@ -339,8 +353,11 @@ fn graceful_stop_lets_running_allocations_finish() {
 
 /// A blocking TURN-over-TCP client: frames are read with relay-core's
 /// stream framer.
+trait Stream: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> Stream for T {}
+
 struct TcpTurn {
-    stream: std::net::TcpStream,
+    stream: Box<dyn Stream>,
     rbuf: Vec<u8>,
     key: Key,
     nonce: String,
@@ -348,9 +365,24 @@ struct TcpTurn {
 }
 
 impl TcpTurn {
-    fn connect(addr: SocketAddr) -> TcpTurn {
-        let stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    fn connect(addr: SocketAddr, tls: bool) -> TcpTurn {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let stream: Box<dyn Stream> = if tls {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CERT.get_or_init(test_certificate).1.clone()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        } else {
+            Box::new(tcp)
+        };
         let key = Key::long_term(PasswordAlgorithm::Md5, "alice", REALM, "secret").unwrap();
         TcpTurn { stream, rbuf: Vec::new(), key, nonce: String::new(), tid: 0 }
     }
@@ -406,10 +438,20 @@ impl TcpTurn {
 
 #[test]
 fn turn_over_tcp() {
+    stream_suite(false);
+}
+
+#[test]
+fn turn_over_tls() {
+    stream_suite(true);
+}
+
+fn stream_suite(tls: bool) {
     use std::io::Write;
     for backend in backends() {
         let Some(relay) = start(backend, 1, 4, Duration::from_secs(60)) else { continue };
-        let mut c = TcpTurn::connect(relay.tcp_addrs()[0]);
+        let addr = if tls { relay.tls_addrs()[0] } else { relay.tcp_addrs()[0] };
+        let mut c = TcpTurn::connect(addr, tls);
         let resp = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
         let m = Message::parse(&resp).unwrap();
         assert_eq!(m.class(), Class::Success, "{backend:?}: {:?}", error_code(&resp));
