@@ -151,6 +151,9 @@ impl Relay {
     /// per shard with `make_server(shard_index)`, and starts the shards.
     pub fn start(config: &IoConfig, mut make_server: impl FnMut(usize) -> Server) -> Result<Relay, StartError> {
         let (backend, backend_reason) = choose_backend(config.backend)?;
+        if let Err(e) = sys::raise_fd_limit() {
+            tracing::warn!("cannot raise the open file limit: {e}");
+        }
         let n = config.shards.max(1);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut udp_addrs = config.udp_listen.clone();

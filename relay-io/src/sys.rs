@@ -370,6 +370,20 @@ impl EventFd {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (a relay
+/// holds one socket per relay port); returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: writes one rlimit into a live local.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) })?;
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: reads one live rlimit.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
+    }
+    Ok(r.rlim_cur)
+}
+
 /// Sets or clears the Don't Fragment behaviour of a UDP socket
 /// (`IP_MTU_DISCOVER` / `IPV6_MTU_DISCOVER`: "do" vs the system default
 /// "want").

@@ -260,14 +260,17 @@ fn send_and_data_indications() {
     }
 }
 
+/// "A few thousand allocations spread over all shards".
+const ALLOCATIONS: usize = 2000;
+
 #[test]
 fn many_allocations_over_shards_each_reach_their_shard() {
     for backend in backends() {
-        let Some(relay) = start(backend, 2, 150, Duration::from_secs(60)) else { continue };
+        let Some(relay) = start(backend, 2, 1100, Duration::from_secs(60)) else { continue };
         let server = relay.udp_addrs()[0];
         let p = peer();
         let paddr = p.local_addr().unwrap();
-        let mut clients: Vec<(TurnClient, SocketAddr)> = (0..200)
+        let mut clients: Vec<(TurnClient, SocketAddr)> = (0..ALLOCATIONS)
             .map(|_| {
                 let mut c = TurnClient::new(server);
                 let relayed = c.allocate().unwrap();
@@ -287,7 +290,7 @@ fn many_allocations_over_shards_each_reach_their_shard() {
         let reports = relay.stats(TIMEOUT);
         assert_eq!(reports.len(), 2);
         let per_shard: Vec<usize> = reports.iter().map(|r| r.allocations).collect();
-        assert_eq!(per_shard.iter().sum::<usize>(), 200);
+        assert_eq!(per_shard.iter().sum::<usize>(), ALLOCATIONS);
         assert!(per_shard.iter().all(|&n| n > 0), "one shard got everything: {per_shard:?}");
         assert!(reports.iter().all(|r| r.stats.drops_of(relay_core::server::stats::Drop::NoAllocation) == 0));
         relay.stop().unwrap();
