@@ -107,6 +107,7 @@ impl H {
     fn advance(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
         self.server.handle_timeout(self.now);
+        self.server.check_invariants(self.now).unwrap();
     }
 
     fn next_tid(&mut self) -> TransactionId {
@@ -138,7 +139,9 @@ impl H {
 
     fn send(&mut self, packet: &[u8]) -> ClientAction {
         let client = self.client;
-        self.server.handle_client(self.now, &client, packet, &mut self.out)
+        let action = self.server.handle_client(self.now, &client, packet, &mut self.out);
+        self.server.check_invariants(self.now).unwrap();
+        action
     }
 
     /// Sends and returns the reply's bytes (panics if there is none).

@@ -1181,6 +1181,55 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Checks the shard's internal consistency at `now` (after
+    /// [`Server::handle_timeout`] ran for it): the 5-tuple index agrees with
+    /// the table, every allocation's relays belong to it, no allocation
+    /// outlived its lifetime by more than the timer's one-second tick, and
+    /// the gauges match what is stored. For tests and fuzzing; costs a walk
+    /// of the whole table.
+    pub fn check_invariants(&self, now: Instant) -> Result<(), String> {
+        let t = &self.table;
+        if t.index_len() != t.len() {
+            return Err(format!("index has {} entries, table {}", t.index_len(), t.len()));
+        }
+        let (mut relays, mut perms, mut chans) = (0usize, 0u64, 0u64);
+        for (id, a) in t.allocs.iter() {
+            if t.lookup(&a.client) != Some(id as u32) {
+                return Err(format!("allocation {id} not found by its 5-tuple"));
+            }
+            for r in a.relays.iter().flatten() {
+                relays += 1;
+                if self.pool.owner(*r) != Some(id as u32) {
+                    return Err(format!("relay {r:?} of allocation {id} is owned by {:?}", self.pool.owner(*r)));
+                }
+            }
+            if a.expires + Duration::from_secs(1) < now {
+                return Err(format!("allocation {id} outlived its lifetime"));
+            }
+            perms += a.permissions.len() as u64;
+            chans += a.channels.iter().filter(|c| c.counted).count() as u64;
+        }
+        if relays != self.pool.in_use() {
+            return Err(format!("{relays} relays held by allocations, pool says {}", self.pool.in_use()));
+        }
+        let s = &self.stats;
+        if s.allocations_active != t.len() as u64 || s.permissions_active != perms || s.channels_active != chans {
+            return Err(format!(
+                "gauges (allocations {}, permissions {}, channels {}) disagree with the table ({}, {perms}, {chans})",
+                s.allocations_active,
+                s.permissions_active,
+                s.channels_active,
+                t.len()
+            ));
+        }
+        if s.allocations_created != s.allocations_active + s.allocations_expired + s.allocations_deleted {
+            return Err("created != active + expired + deleted".into());
+        }
+        Ok(())
+    }
+}
+
 /// Writes the ChannelData header in the 4 bytes before `payload` (and zero
 /// padding after it on streams); returns the frame's range.
 #[inline]

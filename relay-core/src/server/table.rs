@@ -209,6 +209,11 @@ impl Table {
         self.allocs.len()
     }
 
+    /// Entries of the 5-tuple index (equal to `len()` when consistent).
+    pub fn index_len(&self) -> usize {
+        self.by_client.len()
+    }
+
     /// Makes room for `total` allocations without growing later.
     pub fn reserve_total(&mut self, total: usize) {
         let more = total.saturating_sub(self.allocs.len());
