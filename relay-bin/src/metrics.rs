@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome, Stats};
+use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome, Stats, TransportLabel};
 use relay_io::ShardReport;
 
 /// Installs the global recorder; returns the handle that renders it.
@@ -72,9 +72,11 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
         counter!("turn_dropped_packets_total", "reason" => r.label()).absolute(total.drops_of(r));
     }
     for &d in Direction::ALL {
-        let labels = [("direction", d.label()), ("transport", "udp")];
-        counter!("turn_relayed_packets_total", &labels).absolute(total.relayed_packets[d as usize]);
-        counter!("turn_relayed_bytes_total", &labels).absolute(total.relayed_bytes[d as usize]);
+        for &t in TransportLabel::ALL {
+            let labels = [("direction", d.label()), ("transport", t.label())];
+            counter!("turn_relayed_packets_total", &labels).absolute(total.relayed_packets[d as usize][t as usize]);
+            counter!("turn_relayed_bytes_total", &labels).absolute(total.relayed_bytes[d as usize][t as usize]);
+        }
     }
 }
 

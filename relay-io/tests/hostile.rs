@@ -22,6 +22,17 @@ use relay_core::wire::{
 use relay_io::stream::StreamLimits;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
+/// `recv_from`, retried when a signal interrupts it (io_uring task work can
+/// interrupt blocking calls of other threads of the process).
+fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match sock.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 const REALM: &str = "hostile.test";
 const WAIT: Duration = Duration::from_secs(2);
 
@@ -105,7 +116,7 @@ impl Turn {
             let n = b.finish();
             self.sock.send_to(&buf[..n], self.server).unwrap();
             let resp = loop {
-                let (n, _) = self.sock.recv_from(&mut buf).expect("response");
+                let (n, _) = recv(&self.sock, &mut buf).expect("response");
                 if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
                     break buf[..n].to_vec();
                 }
@@ -234,15 +245,15 @@ fn malformed_input_is_dropped_while_a_healthy_client_relays() {
             let mut frame = [0u8; 8];
             channel_data::encode(&mut frame, 0x4000, &round.to_be_bytes(), false).unwrap();
             healthy.sock.send_to(&frame, server).unwrap();
-            let (n, from) = peer.recv_from(&mut buf).expect("healthy traffic lost");
+            let (n, from) = recv(&peer, &mut buf).expect("healthy traffic lost");
             assert_eq!((&buf[..n], from), (&round.to_be_bytes()[..], relayed));
             peer.send_to(&buf[..n], relayed).unwrap();
-            let (n, _) = healthy.sock.recv_from(&mut buf).expect("healthy echo lost");
+            let (n, _) = recv(&healthy.sock, &mut buf).expect("healthy echo lost");
             assert_eq!(ChannelData::parse(&buf[..n]).unwrap().payload, &round.to_be_bytes());
         }
         // Nothing malformed got an answer except what deserves one: the
         // oversized USERNAME is answered 400 or 401, never a success.
-        while let Ok((n, _)) = attacker.recv_from(&mut buf) {
+        while let Ok((n, _)) = recv(&attacker, &mut buf) {
             let m = Message::parse(&buf[..n]).expect("answers are well-formed");
             assert_eq!(m.class(), Class::Error, "{backend:?}: a malformed request succeeded");
         }
@@ -300,7 +311,7 @@ fn denied_peers_are_refused_and_never_sent_to() {
         b.add(&Attribute::Data(b"exfiltrate")).unwrap();
         let n = b.finish();
         c.sock.send_to(&buf[..n], server).unwrap();
-        assert!(peer.recv_from(&mut buf).is_err(), "{backend:?}: a denied peer received data");
+        assert!(recv(&peer, &mut buf).is_err(), "{backend:?}: a denied peer received data");
         relay.stop().unwrap();
     }
 }
@@ -356,7 +367,7 @@ fn bandwidth_cap_holds_within_ten_percent() {
         let receiver = std::thread::spawn(move || {
             let mut got = 0u64;
             let mut buf = [0u8; 2048];
-            while let Ok((n, from)) = peer.recv_from(&mut buf) {
+            while let Ok((n, from)) = recv(&peer, &mut buf) {
                 assert_eq!(from, relayed);
                 got += n as u64;
             }

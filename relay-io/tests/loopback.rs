@@ -223,7 +223,7 @@ fn channel_data_both_ways() {
         assert_eq!(reports.len(), 1);
         let kind = if backend == Backend::Portable { BackendKind::Portable } else { BackendKind::IoUring };
         assert_eq!(reports[0].backend, kind);
-        assert_eq!(reports[0].stats.relayed_packets, [50, 50]);
+        assert_eq!(reports[0].stats.relayed_packets, [[50, 0, 0], [50, 0, 0]]);
         relay.stop().unwrap();
     }
 }
@@ -500,6 +500,10 @@ fn stream_suite(tls: bool) {
         }
         let r = &relay.stats(TIMEOUT)[0];
         assert_eq!((r.streams.accepted, r.streams.open), (1, 0));
+        // Counted under the client's transport: 20 ChannelData each way,
+        // plus the Data indication toward the client.
+        let t = if tls { 2 } else { 1 };
+        assert_eq!((r.stats.relayed_packets[0][t], r.stats.relayed_packets[1][t]), (20, 21));
         // Bytes that are neither STUN nor ChannelData close the stream
         // (the server's end: the read sees end-of-file, not a timeout).
         let mut g = std::net::TcpStream::connect(relay.tcp_addrs()[0]).unwrap();

@@ -48,6 +48,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// `recv_from`, retried when a signal interrupts it (io_uring task work can
+/// interrupt blocking calls of other threads of the process).
+fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match sock.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 const REALM: &str = "alloc.test";
 
 fn request(sock: &UdpSocket, server: SocketAddr, tid: u8, nonce: Option<&str>, attrs: &[Attribute<'_>]) -> Vec<u8> {
@@ -71,7 +82,7 @@ fn request(sock: &UdpSocket, server: SocketAddr, tid: u8, nonce: Option<&str>, a
     let n = b.finish();
     sock.send_to(&buf[..n], server).unwrap();
     let mut resp = [0u8; 1500];
-    let (n, _) = sock.recv_from(&mut resp).unwrap();
+    let (n, _) = recv(sock, &mut resp).unwrap();
     resp[..n].to_vec()
 }
 
@@ -141,10 +152,10 @@ fn relaying_allocates_nothing() {
         let mut round = |n: usize| {
             for _ in 0..n {
                 client.send_to(&frame, server).unwrap();
-                let (k, from) = peer.recv_from(&mut buf).unwrap();
+                let (k, from) = recv(&peer, &mut buf).unwrap();
                 assert_eq!((k, from), (100, relayed));
                 peer.send_to(&buf[..k], relayed).unwrap();
-                let (k, _) = client.recv_from(&mut buf).unwrap();
+                let (k, _) = recv(&client, &mut buf).unwrap();
                 assert_eq!(k, 104);
             }
         };

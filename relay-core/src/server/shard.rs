@@ -373,7 +373,7 @@ impl Server {
             self.stats.drop(Drop::Bandwidth);
             return ClientAction::None;
         }
-        self.stats.relayed(Direction::ToPeer, len as usize);
+        self.stats.relayed(Direction::ToPeer, client.transport, len as usize);
         ClientAction::Forward { relay, peer, payload: CHANNEL_DATA_HEADER_LEN..end }
     }
 
@@ -462,7 +462,7 @@ impl Server {
             self.stats.drop(Drop::Bandwidth);
             return ClientAction::None;
         }
-        self.stats.relayed(Direction::ToPeer, data.value.len());
+        self.stats.relayed(Direction::ToPeer, client.transport, data.value.len());
         let start = data.offset + 4;
         ClientAction::Forward { relay, peer, payload: start..start + data.value.len() }
     }
@@ -517,7 +517,7 @@ impl Server {
         };
         match frame {
             Some(frame) => {
-                self.stats.relayed(Direction::ToClient, len);
+                self.stats.relayed(Direction::ToClient, client.transport, len);
                 PeerAction::Forward { client, frame }
             }
             None => {

@@ -172,6 +172,29 @@ labelled! {
     }
 }
 
+labelled! {
+    /// The client's transport, as counted.
+    TransportLabel {
+        /// UDP.
+        Udp = "udp",
+        /// TCP.
+        Tcp = "tcp",
+        /// TLS.
+        Tls = "tls",
+    }
+}
+
+impl TransportLabel {
+    /// The label of a transport.
+    pub const fn of(t: super::Transport) -> TransportLabel {
+        match t {
+            super::Transport::Udp => TransportLabel::Udp,
+            super::Transport::Tcp => TransportLabel::Tcp,
+            super::Transport::Tls => TransportLabel::Tls,
+        }
+    }
+}
+
 /// The counters of one shard.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -193,10 +216,10 @@ pub struct Stats {
     pub auth_failures: [u64; AuthFailure::COUNT],
     /// Dropped packets by reason.
     pub drops: [u64; Drop::COUNT],
-    /// Relayed packets by direction.
-    pub relayed_packets: [u64; Direction::COUNT],
-    /// Relayed payload bytes by direction.
-    pub relayed_bytes: [u64; Direction::COUNT],
+    /// Relayed packets by direction and client transport.
+    pub relayed_packets: [[u64; TransportLabel::COUNT]; Direction::COUNT],
+    /// Relayed payload bytes by direction and client transport.
+    pub relayed_bytes: [[u64; TransportLabel::COUNT]; Direction::COUNT],
     /// Indications received (Send) from clients.
     pub send_indications: u64,
     /// Data indications sent to clients.
@@ -224,9 +247,20 @@ impl Stats {
 
     /// Counts a relayed packet.
     #[inline]
-    pub fn relayed(&mut self, d: Direction, bytes: usize) {
-        self.relayed_packets[d as usize] += 1;
-        self.relayed_bytes[d as usize] += bytes as u64;
+    pub fn relayed(&mut self, d: Direction, t: super::Transport, bytes: usize) {
+        let t = TransportLabel::of(t) as usize;
+        self.relayed_packets[d as usize][t] += 1;
+        self.relayed_bytes[d as usize][t] += bytes as u64;
+    }
+
+    /// Relayed packets in a direction, all transports.
+    pub fn relayed_packets_of(&self, d: Direction) -> u64 {
+        self.relayed_packets[d as usize].iter().sum()
+    }
+
+    /// Relayed payload bytes in a direction, all transports.
+    pub fn relayed_bytes_of(&self, d: Direction) -> u64 {
+        self.relayed_bytes[d as usize].iter().sum()
     }
 
     /// Requests counted for a method and outcome.
@@ -264,8 +298,10 @@ impl Stats {
             *x += y;
         }
         for d in 0..Direction::COUNT {
-            self.relayed_packets[d] += o.relayed_packets[d];
-            self.relayed_bytes[d] += o.relayed_bytes[d];
+            for t in 0..TransportLabel::COUNT {
+                self.relayed_packets[d][t] += o.relayed_packets[d][t];
+                self.relayed_bytes[d][t] += o.relayed_bytes[d][t];
+            }
         }
         self.send_indications += o.send_indications;
         self.data_indications += o.data_indications;
