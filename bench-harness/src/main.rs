@@ -1,0 +1,3 @@
+//! `turn-bench` (under construction).
+
+fn main() {}
