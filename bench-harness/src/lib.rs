@@ -7,9 +7,9 @@
 //! serialises to JSON (`Serialize`):
 //!
 //! - [`run_throughput`], [`run_latency`], [`run_baseline`]
-//!   ([`ThroughputConfig`] → [`ThroughputReport`]).
-//!
-//! (The allocation storm and the comparison follow.)
+//!   ([`ThroughputConfig`] → [`ThroughputReport`]);
+//! - [`run_allocate`] ([`AllocateConfig`] → [`AllocateReport`]);
+//! - [`run_compare`] ([`CompareConfig`] → [`CompareReport`]).
 //!
 //! ```no_run
 //! use bench_harness::{Credentials, ThroughputConfig, TurnServer, run_throughput};
@@ -19,7 +19,9 @@
 //! println!("{report}");
 //! ```
 
+pub mod allocate;
 pub mod client;
+pub mod compare;
 pub mod forwarder;
 pub mod net;
 pub mod payload;
@@ -29,7 +31,9 @@ pub mod stats;
 pub mod throughput;
 pub mod traffic;
 
+pub use allocate::{AllocateConfig, AllocateReport, run_allocate};
 pub use client::{ClientConfig, ClientError, Credentials, TurnClient, TurnServer};
+pub use compare::{CompareConfig, CompareReport, CompareScenario, NamedTarget, run_compare};
 pub use throughput::{
     ServerCost, Target, ThroughputConfig, ThroughputReport, run_baseline, run_latency, run_throughput,
 };
