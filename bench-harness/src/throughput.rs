@@ -183,7 +183,8 @@ impl ServerCost {
 pub struct GeneratorCpu {
     /// Each generator thread while sending.
     pub threads: Vec<WorkerCpu>,
-    /// The busiest thread, percent of one core.
+    /// The busiest thread, percent of one core, not counting the time it
+    /// spun idle waiting for the next packet to be due.
     pub max_percent: f64,
     /// Whether a generator thread was busy at least [`SATURATION_PERCENT`]
     /// of the time: the generator itself may have been the bottleneck.
@@ -459,7 +460,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         }
         (None, None) => None,
     };
-    let max_percent = r.workers.iter().map(WorkerCpu::percent).fold(0.0, f64::max);
+    let max_percent = r.workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
     Ok(ThroughputReport {
         scenario,
         target: target_name,

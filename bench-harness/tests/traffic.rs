@@ -89,7 +89,8 @@ fn latency_at_a_fixed_rate() {
     assert!((150..=205).contains(&r.sent), "{}", r.sent);
     assert_eq!((r.received, r.lost), (r.sent, 0));
     assert_eq!(r.latency.count, r.sent);
-    assert!(!r.generator.saturated || r.generator.max_percent >= 90.0);
+    // 200 packets/s is nothing: time spun waiting for the next one is idle.
+    assert!(!r.generator.saturated, "{r}");
     relay.stop().unwrap();
 }
 
