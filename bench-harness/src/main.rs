@@ -145,6 +145,10 @@ struct TrafficArgs {
     /// the k-th, wrapping).
     #[arg(long, value_delimiter = ',')]
     cpu: Vec<usize>,
+    /// Pin the baseline forwarder's thread to this core (baseline targets
+    /// only; pin it where the server under test runs).
+    #[arg(long)]
+    forwarder_cpu: Option<usize>,
     /// Where the peer binds: a loopback address other than the server's.
     #[arg(long, default_value = "127.0.0.2")]
     peer_ip: IpAddr,
@@ -179,6 +183,7 @@ impl TrafficArgs {
         c.indications = self.indications;
         c.threads = self.threads.max(1);
         c.cpu = self.cpu.clone();
+        c.forwarder_cpu = self.forwarder_cpu;
         c.peer_ip = self.peer_ip;
         c.client_ip = self.client_ip;
         c.drain = Duration::from_millis(self.drain_ms);
@@ -199,9 +204,6 @@ struct TrafficCmd {
 struct BaselineCmd {
     #[command(flatten)]
     traffic: TrafficArgs,
-    /// Pin the forwarder thread to this core.
-    #[arg(long)]
-    forwarder_cpu: Option<usize>,
 }
 
 /// How to storm.
@@ -353,7 +355,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 Credentials::long_term("", ""),
             ));
-            let cfg = ThroughputConfig { forwarder_cpu: c.forwarder_cpu, live, ..c.traffic.apply(base) };
+            let cfg = ThroughputConfig { live, ..c.traffic.apply(base) };
             emit(&run_baseline(&cfg)?, cli.json)
         }
         Command::Allocate(c) => {
