@@ -19,7 +19,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use relay_core::wire::channel_data::{CHANNEL_DATA_HEADER_LEN, parse_header, write_header};
 use relay_io::sys::{Batch, Epoll, empty_event};
@@ -214,6 +213,3 @@ fn from_peer(
     st.dropped += failed as u64;
     Ok(n)
 }
-
-/// How long the forwarder's stop takes at most (its wait timeout).
-pub const STOP_LATENCY: Duration = Duration::from_millis(5);

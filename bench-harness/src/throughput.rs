@@ -339,8 +339,15 @@ fn setup_turn(
                     // (address, credentials, peer policy): say so at once.
                     return Err(BenchError::Setup(format!("first allocation failed: {msg}")));
                 }
+                let timed_out = matches!(e, crate::client::ClientError::Timeout { .. });
                 if errors.len() < 8 && !errors.contains(&msg) {
                     errors.push(msg);
+                }
+                if timed_out {
+                    // The server stopped answering: waiting out the timers
+                    // of every remaining allocation would take minutes.
+                    errors.push("setup stopped after a timeout".into());
+                    break;
                 }
             }
         }
@@ -350,11 +357,14 @@ fn setup_turn(
 
 fn release(flows: Vec<TurnFlow>) -> (usize, usize) {
     let (mut ok, mut failed) = (0, 0);
+    let total = flows.len();
     for f in flows {
         let _ = f.transport.socket().set_nonblocking(false);
         let mut c = TurnClient::from_parts(f.transport, f.core);
         match c.refresh(0) {
             Ok(_) => ok += 1,
+            // The server stopped answering: the rest would time out too.
+            Err(crate::client::ClientError::Timeout { .. }) => return (ok, total - ok),
             Err(_) => failed += 1,
         }
     }
