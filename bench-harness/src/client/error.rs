@@ -1,0 +1,51 @@
+//! Client errors.
+
+use relay_core::wire::EncodeError;
+
+/// Why a TURN transaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error response.
+    #[error("{method} rejected: {code} {reason}")]
+    Rejected {
+        /// The request's method.
+        method: &'static str,
+        /// The ERROR-CODE (0 when the response had none).
+        code: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+    /// No response after every retransmission.
+    #[error("{method}: no response after {tries} tries")]
+    Timeout {
+        /// The request's method.
+        method: &'static str,
+        /// Requests sent.
+        tries: u32,
+    },
+    /// The credentials cannot be used (e.g. a password SASLprep refuses).
+    #[error("credentials: {0}")]
+    Credentials(String),
+    /// The server's answer lacked something the client needs.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// A request could not be written.
+    #[error("cannot encode request: {0}")]
+    Encode(#[from] EncodeError),
+    /// A request was started while another was in flight.
+    #[error("a transaction is already in flight")]
+    Busy,
+    /// A socket error.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The STUN error code, for rejections.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The client's protocol state, sans IO: one request in flight at a time,
+//! the long-term credential dance (401 challenge, 438 stale nonce) and the
+//! RFC 8489 §6.2.1 retransmission timers. Bytes and time go in, bytes to
+//! transmit and outcomes come out; [`super::TurnClient`] drives it over a
+//! blocking transport, the allocation storm drives many over epoll.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use relay_core::wire::attr::transport as proto_transport;
+use relay_core::wire::integrity::{Key, PasswordAlgorithm};
+use relay_core::wire::{
+    Attribute, AttributeType, Class, HEADER_LEN, Message, MessageBuilder, MessageType, Method, TransactionId,
+};
+
+use super::credentials::{Credentials, unix_now};
+use super::error::ClientError;
+
+/// Largest request the client writes.
+pub const MAX_REQUEST: usize = 1500;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Credentials.
+    pub credentials: Credentials,
+    /// The realm; learnt from the first 401 when `None`.
+    pub realm: Option<String>,
+    /// SOFTWARE attribute sent with requests (`None`: none).
+    pub software: Option<String>,
+    /// Initial retransmission timeout (RFC 8489: 500 ms).
+    pub rto: Duration,
+    /// Requests sent per transaction before giving up (RFC 8489 Rc: 7).
+    pub max_tries: u32,
+    /// After the last request, wait this many initial RTOs (RFC 8489 Rm: 16).
+    pub last_wait_factor: u32,
+    /// Over a reliable transport (TCP, TLS) nothing is retransmitted and a
+    /// transaction times out after `rto * 2^(max_tries-1) + ...`, the same
+    /// total as over UDP (RFC 8489 Ti: 39.5 s).
+    pub reliable: bool,
+    /// Authentication rounds (401/438 answered with a new request) allowed
+    /// per request.
+    pub max_auth_rounds: u32,
+    /// Add FINGERPRINT to requests.
+    pub fingerprint: bool,
+}
+
+impl ClientConfig {
+    /// RFC 8489 defaults for `credentials`.
+    pub fn new(credentials: Credentials) -> ClientConfig {
+        ClientConfig {
+            credentials,
+            realm: None,
+            software: Some(concat!("turn-bench ", env!("CARGO_PKG_VERSION")).to_owned()),
+            rto: Duration::from_millis(500),
+            max_tries: 7,
+            last_wait_factor: 16,
+            reliable: false,
+            max_auth_rounds: 3,
+            fingerprint: true,
+        }
+    }
+
+    /// The longest a transaction can take before it times out.
+    pub fn transaction_timeout(&self) -> Duration {
+        let tries = self.max_tries.clamp(1, 20);
+        // Requests at 0, RTO, 3 RTO, 7 RTO, ...: the last at (2^(n-1) - 1) RTO.
+        let last = self.rto * ((1u32 << (tries - 1)) - 1);
+        last + self.rto * self.last_wait_factor
+    }
+}
+
+/// A TURN request, kept so that it can be written again after a challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Allocate a UDP relay, optionally asking for a lifetime (seconds).
+    Allocate {
+        /// LIFETIME to ask for.
+        lifetime: Option<u32>,
+    },
+    /// Refresh the allocation (0 releases it).
+    Refresh {
+        /// LIFETIME to ask for.
+        lifetime: u32,
+    },
+    /// Install or refresh permissions for these peers' IP addresses.
+    CreatePermission {
+        /// The peers.
+        peers: Vec<SocketAddr>,
+    },
+    /// Bind `channel` to `peer` (or refresh the binding).
+    ChannelBind {
+        /// Channel number, 0x4000–0x4FFF.
+        channel: u16,
+        /// The peer.
+        peer: SocketAddr,
+    },
+}
+
+impl Request {
+    /// The STUN method.
+    pub fn method(&self) -> Method {
+        match self {
+            Request::Allocate { .. } => Method::ALLOCATE,
+            Request::Refresh { .. } => Method::REFRESH,
+            Request::CreatePermission { .. } => Method::CREATE_PERMISSION,
+            Request::ChannelBind { .. } => Method::CHANNEL_BIND,
+        }
+    }
+}
+
+/// What a successful response carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Success {
+    /// XOR-RELAYED-ADDRESS (Allocate).
+    pub relayed: Option<SocketAddr>,
+    /// XOR-MAPPED-ADDRESS (Allocate).
+    pub mapped: Option<SocketAddr>,
+    /// LIFETIME (Allocate, Refresh).
+    pub lifetime: Option<u32>,
+}
+
+/// What [`ClientCore::handle`] made of a received message.
+#[derive(Debug)]
+pub enum Handled<'a> {
+    /// Not a response to the pending request (another transaction, a stray
+    /// message, ChannelData, a Data indication).
+    Ignored,
+    /// A challenge was answered: transmit this new request.
+    Transmit(&'a [u8]),
+    /// The transaction ended.
+    Done(Result<Success, ClientError>),
+}
+
+/// What the timers ask for.
+#[derive(Debug)]
+pub enum Poll<'a> {
+    /// No transaction in flight.
+    Idle,
+    /// Nothing to do before this instant.
+    Wait(Instant),
+    /// Retransmit this request now.
+    Transmit(&'a [u8]),
+    /// The transaction timed out.
+    Failed(ClientError),
+}
+
+#[derive(Debug)]
+struct Pending {
+    request: Request,
+    tid: TransactionId,
+    /// Requests sent in this transaction.
+    tries: u32,
+    /// The current RTO (doubles at each retransmission).
+    rto: Duration,
+    /// When to retransmit (or, after the last try, to give up).
+    next: Instant,
+    auth_rounds: u32,
+    /// Sent with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY.
+    authenticated: bool,
+}
+
+/// One client's protocol state. See the module documentation.
+#[derive(Debug)]
+pub struct ClientCore {
+    cfg: ClientConfig,
+    username: String,
+    password: String,
+    realm: Option<String>,
+    nonce: Option<String>,
+    key: Option<Key>,
+    rng: u64,
+    pending: Option<Pending>,
+    buf: Box<[u8; MAX_REQUEST]>,
+    len: usize,
+}
+
+fn seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let c = COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    splitmix(t ^ c ^ u64::from(std::process::id()))
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The error code of a STUN error response, and its reason.
+pub fn error_code<'a>(m: &Message<'a>) -> Option<(u16, &'a str)> {
+    match m.get(AttributeType::ERROR_CODE)?.decode(&m.transaction_id()) {
+        Ok(Attribute::ErrorCode(e)) => Some((e.code, e.reason)),
+        _ => None,
+    }
+}
+
+fn text_attr<'a>(m: &Message<'a>, ty: AttributeType) -> Option<&'a str> {
+    match m.get(ty)?.decode(&m.transaction_id()) {
+        Ok(Attribute::Realm(s) | Attribute::Nonce(s)) => Some(s),
+        _ => None,
+    }
+}
+
+impl ClientCore {
+    /// A client with no transaction in flight. REST credentials are
+    /// resolved now.
+    pub fn new(cfg: ClientConfig) -> Result<ClientCore, ClientError> {
+        let (username, password) = cfg.credentials.resolve(unix_now());
+        let realm = cfg.realm.clone();
+        let mut c = ClientCore {
+            cfg,
+            username,
+            password,
+            realm,
+            nonce: None,
+            key: None,
+            rng: seed(),
+            pending: None,
+            buf: Box::new([0u8; MAX_REQUEST]),
+            len: 0,
+        };
+        if let Some(realm) = c.realm.clone() {
+            c.derive_key(&realm)?;
+        }
+        Ok(c)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// The user name sent (REST: `expiry:user`).
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The realm in use (configured or learnt).
+    pub fn realm(&self) -> Option<&str> {
+        self.realm.as_deref()
+    }
+
+    /// The current nonce.
+    pub fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+
+    /// Whether a transaction is in flight.
+    pub fn is_busy(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Abandons the transaction in flight, if any.
+    pub fn cancel(&mut self) {
+        self.pending = None;
+    }
+
+    fn derive_key(&mut self, realm: &str) -> Result<(), ClientError> {
+        let key = Key::long_term(PasswordAlgorithm::Md5, &self.username, realm, &self.password)
+            .map_err(|e| ClientError::Credentials(e.to_string()))?;
+        self.key = Some(key);
+        Ok(())
+    }
+
+    fn next_tid(&mut self) -> TransactionId {
+        let a = splitmix(self.rng);
+        let b = splitmix(a);
+        self.rng = b;
+        let mut t = [0u8; 12];
+        t[..8].copy_from_slice(&a.to_le_bytes());
+        t[8..].copy_from_slice(&b.to_le_bytes()[..4]);
+        TransactionId(t)
+    }
+
+    /// Starts `request`; returns the bytes to transmit. Fails when another
+    /// transaction is in flight.
+    pub fn start(&mut self, request: Request, now: Instant) -> Result<&[u8], ClientError> {
+        if self.pending.is_some() {
+            return Err(ClientError::Busy);
+        }
+        self.begin(request, now, 0)?;
+        Ok(&self.buf[..self.len])
+    }
+
+    fn begin(&mut self, request: Request, now: Instant, auth_rounds: u32) -> Result<(), ClientError> {
+        let tid = self.next_tid();
+        self.len = self.encode(&request, tid)?;
+        let rto = self.cfg.rto;
+        let next = if self.cfg.reliable { now + self.cfg.transaction_timeout() } else { now + rto };
+        let authenticated = self.nonce.is_some() && self.key.is_some() && self.realm.is_some();
+        self.pending = Some(Pending { request, tid, tries: 1, rto, next, auth_rounds, authenticated });
+        Ok(())
+    }
+
+    fn encode(&mut self, request: &Request, tid: TransactionId) -> Result<usize, ClientError> {
+        let ClientCore { cfg, username, realm, nonce, key, buf, .. } = self;
+        let ty = MessageType::new(Class::Request, request.method());
+        let mut b = MessageBuilder::new(&mut buf[..], ty, tid)?;
+        match request {
+            Request::Allocate { lifetime } => {
+                b.add(&Attribute::RequestedTransport(proto_transport::UDP))?;
+                if let Some(l) = lifetime {
+                    b.add(&Attribute::Lifetime(*l))?;
+                }
+            }
+            Request::Refresh { lifetime } => {
+                b.add(&Attribute::Lifetime(*lifetime))?;
+            }
+            Request::CreatePermission { peers } => {
+                for p in peers {
+                    b.add(&Attribute::XorPeerAddress(*p))?;
+                }
+            }
+            Request::ChannelBind { channel, peer } => {
+                b.add(&Attribute::ChannelNumber(*channel))?;
+                b.add(&Attribute::XorPeerAddress(*peer))?;
+            }
+        }
+        if let Some(s) = &cfg.software {
+            b.add(&Attribute::Software(s))?;
+        }
+        if let (Some(realm), Some(nonce), Some(key)) = (realm.as_deref(), nonce.as_deref(), key.as_ref()) {
+            b.add(&Attribute::Username(username))?;
+            b.add(&Attribute::Realm(realm))?;
+            b.add(&Attribute::Nonce(nonce))?;
+            b.add_message_integrity(key.as_bytes())?;
+        }
+        if cfg.fingerprint {
+            b.add_fingerprint()?;
+        }
+        Ok(b.finish())
+    }
+
+    /// Feeds a received message; see [`Handled`].
+    pub fn handle(&mut self, msg: &[u8], now: Instant) -> Handled<'_> {
+        let Some(p) = &self.pending else { return Handled::Ignored };
+        if msg.len() < HEADER_LEN || msg[0] & 0xC0 != 0 {
+            return Handled::Ignored;
+        }
+        let Ok(m) = Message::parse(msg) else { return Handled::Ignored };
+        if m.transaction_id() != p.tid || !m.class().is_response() || m.method() != p.request.method() {
+            return Handled::Ignored;
+        }
+        let method = p.request.method().name();
+        if m.class() == Class::Success {
+            // A response with integrity must verify with our key.
+            if m.has_integrity()
+                && let Some(key) = &self.key
+                && m.verify_integrity(key.as_bytes()).is_err()
+            {
+                return Handled::Ignored;
+            }
+            let tid = m.transaction_id();
+            let mut s = Success::default();
+            for a in m.attributes() {
+                match a.decode(&tid) {
+                    Ok(Attribute::XorRelayedAddress(x)) => s.relayed = Some(x),
+                    Ok(Attribute::XorMappedAddress(x)) => s.mapped = Some(x),
+                    Ok(Attribute::Lifetime(l)) => s.lifetime = Some(l),
+                    _ => {}
+                }
+            }
+            self.pending = None;
+            return Handled::Done(Ok(s));
+        }
+        let (code, reason) = error_code(&m).unwrap_or((0, ""));
+        if matches!(code, 401 | 438)
+            && p.auth_rounds < self.cfg.max_auth_rounds
+            && let Some(nonce) = text_attr(&m, AttributeType::NONCE)
+        {
+            let server_realm = text_attr(&m, AttributeType::REALM);
+            // A 401 to an authenticated request means wrong credentials,
+            // unless we guessed the realm and the server names another.
+            let realm_changed = self.cfg.realm.is_none() && server_realm.is_some() && server_realm != self.realm();
+            if code == 438 || !p.authenticated || realm_changed {
+                let (nonce, auth_rounds) = (nonce.to_owned(), p.auth_rounds);
+                if realm_changed && let Some(r) = server_realm {
+                    let r = r.to_owned();
+                    if let Err(e) = self.derive_key(&r) {
+                        self.pending = None;
+                        return Handled::Done(Err(e));
+                    }
+                    self.realm = Some(r);
+                }
+                if self.realm.is_none() || self.key.is_none() {
+                    self.pending = None;
+                    return Handled::Done(Err(ClientError::Malformed(format!("{code} without REALM"))));
+                }
+                self.nonce = Some(nonce);
+                let request = match self.pending.take() {
+                    Some(p) => p.request,
+                    None => return Handled::Ignored,
+                };
+                return match self.begin(request, now, auth_rounds + 1) {
+                    Ok(()) => Handled::Transmit(&self.buf[..self.len]),
+                    Err(e) => Handled::Done(Err(e)),
+                };
+            }
+        }
+        self.pending = None;
+        Handled::Done(Err(ClientError::Rejected { method, code, reason: reason.to_owned() }))
+    }
+
+    /// Runs the timers; see [`Poll`].
+    pub fn poll(&mut self, now: Instant) -> Poll<'_> {
+        let max_tries = self.cfg.max_tries.max(1);
+        let last_wait = self.cfg.rto * self.cfg.last_wait_factor;
+        let reliable = self.cfg.reliable;
+        let Some(p) = &mut self.pending else { return Poll::Idle };
+        if now < p.next {
+            return Poll::Wait(p.next);
+        }
+        if reliable || p.tries >= max_tries {
+            let (method, tries) = (p.request.method().name(), p.tries);
+            self.pending = None;
+            return Poll::Failed(ClientError::Timeout { method, tries });
+        }
+        p.tries += 1;
+        p.rto *= 2;
+        p.next = if p.tries >= max_tries { now + last_wait } else { now + p.rto };
+        Poll::Transmit(&self.buf[..self.len])
+    }
+}

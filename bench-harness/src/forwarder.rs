@@ -1,0 +1,215 @@
+//! The baseline: a trivial UDP forwarder with the relay's hops and framing
+//! and none of its protocol, so that the same traffic through it measures
+//! what the kernel alone costs per packet.
+//!
+//! It listens on one socket, as a TURN server does, and owns one "relay"
+//! socket per client. A client's first ChannelData datagram assigns it the
+//! next free relay socket (no handshake); after that, ChannelData from the
+//! client leaves without its 4-byte header from that relay socket to the
+//! peer, and whatever the peer sends to the relay socket goes back to the
+//! client with a ChannelData header in front, from the listening socket:
+//! client → forwarder → peer → forwarder → client, like the relay. One
+//! thread, epoll and recvmmsg/sendmmsg batches; a lookup in a hash map per
+//! client datagram, as the relay does.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use relay_core::wire::channel_data::{CHANNEL_DATA_HEADER_LEN, parse_header, write_header};
+use relay_io::sys::{Batch, Epoll, empty_event};
+
+use crate::procfs;
+
+/// The channel number the forwarder puts on what it sends back.
+pub const BASELINE_CHANNEL: u16 = 0x4000;
+
+const BATCH: usize = 32;
+const SLOT: usize = 65_536;
+/// Batches read from one ready socket per wake-up.
+const ROUNDS: usize = 8;
+
+/// What the forwarder did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ForwarderStats {
+    /// Datagrams forwarded client → peer.
+    pub to_peer: u64,
+    /// Datagrams forwarded peer → client.
+    pub to_client: u64,
+    /// Datagrams dropped (not ChannelData, no free relay socket, unknown
+    /// sender, send failure).
+    pub dropped: u64,
+    /// Clients that were assigned a relay socket.
+    pub clients: u64,
+    /// The forwarder thread's CPU time, microseconds.
+    pub cpu_us: u64,
+}
+
+/// A running forwarder.
+#[derive(Debug)]
+pub struct Forwarder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<io::Result<ForwarderStats>>>,
+}
+
+impl Forwarder {
+    /// Binds a listening socket and `clients` relay sockets on `ip`, and
+    /// starts forwarding to and from `peer`; `cpu` pins the thread.
+    pub fn start(ip: IpAddr, peer: SocketAddr, clients: usize, cpu: Option<usize>) -> io::Result<Forwarder> {
+        let listener = crate::net::data_socket(SocketAddr::new(ip, 0))?;
+        let addr = listener.local_addr()?;
+        let relays = (0..clients.max(1))
+            .map(|_| crate::net::data_socket(SocketAddr::new(ip, 0)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new().name("turn-bench-forwarder".into()).spawn(move || {
+            if let Some(c) = cpu {
+                core_affinity::set_for_current(core_affinity::CoreId { id: c });
+            }
+            run(listener, relays, peer, &s)
+        })?;
+        Ok(Forwarder { addr, stop, thread: Some(thread) })
+    }
+
+    /// Where clients send.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the thread and returns its counters.
+    pub fn stop(mut self) -> io::Result<ForwarderStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err(io::Error::other("forwarder thread panicked"))),
+            None => Err(io::Error::other("forwarder already stopped")),
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(listener: UdpSocket, relays: Vec<UdpSocket>, peer: SocketAddr, stop: &AtomicBool) -> io::Result<ForwarderStats> {
+    let cpu0 = procfs::thread_cpu().unwrap_or_default();
+    let lfd = listener.as_raw_fd();
+    let rfds: Vec<RawFd> = relays.iter().map(|s| s.as_raw_fd()).collect();
+    let ep = Epoll::new()?;
+    let listen_token = rfds.len() as u64;
+    ep.add(lfd, listen_token)?;
+    for (i, fd) in rfds.iter().enumerate() {
+        ep.add(*fd, i as u64)?;
+    }
+    let mut by_client: HashMap<SocketAddr, usize> = HashMap::with_capacity(rfds.len());
+    let mut client_of: Vec<Option<SocketAddr>> = vec![None; rfds.len()];
+    let mut batch = Batch::new(BATCH, SLOT, 0);
+    let mut events = vec![empty_event(); 256];
+    let mut st = ForwarderStats::default();
+    while !stop.load(Ordering::Relaxed) {
+        let n = ep.wait(&mut events, 5)?;
+        for ev in &events[..n] {
+            let token = ev.u64;
+            for _ in 0..ROUNDS {
+                let got = if token == listen_token {
+                    from_clients(lfd, &rfds, peer, &mut by_client, &mut client_of, &mut batch, &mut st)?
+                } else {
+                    let i = token as usize;
+                    from_peer(rfds[i], lfd, peer, client_of[i], &mut batch, &mut st)?
+                };
+                if got < BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    st.cpu_us = procfs::thread_cpu().unwrap_or_default().saturating_sub(cpu0).as_micros() as u64;
+    Ok(st)
+}
+
+fn from_clients(
+    lfd: RawFd,
+    rfds: &[RawFd],
+    peer: SocketAddr,
+    by_client: &mut HashMap<SocketAddr, usize>,
+    client_of: &mut [Option<SocketAddr>],
+    batch: &mut Batch,
+    st: &mut ForwarderStats,
+) -> io::Result<usize> {
+    let n = batch.recv(lfd, 0)?;
+    for i in 0..n {
+        let r = batch.received(i);
+        let Some(from) = r.from else { continue };
+        let (slot, _) = batch.slot_and_reply(i);
+        let len = match parse_header(&slot[..r.len]) {
+            Ok((_, len)) if usize::from(len) + CHANNEL_DATA_HEADER_LEN <= r.len => usize::from(len),
+            _ => {
+                st.dropped += 1;
+                continue;
+            }
+        };
+        let next = by_client.len();
+        let idx = match by_client.get(&from) {
+            Some(&i) => i,
+            None if next < rfds.len() => {
+                by_client.insert(from, next);
+                client_of[next] = Some(from);
+                st.clients += 1;
+                next
+            }
+            None => {
+                st.dropped += 1;
+                continue;
+            }
+        };
+        batch.send_slot(rfds[idx], peer, i, CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len);
+    }
+    let (sent, failed) = batch.flush();
+    st.to_peer += sent as u64;
+    st.dropped += failed as u64;
+    Ok(n)
+}
+
+fn from_peer(
+    rfd: RawFd,
+    lfd: RawFd,
+    peer: SocketAddr,
+    client: Option<SocketAddr>,
+    batch: &mut Batch,
+    st: &mut ForwarderStats,
+) -> io::Result<usize> {
+    let n = batch.recv(rfd, CHANNEL_DATA_HEADER_LEN)?;
+    for i in 0..n {
+        let r = batch.received(i);
+        // Only the peer may answer (the relay's permission check), and only
+        // to a relay socket that has a client.
+        let (Some(client), true) = (client, r.from == Some(peer)) else {
+            st.dropped += 1;
+            continue;
+        };
+        let Ok(len) = u16::try_from(r.len) else {
+            st.dropped += 1;
+            continue;
+        };
+        let (slot, _) = batch.slot_and_reply(i);
+        if write_header(slot, BASELINE_CHANNEL, len).is_err() {
+            st.dropped += 1;
+            continue;
+        }
+        batch.send_slot(lfd, client, i, 0..CHANNEL_DATA_HEADER_LEN + r.len);
+    }
+    let (sent, failed) = batch.flush();
+    st.to_client += sent as u64;
+    st.dropped += failed as u64;
+    Ok(n)
+}

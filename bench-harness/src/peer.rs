@@ -1,0 +1,156 @@
+//! The harness's peer: one UDP socket on loopback, in its own thread,
+//! that echoes every datagram back to where it came from or sinks it
+//! (recording one-way latency from the probe's send time). Batched with
+//! recvmmsg/sendmmsg; nothing allocated per packet.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use relay_io::sys::{Batch, Epoll, empty_event};
+
+use crate::payload::Probe;
+use crate::procfs;
+use crate::stats::{latency_histogram, record};
+
+/// What the peer does with what it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerMode {
+    /// Send every datagram back to its sender.
+    Echo,
+    /// Count it and drop it (one-way measurement).
+    Sink,
+}
+
+/// Datagrams per recvmmsg.
+const BATCH: usize = 64;
+/// Largest datagram handled.
+const SLOT: usize = 65_536;
+
+/// Counters the peer thread returns.
+#[derive(Debug)]
+pub struct PeerStats {
+    /// Datagrams received.
+    pub received: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Datagrams sent back (echo).
+    pub echoed: u64,
+    /// Echoes the kernel refused (full buffer).
+    pub echo_failed: u64,
+    /// One-way latency client → relay → peer (sink mode), nanoseconds.
+    pub one_way: Histogram<u64>,
+    /// The peer thread's CPU time.
+    pub cpu: Duration,
+}
+
+/// A running peer.
+#[derive(Debug)]
+pub struct Peer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    thread: Option<JoinHandle<io::Result<PeerStats>>>,
+}
+
+impl Peer {
+    /// Binds `ip:0` and starts the peer thread; probes' send times are read
+    /// relative to `epoch`.
+    pub fn start(ip: IpAddr, mode: PeerMode, epoch: Instant) -> io::Result<Peer> {
+        let sock = crate::net::data_socket(SocketAddr::new(ip, 0))?;
+        let addr = sock.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let (s, r) = (stop.clone(), received.clone());
+        let thread =
+            std::thread::Builder::new().name("turn-bench-peer".into()).spawn(move || run(sock, mode, epoch, &s, &r))?;
+        Ok(Peer { addr, stop, received, thread: Some(thread) })
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Datagrams received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Stops the thread and returns its counters.
+    pub fn stop(mut self) -> io::Result<PeerStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err(io::Error::other("peer thread panicked"))),
+            None => Err(io::Error::other("peer already stopped")),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(sock: UdpSocket, mode: PeerMode, epoch: Instant, stop: &AtomicBool, count: &AtomicU64) -> io::Result<PeerStats> {
+    let cpu0 = procfs::thread_cpu().unwrap_or_default();
+    let fd = sock.as_raw_fd();
+    let ep = Epoll::new()?;
+    ep.add(fd, 0)?;
+    let mut events = [empty_event(); 4];
+    let mut batch = Batch::new(BATCH, SLOT, 0);
+    let mut st = PeerStats {
+        received: 0,
+        bytes: 0,
+        echoed: 0,
+        echo_failed: 0,
+        one_way: latency_histogram(),
+        cpu: Duration::ZERO,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        if ep.wait(&mut events, 5)? == 0 {
+            continue;
+        }
+        // A bounded number of batches per wake-up, then check `stop`.
+        for _ in 0..64 {
+            let n = batch.recv(fd, 0)?;
+            if n == 0 {
+                break;
+            }
+            let now_ns = epoch.elapsed().as_nanos() as u64;
+            for i in 0..n {
+                let r = batch.received(i);
+                let Some(from) = r.from else { continue };
+                st.received += 1;
+                st.bytes += r.len as u64;
+                match mode {
+                    PeerMode::Echo => batch.send_slot(fd, from, i, 0..r.len),
+                    PeerMode::Sink => {
+                        let (slot, _) = batch.slot_and_reply(i);
+                        if let Some(p) = Probe::read(&slot[..r.len]) {
+                            record(&mut st.one_way, now_ns.saturating_sub(p.sent_ns));
+                        }
+                    }
+                }
+            }
+            if mode == PeerMode::Echo {
+                let (sent, failed) = batch.flush();
+                st.echoed += sent as u64;
+                st.echo_failed += failed as u64;
+            }
+            count.store(st.received, Ordering::Relaxed);
+        }
+    }
+    st.cpu = procfs::thread_cpu().unwrap_or_default().saturating_sub(cpu0);
+    Ok(st)
+}

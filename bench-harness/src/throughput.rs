@@ -1,0 +1,613 @@
+//! The data-plane scenarios: `throughput`, `latency` and `baseline`.
+//!
+//! Each sets up N flows (TURN allocations with a channel, or clients of the
+//! baseline forwarder), starts a peer on loopback that echoes or sinks,
+//! drives the flows with the measuring loop of [`crate::traffic`] for the
+//! configured duration, and reports rates, loss, reordering, latency
+//! percentiles, the generator's own CPU use and, when asked, the server's
+//! CPU time per relayed packet and memory per allocation.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::BenchError;
+use crate::client::{ClientCore, TransportKind, TurnClient, TurnServer, UdpTransport};
+use crate::forwarder::{BASELINE_CHANNEL, Forwarder, ForwarderStats};
+use crate::payload::PROBE_LEN;
+use crate::peer::{Peer, PeerMode};
+use crate::procfs::{self, Memory};
+use crate::stats::{LatencySummary, fmt_us, group};
+use crate::traffic::{self, EngineConfig, Flow, Framing, Sample, WorkerCpu};
+
+/// The channel number every allocation binds to its peer.
+pub const CHANNEL: u16 = 0x4000;
+
+/// A generator thread above this share of one core is reported saturated.
+pub const SATURATION_PERCENT: f64 = 90.0;
+
+/// What the traffic goes through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A TURN server.
+    Turn(TurnServer),
+    /// The harness's own forwarder (the kernel-only baseline).
+    Baseline,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Turn(s) => write!(f, "TURN server {}", s.addr),
+            Target::Baseline => write!(f, "baseline forwarder"),
+        }
+    }
+}
+
+/// Settings of a throughput, latency or baseline run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThroughputConfig {
+    /// The server (or the baseline forwarder).
+    pub target: Target,
+    /// Allocations (flows), each with its own client socket.
+    pub allocations: usize,
+    /// Payload bytes per packet (at least [`PROBE_LEN`]).
+    pub size: usize,
+    /// Packets per second over all flows; 0: as fast as possible.
+    pub rate: u64,
+    /// How long to send.
+    pub duration: Duration,
+    /// The peer echoes (RTT measured) or sinks (one-way latency measured).
+    pub echo: bool,
+    /// Send indications instead of ChannelData (TURN targets only).
+    pub indications: bool,
+    /// Generator threads (flows are split among them).
+    pub threads: usize,
+    /// Largest batch of packets sent with one sendmmsg.
+    pub burst: usize,
+    /// Closed loop: at most this many packets in flight per generator
+    /// thread (0: open loop, paced by `rate` only).
+    pub window: u64,
+    /// Cores to pin generator threads to (thread k: `cpu[k % len]`).
+    pub cpu: Vec<usize>,
+    /// Core to pin the baseline forwarder to.
+    pub forwarder_cpu: Option<usize>,
+    /// Where the peer binds: a loopback address other than the server's.
+    pub peer_ip: IpAddr,
+    /// Local address of the client sockets (`None`: the unspecified
+    /// address of the server's family).
+    pub client_ip: Option<IpAddr>,
+    /// Process id of the server, for its CPU time and memory.
+    pub server_pid: Option<u32>,
+    /// How long to wait for the last packets after sending stops.
+    pub drain: Duration,
+    /// Print a live line per second on stderr.
+    pub live: bool,
+    /// Release the allocations (Refresh 0) at the end.
+    pub release: bool,
+}
+
+impl ThroughputConfig {
+    /// A throughput run against `server`: 10 allocations, 200-byte
+    /// payloads, as fast as possible, 10 s, echo.
+    pub fn new(server: TurnServer) -> ThroughputConfig {
+        ThroughputConfig {
+            target: Target::Turn(server),
+            allocations: 10,
+            size: 200,
+            rate: 0,
+            duration: Duration::from_secs(10),
+            echo: true,
+            indications: false,
+            threads: 1,
+            burst: 32,
+            window: 0,
+            cpu: Vec::new(),
+            forwarder_cpu: None,
+            peer_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            client_ip: None,
+            server_pid: None,
+            drain: Duration::from_millis(500),
+            live: false,
+            release: true,
+        }
+    }
+
+    /// A latency run against `server`: one allocation, 100 packets/s of
+    /// 100 bytes, sent one at a time, 10 s, echo.
+    pub fn latency(server: TurnServer) -> ThroughputConfig {
+        ThroughputConfig { allocations: 1, size: 100, rate: 100, burst: 1, ..ThroughputConfig::new(server) }
+    }
+
+    /// A baseline run with the same traffic settings as `self`.
+    pub fn baseline(&self) -> ThroughputConfig {
+        ThroughputConfig { target: Target::Baseline, indications: false, ..self.clone() }
+    }
+}
+
+/// The server's cost over the measuring window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerCost {
+    /// What was measured: `pid N`, or the baseline forwarder's thread.
+    pub source: String,
+    /// CPU time (user + system), seconds.
+    pub cpu_s: f64,
+    /// Packets relayed (each direction counts: client → peer and peer →
+    /// client).
+    pub relayed_packets: u64,
+    /// CPU microseconds per relayed packet.
+    pub cpu_us_per_packet: Option<f64>,
+    /// Memory before the allocations were made.
+    pub memory_before: Option<Memory>,
+    /// Memory after the run.
+    pub memory_after: Option<Memory>,
+    /// Growth of VmRSS per allocation, bytes.
+    pub bytes_per_allocation: Option<f64>,
+}
+
+impl ServerCost {
+    fn from_samples(
+        pid: u32,
+        before: Option<procfs::ProcSample>,
+        start: Option<procfs::ProcSample>,
+        end: Option<procfs::ProcSample>,
+        relayed: u64,
+        allocations: usize,
+    ) -> ServerCost {
+        let cpu = match (start, end) {
+            (Some(s), Some(e)) => e.cpu.saturating_sub(s.cpu).as_secs_f64(),
+            _ => 0.0,
+        };
+        let per_alloc = match (before, end) {
+            (Some(b), Some(e)) if allocations > 0 => {
+                Some((e.memory.rss_kib as f64 - b.memory.rss_kib as f64) * 1024.0 / allocations as f64)
+            }
+            _ => None,
+        };
+        ServerCost {
+            source: format!("pid {pid}"),
+            cpu_s: cpu,
+            relayed_packets: relayed,
+            cpu_us_per_packet: (relayed > 0 && end.is_some()).then(|| cpu * 1e6 / relayed as f64),
+            memory_before: before.map(|s| s.memory),
+            memory_after: end.map(|s| s.memory),
+            bytes_per_allocation: per_alloc,
+        }
+    }
+}
+
+/// CPU use of the load generator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GeneratorCpu {
+    /// Each generator thread while sending.
+    pub threads: Vec<WorkerCpu>,
+    /// The busiest thread, percent of one core, not counting the time it
+    /// spun idle waiting for the next packet to be due.
+    pub max_percent: f64,
+    /// Whether a generator thread was busy at least [`SATURATION_PERCENT`]
+    /// of the time: the generator itself may have been the bottleneck.
+    pub saturated: bool,
+    /// CPU time of the whole harness process while sending (from
+    /// /proc/self/stat; includes the peer, and an in-process server).
+    pub process_cpu_s: f64,
+}
+
+/// What the peer saw.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerReport {
+    /// Datagrams the peer received.
+    pub received: u64,
+    /// Datagrams it echoed.
+    pub echoed: u64,
+    /// Echoes the kernel refused.
+    pub echo_failed: u64,
+    /// Its thread's CPU time, seconds.
+    pub cpu_s: f64,
+}
+
+/// The result of a throughput, latency or baseline run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThroughputReport {
+    /// `throughput`, `latency` or `baseline`.
+    pub scenario: &'static str,
+    /// What was measured.
+    pub target: String,
+    /// Client transport.
+    pub transport: TransportKind,
+    /// `channel-data` or `send-indication`.
+    pub framing: &'static str,
+    /// Whether the peer echoed or sank.
+    pub mode: PeerMode,
+    /// Allocations asked for.
+    pub allocations: usize,
+    /// Allocations set up.
+    pub allocations_ok: usize,
+    /// Why the others failed (distinct reasons, first few).
+    pub allocation_errors: Vec<String>,
+    /// Time to set every flow up, seconds.
+    pub setup_s: f64,
+    /// Payload bytes per packet.
+    pub size: usize,
+    /// Requested packets/s (0: as fast as possible).
+    pub rate: u64,
+    /// Generator threads.
+    pub threads: usize,
+    /// Packets in flight allowed per thread (0: open loop).
+    pub window: u64,
+    /// Time spent sending, seconds.
+    pub duration_s: f64,
+    /// Packets sent.
+    pub sent: u64,
+    /// Packets the kernel refused to send (full socket buffer).
+    pub send_failed: u64,
+    /// Packets that made the whole trip (back at the client when echoing,
+    /// at the peer when sinking).
+    pub received: u64,
+    /// `sent - received`.
+    pub lost: u64,
+    /// Loss, percent of sent.
+    pub loss_pct: f64,
+    /// Packets that arrived after a higher sequence number of their flow.
+    pub reordered: u64,
+    /// Datagrams received that were not the harness's.
+    pub foreign: u64,
+    /// Sent packets per second.
+    pub sent_pps: f64,
+    /// Received packets per second.
+    pub received_pps: f64,
+    /// Sent payload, Mbit/s.
+    pub sent_mbps: f64,
+    /// Received payload, Mbit/s.
+    pub received_mbps: f64,
+    /// `rtt` (echo) or `one-way` (sink).
+    pub latency_kind: &'static str,
+    /// Latency percentiles.
+    pub latency: LatencySummary,
+    /// The peer's counters.
+    pub peer: PeerReport,
+    /// The generator's CPU use.
+    pub generator: GeneratorCpu,
+    /// The server's cost, when its pid was given (or the forwarder's).
+    pub server: Option<ServerCost>,
+    /// Allocations released at the end.
+    pub released: usize,
+    /// Releases that failed.
+    pub release_failed: usize,
+    /// One sample per second.
+    pub timeline: Vec<Sample>,
+}
+
+/// Runs a throughput test (see [`ThroughputConfig::new`]).
+pub fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchError> {
+    run(cfg, "throughput")
+}
+
+/// Runs a latency test (see [`ThroughputConfig::latency`] for its usual
+/// settings); the same loop, reported with the latency first.
+pub fn run_latency(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchError> {
+    run(cfg, "latency")
+}
+
+/// Drives the same traffic as `cfg` through the harness's own forwarder
+/// (whatever `cfg.target` says): the kernel's own cost per packet.
+pub fn run_baseline(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchError> {
+    run(&cfg.baseline(), "baseline")
+}
+
+struct TurnFlow {
+    transport: UdpTransport,
+    core: ClientCore,
+}
+
+fn client_local(cfg: &ThroughputConfig, server: SocketAddr) -> SocketAddr {
+    match cfg.client_ip {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None => crate::net::unspecified_for(server),
+    }
+}
+
+fn setup_turn(
+    cfg: &ThroughputConfig,
+    server: &TurnServer,
+    peer: SocketAddr,
+    errors: &mut Vec<String>,
+) -> Result<Vec<TurnFlow>, BenchError> {
+    let mut flows = Vec::with_capacity(cfg.allocations);
+    let mut failed = 0usize;
+    for _ in 0..cfg.allocations {
+        let r = (|| {
+            let t = UdpTransport::connect(server.addr, Some(client_local(cfg, server.addr)))?;
+            crate::net::grow_buffers(t.socket(), crate::net::SOCKET_BUFFER);
+            let mut c = TurnClient::new(t, server.client_config())?;
+            c.allocate(None)?;
+            if cfg.indications {
+                c.create_permission(&[peer])?;
+            } else {
+                c.channel_bind(CHANNEL, peer)?;
+            }
+            Ok::<_, crate::client::ClientError>(c.into_parts())
+        })();
+        match r {
+            Ok((transport, core)) => flows.push(TurnFlow { transport, core }),
+            Err(e) => {
+                failed += 1;
+                let msg = e.to_string();
+                if flows.is_empty() && failed == 1 && cfg.allocations > 0 {
+                    // The first one failing is a configuration problem
+                    // (address, credentials, peer policy): say so at once.
+                    return Err(BenchError::Setup(format!("first allocation failed: {msg}")));
+                }
+                let timed_out = matches!(e, crate::client::ClientError::Timeout { .. });
+                if errors.len() < 8 && !errors.contains(&msg) {
+                    errors.push(msg);
+                }
+                if timed_out {
+                    // The server stopped answering: waiting out the timers
+                    // of every remaining allocation would take minutes.
+                    errors.push("setup stopped after a timeout".into());
+                    break;
+                }
+            }
+        }
+    }
+    Ok(flows)
+}
+
+fn release(flows: Vec<TurnFlow>) -> (usize, usize) {
+    let (mut ok, mut failed) = (0, 0);
+    let total = flows.len();
+    for f in flows {
+        let _ = f.transport.socket().set_nonblocking(false);
+        let mut c = TurnClient::from_parts(f.transport, f.core);
+        match c.refresh(0) {
+            Ok(_) => ok += 1,
+            // The server stopped answering: the rest would time out too.
+            Err(crate::client::ClientError::Timeout { .. }) => return (ok, total - ok),
+            Err(_) => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
+fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputReport, BenchError> {
+    if cfg.allocations == 0 {
+        return Err(BenchError::Config("at least one allocation is needed".into()));
+    }
+    if cfg.size < PROBE_LEN || cfg.size > traffic::MAX_PAYLOAD {
+        return Err(BenchError::Config(format!("size must be between {PROBE_LEN} and {} bytes", traffic::MAX_PAYLOAD)));
+    }
+    if cfg.duration.is_zero() {
+        return Err(BenchError::Config("duration must be positive".into()));
+    }
+    let epoch = Instant::now();
+    let mode = if cfg.echo { PeerMode::Echo } else { PeerMode::Sink };
+    let peer = Peer::start(cfg.peer_ip, mode, epoch)
+        .map_err(|e| BenchError::Setup(format!("peer on {}: {e}", cfg.peer_ip)))?;
+    let peer_addr = peer.addr();
+    let server_before = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
+    let setup_start = Instant::now();
+    let mut errors = Vec::new();
+    let mut forwarder = None;
+    let mut turn_flows = Vec::new();
+    let mut plain_socks = Vec::new();
+    let (target_name, framing, dest) = match &cfg.target {
+        Target::Turn(server) => {
+            turn_flows = setup_turn(cfg, server, peer_addr, &mut errors)?;
+            for f in &turn_flows {
+                f.transport.socket().set_nonblocking(true)?;
+            }
+            let framing = if cfg.indications { Framing::Indication(peer_addr) } else { Framing::Channel(CHANNEL) };
+            (format!("TURN {} (user {})", server.addr, server.credentials.display_user()), framing, server.addr)
+        }
+        Target::Baseline => {
+            let ip = match cfg.peer_ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            };
+            let fw = Forwarder::start(ip, peer_addr, cfg.allocations, cfg.forwarder_cpu)?;
+            let addr = fw.addr();
+            for _ in 0..cfg.allocations {
+                let s = crate::net::data_socket(client_local(cfg, addr))?;
+                s.connect(addr)?;
+                plain_socks.push(s);
+            }
+            forwarder = Some(fw);
+            (format!("baseline forwarder {addr}"), Framing::Channel(BASELINE_CHANNEL), addr)
+        }
+    };
+    let setup_s = setup_start.elapsed().as_secs_f64();
+    let flows: Vec<Flow<'_>> = match cfg.target {
+        Target::Turn(_) => turn_flows.iter().map(|f| Flow { sock: f.transport.socket(), dest }).collect(),
+        Target::Baseline => plain_socks.iter().map(|s| Flow { sock: s, dest }).collect(),
+    };
+    let ecfg = EngineConfig {
+        size: cfg.size,
+        rate: cfg.rate,
+        burst: cfg.burst,
+        window: cfg.window,
+        duration: cfg.duration,
+        echo: cfg.echo,
+        framing,
+        threads: cfg.threads,
+        cpus: cfg.cpu.clone(),
+        drain: cfg.drain,
+        live: cfg.live,
+        label: scenario,
+    };
+    let server_start = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
+    let result = traffic::run(&flows, &ecfg, epoch, &|| peer.received());
+    let server_end = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
+    drop(flows);
+    let peer_stats = peer.stop()?;
+    let fw_stats: Option<ForwarderStats> = match forwarder {
+        Some(f) => Some(f.stop()?),
+        None => None,
+    };
+    let r = result?;
+    let allocations_ok = turn_flows.len() + plain_socks.len();
+    let (released, release_failed) = if cfg.release { release(turn_flows) } else { (0, 0) };
+
+    let secs = r.send_wall.as_secs_f64().max(1e-9);
+    let received = if cfg.echo { r.received } else { peer_stats.received };
+    let lost = r.sent.saturating_sub(received);
+    let latency = if cfg.echo { LatencySummary::of(&r.rtt) } else { LatencySummary::of(&peer_stats.one_way) };
+    let relayed = peer_stats.received + r.received;
+    let server = match (&fw_stats, cfg.server_pid) {
+        (Some(fw), _) => {
+            let n = fw.to_peer + fw.to_client;
+            Some(ServerCost {
+                source: "baseline forwarder thread".into(),
+                cpu_s: fw.cpu_us as f64 / 1e6,
+                relayed_packets: n,
+                cpu_us_per_packet: (n > 0).then(|| fw.cpu_us as f64 / n as f64),
+                ..ServerCost::default()
+            })
+        }
+        (None, Some(pid)) => {
+            Some(ServerCost::from_samples(pid, server_before, server_start, server_end, relayed, allocations_ok))
+        }
+        (None, None) => None,
+    };
+    let max_percent = r.workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
+    Ok(ThroughputReport {
+        scenario,
+        target: target_name,
+        transport: TransportKind::Udp,
+        framing: if matches!(framing, Framing::Indication(_)) { "send-indication" } else { "channel-data" },
+        mode,
+        allocations: cfg.allocations,
+        allocations_ok,
+        allocation_errors: errors,
+        setup_s,
+        size: cfg.size,
+        rate: cfg.rate,
+        threads: r.workers.len(),
+        window: cfg.window,
+        duration_s: secs,
+        sent: r.sent,
+        send_failed: r.send_failed,
+        received,
+        lost,
+        loss_pct: if r.sent > 0 { 100.0 * lost as f64 / r.sent as f64 } else { 0.0 },
+        reordered: r.reordered,
+        foreign: r.foreign,
+        sent_pps: r.sent as f64 / secs,
+        received_pps: received as f64 / secs,
+        sent_mbps: (r.sent * cfg.size as u64 * 8) as f64 / secs / 1e6,
+        received_mbps: (received * cfg.size as u64 * 8) as f64 / secs / 1e6,
+        latency_kind: if cfg.echo { "rtt" } else { "one-way" },
+        latency,
+        peer: PeerReport {
+            received: peer_stats.received,
+            echoed: peer_stats.echoed,
+            echo_failed: peer_stats.echo_failed,
+            cpu_s: peer_stats.cpu.as_secs_f64(),
+        },
+        generator: GeneratorCpu {
+            threads: r.workers,
+            max_percent,
+            saturated: max_percent >= SATURATION_PERCENT,
+            process_cpu_s: r.process_cpu.as_secs_f64(),
+        },
+        server,
+        released,
+        release_failed,
+        timeline: r.timeline,
+    })
+}
+
+impl fmt::Display for ServerCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:.3} s CPU", self.source, self.cpu_s)?;
+        if let Some(us) = self.cpu_us_per_packet {
+            write!(f, ", {us:.2} µs CPU per relayed packet ({} relayed)", group(self.relayed_packets))?;
+        }
+        if let Some(b) = self.bytes_per_allocation {
+            write!(f, ", RSS {:+.0} bytes per allocation", b)?;
+        }
+        if let Some(m) = self.memory_after {
+            write!(f, " (VmRSS {} KiB, VmHWM {} KiB)", group(m.rss_kib), group(m.hwm_kib))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ThroughputReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.rate == 0 { "as fast as possible".to_owned() } else { format!("{} pps", group(self.rate)) };
+        writeln!(f, "turn-bench {}: {}", self.scenario, self.target)?;
+        writeln!(
+            f,
+            "  traffic      {} B payloads, {}{}, {} over {}, peer {}, {} thread(s), {:.2} s",
+            self.size,
+            rate,
+            if self.window > 0 { format!(" (window {})", self.window) } else { String::new() },
+            self.framing,
+            self.transport.name(),
+            if self.mode == PeerMode::Echo { "echoes" } else { "sinks" },
+            self.threads,
+            self.duration_s
+        )?;
+        writeln!(
+            f,
+            "  allocations  {} of {} set up in {:.3} s{}",
+            self.allocations_ok,
+            self.allocations,
+            self.setup_s,
+            if self.allocation_errors.is_empty() {
+                String::new()
+            } else {
+                format!(" (errors: {})", self.allocation_errors.join("; "))
+            }
+        )?;
+        writeln!(f, "  {:<12} {:>14} {:>14}", "", "sent", "received")?;
+        writeln!(f, "  {:<12} {:>14} {:>14}", "packets", group(self.sent), group(self.received))?;
+        writeln!(
+            f,
+            "  {:<12} {:>14} {:>14}",
+            "packets/s",
+            group(self.sent_pps.round() as u64),
+            group(self.received_pps.round() as u64)
+        )?;
+        writeln!(f, "  {:<12} {:>14.2} {:>14.2}", "Mbit/s", self.sent_mbps, self.received_mbps)?;
+        writeln!(
+            f,
+            "  loss         {:.3} % ({} lost, {} refused by the local kernel), {} reordered",
+            self.loss_pct,
+            group(self.lost),
+            group(self.send_failed),
+            group(self.reordered)
+        )?;
+        writeln!(f, "  {:<12} {}", if self.latency_kind == "rtt" { "RTT" } else { "one-way" }, self.latency)?;
+        let g = &self.generator;
+        writeln!(
+            f,
+            "  generator    busiest thread {:.0} % of a core{}; process CPU {:.2} s; peer CPU {:.2} s",
+            g.max_percent,
+            if g.saturated { " — SATURATED: the generator may be the bottleneck" } else { " (not saturated)" },
+            g.process_cpu_s,
+            self.peer.cpu_s
+        )?;
+        if let Some(s) = &self.server {
+            writeln!(f, "  server       {s}")?;
+        }
+        if self.released + self.release_failed > 0 {
+            writeln!(f, "  released     {} ({} failed)", self.released, self.release_failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// A one-line summary (compare tables, logs).
+pub fn one_line(r: &ThroughputReport) -> String {
+    format!(
+        "{} pps received, loss {:.3} %, {} p50 {} p99 {}",
+        group(r.received_pps.round() as u64),
+        r.loss_pct,
+        r.latency_kind,
+        fmt_us(r.latency.p50_us),
+        fmt_us(r.latency.p99_us)
+    )
+}

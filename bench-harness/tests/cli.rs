@@ -1,0 +1,148 @@
+//! The `turn-bench` binary itself against an in-process relay: JSON and
+//! table output, live lines, exit codes. Every child is killed if it
+//! outlives its bound.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn turn_bench(args: &[&str]) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turn-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn turn-bench");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        so.read_to_string(&mut s).map(|_| s).unwrap_or_default()
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        se.read_to_string(&mut s).map(|_| s).unwrap_or_default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("turn-bench {args:?} ran past 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Out { code: status.code(), stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+}
+
+fn creds(addr: &str) -> Vec<String> {
+    ["--server", addr, "-u", common::USER, "-w", common::PASSWORD, "--rto-ms", "100"].map(String::from).to_vec()
+}
+
+fn args<'a>(base: &'a [String], more: &[&'a str]) -> Vec<&'a str> {
+    more.iter().copied().chain(base.iter().map(String::as_str)).collect()
+}
+
+#[test]
+fn throughput_json_against_the_relay() {
+    let relay = common::start_relay(8);
+    let addr = common::addr(&relay).to_string();
+    let c = creds(&addr);
+    let o = turn_bench(&args(
+        &c,
+        &["throughput", "--json", "-q", "-n", "2", "--size", "64", "--rate", "500", "-d", "1", "--drain-ms", "2000"],
+    ));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stdout is JSON");
+    let sent = v["sent"].as_u64().unwrap();
+    assert!(sent >= 400, "{v}");
+    assert_eq!(v["received"].as_u64(), Some(sent));
+    assert_eq!(v["loss_pct"].as_f64(), Some(0.0));
+    assert_eq!(v["allocations_ok"].as_u64(), Some(2));
+    assert!(o.stderr.is_empty(), "--quiet: {}", o.stderr);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn latency_table_with_live_lines_and_server_cost() {
+    let relay = common::start_relay(4);
+    let addr = common::addr(&relay).to_string();
+    let c = creds(&addr);
+    let pid = std::process::id().to_string();
+    let o = turn_bench(&args(&c, &["latency", "--rate", "200", "-d", "1.5", "--server-pid", &pid]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    for needle in ["turn-bench latency", "RTT", "p99.9", "packets/s", "loss", "µs CPU per relayed packet"] {
+        assert!(o.stdout.contains(needle), "{needle} missing from\n{}", o.stdout);
+    }
+    assert!(o.stderr.contains("[latency") && o.stderr.contains("pps"), "live line: {}", o.stderr);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn allocate_and_baseline_and_compare() {
+    let relay = common::start_relay(32);
+    let addr = common::addr(&relay).to_string();
+    let c = creds(&addr);
+    let o = turn_bench(&args(&c, &["allocate", "--json", "-q", "-n", "20", "-c", "4", "--release"]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["allocate"]["succeeded"].as_u64(), Some(20), "{v}");
+    assert_eq!(v["release"]["succeeded"].as_u64(), Some(20), "{v}");
+
+    let o = turn_bench(&["baseline", "-q", "-n", "2", "--rate", "1000", "-d", "0.5", "--drain-ms", "2000"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stdout.contains("baseline forwarder") && o.stdout.contains("0.000 %"), "{}", o.stdout);
+
+    let relay_target = format!("relay={addr},user={},password={}", common::USER, common::PASSWORD);
+    let o = turn_bench(&[
+        "compare",
+        "-q",
+        "-t",
+        &relay_target,
+        "-t",
+        "kernel=baseline",
+        "--rounds",
+        "1",
+        "--pause-ms",
+        "10",
+        "throughput",
+        "-n",
+        "2",
+        "--rate",
+        "1000",
+        "-d",
+        "0.5",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stdout.contains("ratio kernel/relay") && o.stdout.contains('×'), "{}", o.stdout);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn errors_and_usage() {
+    let relay = common::start_relay(2);
+    let addr = common::addr(&relay).to_string();
+    let o = turn_bench(&["throughput", "-q", "--server", &addr, "-u", common::USER, "-w", "nope", "-d", "1"]);
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("401"), "{}", o.stderr);
+    relay.stop().unwrap();
+
+    let o = turn_bench(&["throughput", "--rate", "fast"]);
+    assert_eq!(o.code, Some(2), "usage errors exit 2");
+    let o = turn_bench(&["--help"]);
+    assert_eq!(o.code, Some(0));
+    for cmd in ["throughput", "latency", "allocate", "baseline", "compare"] {
+        assert!(o.stdout.contains(cmd), "{cmd} missing from --help");
+    }
+}

@@ -1,0 +1,68 @@
+//! An in-process relay on loopback for the harness's tests: relay-io's data
+//! plane over a relay-core server that allows loopback peers (the peer sits
+//! on 127.0.0.2; 127.0.0.1 is the relay's own address).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench_harness::{Credentials, TurnServer};
+use relay_core::server::auth::{Credentials as ServerCredentials, NonceIssuer};
+use relay_core::server::policy::PeerPolicy;
+use relay_core::server::quota::Quotas;
+use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+
+pub const REALM: &str = "bench.test";
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "secret";
+pub const REST_SECRET: &str = "north";
+
+/// Starts a relay with `relays` ephemeral relay ports on one shard.
+pub fn start_relay(relays: usize) -> Relay {
+    start_relay_with(relays, 600)
+}
+
+/// Same, with nonces valid for `nonce_secs`.
+pub fn start_relay_with(relays: usize, nonce_secs: u64) -> Relay {
+    let config = IoConfig {
+        shards: 1,
+        backend: Backend::Auto,
+        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(relays),
+        ..IoConfig::default()
+    };
+    let quotas = Arc::new(Quotas::new(0, 0, 100_000));
+    let make = |_k: usize| {
+        let mut credentials = ServerCredentials::new(REALM);
+        credentials.add_user(USER, PASSWORD).unwrap();
+        credentials.add_rest_secret(REST_SECRET.as_bytes());
+        let parts = ServerParts {
+            config: ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() },
+            credentials,
+            nonces: NonceIssuer::new([3; 32], nonce_secs),
+            policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
+            quotas: quotas.clone(),
+        };
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        Server::new(parts, Instant::now(), unix, 11)
+    };
+    Relay::start(&config, make).expect("relay starts")
+}
+
+pub fn addr(relay: &Relay) -> SocketAddr {
+    relay.udp_addrs()[0]
+}
+
+/// The relay as a target, with long-term credentials and short timers (the
+/// loopback does not lose requests; a bug should fail fast).
+pub fn target(relay: &Relay) -> TurnServer {
+    TurnServer {
+        rto: Duration::from_millis(100),
+        max_tries: 4,
+        ..TurnServer::new(addr(relay), Credentials::long_term(USER, PASSWORD))
+    }
+}

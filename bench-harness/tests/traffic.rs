@@ -1,0 +1,136 @@
+//! The data-plane scenarios (throughput, latency, baseline), each run for
+//! about a second with small counts against the in-process relay and the
+//! harness's own forwarder, asserting real results: packets made the trip,
+//! nothing is lost at a low rate, costs are measured, reports serialise.
+
+mod common;
+
+use std::time::Duration;
+
+use bench_harness::peer::PeerMode;
+use bench_harness::{BenchError, Credentials, ThroughputConfig, run_baseline, run_latency, run_throughput};
+
+fn small(server: bench_harness::TurnServer) -> ThroughputConfig {
+    ThroughputConfig {
+        allocations: 4,
+        size: 100,
+        rate: 2000,
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(2),
+        ..ThroughputConfig::new(server)
+    }
+}
+
+#[test]
+fn throughput_at_a_low_rate_loses_nothing() {
+    let relay = common::start_relay(16);
+    let cfg = ThroughputConfig { server_pid: Some(std::process::id()), ..small(common::target(&relay)) };
+    let r = run_throughput(&cfg).unwrap();
+    assert_eq!((r.allocations_ok, r.released, r.release_failed), (4, 4, 0), "{r}");
+    assert!(r.sent >= 1500 && r.sent <= 2100, "paced at 2000/s for 1 s: {}", r.sent);
+    assert_eq!(r.received, r.sent, "{r}");
+    assert_eq!((r.lost, r.loss_pct, r.foreign), (0, 0.0, 0));
+    assert_eq!(r.peer.received, r.sent);
+    assert_eq!(r.latency.count, r.received);
+    assert!(r.latency.p50_us > 0.0 && r.latency.p50_us <= r.latency.p99_us && r.latency.p99_us <= r.latency.max_us);
+    assert!(r.received_pps > 1000.0 && r.received_mbps > 0.5, "{r}");
+    // The server is this process: its cost is measured.
+    let s = r.server.as_ref().expect("server cost");
+    assert_eq!(s.relayed_packets, 2 * r.sent);
+    assert!(s.cpu_us_per_packet.is_some() && s.memory_after.is_some_and(|m| m.rss_kib > 0));
+    assert!(!r.generator.threads.is_empty());
+    let table = r.to_string();
+    for needle in ["packets/s", "Mbit/s", "loss", "RTT", "p99.9", "generator", "µs CPU per relayed packet"] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(json["scenario"], "throughput");
+    assert_eq!(json["received"], r.received);
+    assert!(json["latency"]["p999_us"].as_f64().unwrap() > 0.0);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn throughput_flat_out_in_a_closed_loop_and_over_two_threads() {
+    let relay = common::start_relay(16);
+    let cfg = ThroughputConfig { rate: 0, window: 16, threads: 2, ..small(common::target(&relay)) };
+    let r = run_throughput(&cfg).unwrap();
+    assert_eq!(r.threads, 2);
+    assert!(r.received > 1000, "{r}");
+    assert!(r.generator.threads.iter().all(|t| t.wall_s > 0.5));
+    relay.stop().unwrap();
+}
+
+#[test]
+fn sink_mode_with_send_indications_measures_one_way() {
+    let relay = common::start_relay(8);
+    let cfg = ThroughputConfig { echo: false, indications: true, allocations: 2, ..small(common::target(&relay)) };
+    let r = run_throughput(&cfg).unwrap();
+    assert_eq!((r.mode, r.framing, r.latency_kind), (PeerMode::Sink, "send-indication", "one-way"));
+    assert!(r.sent > 1000);
+    assert_eq!(r.received, r.sent, "{r}");
+    assert_eq!(r.latency.count, r.sent);
+    assert_eq!(r.peer.echoed, 0);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn latency_at_a_fixed_rate() {
+    let relay = common::start_relay(4);
+    let cfg = ThroughputConfig {
+        rate: 200,
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(2),
+        ..ThroughputConfig::latency(common::target(&relay))
+    };
+    let r = run_latency(&cfg).unwrap();
+    assert_eq!(r.scenario, "latency");
+    assert_eq!(r.allocations_ok, 1);
+    assert!((150..=205).contains(&r.sent), "{}", r.sent);
+    assert_eq!((r.received, r.lost), (r.sent, 0));
+    assert_eq!(r.latency.count, r.sent);
+    // 200 packets/s is nothing: time spun waiting for the next one is idle.
+    assert!(!r.generator.saturated, "{r}");
+    relay.stop().unwrap();
+}
+
+#[test]
+fn baseline_forwards_the_same_traffic() {
+    let relay = common::start_relay(4);
+    let r = run_baseline(&small(common::target(&relay))).unwrap();
+    relay.stop().unwrap();
+    assert_eq!(r.scenario, "baseline");
+    assert!(r.target.starts_with("baseline forwarder"));
+    assert_eq!(r.allocations_ok, 4);
+    assert!(r.sent > 1500);
+    assert_eq!(r.received, r.sent, "{r}");
+    let s = r.server.expect("forwarder cost");
+    assert_eq!(s.relayed_packets, 2 * r.sent);
+    assert!(s.source.contains("forwarder"));
+}
+
+#[test]
+fn wrong_credentials_fail_clearly() {
+    let relay = common::start_relay(4);
+    let mut server = common::target(&relay);
+    server.credentials = Credentials::long_term(common::USER, "wrong");
+    match run_throughput(&small(server)) {
+        Err(BenchError::Setup(msg)) => assert!(msg.contains("401"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    relay.stop().unwrap();
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let relay = common::start_relay(2);
+    let t = common::target(&relay);
+    for cfg in [
+        ThroughputConfig { size: 10, ..small(t.clone()) },
+        ThroughputConfig { allocations: 0, ..small(t.clone()) },
+        ThroughputConfig { duration: Duration::ZERO, ..small(t.clone()) },
+    ] {
+        assert!(matches!(run_throughput(&cfg), Err(BenchError::Config(_))));
+    }
+    relay.stop().unwrap();
+}
