@@ -35,6 +35,13 @@ struct Cli {
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Start the relay on loopback and drive the bundled load generator
+    /// (turn-bench) through it for a few seconds; print what it measured.
+    #[arg(long)]
+    demo: bool,
+    /// Length of the --demo load, seconds.
+    #[arg(long, default_value_t = 5)]
+    demo_seconds: u64,
     /// UDP listen address (repeatable) [listen.udp].
     #[arg(long)]
     listen: Vec<SocketAddr>,
@@ -294,6 +301,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    if cli.demo {
+        return match demo(&config, cli.demo_seconds) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("turn-relay --demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&cli, &config, relay_addrs, (port_lo, port_hi), creds, generated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -302,6 +318,77 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--demo`: the relay on loopback (kernel-chosen ports, loopback peers
+/// allowed for the generator's peers only in this mode), and turn-bench's
+/// throughput scenario through it.
+fn demo(config: &Config, seconds: u64) -> Result<(), String> {
+    use bench_harness::{Credentials as BenchCredentials, ThroughputConfig, TurnServer};
+    let password = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>())
+    };
+    let mut creds = Credentials::new(&config.server.realm);
+    creds.add_user("demo", &password).map_err(|e| e.to_string())?;
+    let io = IoConfig {
+        shards: 1,
+        backend: match config.server.backend {
+            BackendName::Auto => Backend::Auto,
+            BackendName::IoUring => Backend::IoUring,
+            BackendName::Portable => Backend::Portable,
+        },
+        udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        relay_ips: vec![RelayIp::same(IpAddr::from([127, 0, 0, 1]))],
+        relay_ports: RelayPorts::Ephemeral(64),
+        ..IoConfig::default()
+    };
+    let server_config = server_config(config);
+    let quotas = Arc::new(Quotas::new(0, 0, 64));
+    let make = |_| {
+        let parts = ServerParts {
+            config: server_config.clone(),
+            credentials: creds.clone(),
+            nonces: NonceIssuer::new(random_bytes::<32>(), 600),
+            policy: PeerPolicy::with_lists(
+                vec![IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("valid prefix")],
+                vec![],
+            ),
+            quotas: quotas.clone(),
+        };
+        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Server::new(parts, Instant::now(), unix_now, u64::from_le_bytes(random_bytes::<8>()))
+    };
+    let relay = Relay::start(&io, make).map_err(|e| e.to_string())?;
+    let addr = relay.udp_addrs()[0];
+    println!(
+        "turn-relay --demo: relay on {addr} ({} backend: {}), user \"demo\"; {seconds} s of load from turn-bench",
+        relay.backend().name(),
+        relay.backend_reason()
+    );
+    let server = TurnServer::new(addr, BenchCredentials::long_term("demo", &password));
+    let load = ThroughputConfig {
+        allocations: 10,
+        size: 200,
+        window: 64,
+        duration: Duration::from_secs(seconds.max(1)),
+        live: true,
+        ..ThroughputConfig::new(server)
+    };
+    let report = bench_harness::run_throughput(&load).map_err(|e| e.to_string());
+    let stats = relay.stats(Duration::from_secs(1));
+    relay.stop().map_err(|e| e.to_string())?;
+    let report = report?;
+    println!("{report}");
+    if let Some(r) = stats.first() {
+        println!(
+            "relay counters: {} packets to peers, {} to clients, {} allocations created",
+            r.stats.relayed_packets_of(relay_core::server::stats::Direction::ToPeer),
+            r.stats.relayed_packets_of(relay_core::server::stats::Direction::ToClient),
+            r.stats.allocations_created
+        );
+    }
+    Ok(())
 }
 
 fn run(

@@ -303,3 +303,17 @@ fn bad_configuration_is_refused_before_any_socket() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("<command line>: relay.ports"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_relays_a_load_from_turn_bench() {
+    let out = Command::new(env!("CARGO_BIN_EXE_turn-relay"))
+        .args(["--demo", "--demo-seconds", "1", "--log-level", "warn"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("turn-bench throughput"), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("relay counters:")).expect("relay counters line");
+    let to_peers: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(to_peers > 1000, "the demo relayed only {to_peers} packets:\n{stdout}");
+}
