@@ -84,6 +84,27 @@ struct Cli {
     /// Do not pin shards to cores [server.pin_cores = false].
     #[arg(long)]
     no_pin: bool,
+    /// Seconds a graceful stop waits for allocations to end [server.drain_timeout].
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Largest datagram relayed, bytes [relay.max_datagram].
+    #[arg(long)]
+    max_datagram: Option<usize>,
+    /// Seconds a nonce stays valid [auth.nonce_lifetime].
+    #[arg(long)]
+    nonce_lifetime: Option<u64>,
+    /// Do not offer SHA-256 keys [auth.sha256 = false].
+    #[arg(long)]
+    no_sha256: bool,
+    /// Default allocation lifetime, seconds [limits.default_lifetime].
+    #[arg(long)]
+    default_lifetime: Option<u64>,
+    /// Permissions per allocation [limits.max_permissions].
+    #[arg(long)]
+    max_permissions: Option<usize>,
+    /// Channels per allocation [limits.max_channels].
+    #[arg(long)]
+    max_channels: Option<usize>,
     /// Backend [server.backend].
     #[arg(long, value_enum)]
     backend: Option<BackendName>,
@@ -154,6 +175,25 @@ impl Cli {
         set!("server.software", self.software.is_some(), c.server.software = self.software.clone().unwrap_or_default());
         set!("server.shards", self.shards.is_some(), c.server.shards = self.shards.unwrap_or(0));
         set!("server.pin_cores", self.no_pin, c.server.pin_cores = false);
+        set!("server.drain_timeout", self.drain_timeout.is_some(), {
+            c.server.drain_timeout = self.drain_timeout.unwrap_or(30)
+        });
+        set!("relay.max_datagram", self.max_datagram.is_some(), {
+            c.relay.max_datagram = self.max_datagram.unwrap_or(2048)
+        });
+        set!("auth.nonce_lifetime", self.nonce_lifetime.is_some(), {
+            c.auth.nonce_lifetime = self.nonce_lifetime.unwrap_or(600)
+        });
+        set!("auth.sha256", self.no_sha256, c.auth.sha256 = false);
+        set!("limits.default_lifetime", self.default_lifetime.is_some(), {
+            c.limits.default_lifetime = self.default_lifetime.unwrap_or(600)
+        });
+        set!("limits.max_permissions", self.max_permissions.is_some(), {
+            c.limits.max_permissions = self.max_permissions.unwrap_or(64)
+        });
+        set!("limits.max_channels", self.max_channels.is_some(), {
+            c.limits.max_channels = self.max_channels.unwrap_or(64)
+        });
         set!("server.backend", self.backend.is_some(), c.server.backend = self.backend.unwrap_or_default());
         set!("auth.users", !self.user.is_empty(), c.auth.users = self.user.clone());
         set!("auth.user_file", self.user_file.is_some(), c.auth.user_file = self.user_file.clone());

@@ -317,3 +317,23 @@ fn demo_relays_a_load_from_turn_bench() {
     let to_peers: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(to_peers > 1000, "the demo relayed only {to_peers} packets:\n{stdout}");
 }
+
+/// Every configuration key documented in docs/configuration.md has a
+/// command-line flag, and every flag the document names exists.
+#[test]
+fn every_documented_key_has_a_working_flag() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_turn-relay")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut rows = 0;
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (key, flag) = (cells[1], cells[2]);
+        rows += 1;
+        assert!(flag.contains("--"), "{key} has no flag in docs/configuration.md");
+        for f in flag.split(|c: char| c == '`').filter(|f| f.starts_with("--")) {
+            assert!(help.contains(f), "{key}: flag {f} is not in turn-relay --help");
+        }
+    }
+    assert!(rows >= 30, "only {rows} keys found in docs/configuration.md");
+}
