@@ -331,7 +331,7 @@ fn every_documented_key_has_a_working_flag() {
         let (key, flag) = (cells[1], cells[2]);
         rows += 1;
         assert!(flag.contains("--"), "{key} has no flag in docs/configuration.md");
-        for f in flag.split(|c: char| c == '`').filter(|f| f.starts_with("--")) {
+        for f in flag.split('`').filter(|f| f.starts_with("--")) {
             assert!(help.contains(f), "{key}: flag {f} is not in turn-relay --help");
         }
     }
