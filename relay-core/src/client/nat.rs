@@ -15,16 +15,23 @@
 //! The filtering tests run before the mapping tests: they must not follow
 //! traffic to the other address, which would open the NAT's filter to it
 //! (RFC 5780 §3.2, "a precondition to these tests is that no binding be
-//! established to the alternate address and port"). Mapping III runs even
-//! when mapping II already shows endpoint-independent mapping, because the
-//! RFC 3489 verdict compares test I with a request to OTHER-ADDRESS itself.
+//! established to the alternate address and port"). Mapping III runs only
+//! when mapping II found a new mapping (RFC 5780 §4.3).
 //!
 //! The classic name follows the RFC 3489 flowchart as the project's founding
 //! document gives it ([`classic`]): no answer to test I → blocked; not
 //! NATed → open Internet if the changed-address answer arrives, else
 //! symmetric UDP firewall; NATed → full cone if it arrives; else symmetric
-//! if the mapping towards the other address differs; else restricted cone
-//! if the changed-port answer arrives, else port-restricted cone.
+//! if the mapping seen by the server's other IP differs; else restricted
+//! cone if the changed-port answer arrives, else port-restricted cone.
+//!
+//! Step 4 ("send to the STUN server's other IP address", as the founding
+//! document words it) uses mapping test II: the other IP, the same port.
+//! RFC 3489 §10.1 sent it to CHANGED-ADDRESS, the other IP *and* port; but
+//! filtering test II's answer came from exactly that address, and on a NAT
+//! that dropped it (Linux conntrack, for one) it left a half-open entry for
+//! that address pair, which forces a fresh port for the client's own
+//! request there and would make a port-restricted cone look symmetric.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -127,7 +134,7 @@ pub struct ClassicInputs {
     pub test1: Option<SocketAddr>,
     /// Test II (change IP and port): did the answer arrive? `None`: unknown.
     pub test2: Option<bool>,
-    /// Test I sent to the other address: the mapped address; `None`:
+    /// Test I sent to the server's other IP: the mapped address; `None`:
     /// unknown.
     pub test1_other: Option<SocketAddr>,
     /// Test III (change port): did the answer arrive? `None`: unknown.
@@ -147,7 +154,7 @@ pub fn classic(i: &ClassicInputs) -> Option<ClassicNat> {
     if i.test2? {
         return Some(ClassicNat::FullCone);
     }
-    // 4. Test I to the other address: another mapping → symmetric.
+    // 4. Test I to the server's other IP: another mapping → symmetric.
     if i.test1_other? != m1 {
         return Some(ClassicNat::Symmetric);
     }
@@ -379,7 +386,9 @@ impl NatDiscovery {
                         let to = SocketAddr::new(other.ip(), self.server.port());
                         return Some((Test::OtherIp, 0, to, None, plain));
                     }
-                    Some(r) if r.mapped().is_some() && self.record(Test::OtherIpAndPort).is_none() => {
+                    Some(r)
+                        if r.mapped().is_some_and(|m| m != mapped) && self.record(Test::OtherIpAndPort).is_none() =>
+                    {
                         return Some((Test::OtherIpAndPort, 0, other, None, plain));
                     }
                     _ => {}
@@ -498,7 +507,7 @@ impl NatDiscovery {
                 local: self.local[0],
                 test1: mapped,
                 test2,
-                test1_other: m3.and_then(TestRecord::mapped),
+                test1_other: m2.and_then(TestRecord::mapped),
                 test3,
             }),
             None => None,
