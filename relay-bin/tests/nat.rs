@@ -195,6 +195,18 @@ impl Lab {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+
+    /// `turn-relay probe turn --json` from the client namespace, the peer
+    /// found by its reflexive address.
+    fn probe_turn(&self) -> String {
+        let out = run_bounded(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns('c'), BIN, "probe", "turn", "turn:203.0.113.1:3478"])
+                .args(["-u", "u", "-w", "p", "--json", "--rto", "100", "--rc", "3", "--rm", "4"]),
+            Duration::from_secs(30),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 /// The raw value of a top-level `"key":` in the probe's JSON.
@@ -210,10 +222,9 @@ fn field<'j>(json: &'j str, key: &str) -> &'j str {
     &rest[..end]
 }
 
-/// Builds the lab with `rules` in the router, probes, and checks the
-/// verdict: (classic, mapping, filtering, hairpinning) as JSON values.
-fn check(name: &str, route_back: bool, rules: &str, want: [&str; 4]) {
-    let started = Instant::now();
+/// The lab with `rules` in the router and the server running; `None`
+/// (after saying so) where namespaces cannot be made.
+fn lab(name: &str, route_back: bool, rules: &str) -> Option<Lab> {
     let mut lab = match Lab::build(route_back) {
         Ok(l) => l,
         Err(NoLab::Skip(why)) => {
@@ -221,12 +232,20 @@ fn check(name: &str, route_back: bool, rules: &str, want: [&str; 4]) {
             // print!/eprint!, and a skip must show even when it passes.
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-            return;
+            return None;
         }
         Err(NoLab::Fail(why)) => panic!("{name}: {why}"),
     };
     lab.router_rules(rules).unwrap_or_else(|e| panic!("{name}: nftables: {e}"));
     lab.start_server().unwrap_or_else(|e| panic!("{name}: {e}"));
+    Some(lab)
+}
+
+/// Builds the lab with `rules` in the router, probes, and checks the
+/// verdict: (classic, mapping, filtering, hairpinning) as JSON values.
+fn check(name: &str, route_back: bool, rules: &str, want: [&str; 4]) {
+    let started = Instant::now();
+    let Some(lab) = lab(name, route_back, rules) else { return };
     let j = lab.probe_nat();
     let got = [field(&j, "classic"), field(&j, "mapping"), field(&j, "filtering"), field(&j, "hairpinning")];
     let want = want.map(|w| if w == "null" || w == "true" || w == "false" { w.to_owned() } else { format!("\"{w}\"") });
@@ -373,4 +392,18 @@ fn symmetric_udp_firewall() {
 #[test]
 fn udp_blocked() {
     check("blocked", false, BLOCKED, ["blocked", "null", "null", "null"]);
+}
+
+#[test]
+fn turn_probe_through_a_port_restricted_nat() {
+    let Some(lab) = lab("TURN through a NAT", false, PORT_RESTRICTED) else { return };
+    let j = lab.probe_turn();
+    assert_eq!(field(&j, "ok"), "true", "{j}");
+    // The peer socket sits behind the NAT too: the server is given its
+    // reflexive address, and the peer's own datagram opened the NAT to the
+    // relay.
+    assert!(field(&j, "peer_reflexive").starts_with("\"203.0.113.254:"), "{j}");
+    assert!(field(&j, "relayed").starts_with("\"203.0.113.1:"), "{j}");
+    assert_eq!(field(&j, "relayed"), field(&j, "peer_saw"), "{j}");
+    assert_eq!(field(&j, "echoes_lost"), "0", "{j}");
 }

@@ -91,6 +91,11 @@ fn field<'j>(json: &'j str, key: &str) -> &'j str {
     &rest[..end]
 }
 
+/// A line of human output: `label` then, after spaces, `value`.
+fn has_line(text: &str, label: &str, value: &str) -> bool {
+    text.lines().any(|l| l.trim_start().strip_prefix(label).is_some_and(|rest| rest.trim() == value))
+}
+
 /// Waits until a STUN server answers on 127.0.0.1:`port` (bounded).
 fn wait_stun(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -175,7 +180,7 @@ fn probes_against_turn_relay_with_rfc5780() {
     assert_eq!(field(&j, "hairpinning"), "null");
     let (code, text) = probe_text(&["nat", &uri]);
     assert_eq!(code, 0);
-    assert!(text.contains("NAT type (RFC 3489)   open internet"), "{text}");
+    assert!(has_line(&text, "NAT type (RFC 3489)", "open internet"), "{text}");
 
     // The peer on 127.0.0.3: both 127.0.0.1 and 127.0.0.2 are the
     // server's own addresses, never permitted as peers.
@@ -190,7 +195,7 @@ fn probes_against_turn_relay_with_rfc5780() {
     let (code, text) =
         probe_text(&["turn", &turn, "-u", "test", "-w", "pass", "--peer-ip", "127.0.0.3", "--count", "2"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("result                OK"), "{text}");
+    assert!(has_line(&text, "result", "OK"), "{text}");
     assert!(text.contains("over 2 (0 lost)"), "{text}");
 
     let (code, j) = probe(&["turn", &turn, "-u", "test", "-w", "wrong", "--peer-ip", "127.0.0.3"]);

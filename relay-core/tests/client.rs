@@ -311,14 +311,22 @@ fn binding_probe_retransmits_on_the_rfc8489_schedule() {
     assert_eq!(response.other_address, Some(addr(A2P2)));
 }
 
-fn turn(password: &str, policy: PeerPolicy) -> TurnReport {
-    let local = vec![addr("192.0.2.10:40000"), addr("198.51.100.7:6000")];
-    let mut net = Net::new(server(false, policy), Middlebox::None, local.clone());
+fn turn(password: &str, policy: PeerPolicy, discover_peer: bool) -> TurnReport {
+    turn_behind(Middlebox::None, password, policy, discover_peer)
+}
+
+fn turn_behind(kind: Middlebox, password: &str, policy: PeerPolicy, discover_peer: bool) -> TurnReport {
+    let local = match kind {
+        Middlebox::Nat { .. } => vec![addr("10.0.0.2:40000"), addr("10.0.0.2:6000")],
+        _ => vec![addr("192.0.2.10:40000"), addr("198.51.100.7:6000")],
+    };
+    let mut net = Net::new(server(false, policy), kind, local.clone());
     let config = TurnProbeConfig {
         server: addr(A1P1),
         username: "alice".into(),
         password: password.into(),
         peer: local[1],
+        discover_peer,
         channel: 0x4000,
         echoes: 3,
         policy: RetransmitPolicy::default(),
@@ -331,7 +339,7 @@ fn turn(password: &str, policy: PeerPolicy) -> TurnReport {
 
 #[test]
 fn turn_probe_round_trip_and_failures() {
-    let r = turn("wonderland", PeerPolicy::new());
+    let r = turn("wonderland", PeerPolicy::new(), false);
     assert!(r.ok(), "{r:#?}");
     assert_eq!(r.relayed, Some(addr(RELAY)));
     assert_eq!(r.peer_saw, Some(addr(RELAY)));
@@ -351,7 +359,7 @@ fn turn_probe_round_trip_and_failures() {
     );
     assert!(r.released);
 
-    let r = turn("wrong", PeerPolicy::new());
+    let r = turn("wrong", PeerPolicy::new(), false);
     assert!(!r.ok());
     assert!(r.error.as_deref().unwrap().contains("wrong user name or password"), "{r:#?}");
     assert!(r.relayed.is_none() && !r.released);
@@ -359,7 +367,27 @@ fn turn_probe_round_trip_and_failures() {
     // A peer the server's policy refuses: 403, and the allocation is
     // released all the same.
     let deny = PeerPolicy::with_lists(vec![], vec!["198.51.100.0/24".parse().unwrap()]);
-    let r = turn("wonderland", deny);
+    let r = turn("wonderland", deny, false);
     assert!(r.error.as_deref().unwrap().starts_with("CreatePermission: 403"), "{r:#?}");
     assert!(r.released && r.relayed.is_some());
+}
+
+#[test]
+fn turn_probe_from_behind_a_nat_uses_the_peers_reflexive_address() {
+    // A port-restricted cone: the peer's reflexive address is what the
+    // relay can reach, once the peer's datagram to the relay opened the
+    // NAT's filter.
+    let r = turn_behind(nat(Ei, Apd, false), "wonderland", PeerPolicy::new(), true);
+    assert!(r.ok(), "{r:#?}");
+    assert_eq!(r.peer.unwrap().ip().to_string(), PUBLIC_IP);
+    assert_eq!(r.peer_saw, Some(addr(RELAY)));
+    assert_eq!(r.steps[0].name, "Binding (peer)");
+    // Without discovery the private peer address is refused by policy.
+    let r = turn_behind(nat(Ei, Apd, false), "wonderland", PeerPolicy::new(), false);
+    assert!(r.error.as_deref().unwrap().starts_with("CreatePermission: 403"), "{r:#?}");
+    // A symmetric NAT maps the peer anew towards the relay: the echoes
+    // are lost, and the report says so.
+    let r = turn_behind(nat(Apd, Apd, false), "wonderland", PeerPolicy::new(), true);
+    assert!(!r.ok());
+    assert_eq!((r.echoes_lost, r.echo_rtts.len(), r.released), (3, 0, true), "{r:#?}");
 }

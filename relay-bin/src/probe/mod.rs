@@ -123,8 +123,10 @@ struct TurnArgs {
     /// Its password.
     #[arg(long, short = 'w')]
     password: String,
-    /// IP of the local echo peer [default: the local address]; the server
-    /// must be allowed to relay to it.
+    /// IP of the local echo peer, given to the server as it is; the server
+    /// must be allowed to relay to it [default: the local address, given
+    /// to the server as the reflexive address it sees, so that it works
+    /// from behind a NAT].
     #[arg(long, value_name = "IP")]
     peer_ip: Option<IpAddr>,
     /// ChannelData round trips to time.
@@ -287,6 +289,7 @@ fn turn(a: &TurnArgs) -> Result<bool, String> {
         username: a.user.clone(),
         password: a.password.clone(),
         peer: peer_addr,
+        discover_peer: a.peer_ip.is_none(),
         channel: 0x4000,
         echoes: a.count,
         policy,

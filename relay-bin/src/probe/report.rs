@@ -17,7 +17,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "  {label:<22}{value}");
+    let _ = writeln!(out, "  {label:<26}{value}");
 }
 
 fn requests(n: u32) -> String {
@@ -206,16 +206,20 @@ pub fn turn(
     r: &TurnReport,
 ) -> (bool, Json, String) {
     let mut t = String::new();
-    let _ = writeln!(t, "TURN probe of {server} ({uri}) as {user:?} from {local}, echo peer {peer}");
+    let _ = writeln!(t, "TURN probe of {server} ({uri}) as {user:?} from {local}, echo peer on {peer}");
     let mut steps = Vec::new();
+    let mut challenged = false;
     for s in &r.steps {
-        let result = match (&s.error, s.rtt) {
-            (Some(e), _) if e.starts_with("401") && r.realm.is_some() && steps.is_empty() => format!("{e} (challenge)"),
-            (Some(e), _) => e.clone(),
-            (None, _) => "ok".into(),
+        let result = match &s.error {
+            Some(e) if e.starts_with("401") && s.name == "Allocate" && !challenged => {
+                challenged = true;
+                format!("{e} (challenge)")
+            }
+            Some(e) => e.clone(),
+            None => "ok".into(),
         };
         let rtt = s.rtt.map(ms).unwrap_or_default();
-        let _ = writeln!(t, "  {:<22}{result:<32}{rtt} ({})", s.name, requests(s.transmissions));
+        let _ = writeln!(t, "  {:<26}{result:<32}{rtt} ({})", s.name, requests(s.transmissions));
         steps.push(
             Json::obj()
                 .with("request", s.name)
@@ -232,6 +236,9 @@ pub fn turn(
     }
     if let Some(m) = r.mapped {
         line(&mut t, "mapped address", m);
+    }
+    if let Some(p) = r.peer.filter(|&p| p != peer) {
+        line(&mut t, "peer as the relay sees it", p);
     }
     if let Some(a) = r.relayed {
         let saw = match r.peer_saw {
@@ -266,6 +273,7 @@ pub fn turn(
         .with("server", server)
         .with("local", local)
         .with("peer", peer)
+        .with("peer_reflexive", r.peer)
         .with("ok", ok)
         .with("error", r.error.clone())
         .with("realm", r.realm.clone())

@@ -10,10 +10,19 @@
 //! Socket 0 talks to the server; socket 1 is the peer, whose address the
 //! relay must be allowed to reach. The machine plays the peer too: what
 //! socket 1 receives from the relayed address it sends straight back.
+//!
+//! Behind a NAT the peer's local address means nothing to the relay (and
+//! a private one is refused by its policy), so with
+//! [`TurnProbeConfig::discover_peer`] the probe first asks the server for
+//! socket 1's reflexive address with a Binding request and uses that as the
+//! peer; and before the echoes, the peer sends one datagram to the relayed
+//! address, which opens its NAT's filter to the relay (it reaches the client
+//! as ChannelData and is ignored there).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::stun::{BindingRequest, encode_binding_request, parse_binding_response};
 use super::{Probe, RetransmitPolicy, Rng, Transaction, Transmit};
 use crate::wire::attr::transport;
 use crate::wire::channel_data::{self, ChannelData};
@@ -31,8 +40,12 @@ pub struct TurnProbeConfig {
     pub username: String,
     /// Its password.
     pub password: String,
-    /// Socket 1's address as the relay will send to it.
+    /// Socket 1's address as the relay will send to it (with
+    /// `discover_peer`, only its port is a starting point).
     pub peer: SocketAddr,
+    /// Learn the peer's address from the server (a Binding request from
+    /// socket 1) instead of taking `peer` as it is.
+    pub discover_peer: bool,
     /// The channel number to bind (0x4000–0x4FFF).
     pub channel: u16,
     /// ChannelData round trips to time.
@@ -67,6 +80,9 @@ pub struct TurnReport {
     pub relayed: Option<SocketAddr>,
     /// LIFETIME granted, seconds.
     pub lifetime: Option<u32>,
+    /// The peer address given to the server (socket 1's reflexive address
+    /// with `discover_peer`).
+    pub peer: Option<SocketAddr>,
     /// Where the peer saw the relayed packets come from (should be
     /// `relayed`).
     pub peer_saw: Option<SocketAddr>,
@@ -91,6 +107,7 @@ impl TurnReport {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
+    PeerAddress,
     Allocate,
     CreatePermission,
     ChannelBind,
@@ -115,7 +132,8 @@ pub struct TurnProbe {
     key: Option<Key>,
     nonce: Option<String>,
     echo_payload: Vec<u8>,
-    pending_echo: Option<(SocketAddr, Vec<u8>)>,
+    /// Datagrams socket 1 is to send: the punch, and echoes.
+    peer_out: std::collections::VecDeque<(SocketAddr, Vec<u8>)>,
     allocated: bool,
     report: TurnReport,
 }
@@ -130,16 +148,20 @@ impl TurnProbe {
         let mut p = TurnProbe {
             config,
             rng: Rng(seed),
-            stage: Stage::Allocate,
+            stage: Stage::PeerAddress,
             active: None,
             retries: AUTH_RETRIES,
             key: None,
             nonce: None,
             echo_payload: Vec::new(),
-            pending_echo: None,
+            peer_out: Default::default(),
             allocated: false,
             report: TurnReport::default(),
         };
+        if !p.config.discover_peer {
+            p.stage = Stage::Allocate;
+            p.report.peer = Some(p.config.peer);
+        }
         p.start(now);
         p
     }
@@ -151,6 +173,7 @@ impl TurnProbe {
 
     fn step_name(&self) -> &'static str {
         match self.stage {
+            Stage::PeerAddress => "Binding (peer)",
             Stage::Allocate => "Allocate",
             Stage::CreatePermission => "CreatePermission",
             Stage::ChannelBind => "ChannelBind",
@@ -175,6 +198,12 @@ impl TurnProbe {
                 out
             }
             Stage::Done => return,
+            Stage::PeerAddress => {
+                let mut out = vec![0u8; 64];
+                let n = encode_binding_request(&mut out, tid, &BindingRequest::default()).unwrap_or(0);
+                out.truncate(n);
+                out
+            }
             stage => {
                 let peer = self.config.peer;
                 let mut attrs: Vec<Attribute<'_>> = Vec::new();
@@ -234,9 +263,16 @@ impl TurnProbe {
     fn advance(&mut self, now: Instant) {
         self.retries = AUTH_RETRIES;
         self.stage = match self.stage {
+            Stage::PeerAddress => Stage::Allocate,
             Stage::Allocate => Stage::CreatePermission,
             Stage::CreatePermission => Stage::ChannelBind,
-            Stage::ChannelBind if self.config.echoes > 0 => Stage::Echo(0),
+            Stage::ChannelBind if self.config.echoes > 0 => {
+                // Open the peer's NAT (if any) to the relay.
+                if let Some(relayed) = self.report.relayed {
+                    self.peer_out.push_back((relayed, b"turn-relay probe: opening the peer's NAT".to_vec()));
+                }
+                Stage::Echo(0)
+            }
             Stage::ChannelBind => Stage::Release,
             Stage::Echo(i) if i + 1 < self.config.echoes => Stage::Echo(i + 1),
             Stage::Echo(_) => Stage::Release,
@@ -261,6 +297,22 @@ impl TurnProbe {
     }
 
     fn on_response(&mut self, now: Instant, msg: &Message<'_>) {
+        if self.stage == Stage::PeerAddress {
+            let r = parse_binding_response(msg);
+            let err = r.as_ref().and_then(|r| r.error.as_ref().map(|e| e.to_string()));
+            self.record_step(now, err.clone(), true);
+            match r.as_ref().and_then(|r| r.reflexive()) {
+                Some(a) if err.is_none() => {
+                    self.config.peer = a;
+                    self.report.peer = Some(a);
+                    return self.advance(now);
+                }
+                _ => {
+                    let why = err.unwrap_or_else(|| "no mapped address".into());
+                    return self.fail(now, format!("Binding (peer): {why}"));
+                }
+            }
+        }
         let tid = msg.transaction_id();
         let mut error = None;
         let (mut realm, mut nonce) = (None, None);
@@ -372,7 +424,7 @@ impl TurnProbe {
 
 impl Probe for TurnProbe {
     fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
-        if let Some((to, data)) = self.pending_echo.take() {
+        if let Some((to, data)) = self.peer_out.pop_front() {
             let n = data.len().min(out.len());
             out[..n].copy_from_slice(&data[..n]);
             return Some(Transmit { socket: 1, to, len: n });
@@ -386,22 +438,23 @@ impl Probe for TurnProbe {
         }
         let n = a.bytes.len().min(out.len());
         out[..n].copy_from_slice(&a.bytes[..n]);
-        Some(Transmit { socket: 0, to: self.config.server, len: n })
+        let socket = if self.stage == Stage::PeerAddress { 1 } else { 0 };
+        Some(Transmit { socket, to: self.config.server, len: n })
     }
 
     fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, packet: &[u8]) {
         if packet.is_empty() {
             return;
         }
-        if socket == 1 {
+        if socket == 1 && self.stage != Stage::PeerAddress {
             // The peer: echo what the relay sends.
-            if self.report.relayed.is_some() {
+            if self.report.relayed.is_some() && self.peer_out.len() < 16 {
                 self.report.peer_saw = Some(from);
-                self.pending_echo = Some((from, packet.to_vec()));
+                self.peer_out.push_back((from, packet.to_vec()));
             }
             return;
         }
-        if from != self.config.server {
+        if from != self.config.server || (socket == 1) != (self.stage == Stage::PeerAddress) {
             return;
         }
         if classify(packet[0]) == PacketKind::Stun
@@ -449,6 +502,6 @@ impl Probe for TurnProbe {
     }
 
     fn is_done(&self) -> bool {
-        self.stage == Stage::Done && self.pending_echo.is_none()
+        self.stage == Stage::Done && self.peer_out.is_empty()
     }
 }
