@@ -102,7 +102,10 @@ impl Lab {
         // The first namespace tells whether we may do this at all.
         let s = lab.ns('s');
         if let Err(e) = sh(&["ip", "netns", "add", &s]) {
-            return Err(NoLab::Skip(format!("cannot create a network namespace (needs root or CAP_SYS_ADMIN): {e}")));
+            if e.contains("Operation not permitted") || e.contains("Permission denied") {
+                return Err(NoLab::Skip(format!("no privileges to create network namespaces (root needed): {e}")));
+            }
+            return Err(NoLab::Fail(e));
         }
         lab.namespaces.push(s);
         if !have("nft") {
