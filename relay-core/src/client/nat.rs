@@ -180,7 +180,7 @@ pub enum Test {
 }
 
 impl Test {
-    /// A short name ("test I", "filtering II", …).
+    /// A name for scripts ("binding", "change_ip_and_port", …).
     pub const fn id(self) -> &'static str {
         match self {
             Test::Binding => "binding",
