@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use relay_core::server::Rfc5780;
 use serde::Deserialize;
 
 /// A configuration error: where, which key, what is wrong.
@@ -130,12 +131,19 @@ pub struct ListenSection {
     pub tcp: Vec<SocketAddr>,
     /// TLS addresses clients reach (TURN over TLS); needs `[tls]`.
     pub tls: Vec<SocketAddr>,
+    /// RFC 5780 NAT behaviour discovery: the server's second IP. With it,
+    /// UDP is also served on this IP and on a second port, so that the
+    /// four addresses `A1:P1`, `A1:P2`, `A2:P1`, `A2:P2` exist (A1:P1 is the
+    /// first `udp` address).
+    pub rfc5780_other: Option<IpAddr>,
+    /// RFC 5780: the second port P2; default P1 + 1.
+    pub rfc5780_port: Option<u16>,
 }
 
 impl Default for ListenSection {
     fn default() -> Self {
         let any = SocketAddr::from(([0, 0, 0, 0], 3478));
-        ListenSection { udp: vec![any], tcp: vec![any], tls: Vec::new() }
+        ListenSection { udp: vec![any], tcp: vec![any], tls: Vec::new(), rfc5780_other: None, rfc5780_port: None }
     }
 }
 
@@ -359,6 +367,7 @@ impl Config {
                 return Err(origin("auth.users").error(&key, "expected \"user:password\""));
             }
         }
+        self.rfc5780(cli_keys)?;
         if !self.listen.tls.is_empty() && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return Err(origin("listen.tls").error("listen.tls", "TLS listeners need tls.cert and tls.key"));
         }
@@ -394,6 +403,36 @@ impl Config {
             }
         }
         Ok((addrs, ports))
+    }
+}
+
+impl Config {
+    /// The RFC 5780 address pair (`listen.rfc5780_other`), checked: the
+    /// first UDP address must name a specific IP and port, the other IP
+    /// must differ from it and be of its family.
+    pub fn rfc5780(&self, cli_keys: &[&str]) -> Result<Option<Rfc5780>, ConfigError> {
+        let Some(other_ip) = self.listen.rfc5780_other else { return Ok(None) };
+        let key = "listen.rfc5780_other";
+        let origin = self.origin_of(cli_keys.contains(&key));
+        let primary = match self.listen.udp.first() {
+            Some(a) if !a.ip().is_unspecified() && a.port() != 0 => *a,
+            first => {
+                let first = first.map_or_else(|| "none".to_owned(), |a| a.to_string());
+                let m =
+                    format!("RFC 5780 needs the first listen.udp address to name a specific IP and port, not {first}");
+                return Err(origin.error(key, m));
+            }
+        };
+        let port = match self.listen.rfc5780_port {
+            Some(p) => p,
+            None => primary.port().checked_add(1).ok_or_else(|| {
+                origin.error("listen.rfc5780_port", format!("no port after {}: set rfc5780_port", primary.port()))
+            })?,
+        };
+        let other = SocketAddr::new(other_ip, port);
+        Rfc5780::new(primary, other)
+            .map(Some)
+            .map_err(|e| origin.error(key, format!("{e} (primary {primary}, other {other})")))
     }
 }
 
@@ -464,6 +503,31 @@ mod tests {
 
         let c = Config::parse("relay.toml", "[auth]\nusers = [\"nopassword\"]\n").unwrap();
         assert_eq!(c.validate(&[]).unwrap_err().to_string(), "relay.toml:2: auth.users[0]: expected \"user:password\"");
+    }
+
+    #[test]
+    fn rfc5780_pair() {
+        let c = Config::parse("r", "[listen]\nudp = [\"192.0.2.1:3478\"]\nrfc5780_other = \"192.0.2.2\"\n").unwrap();
+        let pair = c.rfc5780(&[]).unwrap().unwrap();
+        assert_eq!(pair.other, "192.0.2.2:3479".parse::<SocketAddr>().unwrap());
+        assert!(c.validate(&[]).is_ok());
+        let c = Config::parse("r", "[listen]\nrfc5780_other = \"192.0.2.2\"\n").unwrap();
+        let e = c.validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "listen.rfc5780_other"), "{e}");
+        assert!(e.message.contains("0.0.0.0:3478"), "{e}");
+        let c = Config::parse("r", "[listen]\nudp = [\"192.0.2.1:3478\"]\nrfc5780_other = \"::1\"\n").unwrap();
+        assert!(c.validate(&[]).unwrap_err().message.contains("one family"));
+        let text = "[listen]\nudp = [\"192.0.2.1:3478\"]\nrfc5780_other = \"192.0.2.1\"\n";
+        assert!(
+            Config::parse("r", text)
+                .unwrap()
+                .validate(&["listen.rfc5780_other"])
+                .unwrap_err()
+                .to_string()
+                .starts_with("<command line>: listen.rfc5780_other:")
+        );
+        let text = "[listen]\nudp = [\"192.0.2.1:3478\"]\nrfc5780_other = \"192.0.2.2\"\nrfc5780_port = 4000\n";
+        assert_eq!(Config::parse("r", text).unwrap().rfc5780(&[]).unwrap().unwrap().other.port(), 4000);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod config;
 mod metrics;
+mod probe;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,8 +28,16 @@ use crate::config::{BackendName, Config, ConfigError, LogFormat};
 /// Command line. Every flag overrides the configuration file's key of the
 /// same meaning; repeatable flags replace the file's list.
 #[derive(Debug, Parser)]
-#[command(name = "turn-relay", version, about = "A fast STUN/TURN relay (RFC 8489, RFC 8656)")]
+#[command(
+    name = "turn-relay",
+    version,
+    about = "A fast STUN/TURN relay (RFC 8489, RFC 8656)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Instead of serving: a client check (see `turn-relay probe --help`).
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -54,6 +63,9 @@ struct Cli {
     /// TLS listen address (repeatable) [listen.tls].
     #[arg(long)]
     listen_tls: Vec<SocketAddr>,
+    /// RFC 5780 second IP: also serve UDP on it and on port P+1 [listen.rfc5780_other].
+    #[arg(long, value_name = "IP")]
+    rfc5780_other: Option<IpAddr>,
     /// PEM certificate chain [tls.cert].
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -149,6 +161,14 @@ struct Cli {
     log_format: Option<LogFormat>,
 }
 
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// STUN/TURN client checks: `probe stun:HOST[:PORT]`, `probe nat
+    /// stun:HOST[:PORT]`, `probe turn turn:HOST[:PORT] --user U --password P`.
+    Probe(probe::ProbeArgs),
+}
+
 impl Cli {
     /// Applies the flags over `c`; returns the keys they set.
     fn apply(&self, c: &mut Config) -> Vec<&'static str> {
@@ -165,6 +185,7 @@ impl Cli {
         set!("listen.tcp", !self.listen_tcp.is_empty(), c.listen.tcp = self.listen_tcp.clone());
         set!("listen.tcp", self.no_tcp, c.listen.tcp.clear());
         set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = self.listen_tls.clone());
+        set!("listen.rfc5780_other", self.rfc5780_other.is_some(), c.listen.rfc5780_other = self.rfc5780_other);
         set!("tls.cert", self.tls_cert.is_some(), c.tls.cert = self.tls_cert.clone());
         set!("tls.key", self.tls_key.is_some(), c.tls.key = self.tls_key.clone());
         set!("relay.ips", !self.relay_ip.is_empty(), c.relay.ips = self.relay_ip.clone());
@@ -311,6 +332,9 @@ fn init_logging(c: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe(args)) = &cli.command {
+        return probe::main(args);
+    }
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -443,6 +467,16 @@ fn run(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let rfc5780 = config.rfc5780(&[]).map_err(|e| e.to_string())?;
+    let mut udp_listen = config.listen.udp.clone();
+    if let Some(pair) = &rfc5780 {
+        for a in pair.listen_addresses() {
+            if !udp_listen.contains(&a) {
+                udp_listen.push(a);
+            }
+        }
+        tracing::info!(primary = %pair.primary, other = %pair.other, "RFC 5780 NAT behaviour discovery on");
+    }
     let io = IoConfig {
         shards,
         pin_cores: config.server.pin_cores,
@@ -451,7 +485,7 @@ fn run(
             BackendName::IoUring => Backend::IoUring,
             BackendName::Portable => Backend::Portable,
         },
-        udp_listen: config.listen.udp.clone(),
+        udp_listen,
         tcp_listen: config.listen.tcp.clone(),
         tls_listen: config.listen.tls.clone(),
         tls: tls_config(config)?,
@@ -473,7 +507,12 @@ fn run(
             policy: policy.clone(),
             quotas: quotas.clone(),
         };
-        Server::new(parts, Instant::now(), unix_now, u64::from_le_bytes(random_bytes::<8>()))
+        let mut server = Server::new(parts, Instant::now(), unix_now, u64::from_le_bytes(random_bytes::<8>()));
+        if let Some(pair) = &rfc5780 {
+            // Checked by Config::rfc5780 already.
+            let _ = server.set_rfc5780(pair.primary, pair.other);
+        }
+        server
     };
     let relay = Relay::start(&io, make).map_err(|e| e.to_string())?;
     tracing::info!(

@@ -7,6 +7,9 @@
 //!   RFC 6062), message integrity and TCP/TLS framing.
 //! - [`server`]: the TURN server as a sans-IO shard: allocations,
 //!   permissions, channels, auth, quotas and peer policy.
+//! - [`client`]: STUN/TURN client machines for the probe tools: RFC 8489
+//!   transactions, RFC 5780 NAT behaviour discovery, a TURN round trip.
 
+pub mod client;
 pub mod server;
 pub mod wire;

@@ -98,6 +98,12 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Insta
                     match st.server.handle_client(now, &client, &slot[..r.len], reply) {
                         ClientAction::None => {}
                         ClientAction::Reply { len } => batch.send_reply(fd, from, i, len),
+                        // RFC 5780: from the listener that owns `local`.
+                        ClientAction::ReplyFrom { local, to, len } => {
+                            if let Some(lfd) = st.listener_fd(local) {
+                                batch.send_reply(lfd, to, i, len);
+                            }
+                        }
                         ClientAction::Forward { relay, peer, payload } => {
                             if let Some(rfd) = st.relay_fd(relay) {
                                 batch.send_slot(rfd, peer, i, payload);

@@ -348,6 +348,10 @@ impl Streams {
                                 self.queue(id, &reply[..len], false, now, server);
                                 self.reply = reply;
                             }
+                            // Never for a stream client: the server
+                            // answers RFC 5780 address changes over TCP
+                            // with 420 instead.
+                            ClientAction::ReplyFrom { .. } => {}
                             ClientAction::Forward { relay: r, peer, payload } => {
                                 let c = &self.conns[id];
                                 let sent = relay(r.0).map(|s| s.send_to(&c.rbuf[start..][payload], peer));

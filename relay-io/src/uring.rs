@@ -443,6 +443,17 @@ impl Uring {
                         let off = reply_idx * REPLY_LEN;
                         self.send(fd, from, SendBuf::Reply(reply_idx), off, len, st);
                     }
+                    // RFC 5780: from the listener that owns `local`.
+                    ClientAction::ReplyFrom { local, to, len } => {
+                        self.bufs.give(bid);
+                        match st.listener_fd(local) {
+                            Some(lfd) => {
+                                let off = reply_idx * REPLY_LEN;
+                                self.send(lfd, to, SendBuf::Reply(reply_idx), off, len, st);
+                            }
+                            None => self.sends.free_replies.push(reply_idx),
+                        }
+                    }
                     ClientAction::Forward { relay, peer, payload } => {
                         self.sends.free_replies.push(reply_idx);
                         match st.relay_fd(relay) {

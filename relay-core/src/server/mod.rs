@@ -6,6 +6,8 @@
 //! - [`shard`]: [`Server`], request handling and the relay fast path;
 //! - [`table`]: the allocation table and its indexes;
 //! - [`relays`]: the shard's pool of relayed addresses;
+//! - [`rfc5780`]: NAT behaviour discovery (OTHER-ADDRESS, CHANGE-REQUEST,
+//!   RESPONSE-PORT, PADDING);
 //! - [`timer`]: the expiry wheel;
 //! - [`auth`]: credentials (static users, user files, TURN REST secrets) and
 //!   stateless nonces;
@@ -17,11 +19,13 @@ pub mod auth;
 pub mod policy;
 pub mod quota;
 pub mod relays;
+pub mod rfc5780;
 pub mod shard;
 pub mod stats;
 pub mod table;
 pub mod timer;
 
 pub use relays::{RelayId, RelayPool};
+pub use rfc5780::{Rfc5780, Rfc5780Error};
 pub use shard::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server, ServerConfig, ServerParts};
 pub use table::{Client, Transport};

@@ -17,6 +17,7 @@ use super::auth::{Credentials, KeyCandidates, NonceCheck, NonceIssuer};
 use super::policy::PeerPolicy;
 use super::quota::{Quotas, TokenBucket};
 use super::relays::{PoolError, RelayId, RelayPool};
+use super::rfc5780::{self, Refusal, Rfc5780, Rfc5780Error};
 use super::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome, Stats};
 use super::table::{Allocation, Channel, Client, Permission, Table};
 use super::timer::TimerWheel;
@@ -97,6 +98,18 @@ pub enum ClientAction {
     None,
     /// Send `out[..len]` back to the client on the same transport.
     Reply {
+        /// Bytes written to `out`.
+        len: usize,
+    },
+    /// Send `out[..len]` from the UDP listener bound to `local` to `to`:
+    /// a Binding response that RFC 5780 sends from another address of the
+    /// server (CHANGE-REQUEST) or to another port of the client
+    /// (RESPONSE-PORT). Only ever returned for UDP clients.
+    ReplyFrom {
+        /// The listener address to send from.
+        local: SocketAddr,
+        /// The destination.
+        to: SocketAddr,
         /// Bytes written to `out`.
         len: usize,
     },
@@ -210,6 +223,8 @@ pub struct Server {
     accepting: bool,
     /// Allocations the table has room for.
     reserved_for: usize,
+    /// The alternate address set for RFC 5780, when there is one.
+    rfc5780: Option<Rfc5780>,
 }
 
 enum AuthOutcome<'m> {
@@ -242,6 +257,7 @@ impl Server {
             epoch_unix: unix_now,
             accepting: true,
             reserved_for: 0,
+            rfc5780: None,
         }
     }
 
@@ -250,6 +266,23 @@ impl Server {
     pub fn add_relay(&mut self, addr: SocketAddr) -> RelayId {
         self.policy.deny_own(addr.ip());
         self.pool.add(addr)
+    }
+
+    /// Gives the server its RFC 5780 alternate address set: `primary`
+    /// (`A1:P1`) and `other` (`A2:P2`). The I/O layer must listen on all four
+    /// combinations ([`Rfc5780::listen_addresses`]) over UDP. From then on,
+    /// Binding responses to UDP requests received on any of the four carry
+    /// OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST is honoured by
+    /// [`ClientAction::ReplyFrom`]. Without it, CHANGE-REQUEST is answered
+    /// 420 (RFC 5780 §6.1).
+    pub fn set_rfc5780(&mut self, primary: SocketAddr, other: SocketAddr) -> Result<(), Rfc5780Error> {
+        self.rfc5780 = Some(Rfc5780::new(primary, other)?);
+        Ok(())
+    }
+
+    /// The RFC 5780 alternate address set, when configured.
+    pub fn rfc5780(&self) -> Option<&Rfc5780> {
+        self.rfc5780.as_ref()
     }
 
     /// Denies a server address (a listener) as a peer.
@@ -422,13 +455,43 @@ impl Server {
         }
     }
 
+    /// Binding: XOR-MAPPED-ADDRESS, and MAPPED-ADDRESS for RFC 3489-era
+    /// clients (RFC 5780 §6.1 asks for both); the RFC 5780 attributes are
+    /// decided in [`super::rfc5780`].
     fn binding(&mut self, client: &Client, msg: &Message<'_>, seal: Seal, out: &mut [u8]) -> ClientAction {
+        let label = MethodLabel::Binding;
+        let plan = match rfc5780::plan(self.rfc5780.as_ref(), client, msg) {
+            Ok(p) => p,
+            Err(Refusal::BadRequest) => return self.error(out, msg, label, seal, 400, |_| Ok(())),
+            Err(Refusal::Unsupported(ty)) => {
+                return self.error(out, msg, label, seal, 420, |b| {
+                    b.add_raw(AttributeType::UNKNOWN_ATTRIBUTES, &ty.0.to_be_bytes())?;
+                    Ok(())
+                });
+            }
+        };
         let remote = client.remote;
-        self.success(out, msg, MethodLabel::Binding, seal, |b| {
+        let room = rfc5780::padding_room(out.len(), self.config.software.as_ref().map_or(0, String::len));
+        let action = self.success(out, msg, label, seal, |b| {
             b.add(&Attribute::XorMappedAddress(remote))?;
             b.add(&Attribute::MappedAddress(remote))?;
+            if let Some(origin) = plan.origin {
+                b.add(&Attribute::ResponseOrigin(origin))?;
+            }
+            if let Some(other) = plan.other {
+                b.add(&Attribute::OtherAddress(other))?;
+            }
+            if let Some(n) = plan.padding {
+                b.add(&Attribute::Padding(&rfc5780::ZEROS[..n.min(room)]))?;
+            }
             Ok(())
-        })
+        });
+        match action {
+            ClientAction::Reply { len } if plan.from != client.local || plan.to != remote => {
+                ClientAction::ReplyFrom { local: plan.from, to: plan.to, len }
+            }
+            other => other,
+        }
     }
 
     fn send_indication(&mut self, now: Instant, client: &Client, msg: &Message<'_>) -> ClientAction {
