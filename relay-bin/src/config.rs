@@ -226,6 +226,10 @@ pub struct LimitsSection {
     pub max_permissions: usize,
     /// Channels per allocation.
     pub max_channels: usize,
+    /// Answers per second to unauthenticated UDP requests per source IP.
+    pub unauthenticated_rate: u32,
+    /// Burst allowance of `unauthenticated_rate`.
+    pub unauthenticated_burst: u32,
 }
 
 impl Default for LimitsSection {
@@ -238,6 +242,8 @@ impl Default for LimitsSection {
             max_lifetime: 3600,
             max_permissions: 64,
             max_channels: 64,
+            unauthenticated_rate: 1000,
+            unauthenticated_burst: 2000,
         }
     }
 }

@@ -117,6 +117,13 @@ struct Cli {
     /// Channels per allocation [limits.max_channels].
     #[arg(long)]
     max_channels: Option<usize>,
+    /// Answers per second to unauthenticated UDP requests per source; 0 =
+    /// unlimited [limits.unauthenticated_rate].
+    #[arg(long)]
+    unauthenticated_rate: Option<u32>,
+    /// Burst of unauthenticated answers per source [limits.unauthenticated_burst].
+    #[arg(long)]
+    unauthenticated_burst: Option<u32>,
     /// Backend [server.backend].
     #[arg(long, value_enum)]
     backend: Option<BackendName>,
@@ -214,6 +221,12 @@ impl Cli {
         });
         set!("limits.max_channels", self.max_channels.is_some(), {
             c.limits.max_channels = self.max_channels.unwrap_or(64)
+        });
+        set!("limits.unauthenticated_rate", self.unauthenticated_rate.is_some(), {
+            c.limits.unauthenticated_rate = self.unauthenticated_rate.unwrap_or(1000)
+        });
+        set!("limits.unauthenticated_burst", self.unauthenticated_burst.is_some(), {
+            c.limits.unauthenticated_burst = self.unauthenticated_burst.unwrap_or(2000)
         });
         set!("server.backend", self.backend.is_some(), c.server.backend = self.backend.unwrap_or_default());
         set!("auth.users", !self.user.is_empty(), c.auth.users = self.user.clone());
@@ -316,6 +329,8 @@ fn server_config(c: &Config) -> ServerConfig {
         bandwidth_limit: c.limits.bandwidth,
         bandwidth_burst: c.limits.bandwidth,
         sha256: c.auth.sha256,
+        unauthenticated_rate: c.limits.unauthenticated_rate,
+        unauthenticated_burst: c.limits.unauthenticated_burst,
         ..ServerConfig::default()
     }
 }

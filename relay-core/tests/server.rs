@@ -896,3 +896,36 @@ fn software_is_configurable() {
     let resp = h.roundtrip(&req);
     assert!(!attrs(&resp).iter().any(|a| matches!(a, Attribute::Software(_))));
 }
+
+#[test]
+fn answers_to_unauthenticated_requests_are_budgeted_per_source() {
+    let config = ServerConfig { unauthenticated_rate: 2, unauthenticated_burst: 4, ..ServerConfig::default() };
+    let mut h = H::with(Setup { config, ..Setup::default() });
+    let binding = |h: &mut H| {
+        let tid = h.next_tid();
+        let req = h.build(Method::BINDING, tid, false, &[]);
+        h.send(&req)
+    };
+    let answered = (0..10).filter(|_| binding(&mut h) != ClientAction::None).count();
+    assert_eq!(answered, 4, "a flood from one source gets its burst, no more");
+    assert_eq!(h.server.stats().drops_of(Drop::RateLimited), 6);
+    // Another source has its own budget (401 challenges count too).
+    h.move_to("192.0.2.99:5000");
+    assert!(matches!(binding(&mut h), ClientAction::Reply { .. }));
+    h.challenge(Method::ALLOCATE);
+    // Time refills the first source at `rate` per second.
+    h.move_to("192.0.2.10:40000");
+    h.advance(1);
+    let answered = (0..10).filter(|_| binding(&mut h) != ClientAction::None).count();
+    assert_eq!(answered, 2);
+    // Authenticated requests are not limited: the client proved itself.
+    h.advance(10);
+    h.allocate();
+    for _ in 0..20 {
+        assert_eq!(class(&h.refresh(600)), Class::Success);
+    }
+    // Streams cannot be spoofed: no budget.
+    h.client = Client { transport: Transport::Tcp, conn: 3, ..h.client };
+    let answered = (0..20).filter(|_| binding(&mut h) != ClientAction::None).count();
+    assert_eq!(answered, 20);
+}

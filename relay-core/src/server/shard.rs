@@ -19,7 +19,7 @@ use super::quota::{Quotas, TokenBucket};
 use super::relays::{PoolError, RelayId, RelayPool};
 use super::rfc5780::{self, Refusal, Rfc5780, Rfc5780Error};
 use super::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome, Stats};
-use super::table::{Allocation, Channel, Client, Permission, Table};
+use super::table::{Allocation, Channel, Client, Permission, Table, Transport};
 use super::timer::TimerWheel;
 use crate::wire::attr::{password_algorithm, transport};
 use crate::wire::channel_data::{self, CHANNEL_DATA_HEADER_LEN};
@@ -68,6 +68,12 @@ pub struct ServerConfig {
     pub bandwidth_limit: u64,
     /// Burst allowance of the bandwidth cap, bytes.
     pub bandwidth_burst: u64,
+    /// Answers per second to unauthenticated UDP requests (Binding, 401
+    /// challenges, errors before authentication) per source address; 0 =
+    /// unlimited. Bounds what a spoofed flood can reflect toward a victim.
+    pub unauthenticated_rate: u32,
+    /// Burst allowance of `unauthenticated_rate`.
+    pub unauthenticated_burst: u32,
     /// Offer SHA-256 long-term keys with PASSWORD-ALGORITHMS (RFC 8489).
     pub sha256: bool,
 }
@@ -86,6 +92,8 @@ impl Default for ServerConfig {
             relay_quarantine: Duration::from_secs(60),
             bandwidth_limit: 0,
             bandwidth_burst: 0,
+            unauthenticated_rate: 1000,
+            unauthenticated_burst: 2000,
             sha256: true,
         }
     }
@@ -186,6 +194,57 @@ struct Seal {
     fingerprint: bool,
 }
 
+/// A budget of answers to unauthenticated requests per source address: a
+/// token bucket per (keyed) hash of the source IP in a fixed table. A
+/// flood with a spoofed source can make the shard answer that address at
+/// most `rate` times a second (after a `burst`), whatever it sends. Sources
+/// sharing a slot share a budget; the key makes that unpredictable.
+#[derive(Debug)]
+struct ReflectionLimiter {
+    /// (IP hash, tokens, last refill in whole seconds since the epoch).
+    slots: Box<[(u64, u32, u32)]>,
+    rate: u32,
+    burst: u32,
+    key: u64,
+}
+
+impl ReflectionLimiter {
+    const SLOTS: usize = 4096;
+
+    fn new(rate: u32, burst: u32, key: u64) -> ReflectionLimiter {
+        let slots = if rate == 0 { Box::default() } else { vec![(0, 0, 0); Self::SLOTS].into_boxed_slice() };
+        ReflectionLimiter { slots, rate, burst: burst.max(1), key }
+    }
+
+    fn allow(&mut self, ip: IpAddr, secs: u32) -> bool {
+        if self.slots.is_empty() {
+            return true;
+        }
+        let bits: u128 = match ip {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        // SplitMix-style mixing of the address with the per-process key.
+        let mut h = self.key ^ (bits as u64) ^ ((bits >> 64) as u64).rotate_left(29);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+        let tag = h | 1;
+        let slot = &mut self.slots[(h as usize >> 3) & (Self::SLOTS - 1)];
+        if slot.0 != tag {
+            *slot = (tag, self.burst, secs);
+        }
+        let refill = u64::from(secs.saturating_sub(slot.2)) * u64::from(self.rate);
+        slot.1 = (u64::from(slot.1) + refill).min(u64::from(self.burst)) as u32;
+        slot.2 = secs;
+        if slot.1 == 0 {
+            return false;
+        }
+        slot.1 -= 1;
+        true
+    }
+}
+
 /// The shared pieces a shard is built from.
 #[derive(Clone, Debug)]
 pub struct ServerParts {
@@ -221,6 +280,11 @@ pub struct Server {
     epoch: Instant,
     epoch_unix: u64,
     accepting: bool,
+    /// Budget of unauthenticated answers per source.
+    reflection: ReflectionLimiter,
+    /// The UDP source and time of the request being answered (for the
+    /// reflection budget); `None` for streams, which cannot be spoofed.
+    answering: Option<(IpAddr, u32)>,
     /// Allocations the table has room for.
     reserved_for: usize,
     /// The alternate address set for RFC 5780, when there is one.
@@ -238,6 +302,11 @@ impl Server {
     /// and reservation tokens (take it from the OS).
     pub fn new(parts: ServerParts, now: Instant, unix_now: u64, seed: u64) -> Server {
         let wheel_slots = parts.config.max_lifetime.as_secs().clamp(64, 4096) as usize;
+        let reflection = ReflectionLimiter::new(
+            parts.config.unauthenticated_rate,
+            parts.config.unauthenticated_burst,
+            seed.rotate_left(17) ^ 0x5DEE_CE66_D1CE_4E5B,
+        );
         let quarantine = parts.config.relay_quarantine;
         Server {
             config: parts.config,
@@ -256,6 +325,8 @@ impl Server {
             epoch: now,
             epoch_unix: unix_now,
             accepting: true,
+            reflection,
+            answering: None,
             reserved_for: 0,
             rfc5780: None,
         }
@@ -353,7 +424,13 @@ impl Server {
         match packet.first().map(|&b| classify(b)) {
             Some(PacketKind::ChannelData) => self.client_channel_data(now, client, packet),
             Some(PacketKind::Stun) => match Message::parse(packet) {
-                Ok(msg) => self.client_stun(now, client, &msg, out),
+                Ok(msg) => {
+                    let secs = now.saturating_duration_since(self.epoch).as_secs() as u32;
+                    self.answering = (client.transport == Transport::Udp).then(|| (client.remote.ip(), secs));
+                    let action = self.client_stun(now, client, &msg, out);
+                    self.answering = None;
+                    action
+                }
                 Err(_) => {
                     self.stats.drop(Drop::Malformed);
                     ClientAction::None
@@ -1233,6 +1310,14 @@ impl Server {
             }
             Ok::<usize, crate::wire::EncodeError>(b.finish())
         })();
+        // Answers that did not authenticate draw on the source's budget.
+        if seal.key.is_none()
+            && let Some((ip, secs)) = self.answering
+            && !self.reflection.allow(ip, secs)
+        {
+            self.stats.drop(Drop::RateLimited);
+            return ClientAction::None;
+        }
         self.stats.request(label, outcome);
         match written {
             Ok(len) => ClientAction::Reply { len },

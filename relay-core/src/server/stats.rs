@@ -159,6 +159,9 @@ labelled! {
         Unexpected = "unexpected",
         /// The payload does not fit the outgoing framing.
         TooLarge = "too_large",
+        /// An answer to an unauthenticated request over the source's budget
+        /// (reflection/amplification defence).
+        RateLimited = "rate_limited",
     }
 }
 
