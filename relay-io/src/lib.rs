@@ -36,6 +36,10 @@ pub use socket::{RelayIp, RelayPorts};
 use shard::{ShardState, Sock, SockKind};
 use sys::EventFd;
 
+/// Descriptors kept free of relay sockets for everything else a process
+/// holds (listeners, rings, eventfds, log files, metrics connections).
+const FD_RESERVE: u64 = 256;
+
 /// Which backend to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -151,10 +155,19 @@ impl Relay {
     /// per shard with `make_server(shard_index)`, and starts the shards.
     pub fn start(config: &IoConfig, mut make_server: impl FnMut(usize) -> Server) -> Result<Relay, StartError> {
         let (backend, backend_reason) = choose_backend(config.backend)?;
-        if let Err(e) = sys::raise_fd_limit() {
+        let fd_limit = sys::raise_fd_limit().unwrap_or_else(|e| {
             tracing::warn!("cannot raise the open file limit: {e}");
-        }
+            1024
+        });
         let n = config.shards.max(1);
+        // Relay sockets may use the descriptors left after a reserve for
+        // listeners, connections, rings and the process itself, split
+        // evenly between shards; a port range larger than that is capped,
+        // loudly, rather than starving the process of descriptors.
+        // (An eighth of the limit is kept for TCP/TLS connections.)
+        let reserve = FD_RESERVE + fd_limit / 8;
+        let per_shard_fds = (fd_limit.saturating_sub(reserve) / n as u64) as usize;
+        let mut capped = false;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut udp_addrs = config.udp_listen.clone();
         let mut tcp_addrs = config.tcp_listen.clone();
@@ -199,9 +212,21 @@ impl Relay {
                     RelayPorts::Ephemeral(count) => vec![0; *count],
                 };
                 for port in ports {
+                    if relay_sock.len() >= per_shard_fds {
+                        capped = true;
+                        break;
+                    }
                     let bind = SocketAddr::new(rip.bind, port);
-                    // A port someone else holds is skipped, not fatal.
-                    let Ok(s) = socket::relay_socket(bind, config.relay_buffer) else { continue };
+                    // A port someone else holds is skipped, not fatal; running
+                    // out of descriptors ends the pool here.
+                    let s = match socket::relay_socket(bind, config.relay_buffer) {
+                        Ok(s) => s,
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                            capped = true;
+                            break;
+                        }
+                        Err(_) => continue,
+                    };
                     let Ok(local) = s.local_addr() else { continue };
                     let id = server.add_relay(SocketAddr::new(rip.advertised, local.port()));
                     debug_assert_eq!(id, RelayId(relay_sock.len() as u32));
@@ -246,6 +271,13 @@ impl Relay {
                 })
                 .map_err(StartError::Spawn)?;
             shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
+        }
+        if capped {
+            tracing::warn!(
+                fd_limit,
+                relay_ports = relay_count,
+                "relay port range capped: it needs more open files than RLIMIT_NOFILE allows (raise LimitNOFILE)"
+            );
         }
         tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
         Ok(Relay {

@@ -514,3 +514,40 @@ fn stream_suite(tls: bool) {
         relay.stop().unwrap();
     }
 }
+
+#[test]
+fn a_port_range_beyond_the_descriptor_limit_is_capped_not_fatal() {
+    // Far more ports than this process may open: the pool stops short of
+    // the limit and the relay still starts and serves.
+    let config = IoConfig {
+        backend: Backend::Portable,
+        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(2_000_000),
+        ..IoConfig::default()
+    };
+    let make = |_| {
+        let parts = ServerParts {
+            config: ServerConfig::default(),
+            credentials: Credentials::new(REALM),
+            nonces: NonceIssuer::new([1; 32], 600),
+            policy: PeerPolicy::new(),
+            quotas: Arc::new(Quotas::new(0, 0, 16)),
+        };
+        Server::new(parts, Instant::now(), 1_800_000_000, 1)
+    };
+    let relay = Relay::start(&config, make).expect("starts with a capped pool");
+    let mut limit = 0u64;
+    if let Ok(s) = std::fs::read_to_string("/proc/self/limits") {
+        limit = s
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .unwrap_or(0);
+    }
+    assert!(relay.relay_count() > 0 && (relay.relay_count() as u64) < limit, "{} of {limit}", relay.relay_count());
+    // The process still has descriptors to spare.
+    let extra: Vec<UdpSocket> = (0..64).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    assert_eq!(extra.len(), 64);
+    relay.stop().unwrap();
+}
