@@ -66,6 +66,9 @@ struct Cli {
     /// RFC 5780 second IP: also serve UDP on it and on port P+1 [listen.rfc5780_other].
     #[arg(long, value_name = "IP")]
     rfc5780_other: Option<IpAddr>,
+    /// RFC 5780 second port (default: the first listen port + 1) [listen.rfc5780_port].
+    #[arg(long)]
+    rfc5780_port: Option<u16>,
     /// PEM certificate chain [tls.cert].
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -193,6 +196,7 @@ impl Cli {
         set!("listen.tcp", self.no_tcp, c.listen.tcp.clear());
         set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = self.listen_tls.clone());
         set!("listen.rfc5780_other", self.rfc5780_other.is_some(), c.listen.rfc5780_other = self.rfc5780_other);
+        set!("listen.rfc5780_port", self.rfc5780_port.is_some(), c.listen.rfc5780_port = self.rfc5780_port);
         set!("tls.cert", self.tls_cert.is_some(), c.tls.cert = self.tls_cert.clone());
         set!("tls.key", self.tls_key.is_some(), c.tls.key = self.tls_key.clone());
         set!("relay.ips", !self.relay_ip.is_empty(), c.relay.ips = self.relay_ip.clone());

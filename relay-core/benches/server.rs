@@ -35,7 +35,11 @@ fn resident_bytes() -> isize {
     pages * 4096
 }
 
-const N: u32 = 100_000;
+/// Allocations: 100,000 when benchmarking; a few thousand when `cargo test`
+/// runs the bench once as a smoke test.
+fn n() -> u32 {
+    if std::env::args().any(|a| a == "--bench") { 100_000 } else { 2_000 }
+}
 const REALM: &str = "bench.example";
 
 fn client(i: u32) -> Client {
@@ -63,12 +67,14 @@ fn request(method: Method, tid: u32, auth: Option<(&str, &Key)>, attrs: &[Attrib
     b.finish()
 }
 
-/// A server with `N` allocations, each with a permission and channel 0x4000.
+/// A server with `n()` allocations, each with a permission and channel 0x4000.
 fn populated() -> (Server, Instant, isize) {
     let mut credentials = Credentials::new(REALM);
     credentials.add_user("bench", "password").unwrap();
     let now = Instant::now();
-    let config = ServerConfig { sha256: false, ..ServerConfig::default() };
+    // Every client of the benchmark shares two source addresses: no
+    // reflection budget.
+    let config = ServerConfig { sha256: false, unauthenticated_rate: 0, ..ServerConfig::default() };
     let parts = ServerParts {
         config,
         credentials,
@@ -77,14 +83,14 @@ fn populated() -> (Server, Instant, isize) {
         quotas: Arc::new(Quotas::new(0, 0, 1024)),
     };
     let mut server = Server::new(parts, now, 1_800_000_000, 1);
-    for i in 0..N {
+    for i in 0..n() {
         let ip = Ipv4Addr::from(0xCB00_7100 + i / 60_000);
         server.add_relay(SocketAddr::from((ip, (1024 + i % 60_000) as u16)));
     }
     let key = Key::long_term(PasswordAlgorithm::Md5, "bench", REALM, "password").unwrap();
     let (mut req, mut out) = (vec![0u8; 512], vec![0u8; 1500]);
     let before = resident_bytes();
-    for i in 0..N {
+    for i in 0..n() {
         let c = client(i);
         let n = request(Method::ALLOCATE, 1, None, &[Attribute::RequestedTransport(transport::UDP)], &mut req);
         let ClientAction::Reply { len } = server.handle_client(now, &c, &req[..n], &mut out) else { panic!() };
@@ -105,13 +111,13 @@ fn populated() -> (Server, Instant, isize) {
         }
     }
     let bytes = resident_bytes() - before;
-    assert_eq!(server.allocation_count(), N as usize);
+    assert_eq!(server.allocation_count(), n() as usize);
     (server, now, bytes)
 }
 
 /// A fixed pseudo-random visiting order.
 fn order() -> Vec<u32> {
-    let mut v: Vec<u32> = (0..N).collect();
+    let mut v: Vec<u32> = (0..n()).collect();
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     for i in (1..v.len()).rev() {
         x ^= x << 13;
@@ -125,12 +131,13 @@ fn order() -> Vec<u32> {
 fn bench(c: &mut Criterion) {
     let (mut server, now, bytes) = populated();
     println!(
-        "server: {N} allocations (1 permission + 1 channel each): {} resident bytes per allocation",
-        bytes / N as isize
+        "server: {} allocations (1 permission + 1 channel each): {} resident bytes per allocation",
+        n(),
+        bytes / n() as isize
     );
     let order = order();
     let mut g = c.benchmark_group("server_100k");
-    let clients: Vec<Client> = (0..N).map(client).collect();
+    let clients: Vec<Client> = (0..n()).map(client).collect();
     let mut out = vec![0u8; 1500];
     let cd = [0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4];
     let mut k = 0usize;
@@ -152,8 +159,8 @@ fn bench(c: &mut Criterion) {
             black_box(server.handle_client(now, &clients[i], black_box(&cd), &mut out))
         })
     });
-    let relays: Vec<RelayId> = (0..N).map(RelayId).collect();
-    let peers: Vec<SocketAddr> = (0..N).map(peer).collect();
+    let relays: Vec<RelayId> = (0..n()).map(RelayId).collect();
+    let peers: Vec<SocketAddr> = (0..n()).map(peer).collect();
     let mut buf = vec![0u8; PEER_HEADROOM + 160];
     g.bench_function("peer_to_client", |b| {
         b.iter(|| {

@@ -52,6 +52,9 @@ pub enum FramingError {
     /// The next byte starts neither STUN nor ChannelData.
     #[error("byte 0x{0:02x} starts neither a STUN nor a ChannelData frame")]
     UnknownFrame(u8),
+    /// A ChannelData header with a reserved channel number (0x7FFF).
+    #[error("ChannelData frame on reserved channel 0x{0:04x}")]
+    BadChannel(u16),
     /// A STUN header with a bad magic cookie.
     #[error("STUN frame with a bad magic cookie")]
     BadMagicCookie,
@@ -97,6 +100,9 @@ pub fn next_frame(buf: &[u8]) -> Result<Frame, FramingError> {
             Ok(if buf.len() >= total { Frame::Stun(total) } else { Frame::NeedMore(total) })
         }
         PacketKind::ChannelData => {
+            if buf.len() >= 2 && !channel_data::is_valid_channel(be16(buf, 0)) {
+                return Err(FramingError::BadChannel(be16(buf, 0)));
+            }
             if buf.len() < CHANNEL_DATA_HEADER_LEN {
                 return Ok(Frame::NeedMore(CHANNEL_DATA_HEADER_LEN));
             }
@@ -124,6 +130,15 @@ mod tests {
         assert_eq!(classify(0x16), PacketKind::Other, "DTLS handshake");
         assert_eq!(classify(0x80), PacketKind::Other, "RTP");
         assert_eq!(classify_packet(&[]), PacketKind::Other);
+    }
+
+    #[test]
+    fn reserved_channel_0x7fff_is_not_a_frame() {
+        // Found by the stream_framer fuzz target: the first byte 0x7F is in
+        // the ChannelData range, but channel 0x7FFF is reserved, so the frame
+        // could not be parsed afterwards.
+        assert_eq!(next_frame(&[0x7F, 0xFF, 0x00, 0x00]), Err(FramingError::BadChannel(0x7FFF)));
+        assert_eq!(next_frame(&[0x7F, 0xFE, 0x00, 0x00]), Ok(Frame::ChannelData(4)));
     }
 
     #[test]
