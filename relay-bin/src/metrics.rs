@@ -38,6 +38,9 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
         streams.garbage += r.streams.garbage;
         streams.shed += r.streams.shed;
     }
+    for r in reports {
+        counter!("turn_shard_loop_turns_total", "shard" => r.shard.to_string()).absolute(r.loop_turns);
+    }
     gauge!("turn_tcp_connections_open").set(streams.open as f64);
     counter!("turn_tcp_connections_accepted_total").absolute(streams.accepted);
     counter!("turn_tcp_connections_refused_total").absolute(streams.refused);

@@ -98,6 +98,8 @@ fn churn_and_traffic_then_drain() {
     let ports_free = metric(&start, "turn_relay_ports_free");
     assert!(ports_free >= 900.0, "{ports_free} relay ports free at start");
     let (fds0, rss0) = (open_fds(pid), rss_kib(pid));
+    let turns = |b: &str, shard: u32| metric(b, &format!("turn_shard_loop_turns_total{{shard=\"{shard}\"}}"));
+    let turns0 = [turns(&start, 0), turns(&start, 1)];
 
     let target = TurnServer::new(server, Credentials::long_term("soak", "pass"));
     // Traffic through 4 allocations for the whole soak...
@@ -152,6 +154,10 @@ fn churn_and_traffic_then_drain() {
     });
     assert_eq!(metric(&settled, "turn_allocations_active"), 4.0);
     assert!(metric(&settled, "turn_relay_ports_free") >= ports_free - 4.0, "relay ports leaked");
+    // Both shards' loops kept turning.
+    for shard in 0..2 {
+        assert!(turns(&settled, shard) > turns0[shard as usize], "shard {shard} stalled");
+    }
     let fds = open_fds(pid);
     assert!(fds <= fds0 + 2, "descriptors grew from {fds0} to {fds}");
     let rss = rss_kib(pid);

@@ -254,6 +254,7 @@ impl Relay {
                 df,
                 streams,
                 last_housekeeping: Instant::now(),
+                loop_turns: 0,
             };
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[k % cores.len()]);
             let (batch, max_datagram) = (config.batch.max(1), config.max_datagram);

@@ -47,7 +47,7 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
             st.close_streams(now);
             return Ok(());
         }
-        let timeout = st.sleep_for(now).map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
+        let timeout = st.sleep_for(now).as_millis() as i32 + 1;
         let n = ep.wait(&mut events, timeout)?;
         let now = Instant::now();
         for ev in &events[..n] {

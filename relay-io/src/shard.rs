@@ -51,6 +51,9 @@ pub struct ShardReport {
     pub backend: BackendKind,
     /// TCP connection counters.
     pub streams: crate::stream::StreamStats,
+    /// Turns of the shard's event loop so far (a stalled shard stops
+    /// counting).
+    pub loop_turns: u64,
 }
 
 /// Messages to a shard from other threads.
@@ -112,6 +115,8 @@ pub struct ShardState {
     pub streams: Streams,
     /// When housekeeping last ran.
     pub last_housekeeping: Instant,
+    /// Event loop turns (see [`ShardReport::loop_turns`]).
+    pub loop_turns: u64,
 }
 
 impl ShardState {
@@ -141,6 +146,7 @@ impl ShardState {
                         relays_quarantined: quarantined,
                         send_failures: self.send_failures + self.streams.stats.send_failures,
                         streams: self.streams.stats,
+                        loop_turns: self.loop_turns,
                         backend,
                     });
                 }
@@ -185,8 +191,10 @@ impl ShardState {
         self.streams.deliver(conn, bytes, now, &mut self.server);
     }
 
-    /// Once-a-second housekeeping besides the server's timers.
+    /// Once-a-second housekeeping besides the server's timers; counts a
+    /// loop turn (both backends call it once per turn).
     pub fn housekeeping(&mut self, now: Instant) {
+        self.loop_turns += 1;
         if now.saturating_duration_since(self.last_housekeeping) >= std::time::Duration::from_secs(1) {
             self.last_housekeeping = now;
             self.streams.expire(now, &mut self.server);
@@ -203,14 +211,11 @@ impl ShardState {
         self.stop || self.draining.is_some_and(|d| now >= d || self.server.allocation_count() == 0)
     }
 
-    /// How long the loop may sleep: until the server's next timer, at most
-    /// a second while draining (to notice the deadline).
-    pub fn sleep_for(&self, now: Instant) -> Option<std::time::Duration> {
-        let mut t = self.server.next_timeout().map(|t| t.saturating_duration_since(now));
-        if self.draining.is_some() || self.streams.has_connections() {
-            let s = std::time::Duration::from_secs(1);
-            t = Some(t.map_or(s, |t| t.min(s)));
-        }
-        t
+    /// How long the loop may sleep: until the server's next timer, and at
+    /// most a second, so that an idle shard still turns (housekeeping, the
+    /// drain deadline, and a loop-turn count that shows it is alive).
+    pub fn sleep_for(&self, now: Instant) -> std::time::Duration {
+        let second = std::time::Duration::from_secs(1);
+        self.server.next_timeout().map_or(second, |t| t.saturating_duration_since(now).min(second))
     }
 }

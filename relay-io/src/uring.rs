@@ -312,10 +312,8 @@ impl Uring {
                 self.arm_recv(st, i);
             }
             self.rearm_now.clear();
-            if !self.timer_armed
-                && let Some(d) = st.sleep_for(now)
-            {
-                self.arm_timer(d.max(Duration::from_millis(1)));
+            if !self.timer_armed {
+                self.arm_timer(st.sleep_for(now).max(Duration::from_millis(1)));
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
