@@ -513,7 +513,9 @@ fn run(
         max_datagram: config.relay.max_datagram,
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user, 1 << 16));
+    // A user keeps its slot in the per-user table for the life of the
+    // process: room for a million distinct users.
+    let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user, 1 << 20));
     let nonces = NonceIssuer::new(random_bytes::<32>(), config.auth.nonce_lifetime);
     let policy = PeerPolicy::with_lists(config.peers.allow.clone(), config.peers.deny.clone());
     let server_config = server_config(config);

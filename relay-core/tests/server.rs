@@ -929,3 +929,26 @@ fn answers_to_unauthenticated_requests_are_budgeted_per_source() {
     let answered = (0..20).filter(|_| binding(&mut h) != ClientAction::None).count();
     assert_eq!(answered, 20);
 }
+
+#[test]
+fn rest_users_count_against_one_quota_whatever_their_credential() {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut h = H::with(Setup { quotas: Quotas::new(0, 1, 64), ..Setup::default() });
+    let as_rest = |h: &mut H, expiry: u64| {
+        let username = format!("{expiry}:carol");
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"rest-secret").unwrap();
+        mac.update(username.as_bytes());
+        let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        h.key = Key::long_term(PasswordAlgorithm::Md5, &username, REALM, &password).unwrap();
+        h.user = username;
+    };
+    as_rest(&mut h, UNIX_T0 + 3600);
+    h.allocate();
+    // A fresh credential for the same user, from another 5-tuple: the
+    // per-user limit of one still applies.
+    h.move_to("192.0.2.10:40001");
+    as_rest(&mut h, UNIX_T0 + 7200);
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(486));
+}

@@ -937,7 +937,7 @@ impl Server {
         if !self.accepting {
             return self.error(out, msg, label, seal, 508, |_| Ok(()));
         }
-        let quota = match self.quotas.acquire(username.as_bytes()) {
+        let quota = match self.quotas.acquire(quota_identity(username).as_bytes()) {
             Ok(q) => q,
             Err(e) => return self.error(out, msg, label, seal, e.stun_code(), |_| Ok(())),
         };
@@ -1414,6 +1414,16 @@ fn frame_data_indication(
     buf[start + hlen..start + hlen + 2].copy_from_slice(&AttributeType::DATA.0.to_be_bytes());
     buf[start + hlen + 2..start + hlen + 4].copy_from_slice(&(payload.len() as u16).to_be_bytes());
     Some(start..end)
+}
+
+/// Whose quota an allocation counts against: for TURN REST usernames
+/// (`expiry:user`) the user, not the credential, so that a user cannot
+/// escape the per-user limit by fetching fresh credentials.
+fn quota_identity(username: &str) -> &str {
+    match username.split_once(':') {
+        Some((expiry, user)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => user,
+        _ => username,
+    }
 }
 
 /// The reason phrase for an error code (RFC 8489 §14.8, RFC 8656 §19).
