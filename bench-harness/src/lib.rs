@@ -27,6 +27,7 @@ pub mod net;
 pub mod payload;
 pub mod peer;
 pub mod procfs;
+pub mod refresh;
 pub mod stats;
 pub mod throughput;
 pub mod traffic;

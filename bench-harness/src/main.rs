@@ -161,6 +161,11 @@ struct TrafficArgs {
     /// Leave the allocations to expire instead of releasing them at the end.
     #[arg(long)]
     no_release: bool,
+    /// Seconds between re-sending each allocation's ChannelBind (or
+    /// CreatePermission) during the run; its allocation is refreshed this
+    /// often or at half its lifetime, whichever is sooner. 0: never.
+    #[arg(long, default_value_t = 120.0)]
+    refresh_s: f64,
 }
 
 impl TrafficArgs {
@@ -188,6 +193,7 @@ impl TrafficArgs {
         c.client_ip = self.client_ip;
         c.drain = Duration::from_millis(self.drain_ms);
         c.release = !self.no_release;
+        c.refresh_interval = Duration::from_secs_f64(self.refresh_s.clamp(0.0, 86_400.0));
         c
     }
 }
