@@ -8,8 +8,8 @@ use std::time::Duration;
 use bench_harness::allocate::AllocateConfig;
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::{
-    BenchError, Credentials, Target, ThroughputConfig, TurnServer, run_allocate, run_baseline, run_compare,
-    run_latency, run_throughput,
+    BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, TurnServer, run_allocate, run_baseline, run_churn,
+    run_compare, run_latency, run_throughput,
 };
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -43,6 +43,11 @@ enum Command {
     /// An allocation storm: allocations/s with authentication, success
     /// rate, Allocate latency; --release refreshes each to 0 afterwards.
     Allocate(AllocateCmd),
+    /// Soak test: allocations created, used (a few ChannelData round trips)
+    /// and released continuously; churn/s, success %, failures by error,
+    /// and with --server-pid the server's RSS and open descriptors at start
+    /// and end.
+    Churn(ChurnCmd),
     /// The same traffic through a trivial UDP forwarder the harness runs
     /// (same hops as a relay, no TURN): the kernel's own per-packet cost.
     Baseline(BaselineCmd),
@@ -268,6 +273,30 @@ struct AllocateCmd {
 }
 
 #[derive(Args, Debug)]
+struct ChurnCmd {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Seconds during which new allocations start.
+    #[arg(long, short = 'd', default_value = "30", value_parser = secs)]
+    duration: Duration,
+    /// New allocations per second; 0: as fast as cycles finish.
+    #[arg(long, short = 'r', default_value_t = 100)]
+    rate: u64,
+    /// Allocations alive at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// ChannelData round trips per allocation.
+    #[arg(long, default_value_t = 3)]
+    round_trips: u32,
+    /// Where the echoing peer binds.
+    #[arg(long, default_value = "127.0.0.2")]
+    peer_ip: IpAddr,
+    /// Local address of the client sockets.
+    #[arg(long)]
+    client_ip: Option<IpAddr>,
+}
+
+#[derive(Args, Debug)]
 struct CompareCmd {
     /// A target, `NAME=HOST:PORT[,pid=PID][,user=U][,password=P][,secret=S][,realm=R]`
     /// or `NAME=baseline` (the harness's forwarder); repeat for each. The
@@ -367,6 +396,20 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Allocate(c) => {
             let cfg = c.storm.config(c.server.creds.server(c.server.server), c.server.server_pid, live);
             emit(&run_allocate(&cfg)?, cli.json)
+        }
+        Command::Churn(c) => {
+            let cfg = ChurnConfig {
+                duration: c.duration,
+                rate: c.rate,
+                concurrency: c.concurrency,
+                round_trips: c.round_trips,
+                peer_ip: c.peer_ip,
+                client_ip: c.client_ip,
+                server_pid: c.server.server_pid,
+                live,
+                ..ChurnConfig::new(c.server.creds.server(c.server.server))
+            };
+            emit(&run_churn(&cfg)?, cli.json)
         }
         Command::Compare(c) => {
             let targets = c
