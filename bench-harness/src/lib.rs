@@ -9,6 +9,7 @@
 //! - [`run_throughput`], [`run_latency`], [`run_baseline`]
 //!   ([`ThroughputConfig`] → [`ThroughputReport`]);
 //! - [`run_allocate`] ([`AllocateConfig`] → [`AllocateReport`]);
+//! - [`run_churn`] ([`ChurnConfig`] → [`ChurnReport`]);
 //! - [`run_compare`] ([`CompareConfig`] → [`CompareReport`]).
 //!
 //! ```no_run
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod allocate;
+pub mod churn;
 pub mod client;
 pub mod compare;
 pub mod forwarder;
@@ -27,11 +29,13 @@ pub mod net;
 pub mod payload;
 pub mod peer;
 pub mod procfs;
+pub mod refresh;
 pub mod stats;
 pub mod throughput;
 pub mod traffic;
 
 pub use allocate::{AllocateConfig, AllocateReport, run_allocate};
+pub use churn::{ChurnConfig, ChurnReport, run_churn};
 pub use client::{ClientConfig, ClientError, Credentials, TurnClient, TurnServer};
 pub use compare::{CompareConfig, CompareReport, CompareScenario, NamedTarget, run_compare};
 pub use throughput::{

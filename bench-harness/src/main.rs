@@ -8,8 +8,8 @@ use std::time::Duration;
 use bench_harness::allocate::AllocateConfig;
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::{
-    BenchError, Credentials, Target, ThroughputConfig, TurnServer, run_allocate, run_baseline, run_compare,
-    run_latency, run_throughput,
+    BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, TurnServer, run_allocate, run_baseline, run_churn,
+    run_compare, run_latency, run_throughput,
 };
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -43,6 +43,11 @@ enum Command {
     /// An allocation storm: allocations/s with authentication, success
     /// rate, Allocate latency; --release refreshes each to 0 afterwards.
     Allocate(AllocateCmd),
+    /// Soak test: allocations created, used (a few ChannelData round trips)
+    /// and released continuously; churn/s, success %, failures by error,
+    /// and with --server-pid the server's RSS and open descriptors at start
+    /// and end.
+    Churn(ChurnCmd),
     /// The same traffic through a trivial UDP forwarder the harness runs
     /// (same hops as a relay, no TURN): the kernel's own per-packet cost.
     Baseline(BaselineCmd),
@@ -161,6 +166,11 @@ struct TrafficArgs {
     /// Leave the allocations to expire instead of releasing them at the end.
     #[arg(long)]
     no_release: bool,
+    /// Seconds between re-sending each allocation's ChannelBind (or
+    /// CreatePermission) during the run; its allocation is refreshed this
+    /// often or at half its lifetime, whichever is sooner. 0: never.
+    #[arg(long, default_value_t = 120.0)]
+    refresh_s: f64,
 }
 
 impl TrafficArgs {
@@ -188,6 +198,7 @@ impl TrafficArgs {
         c.client_ip = self.client_ip;
         c.drain = Duration::from_millis(self.drain_ms);
         c.release = !self.no_release;
+        c.refresh_interval = Duration::from_secs_f64(self.refresh_s.clamp(0.0, 86_400.0));
         c
     }
 }
@@ -259,6 +270,30 @@ struct AllocateCmd {
     server: ServerArgs,
     #[command(flatten)]
     storm: StormArgs,
+}
+
+#[derive(Args, Debug)]
+struct ChurnCmd {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Seconds during which new allocations start.
+    #[arg(long, short = 'd', default_value = "30", value_parser = secs)]
+    duration: Duration,
+    /// New allocations per second; 0: as fast as cycles finish.
+    #[arg(long, short = 'r', default_value_t = 100)]
+    rate: u64,
+    /// Allocations alive at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// ChannelData round trips per allocation.
+    #[arg(long, default_value_t = 3)]
+    round_trips: u32,
+    /// Where the echoing peer binds.
+    #[arg(long, default_value = "127.0.0.2")]
+    peer_ip: IpAddr,
+    /// Local address of the client sockets.
+    #[arg(long)]
+    client_ip: Option<IpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -361,6 +396,20 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Allocate(c) => {
             let cfg = c.storm.config(c.server.creds.server(c.server.server), c.server.server_pid, live);
             emit(&run_allocate(&cfg)?, cli.json)
+        }
+        Command::Churn(c) => {
+            let cfg = ChurnConfig {
+                duration: c.duration,
+                rate: c.rate,
+                concurrency: c.concurrency,
+                round_trips: c.round_trips,
+                peer_ip: c.peer_ip,
+                client_ip: c.client_ip,
+                server_pid: c.server.server_pid,
+                live,
+                ..ChurnConfig::new(c.server.creds.server(c.server.server))
+            };
+            emit(&run_churn(&cfg)?, cli.json)
         }
         Command::Compare(c) => {
             let targets = c

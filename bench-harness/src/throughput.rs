@@ -14,16 +14,21 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::client::{ClientCore, TransportKind, TurnClient, TurnServer, UdpTransport};
+use crate::client::{ClientCore, Request, TransportKind, TurnClient, TurnServer, UdpTransport};
 use crate::forwarder::{BASELINE_CHANNEL, Forwarder, ForwarderStats};
 use crate::payload::PROBE_LEN;
 use crate::peer::{Peer, PeerMode};
 use crate::procfs::{self, Memory};
+use crate::refresh::{RefreshStats, Refresher};
 use crate::stats::{LatencySummary, fmt_us, group};
 use crate::traffic::{self, EngineConfig, Flow, Framing, Sample, WorkerCpu};
 
 /// The channel number every allocation binds to its peer.
 pub const CHANNEL: u16 = 0x4000;
+
+/// How often bindings are re-sent by default: well inside RFC 8656's 300 s
+/// permission lifetime, with room for retransmissions.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(120);
 
 /// A generator thread above this share of one core is reported saturated.
 pub const SATURATION_PERCENT: f64 = 90.0;
@@ -87,6 +92,11 @@ pub struct ThroughputConfig {
     pub live: bool,
     /// Release the allocations (Refresh 0) at the end.
     pub release: bool,
+    /// During the run, re-send each flow's ChannelBind (or CreatePermission)
+    /// this often, and Refresh its allocation this often or at half its
+    /// lifetime, whichever comes first; zero: never (runs longer than the
+    /// server's permission lifetime, 300 s, then lose everything).
+    pub refresh_interval: Duration,
 }
 
 impl ThroughputConfig {
@@ -112,6 +122,7 @@ impl ThroughputConfig {
             drain: Duration::from_millis(500),
             live: false,
             release: true,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
         }
     }
 
@@ -271,6 +282,8 @@ pub struct ThroughputReport {
     pub generator: GeneratorCpu,
     /// The server's cost, when its pid was given (or the forwarder's).
     pub server: Option<ServerCost>,
+    /// Refreshes of allocations, permissions and channels during the run.
+    pub refreshes: RefreshStats,
     /// Allocations released at the end.
     pub released: usize,
     /// Releases that failed.
@@ -298,7 +311,11 @@ pub fn run_baseline(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchErr
 
 struct TurnFlow {
     transport: UdpTransport,
-    core: ClientCore,
+    /// Lent to the flow's refresher during the run.
+    core: Option<ClientCore>,
+    binding: Request,
+    lifetime: u32,
+    bound_at: Instant,
 }
 
 fn client_local(cfg: &ThroughputConfig, server: SocketAddr) -> SocketAddr {
@@ -321,16 +338,21 @@ fn setup_turn(
             let t = UdpTransport::connect(server.addr, Some(client_local(cfg, server.addr)))?;
             crate::net::grow_buffers(t.socket(), crate::net::SOCKET_BUFFER);
             let mut c = TurnClient::new(t, server.client_config())?;
-            c.allocate(None)?;
-            if cfg.indications {
-                c.create_permission(&[peer])?;
+            let granted = c.request(Request::Allocate { lifetime: None })?;
+            // RFC 8656 default when the server does not say.
+            let lifetime = granted.lifetime.unwrap_or(600);
+            let binding = if cfg.indications {
+                Request::CreatePermission { peers: vec![peer] }
             } else {
-                c.channel_bind(CHANNEL, peer)?;
-            }
-            Ok::<_, crate::client::ClientError>(c.into_parts())
+                Request::ChannelBind { channel: CHANNEL, peer }
+            };
+            c.request(binding.clone())?;
+            let bound_at = Instant::now();
+            let (transport, core) = c.into_parts();
+            Ok::<_, crate::client::ClientError>(TurnFlow { transport, core: Some(core), binding, lifetime, bound_at })
         })();
         match r {
-            Ok((transport, core)) => flows.push(TurnFlow { transport, core }),
+            Ok(f) => flows.push(f),
             Err(e) => {
                 failed += 1;
                 let msg = e.to_string();
@@ -360,7 +382,11 @@ fn release(flows: Vec<TurnFlow>) -> (usize, usize) {
     let total = flows.len();
     for f in flows {
         let _ = f.transport.socket().set_nonblocking(false);
-        let mut c = TurnClient::from_parts(f.transport, f.core);
+        let Some(core) = f.core else {
+            failed += 1;
+            continue;
+        };
+        let mut c = TurnClient::from_parts(f.transport, core);
         match c.refresh(0) {
             Ok(_) => ok += 1,
             // The server stopped answering: the rest would time out too.
@@ -418,9 +444,19 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         }
     };
     let setup_s = setup_start.elapsed().as_secs_f64();
-    let flows: Vec<Flow<'_>> = match cfg.target {
-        Target::Turn(_) => turn_flows.iter().map(|f| Flow { sock: f.transport.socket(), dest }).collect(),
-        Target::Baseline => plain_socks.iter().map(|s| Flow { sock: s, dest }).collect(),
+    let refreshing = !cfg.refresh_interval.is_zero();
+    let mut flows: Vec<Flow<'_>> = match cfg.target {
+        Target::Turn(_) => turn_flows
+            .iter_mut()
+            .map(|f| {
+                let refresh = f
+                    .core
+                    .take_if(|_| refreshing)
+                    .map(|core| Refresher::new(core, f.binding.clone(), f.lifetime, cfg.refresh_interval, f.bound_at));
+                Flow { sock: f.transport.socket(), dest, refresh }
+            })
+            .collect(),
+        Target::Baseline => plain_socks.iter().map(|s| Flow { sock: s, dest, refresh: None }).collect(),
     };
     let ecfg = EngineConfig {
         size: cfg.size,
@@ -437,9 +473,14 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         label: scenario,
     };
     let server_start = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
-    let result = traffic::run(&flows, &ecfg, epoch, &|| peer.received());
+    let result = traffic::run(&mut flows, &ecfg, epoch, &|| peer.received());
     let server_end = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
-    drop(flows);
+    let cores: Vec<Option<ClientCore>> = flows.into_iter().map(|f| f.refresh.map(Refresher::into_core)).collect();
+    for (f, core) in turn_flows.iter_mut().zip(cores) {
+        if core.is_some() {
+            f.core = core;
+        }
+    }
     let peer_stats = peer.stop()?;
     let fw_stats: Option<ForwarderStats> = match forwarder {
         Some(f) => Some(f.stop()?),
@@ -512,6 +553,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
             process_cpu_s: r.process_cpu.as_secs_f64(),
         },
         server,
+        refreshes: r.refresh,
         released,
         release_failed,
         timeline: r.timeline,
@@ -592,6 +634,18 @@ impl fmt::Display for ThroughputReport {
         )?;
         if let Some(s) = &self.server {
             writeln!(f, "  server       {s}")?;
+        }
+        let rf = &self.refreshes;
+        if rf.started > 0 {
+            writeln!(
+                f,
+                "  refreshes    {} ok of {} ({} failed, {} retransmitted){}",
+                group(rf.ok),
+                group(rf.started),
+                rf.failed,
+                rf.retransmitted,
+                rf.first_error.as_ref().map(|e| format!(", first error: {e}")).unwrap_or_default()
+            )?;
         }
         if self.released + self.release_failed > 0 {
             writeln!(f, "  released     {} ({} failed)", self.released, self.release_failed)?;

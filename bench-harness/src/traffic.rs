@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::client::{Received, encode_send_indication, parse_data};
 use crate::payload::{PROBE_LEN, Probe, fill};
 use crate::procfs;
+use crate::refresh::{RefreshStats, Refresher};
 use crate::stats::{latency_histogram, record};
 
 /// Largest payload the harness sends (fits any STUN message, leaves room
@@ -37,11 +38,13 @@ const RECV_ROUNDS: usize = 4;
 /// Receive slot size.
 const RECV_SLOT: usize = 65_536;
 
-/// One flow: a socket connected to the target and where to send.
+/// One flow: a socket connected to the target, where to send, and what
+/// keeps its allocation alive during the run (TURN flows).
 #[derive(Debug)]
 pub(crate) struct Flow<'a> {
     pub sock: &'a UdpSocket,
     pub dest: SocketAddr,
+    pub refresh: Option<Refresher>,
 }
 
 /// How payloads are framed towards the relay.
@@ -124,6 +127,7 @@ pub(crate) struct EngineResult {
     pub workers: Vec<WorkerCpu>,
     pub process_cpu: Duration,
     pub timeline: Vec<Sample>,
+    pub refresh: RefreshStats,
 }
 
 #[repr(align(64))]
@@ -145,6 +149,7 @@ struct WorkerOut {
     foreign: u64,
     rtt: Histogram<u64>,
     cpu: WorkerCpu,
+    refresh: RefreshStats,
 }
 
 /// Builds the frame every packet of a run starts from; returns it and the
@@ -175,7 +180,7 @@ pub(crate) fn template(framing: Framing, size: usize) -> io::Result<(Vec<u8>, us
 /// Runs the measuring loop over `flows`. `peer_received` reads the peer's
 /// counter (used to end the drain and for the live line when sinking).
 pub(crate) fn run(
-    flows: &[Flow<'_>],
+    flows: &mut [Flow<'_>],
     cfg: &EngineConfig,
     epoch: Instant,
     peer_received: &(dyn Fn() -> u64 + Sync),
@@ -197,10 +202,11 @@ pub(crate) fn run(
     let mut process_cpu = Duration::ZERO;
     let outs: Vec<io::Result<WorkerOut>> = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(threads);
-        for (w, part) in flows.chunks(chunk).enumerate() {
+        let total = flows.len();
+        for (w, part) in flows.chunks_mut(chunk).enumerate() {
             let base = (w * chunk) as u32;
             // Each worker's share of the rate is proportional to its flows.
-            let rate = if cfg.rate == 0 { 0 } else { (cfg.rate * part.len() as u64).div_ceil(flows.len() as u64) };
+            let rate = if cfg.rate == 0 { 0 } else { (cfg.rate * part.len() as u64).div_ceil(total as u64) };
             let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]);
             let (sh, stop) = (&shared[w], &stop);
             let h = std::thread::Builder::new().name(format!("turn-bench-gen-{w}")).spawn_scoped(s, move || {
@@ -289,6 +295,7 @@ pub(crate) fn run(
         workers: Vec::with_capacity(threads),
         process_cpu,
         timeline,
+        refresh: RefreshStats::default(),
     };
     for o in outs {
         let o = o?;
@@ -302,6 +309,7 @@ pub(crate) fn run(
         r.rtt.add(&o.rtt).map_err(|e| io::Error::other(e.to_string()))?;
         r.send_wall = r.send_wall.max(Duration::from_secs_f64(o.cpu.wall_s));
         r.workers.push(o.cpu);
+        r.refresh.add(&o.refresh);
     }
     Ok(r)
 }
@@ -330,7 +338,7 @@ fn live_line(label: &str, s: &Sample, echo: bool) {
 #[allow(clippy::too_many_arguments)]
 fn worker(
     base: u32,
-    flows: &[Flow<'_>],
+    flows: &mut [Flow<'_>],
     cfg: &EngineConfig,
     rate: u64,
     start: Instant,
@@ -369,7 +377,12 @@ fn worker(
         foreign: 0,
         rtt: latency_histogram(),
         cpu: WorkerCpu::default(),
+        refresh: RefreshStats::default(),
     };
+    let refreshing = flows.iter().any(|f| f.refresh.is_some());
+    // When the refreshers next need polling (a sweep over this worker's
+    // flows happens only then: O(flows) per refresh deadline, not per loop).
+    let mut next_refresh = start;
     let mut attempted: u64 = 0;
     let mut cursor = 0usize;
     let mut sending = true;
@@ -415,14 +428,14 @@ fn worker(
             while budget > 0 {
                 let b = budget.min(burst as u64) as usize;
                 let flow = &flows[cursor];
-                let fd = flow.sock.as_raw_fd();
+                let (fd, dest) = (flow.sock.as_raw_fd(), flow.dest);
                 let sent_ns = epoch.elapsed().as_nanos() as u64;
                 for j in 0..b {
                     let seq = next_seq[cursor];
                     next_seq[cursor] += 1;
                     let p = Probe { flow: base + cursor as u32, seq, sent_ns };
                     p.write(&mut tx.slot_and_reply(j).1[payload_off..]);
-                    tx.send_reply(fd, flow.dest, j, flen);
+                    tx.send_reply(fd, dest, j, flen);
                 }
                 let (ok, failed) = tx.flush();
                 o.sent += ok as u64;
@@ -447,6 +460,19 @@ fn worker(
                 (wait.min(until_end) / 1_000_000).min(100) as i32
             };
         }
+        if refreshing {
+            let now = Instant::now();
+            if now >= next_refresh {
+                next_refresh = now + Duration::from_secs(3600);
+                for f in flows.iter_mut() {
+                    if let Some(r) = f.refresh.as_mut() {
+                        next_refresh = next_refresh.min(r.poll(f.sock, now, sending, &mut o.refresh));
+                    }
+                }
+            }
+            let until = next_refresh.saturating_duration_since(now).as_millis().min(100) as i32;
+            timeout_ms = timeout_ms.min(until);
+        }
         let ready = ep.wait(&mut events, timeout_ms)?;
         if sending && ready == 0 && !sent_now && timeout_ms == 0 {
             // Waiting for the next packet to be due: let other threads on
@@ -456,7 +482,7 @@ fn worker(
         }
         for ev in &events[..ready] {
             let i = ev.u64 as usize;
-            let Some(flow) = flows.get(i) else { continue };
+            let Some(flow) = flows.get_mut(i) else { continue };
             let fd = flow.sock.as_raw_fd();
             for _ in 0..RECV_ROUNDS {
                 let got = match rx.recv(fd, 0) {
@@ -474,20 +500,30 @@ fn worker(
                     let payload = match cfg.framing {
                         Framing::Channel(_) => match parse_header(dgram) {
                             Ok((_, l)) if usize::from(l) + CHANNEL_DATA_HEADER_LEN <= len => {
-                                &dgram[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + usize::from(l)]
+                                Some(&dgram[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + usize::from(l)])
                             }
-                            _ => {
-                                o.foreign += 1;
-                                continue;
-                            }
+                            _ => None,
                         },
                         Framing::Indication(_) => match parse_data(dgram) {
-                            Some(Received::Indication(_, r)) => &dgram[r],
-                            _ => {
-                                o.foreign += 1;
-                                continue;
-                            }
+                            Some(Received::Indication(_, r)) => Some(&dgram[r]),
+                            _ => None,
                         },
+                    };
+                    let Some(payload) = payload else {
+                        // A response to a refresh is the refresher's; the
+                        // rest is foreign.
+                        let mut wake = false;
+                        let mine = match flow.refresh.as_mut() {
+                            Some(r) => r.handle(flow.sock, dgram, now, &mut o.refresh, &mut wake),
+                            None => false,
+                        };
+                        if wake {
+                            next_refresh = now;
+                        }
+                        if !mine {
+                            o.foreign += 1;
+                        }
+                        continue;
                     };
                     let Some(p) = Probe::read(payload) else {
                         o.foreign += 1;

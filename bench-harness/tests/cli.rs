@@ -146,3 +146,31 @@ fn errors_and_usage() {
         assert!(o.stdout.contains(cmd), "{cmd} missing from --help");
     }
 }
+
+#[test]
+fn churn_and_refresh_flags_from_the_command_line() {
+    let relay = common::start_relay(64);
+    let addr = common::addr(&relay).to_string();
+    let base = creds(&addr);
+    let pid = std::process::id().to_string();
+    let o = turn_bench(&args(
+        &base,
+        &["churn", "--json", "-q", "-d", "1", "--rate", "20", "-c", "4", "--round-trips", "2", "--server-pid", &pid],
+    ));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(j["scenario"], "churn");
+    assert!(j["completed"].as_u64().unwrap() >= 10, "{}", o.stdout);
+    assert_eq!(j["completed"], j["started"]);
+    assert_eq!(j["data_received"], j["data_sent"]);
+    assert!(j["server"]["end"]["fds"].as_u64().unwrap() > 0);
+    let o = turn_bench(&args(
+        &base,
+        &["throughput", "--json", "-q", "-d", "1", "-n", "1", "--rate", "100", "--refresh-s", "0.3"],
+    ));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(j["refreshes"]["ok"].as_u64().unwrap() >= 2, "{}", o.stdout);
+    assert_eq!(j["refreshes"]["failed"], 0);
+    relay.stop().unwrap();
+}

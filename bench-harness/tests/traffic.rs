@@ -134,3 +134,61 @@ fn bad_settings_are_refused() {
     }
     relay.stop().unwrap();
 }
+
+#[test]
+fn long_runs_keep_their_permissions_channels_and_allocations() {
+    // Lifetimes far shorter than the run: without refreshes the channel is
+    // gone after 3 s, the permission after 2 s, the allocation after 4 s.
+    let server = relay_core::server::ServerConfig {
+        relay_quarantine: Duration::from_secs(1),
+        permission_lifetime: Duration::from_secs(2),
+        channel_lifetime: Duration::from_secs(3),
+        default_lifetime: Duration::from_secs(4),
+        max_lifetime: Duration::from_secs(4),
+        ..relay_core::server::ServerConfig::default()
+    };
+    let relay = common::start_relay_config(8, 600, server);
+    for indications in [false, true] {
+        let cfg = ThroughputConfig {
+            allocations: 2,
+            rate: 200,
+            duration: Duration::from_secs(6),
+            indications,
+            refresh_interval: Duration::from_millis(800),
+            ..small(common::target(&relay))
+        };
+        let r = run_throughput(&cfg).unwrap();
+        assert!(r.sent >= 1000, "{r}");
+        assert_eq!((r.received, r.lost, r.foreign), (r.sent, 0, 0), "{r}");
+        // Every allocation and binding refreshed several times, none failed.
+        assert!(r.refreshes.ok >= 2 * 6, "{r}");
+        assert_eq!((r.refreshes.failed, r.refreshes.ok), (0, r.refreshes.started), "{r}");
+        // The allocations are still there at the end.
+        assert_eq!((r.released, r.release_failed), (2, 0), "{r}");
+    }
+    relay.stop().unwrap();
+}
+
+#[test]
+fn without_refreshes_a_long_run_loses_its_channels() {
+    // The control for the test above: the short lifetimes do bite.
+    let server = relay_core::server::ServerConfig {
+        relay_quarantine: Duration::from_secs(1),
+        permission_lifetime: Duration::from_secs(1),
+        channel_lifetime: Duration::from_secs(1),
+        ..relay_core::server::ServerConfig::default()
+    };
+    let relay = common::start_relay_config(4, 600, server);
+    let cfg = ThroughputConfig {
+        allocations: 1,
+        rate: 200,
+        duration: Duration::from_secs(3),
+        refresh_interval: Duration::ZERO,
+        drain: Duration::from_millis(300),
+        ..small(common::target(&relay))
+    };
+    let r = run_throughput(&cfg).unwrap();
+    assert_eq!(r.refreshes.started, 0);
+    assert!(r.lost > r.sent / 4, "{r}");
+    relay.stop().unwrap();
+}

@@ -27,6 +27,15 @@ pub fn start_relay(relays: usize) -> Relay {
 
 /// Same, with nonces valid for `nonce_secs`.
 pub fn start_relay_with(relays: usize, nonce_secs: u64) -> Relay {
+    start_relay_config(
+        relays,
+        nonce_secs,
+        ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() },
+    )
+}
+
+/// Same, with this server configuration (lifetimes, rate limits).
+pub fn start_relay_config(relays: usize, nonce_secs: u64, server: ServerConfig) -> Relay {
     let config = IoConfig {
         shards: 1,
         backend: Backend::Auto,
@@ -41,7 +50,7 @@ pub fn start_relay_with(relays: usize, nonce_secs: u64) -> Relay {
         credentials.add_user(USER, PASSWORD).unwrap();
         credentials.add_rest_secret(REST_SECRET.as_bytes());
         let parts = ServerParts {
-            config: ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() },
+            config: server.clone(),
             credentials,
             nonces: NonceIssuer::new([3; 32], nonce_secs),
             policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
