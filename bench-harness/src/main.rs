@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bench_harness::allocate::AllocateConfig;
+use bench_harness::client::TransportKind;
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::report::write_throughput_html;
 use bench_harness::{
@@ -101,7 +102,7 @@ impl CredArgs {
 /// Which server.
 #[derive(Args, Debug, Clone)]
 struct ServerArgs {
-    /// The TURN server (UDP), host:port.
+    /// The TURN server, host:port (UDP; TCP for `allocate --transport tcp`).
     #[arg(long, short = 's', default_value = "127.0.0.1:3478", value_parser = resolve)]
     server: SocketAddr,
     #[command(flatten)]
@@ -250,6 +251,10 @@ struct StormArgs {
     /// Local address of the client sockets.
     #[arg(long)]
     client_ip: Option<IpAddr>,
+    /// `udp`, or `tcp`: one connection per allocation to --server (the
+    /// server's TCP listener), nothing retransmitted.
+    #[arg(long, default_value = "udp", value_parser = transport)]
+    transport: TransportKind,
 }
 
 impl StormArgs {
@@ -265,6 +270,7 @@ impl StormArgs {
             server_pid,
             cpu: self.cpu,
             live,
+            transport: self.transport,
             ..AllocateConfig::new(server)
         }
     }
@@ -334,6 +340,14 @@ enum CompareSub {
 
 fn resolve(s: &str) -> Result<SocketAddr, String> {
     s.to_socket_addrs().map_err(|e| format!("{s}: {e}"))?.next().ok_or_else(|| format!("{s}: no address"))
+}
+
+fn transport(s: &str) -> Result<TransportKind, String> {
+    match s {
+        "udp" => Ok(TransportKind::Udp),
+        "tcp" => Ok(TransportKind::Tcp),
+        _ => Err(format!("{s}: expected udp or tcp")),
+    }
 }
 
 fn secs(s: &str) -> Result<Duration, String> {

@@ -164,6 +164,24 @@ fn allocate_and_baseline_and_compare() {
 }
 
 #[test]
+fn allocate_over_tcp() {
+    let relay = common::start_relay_tcp(16);
+    let addr = common::tcp_addr(&relay).to_string();
+    let c = creds(&addr);
+    let o =
+        turn_bench(&args(&c, &["allocate", "--json", "-q", "-n", "10", "-c", "2", "--release", "--transport", "tcp"]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["transport"], "tcp", "{v}");
+    assert_eq!(v["allocate"]["succeeded"].as_u64(), Some(10), "{v}");
+    assert_eq!(v["release"]["succeeded"].as_u64(), Some(10), "{v}");
+    let o = turn_bench(&args(&c, &["allocate", "-q", "-n", "1", "--transport", "tls"]));
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("expected udp or tcp"), "{}", o.stderr);
+    relay.stop().unwrap();
+}
+
+#[test]
 fn errors_and_usage() {
     let relay = common::start_relay(2);
     let addr = common::addr(&relay).to_string();
