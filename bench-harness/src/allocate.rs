@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use crate::BenchError;
 use crate::client::TurnServer;
-use crate::client::{ClientCore, ClientError, Handled, Poll, Request, Transport as _, UdpTransport};
+use crate::client::{
+    ClientCore, ClientError, Handled, Poll, Request, TcpTransport, Transport, TransportKind, UdpTransport,
+};
 use crate::procfs::{self, Memory};
 use crate::stats::{LatencySummary, group, latency_histogram, record};
 use crate::throughput::SATURATION_PERCENT;
@@ -52,6 +54,8 @@ pub struct AllocateConfig {
     pub cpu: Option<usize>,
     /// Print a live line per second on stderr.
     pub live: bool,
+    /// UDP, or TCP (a connection per allocation; nothing retransmitted).
+    pub transport: TransportKind,
 }
 
 impl AllocateConfig {
@@ -70,6 +74,7 @@ impl AllocateConfig {
             server_pid: None,
             cpu: None,
             live: false,
+            transport: TransportKind::Udp,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct AllocateReport {
     pub concurrency: usize,
     /// Requested allocations per second (0: unpaced).
     pub rate: u64,
+    /// Client transport.
+    pub transport: TransportKind,
     /// The allocations.
     pub allocate: PhaseReport,
     /// The releases, when asked for.
@@ -143,8 +150,57 @@ pub struct AllocateReport {
     pub generator_saturated: bool,
 }
 
+/// A client's connection to the server.
+enum Conn {
+    Udp(UdpTransport),
+    Tcp(TcpTransport),
+}
+
+impl Conn {
+    fn open(kind: TransportKind, server: SocketAddr, local: SocketAddr) -> io::Result<Conn> {
+        Ok(match kind {
+            TransportKind::Udp => {
+                let t = UdpTransport::connect(server, Some(local))?;
+                t.socket().set_nonblocking(true)?;
+                Conn::Udp(t)
+            }
+            TransportKind::Tcp => {
+                let t = TcpTransport::connect(server, Some(local))?;
+                t.stream().set_nonblocking(true)?;
+                Conn::Tcp(t)
+            }
+        })
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Udp(t) => t.socket().as_raw_fd(),
+            Conn::Tcp(t) => t.stream().as_raw_fd(),
+        }
+    }
+
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Udp(t) => t.send(msg),
+            Conn::Tcp(t) => t.send(msg),
+        }
+    }
+
+    /// The next message waiting, if any (non-blocking).
+    fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self {
+            Conn::Udp(t) => match t.socket().recv(buf) {
+                Ok(n) => Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            },
+            Conn::Tcp(t) => t.try_recv(buf),
+        }
+    }
+}
+
 struct Slot {
-    transport: UdpTransport,
+    transport: Conn,
     core: ClientCore,
     started: Instant,
     busy: bool,
@@ -212,10 +268,21 @@ impl Driver {
             // Bounded: a socket's queue holds finitely many datagrams.
             for _ in 0..64 {
                 let Some(slot) = self.slots.get_mut(i) else { break };
-                let len = match slot.transport.socket().recv(&mut self.buf) {
-                    Ok(len) => len,
+                let len = match slot.transport.try_recv(&mut self.buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                    Err(_) => break,
+                    Err(e) => {
+                        if let Conn::Tcp(_) = slot.transport {
+                            // The connection is gone: stop watching it, and
+                            // fail what it had in flight now.
+                            let _ = self.ep.delete(slot.transport.fd());
+                            if slot.busy {
+                                self.done(i, Err(ClientError::from(e)), Instant::now());
+                            }
+                        }
+                        break;
+                    }
                 };
                 let now = Instant::now();
                 let outcome = match slot.core.handle(&self.buf[..len], now) {
@@ -313,7 +380,8 @@ pub fn run_allocate(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> 
 
 fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
     let server = cfg.server.addr;
-    let client_cfg = cfg.server.client_config();
+    let mut client_cfg = cfg.server.client_config();
+    client_cfg.reliable = cfg.transport == TransportKind::Tcp;
     let hard_extra = client_cfg.transaction_timeout() + Duration::from_secs(1);
     let local = match cfg.client_ip {
         Some(ip) => SocketAddr::new(ip, 0),
@@ -345,22 +413,21 @@ fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
                 || (d.slots.len() as u128)
                     < now.duration_since(start).as_nanos() * u128::from(cfg.rate) / 1_000_000_000)
         {
-            let opened = UdpTransport::connect(server, Some(local)).and_then(|t| {
-                t.socket().set_nonblocking(true)?;
-                Ok(t)
-            });
-            let transport = match opened {
+            let transport = match Conn::open(cfg.transport, server, local) {
                 Ok(t) => t,
                 Err(e) => {
                     // Out of descriptors or ports: no more clients.
                     d.phase.attempted += 1;
-                    d.fail(format!("local socket: {e}"));
+                    d.fail(match cfg.transport {
+                        TransportKind::Udp => format!("local socket: {e}"),
+                        TransportKind::Tcp => format!("TCP connect: {e}"),
+                    });
                     can_open = false;
                     break;
                 }
             };
             let i = d.slots.len();
-            d.ep.add(transport.socket().as_raw_fd(), i as u64)?;
+            d.ep.add(transport.fd(), i as u64)?;
             let core = ClientCore::new(client_cfg.clone())?;
             d.slots.push(Slot { transport, core, started: now, busy: false, allocated: false });
             d.start(i, Request::Allocate { lifetime: cfg.lifetime });
@@ -437,6 +504,7 @@ fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
         count: cfg.count,
         concurrency: cfg.concurrency,
         rate: cfg.rate,
+        transport: cfg.transport,
         allocate,
         release,
         server,
@@ -469,7 +537,13 @@ impl fmt::Display for AllocateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = if self.rate == 0 { "unpaced".to_owned() } else { format!("{}/s", group(self.rate)) };
         writeln!(f, "turn-bench allocate: {}", self.target)?;
-        writeln!(f, "  storm      {} allocations, {} in flight, {rate}", group(self.count as u64), self.concurrency)?;
+        writeln!(
+            f,
+            "  storm      {} allocations, {} in flight, {rate}, over {}",
+            group(self.count as u64),
+            self.concurrency,
+            self.transport.name()
+        )?;
         phase_lines(f, "allocate", &self.allocate)?;
         if let Some(r) = &self.release {
             phase_lines(f, "release", r)?;

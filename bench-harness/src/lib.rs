@@ -30,6 +30,7 @@ pub mod payload;
 pub mod peer;
 pub mod procfs;
 pub mod refresh;
+pub mod report;
 pub mod stats;
 pub mod throughput;
 pub mod traffic;

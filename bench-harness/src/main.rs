@@ -2,14 +2,17 @@
 //! (`bench_harness`) for what each scenario measures.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bench_harness::allocate::AllocateConfig;
+use bench_harness::client::TransportKind;
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
+use bench_harness::report::write_throughput_html;
 use bench_harness::{
-    BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, TurnServer, run_allocate, run_baseline, run_churn,
-    run_compare, run_latency, run_throughput,
+    BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, ThroughputReport, TurnServer, run_allocate,
+    run_baseline, run_churn, run_compare, run_latency, run_throughput,
 };
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -99,7 +102,7 @@ impl CredArgs {
 /// Which server.
 #[derive(Args, Debug, Clone)]
 struct ServerArgs {
-    /// The TURN server (UDP), host:port.
+    /// The TURN server, host:port (UDP; TCP for `allocate --transport tcp`).
     #[arg(long, short = 's', default_value = "127.0.0.1:3478", value_parser = resolve)]
     server: SocketAddr,
     #[command(flatten)]
@@ -209,6 +212,10 @@ struct TrafficCmd {
     server: ServerArgs,
     #[command(flatten)]
     traffic: TrafficArgs,
+    /// Also write a self-contained HTML report to this file: packets/s over
+    /// time, the latency percentile curve (inline SVG) and the summary.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -244,6 +251,10 @@ struct StormArgs {
     /// Local address of the client sockets.
     #[arg(long)]
     client_ip: Option<IpAddr>,
+    /// `udp`, or `tcp`: one connection per allocation to --server (the
+    /// server's TCP listener), nothing retransmitted.
+    #[arg(long, default_value = "udp", value_parser = transport)]
+    transport: TransportKind,
 }
 
 impl StormArgs {
@@ -259,6 +270,7 @@ impl StormArgs {
             server_pid,
             cpu: self.cpu,
             live,
+            transport: self.transport,
             ..AllocateConfig::new(server)
         }
     }
@@ -330,6 +342,14 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
     s.to_socket_addrs().map_err(|e| format!("{s}: {e}"))?.next().ok_or_else(|| format!("{s}: no address"))
 }
 
+fn transport(s: &str) -> Result<TransportKind, String> {
+    match s {
+        "udp" => Ok(TransportKind::Udp),
+        "tcp" => Ok(TransportKind::Tcp),
+        _ => Err(format!("{s}: expected udp or tcp")),
+    }
+}
+
 fn secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
     if !(v > 0.0 && v <= 86_400.0) {
@@ -372,18 +392,37 @@ fn emit<R: Serialize + std::fmt::Display>(report: &R, json: bool) -> Result<(), 
     Ok(())
 }
 
+/// Fails before a run, not after it, when the report cannot be written.
+fn check_report_path(html: Option<&Path>) -> Result<(), BenchError> {
+    if let Some(path) = html {
+        std::fs::File::create(path)
+            .map_err(|e| BenchError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+    }
+    Ok(())
+}
+
+fn emit_traffic(report: &ThroughputReport, json: bool, html: Option<&Path>) -> Result<(), BenchError> {
+    if let Some(path) = html {
+        write_throughput_html(path, report)
+            .map_err(|e| BenchError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+    }
+    emit(report, json)
+}
+
 fn run(cli: Cli) -> Result<(), BenchError> {
     let live = !cli.quiet;
     match cli.command {
         Command::Throughput(c) => {
             let base = ThroughputConfig::new(c.server.creds.server(c.server.server));
             let cfg = ThroughputConfig { server_pid: c.server.server_pid, live, ..c.traffic.apply(base) };
-            emit(&run_throughput(&cfg)?, cli.json)
+            check_report_path(c.report.as_deref())?;
+            emit_traffic(&run_throughput(&cfg)?, cli.json, c.report.as_deref())
         }
         Command::Latency(c) => {
             let base = ThroughputConfig::latency(c.server.creds.server(c.server.server));
             let cfg = ThroughputConfig { server_pid: c.server.server_pid, live, ..c.traffic.apply(base) };
-            emit(&run_latency(&cfg)?, cli.json)
+            check_report_path(c.report.as_deref())?;
+            emit_traffic(&run_latency(&cfg)?, cli.json, c.report.as_deref())
         }
         Command::Baseline(c) => {
             let base = ThroughputConfig::new(TurnServer::new(

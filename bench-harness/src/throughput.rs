@@ -290,6 +290,32 @@ pub struct ThroughputReport {
     pub release_failed: usize,
     /// One sample per second.
     pub timeline: Vec<Sample>,
+    /// The latency percentile curve (see [`percentile_curve`]), for plots.
+    pub percentiles: Vec<PercentilePoint>,
+}
+
+/// One point of a latency percentile curve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PercentilePoint {
+    /// Percentile, 0 to 99.99.
+    pub percentile: f64,
+    /// Latency at that percentile, µs.
+    pub us: f64,
+}
+
+/// Percentiles 0, 20.6, 36.9, 50, …, 90, …, 99, …, 99.9, …, 99.99 (ten per
+/// "nine", evenly spaced on a log scale of `1 - p`) of a nanosecond
+/// histogram; empty when it has no samples.
+pub fn percentile_curve(h: &hdrhistogram::Histogram<u64>) -> Vec<PercentilePoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    (0..=40)
+        .map(|k| {
+            let q = 1.0 - 10f64.powf(-f64::from(k) / 10.0);
+            PercentilePoint { percentile: q * 100.0, us: h.value_at_quantile(q) as f64 / 1000.0 }
+        })
+        .collect()
 }
 
 /// Runs a throughput test (see [`ThroughputConfig::new`]).
@@ -493,7 +519,9 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     let secs = r.send_wall.as_secs_f64().max(1e-9);
     let received = if cfg.echo { r.received } else { peer_stats.received };
     let lost = r.sent.saturating_sub(received);
-    let latency = if cfg.echo { LatencySummary::of(&r.rtt) } else { LatencySummary::of(&peer_stats.one_way) };
+    let hist = if cfg.echo { &r.rtt } else { &peer_stats.one_way };
+    let latency = LatencySummary::of(hist);
+    let percentiles = percentile_curve(hist);
     let relayed = peer_stats.received + r.received;
     let server = match (&fw_stats, cfg.server_pid) {
         (Some(fw), _) => {
@@ -557,6 +585,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         released,
         release_failed,
         timeline: r.timeline,
+        percentiles,
     })
 }
 

@@ -75,6 +75,40 @@ fn throughput_json_against_the_relay() {
 }
 
 #[test]
+fn html_reports_of_throughput_and_latency() {
+    let relay = common::start_relay(4);
+    let addr = common::addr(&relay).to_string();
+    let c = creds(&addr);
+    let dir = std::env::temp_dir().join(format!("turn-bench-cli-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for scenario in ["throughput", "latency"] {
+        let path = dir.join(format!("{scenario}.html"));
+        let p = path.to_str().unwrap();
+        let o = turn_bench(&args(
+            &c,
+            &[scenario, "--json", "-q", "-n", "1", "--rate", "200", "-d", "1.5", "--report", p, "--drain-ms", "1000"],
+        ));
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stdout is JSON");
+        let html = std::fs::read_to_string(&path).expect("report written");
+        assert_eq!(html.matches("<svg").count(), 2);
+        assert!(html.contains(&format!("turn-bench {scenario}")));
+        let timeline = v["timeline"].as_array().unwrap().len();
+        let first = html.split("<polyline").nth(1).unwrap();
+        let points = &first[first.find("points=\"").unwrap() + 8..];
+        let points = &points[..points.find('"').unwrap()];
+        assert_eq!(points.split(' ').filter(|s| !s.is_empty()).count(), timeline, "{html}");
+        assert_eq!(v["percentiles"].as_array().unwrap().len(), 41);
+    }
+    let o = turn_bench(&args(&c, &["throughput", "-q", "-d", "0.2", "--report", "/nonexistent/dir/x.html"]));
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("/nonexistent/dir/x.html"), "{}", o.stderr);
+    assert!(o.stdout.is_empty(), "refused before running: {}", o.stdout);
+    std::fs::remove_dir_all(&dir).unwrap();
+    relay.stop().unwrap();
+}
+
+#[test]
 fn latency_table_with_live_lines_and_server_cost() {
     let relay = common::start_relay(4);
     let addr = common::addr(&relay).to_string();
@@ -126,6 +160,24 @@ fn allocate_and_baseline_and_compare() {
     ]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert!(o.stdout.contains("ratio kernel/relay") && o.stdout.contains('×'), "{}", o.stdout);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn allocate_over_tcp() {
+    let relay = common::start_relay_tcp(16);
+    let addr = common::tcp_addr(&relay).to_string();
+    let c = creds(&addr);
+    let o =
+        turn_bench(&args(&c, &["allocate", "--json", "-q", "-n", "10", "-c", "2", "--release", "--transport", "tcp"]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["transport"], "tcp", "{v}");
+    assert_eq!(v["allocate"]["succeeded"].as_u64(), Some(10), "{v}");
+    assert_eq!(v["release"]["succeeded"].as_u64(), Some(10), "{v}");
+    let o = turn_bench(&args(&c, &["allocate", "-q", "-n", "1", "--transport", "tls"]));
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("expected udp or tcp"), "{}", o.stderr);
     relay.stop().unwrap();
 }
 

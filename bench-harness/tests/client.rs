@@ -7,7 +7,9 @@ mod common;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use bench_harness::client::{ClientConfig, ClientError, DataSource, TurnClient};
+use bench_harness::client::{
+    ClientConfig, ClientError, DataSource, TcpTransport, Transport as _, TransportKind, TurnClient,
+};
 use bench_harness::{Credentials, TurnServer};
 
 fn peer() -> UdpSocket {
@@ -126,5 +128,36 @@ fn a_stale_nonce_is_answered_with_the_new_one() {
     assert!(c.refresh(600).is_ok(), "438 answered with the fresh nonce");
     assert_ne!(c.core().nonce().unwrap(), first);
     c.refresh(0).unwrap();
+    relay.stop().unwrap();
+}
+
+#[test]
+fn over_tcp_the_stream_is_framed_both_ways() {
+    let relay = common::start_relay_tcp(8);
+    let server = common::target(&relay);
+    let t = TcpTransport::connect(common::tcp_addr(&relay), None).unwrap();
+    let mut c = TurnClient::new(t, server.client_config()).unwrap();
+    assert!(c.core().config().reliable, "nothing is retransmitted over TCP");
+    assert_eq!(c.transport().kind(), TransportKind::Tcp);
+    let relayed = c.allocate(None).unwrap();
+    let p = peer();
+    let paddr = p.local_addr().unwrap();
+    c.channel_bind(0x4002, paddr).unwrap();
+    let mut buf = [0u8; 100];
+    // Odd lengths: ChannelData over a stream is padded to 4 bytes.
+    for (i, msg) in [&b"abc"[..], b"hello", b"x", b"four"].into_iter().enumerate() {
+        c.send_channel_data(0x4002, msg).unwrap();
+        let (n, from) = p.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (msg, relayed), "message {i}");
+    }
+    // Several frames back to back arrive as separate messages.
+    for msg in [&b"one"[..], b"three", b"seven!!"] {
+        p.send_to(msg, relayed).unwrap();
+    }
+    for msg in [&b"one"[..], b"three", b"seven!!"] {
+        let (src, n) = c.recv_data(&mut buf, Duration::from_secs(2)).unwrap().expect("channel data");
+        assert_eq!((src, &buf[..n]), (DataSource::Channel(0x4002), msg));
+    }
+    assert_eq!(c.refresh(0).unwrap(), 0);
     relay.stop().unwrap();
 }

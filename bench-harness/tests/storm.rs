@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bench_harness::allocate::AllocateConfig;
+use bench_harness::client::TransportKind;
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::{BenchError, Credentials, Target, ThroughputConfig, run_allocate, run_compare};
 
@@ -109,4 +110,38 @@ fn compare_alternates_targets_and_prints_ratios() {
     };
     assert!(matches!(run_compare(&storm), Err(BenchError::Config(_))));
     relay.stop().unwrap();
+}
+
+#[test]
+fn allocation_storm_over_tcp_with_release() {
+    let relay = common::start_relay_tcp(32);
+    let mut server = common::target(&relay);
+    server.addr = common::tcp_addr(&relay);
+    let cfg = AllocateConfig {
+        count: 20,
+        concurrency: 4,
+        release: true,
+        duration: Duration::from_secs(5),
+        transport: TransportKind::Tcp,
+        ..AllocateConfig::new(server)
+    };
+    let r = run_allocate(&cfg).unwrap();
+    assert_eq!((r.allocate.attempted, r.allocate.succeeded), (20, 20), "{r}");
+    assert_eq!(r.allocate.retransmissions, 0);
+    assert_eq!(r.release.as_ref().unwrap().succeeded, 20, "{r}");
+    assert_eq!(relay.stats(Duration::from_secs(2))[0].allocations, 0, "all released");
+    assert!(r.to_string().contains("over tcp"), "{r}");
+    relay.stop().unwrap();
+}
+
+#[test]
+fn a_tcp_storm_against_a_closed_port_fails_fast() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let server = bench_harness::TurnServer::new(addr, Credentials::long_term("u", "p"));
+    let cfg = AllocateConfig { count: 3, transport: TransportKind::Tcp, ..AllocateConfig::new(server) };
+    let r = run_allocate(&cfg).unwrap();
+    assert_eq!(r.allocate.succeeded, 0);
+    assert!(r.allocate.errors.keys().any(|k| k.starts_with("TCP connect")), "{:?}", r.allocate.errors);
 }

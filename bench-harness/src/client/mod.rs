@@ -22,7 +22,7 @@ use relay_core::wire::{Attribute, ChannelData, Class, Message, MessageBuilder, M
 pub use credentials::{Credentials, rest_credentials};
 pub use error::ClientError;
 pub use proto::{ClientConfig, ClientCore, Handled, Poll, Request, Success};
-pub use transport::{Transport, TransportKind, UdpTransport};
+pub use transport::{TcpTransport, Transport, TransportKind, UdpTransport};
 
 /// A TURN server to talk to: address, credentials and request timers.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,10 +1,12 @@
-//! Transports a [`super::TurnClient`] runs over. UDP today; TCP and TLS
-//! (RFC 8656 §6.2, framed with `relay_core::wire::next_frame`) plug in
-//! behind the same trait.
+//! Transports a [`super::TurnClient`] runs over: UDP, and TCP (RFC 8656
+//! §6.2, the stream framed with `relay_core::wire::next_frame`); TLS can
+//! plug in behind the same trait.
 
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use relay_core::wire::{Frame, next_frame};
 
 /// The transport between client and server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -12,6 +14,8 @@ use std::time::Duration;
 pub enum TransportKind {
     /// UDP.
     Udp,
+    /// TCP.
+    Tcp,
 }
 
 impl TransportKind {
@@ -19,6 +23,7 @@ impl TransportKind {
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Udp => "udp",
+            TransportKind::Tcp => "tcp",
         }
     }
 }
@@ -102,6 +107,137 @@ impl Transport for UdpTransport {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()
+    }
+
+    fn server_addr(&self) -> SocketAddr {
+        self.server
+    }
+}
+
+/// A TCP connection to the server, carrying STUN messages and ChannelData
+/// frames (padded to 4 bytes) back to back.
+#[derive(Debug)]
+pub struct TcpTransport {
+    stream: TcpStream,
+    server: SocketAddr,
+    /// Bytes read and not yet handed out as frames.
+    rbuf: Vec<u8>,
+}
+
+impl TcpTransport {
+    /// Connects to `server` from `local` (when given; port 0: ephemeral).
+    pub fn connect(server: SocketAddr, local: Option<SocketAddr>) -> io::Result<TcpTransport> {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None)?;
+        if let Some(l) = local {
+            sock.bind(&l.into())?;
+        }
+        sock.connect(&server.into())?;
+        let stream: TcpStream = sock.into();
+        stream.set_nodelay(true)?;
+        Ok(TcpTransport { stream, server, rbuf: Vec::with_capacity(4096) })
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The next whole frame already read, copied into `out`.
+    fn take_frame(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
+        let n = match next_frame(&self.rbuf) {
+            Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
+            Ok(Frame::NeedMore(_)) => return Ok(None),
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TCP framing: {e}"))),
+        };
+        if n > out.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{n}-byte frame exceeds the buffer")));
+        }
+        out[..n].copy_from_slice(&self.rbuf[..n]);
+        self.rbuf.drain(..n);
+        Ok(Some(n))
+    }
+
+    /// Reads what the stream has into the buffer once; an error at the end
+    /// of the stream.
+    fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")),
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// On a non-blocking stream: the next whole frame, or `None` when the
+    /// stream has none complete yet.
+    pub fn try_recv(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            if let Some(n) = self.take_frame(out)? {
+                return Ok(Some(n));
+            }
+            match self.fill() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        let mut rest = msg;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !rest.is_empty() {
+            match self.stream.write(rest) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "server closed the connection")),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A non-blocking stream with a full send buffer: wait a bit.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(n) = self.take_frame(buf)? {
+                return Ok(Some(n));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.stream.set_read_timeout(Some(left.max(Duration::from_micros(100))))?;
+            match self.fill() {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn reliable(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> TransportKind {
+        TransportKind::Tcp
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
     }
 
     fn server_addr(&self) -> SocketAddr {

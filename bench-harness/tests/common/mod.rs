@@ -36,10 +36,25 @@ pub fn start_relay_with(relays: usize, nonce_secs: u64) -> Relay {
 
 /// Same, with this server configuration (lifetimes, rate limits).
 pub fn start_relay_config(relays: usize, nonce_secs: u64, server: ServerConfig) -> Relay {
+    start_relay_io(relays, nonce_secs, server, false)
+}
+
+/// A relay that also listens for TURN over TCP (see [`tcp_addr`]).
+pub fn start_relay_tcp(relays: usize) -> Relay {
+    start_relay_io(
+        relays,
+        600,
+        ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() },
+        true,
+    )
+}
+
+fn start_relay_io(relays: usize, nonce_secs: u64, server: ServerConfig, tcp: bool) -> Relay {
     let config = IoConfig {
         shards: 1,
         backend: Backend::Auto,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp_listen: if tcp { vec!["127.0.0.1:0".parse().unwrap()] } else { Vec::new() },
         relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
         relay_ports: RelayPorts::Ephemeral(relays),
         ..IoConfig::default()
@@ -64,6 +79,11 @@ pub fn start_relay_config(relays: usize, nonce_secs: u64, server: ServerConfig) 
 
 pub fn addr(relay: &Relay) -> SocketAddr {
     relay.udp_addrs()[0]
+}
+
+/// The relay's TCP listening address.
+pub fn tcp_addr(relay: &Relay) -> SocketAddr {
+    relay.tcp_addrs()[0]
 }
 
 /// The relay as a target, with long-term credentials and short timers (the
