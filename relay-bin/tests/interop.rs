@@ -9,22 +9,14 @@
 //! says to skip (for machines without coturn; CI always has it).
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Killed, have, run_bounded};
 
 fn tools_present() -> bool {
-    let found = ["turnutils_uclient", "turnutils_peer", "turnutils_stunclient"].iter().all(|t| {
-        Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success())
-    });
+    let found = ["turnutils_uclient", "turnutils_peer", "turnutils_stunclient"].into_iter().all(have);
     if !found && std::env::var("TURN_RELAY_SKIP_INTEROP").as_deref() != Ok("1") {
         panic!("coturn's client tools are missing: apt-get install coturn (or TURN_RELAY_SKIP_INTEROP=1)");
     }
@@ -33,25 +25,6 @@ fn tools_present() -> bool {
 
 fn free_udp_port(ip: &str) -> u16 {
     UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
-/// Runs a command for at most `limit`, killing it after.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-        }
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = watchdog.join();
-    out
 }
 
 /// The totals line: `tot_send_msgs=N, tot_recv_msgs=M`.

@@ -20,31 +20,15 @@
 //! `nft` it fails (`apt-get install nftables`, as `.ci/run` does) unless
 //! `TURN_RELAY_SKIP_NETNS=1` says to skip.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{have, run_bounded};
+
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
 const SERVER: &str = "stun:203.0.113.1:3478";
-
-/// Runs a command for at most `limit`, killing it after.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-        }
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = watchdog.join();
-    out
-}
 
 fn sh(args: &[&str]) -> Result<(), String> {
     let out = run_bounded(Command::new(args[0]).args(&args[1..]), Duration::from_secs(10));
@@ -53,10 +37,6 @@ fn sh(args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
 }
 
 /// The namespaces and processes of one test; removed on drop.

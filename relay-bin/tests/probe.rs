@@ -8,21 +8,15 @@
 //! says to skip them (CI always has coturn).
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{Killed, run_bounded};
 
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
 /// Quick timers for the probes: a silent test costs 0.7 s, not 39.5 s.
 const QUICK: [&str; 6] = ["--rto", "100", "--rc", "3", "--rm", "4"];
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A port P with P and P+1 free over UDP on 127.0.0.1 and 127.0.0.2
 /// (bounded tries), below the kernel's ephemeral range and apart from the
@@ -38,25 +32,6 @@ fn port_pair(salt: u32) -> u16 {
         }
     }
     panic!("no free UDP port pair on loopback");
-}
-
-/// Runs a command for at most `limit`, killing it after.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-        }
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = watchdog.join();
-    out
 }
 
 /// `turn-relay probe ARGS… --json`: (exit code, the JSON line).
