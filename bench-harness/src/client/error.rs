@@ -26,6 +26,11 @@ pub enum ClientError {
     /// The credentials cannot be used (e.g. a password SASLprep refuses).
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The password algorithm asked for cannot be used with this server
+    /// (RFC 8489 §9.2: it does not offer it); the client does not fall
+    /// back to another.
+    #[error("password algorithm: {0}")]
+    PasswordAlgorithm(String),
     /// The server's answer lacked something the client needs.
     #[error("malformed response: {0}")]
     Malformed(String),

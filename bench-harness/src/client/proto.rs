@@ -1,14 +1,18 @@
 //! The client's protocol state, sans IO: one request in flight at a time,
 //! the long-term credential dance (401 challenge, 438 stale nonce) and the
-//! RFC 8489 §6.2.1 retransmission timers. Bytes and time go in, bytes to
+//! RFC 8489 §6.2.1 retransmission timers, with MD5 or SHA-256 long-term
+//! keys (RFC 8489 §9.2). Bytes and time go in, bytes to
 //! transmit and outcomes come out; [`super::TurnClient`] drives it over a
 //! blocking transport, the allocation storm drives many over epoll.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use relay_core::wire::attr::transport as proto_transport;
-use relay_core::wire::integrity::{Key, PasswordAlgorithm};
+use relay_core::wire::attr::{PasswordAlgorithmEntry, password_algorithm};
+use relay_core::wire::integrity::{IntegrityAlgorithm, Key, PasswordAlgorithm};
 use relay_core::wire::{
     Attribute, AttributeType, Class, HEADER_LEN, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
@@ -43,6 +47,14 @@ pub struct ClientConfig {
     pub max_auth_rounds: u32,
     /// Add FINGERPRINT to requests.
     pub fingerprint: bool,
+    /// The long-term key's password algorithm (RFC 8489 §9.2). MD5: the
+    /// RFC 5389 exchange. SHA-256: only when the server's challenge offers
+    /// it (a nonce with the security feature cookie and the password
+    /// algorithms bit, and SHA-256 in PASSWORD-ALGORITHMS); requests then
+    /// carry PASSWORD-ALGORITHMS (the server's list echoed),
+    /// PASSWORD-ALGORITHM and MESSAGE-INTEGRITY-SHA256. A server that does
+    /// not offer it fails the request ([`ClientError::PasswordAlgorithm`]).
+    pub password_algorithm: PasswordAlgorithm,
 }
 
 impl ClientConfig {
@@ -58,6 +70,7 @@ impl ClientConfig {
             reliable: false,
             max_auth_rounds: 3,
             fingerprint: true,
+            password_algorithm: PasswordAlgorithm::Md5,
         }
     }
 
@@ -169,6 +182,10 @@ pub struct ClientCore {
     realm: Option<String>,
     nonce: Option<String>,
     key: Option<Key>,
+    /// PASSWORD-ALGORITHMS of the last challenge, as sent (SHA-256 only).
+    offered_algorithms: Vec<u8>,
+    /// The integrity the last success response was verified with.
+    response_integrity: Option<IntegrityAlgorithm>,
     rng: u64,
     pending: Option<Pending>,
     buf: Box<[u8; MAX_REQUEST]>,
@@ -198,6 +215,48 @@ pub fn error_code<'a>(m: &Message<'a>) -> Option<(u16, &'a str)> {
     }
 }
 
+/// The RFC 8489 §9.2 security feature cookie a nonce starts with when the
+/// server announces features, followed by 4 base64 characters of the
+/// 24-bit feature set.
+pub const SECURITY_FEATURE_COOKIE: &str = "obMatJos2";
+
+/// Whether `nonce` announces the "password algorithms" security feature
+/// (RFC 8489 §9.2): the cookie, then a feature set with that bit set. The
+/// bit is counted from the right (erratum 6290, as relay-core and most
+/// servers do) or, as the RFC's original text reads, from the left; either
+/// is accepted.
+pub fn nonce_offers_password_algorithms(nonce: &str) -> bool {
+    let Some(features) = nonce.strip_prefix(SECURITY_FEATURE_COOKIE).and_then(|r| r.get(..4)) else {
+        return false;
+    };
+    match BASE64.decode(features) {
+        Ok(set) if set.len() == 3 => set[2] & 1 != 0 || set[0] & 0x80 != 0,
+        _ => false,
+    }
+}
+
+/// Checks that a challenge offers SHA-256 (RFC 8489 §9.2.3: the nonce's
+/// feature set and PASSWORD-ALGORITHMS); returns PASSWORD-ALGORITHMS as
+/// sent, for the client to echo.
+fn offered_sha256<'a>(m: &Message<'a>, nonce: &str) -> Result<&'a [u8], String> {
+    if !nonce_offers_password_algorithms(nonce) {
+        return Err(format!(
+            "SHA-256 asked for, but the server's nonce does not announce password algorithms \
+             (no {SECURITY_FEATURE_COOKIE} cookie with that feature)"
+        ));
+    }
+    let list = match m.get(AttributeType::PASSWORD_ALGORITHMS).map(|a| a.decode(&m.transaction_id())) {
+        Some(Ok(Attribute::PasswordAlgorithms(list))) => list,
+        Some(_) => return Err("malformed PASSWORD-ALGORITHMS in the challenge".into()),
+        None => return Err("SHA-256 asked for, but the challenge has no PASSWORD-ALGORITHMS".into()),
+    };
+    if !list.iter().any(|e| e.algorithm == password_algorithm::SHA256) {
+        let codes: Vec<String> = list.iter().map(|e| e.algorithm.to_string()).collect();
+        return Err(format!("SHA-256 asked for, but the server offers only [{}]", codes.join(", ")));
+    }
+    Ok(list.as_bytes())
+}
+
 fn text_attr<'a>(m: &Message<'a>, ty: AttributeType) -> Option<&'a str> {
     match m.get(ty)?.decode(&m.transaction_id()) {
         Ok(Attribute::Realm(s) | Attribute::Nonce(s)) => Some(s),
@@ -218,6 +277,8 @@ impl ClientCore {
             realm,
             nonce: None,
             key: None,
+            offered_algorithms: Vec::new(),
+            response_integrity: None,
             rng: seed(),
             pending: None,
             buf: Box::new([0u8; MAX_REQUEST]),
@@ -249,6 +310,12 @@ impl ClientCore {
         self.nonce.as_deref()
     }
 
+    /// The integrity attribute the last success response carried and that
+    /// verified with the client's key (`None`: it had none).
+    pub fn response_integrity(&self) -> Option<IntegrityAlgorithm> {
+        self.response_integrity
+    }
+
     /// Whether a transaction is in flight.
     pub fn is_busy(&self) -> bool {
         self.pending.is_some()
@@ -260,7 +327,7 @@ impl ClientCore {
     }
 
     fn derive_key(&mut self, realm: &str) -> Result<(), ClientError> {
-        let key = Key::long_term(PasswordAlgorithm::Md5, &self.username, realm, &self.password)
+        let key = Key::long_term(self.cfg.password_algorithm, &self.username, realm, &self.password)
             .map_err(|e| ClientError::Credentials(e.to_string()))?;
         self.key = Some(key);
         Ok(())
@@ -297,7 +364,7 @@ impl ClientCore {
     }
 
     fn encode(&mut self, request: &Request, tid: TransactionId) -> Result<usize, ClientError> {
-        let ClientCore { cfg, username, realm, nonce, key, buf, .. } = self;
+        let ClientCore { cfg, username, realm, nonce, key, buf, offered_algorithms, .. } = self;
         let ty = MessageType::new(Class::Request, request.method());
         let mut b = MessageBuilder::new(&mut buf[..], ty, tid)?;
         match request {
@@ -324,10 +391,21 @@ impl ClientCore {
             b.add(&Attribute::Software(s))?;
         }
         if let (Some(realm), Some(nonce), Some(key)) = (realm.as_deref(), nonce.as_deref(), key.as_ref()) {
+            let sha256 = key.algorithm() == PasswordAlgorithm::Sha256;
+            if sha256 {
+                // RFC 8489 §9.2.4: the server's list echoed, and the choice.
+                b.add_raw(AttributeType::PASSWORD_ALGORITHMS, offered_algorithms)?;
+                let chosen = PasswordAlgorithmEntry { algorithm: password_algorithm::SHA256, params: &[] };
+                b.add(&Attribute::PasswordAlgorithm(chosen))?;
+            }
             b.add(&Attribute::Username(username))?;
             b.add(&Attribute::Realm(realm))?;
             b.add(&Attribute::Nonce(nonce))?;
-            b.add_message_integrity(key.as_bytes())?;
+            if sha256 {
+                b.add_message_integrity_sha256(key.as_bytes())?;
+            } else {
+                b.add_message_integrity(key.as_bytes())?;
+            }
         }
         if cfg.fingerprint {
             b.add_fingerprint()?;
@@ -347,13 +425,18 @@ impl ClientCore {
         }
         let method = p.request.method().name();
         if m.class() == Class::Success {
-            // A response with integrity must verify with our key.
+            // A response with integrity must verify with our key (with
+            // MESSAGE-INTEGRITY-SHA256 when it carries that).
+            let mut integrity = None;
             if m.has_integrity()
                 && let Some(key) = &self.key
-                && m.verify_integrity(key.as_bytes()).is_err()
             {
-                return Handled::Ignored;
+                match m.verify_integrity(key.as_bytes()) {
+                    Ok(i) => integrity = Some(i),
+                    Err(_) => return Handled::Ignored,
+                }
             }
+            self.response_integrity = integrity;
             let tid = m.transaction_id();
             let mut s = Success::default();
             for a in m.attributes() {
@@ -390,6 +473,15 @@ impl ClientCore {
                     self.pending = None;
                     return Handled::Done(Err(ClientError::Malformed(format!("{code} without REALM"))));
                 }
+                if self.cfg.password_algorithm == PasswordAlgorithm::Sha256 {
+                    match offered_sha256(&m, &nonce) {
+                        Ok(list) => self.offered_algorithms = list.to_vec(),
+                        Err(why) => {
+                            self.pending = None;
+                            return Handled::Done(Err(ClientError::PasswordAlgorithm(why)));
+                        }
+                    }
+                }
                 self.nonce = Some(nonce);
                 let request = match self.pending.take() {
                     Some(p) => p.request,
@@ -423,5 +515,169 @@ impl ClientCore {
         p.rto *= 2;
         p.next = if p.tries >= max_tries { now + last_wait } else { now + p.rto };
         Poll::Transmit(&self.buf[..self.len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_core::wire::ErrorCode;
+
+    use super::*;
+
+    const USER: &str = "alice";
+    const PASS: &str = "secret";
+    const REALM: &str = "bench.test";
+    /// relay-core's nonce shape: cookie, feature set 0x000001, then hex.
+    const NONCE_SHA: &str = "obMatJos2AAAB0000000065000000aabbccddeeff00112233445566778899";
+    const NONCE_PLAIN: &str = "0000000065000000aabbccddeeff00112233445566778899";
+    /// PASSWORD-ALGORITHMS: SHA-256 then MD5, no parameters.
+    const OFFERED: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
+
+    fn core(alg: PasswordAlgorithm) -> ClientCore {
+        let mut cfg = ClientConfig::new(Credentials::long_term(USER, PASS));
+        cfg.password_algorithm = alg;
+        cfg.software = None;
+        ClientCore::new(cfg).unwrap()
+    }
+
+    fn tid_of(msg: &[u8]) -> TransactionId {
+        Message::parse(msg).unwrap().transaction_id()
+    }
+
+    /// A 401 to `tid` with REALM, NONCE and, when given, PASSWORD-ALGORITHMS.
+    fn challenge(tid: TransactionId, nonce: &str, offered: Option<&[u8]>) -> Vec<u8> {
+        let mut out = vec![0u8; 512];
+        let mut b = MessageBuilder::new(&mut out, MessageType::new(Class::Error, Method::ALLOCATE), tid).unwrap();
+        b.add(&Attribute::ErrorCode(ErrorCode { code: 401, reason: "Unauthenticated" })).unwrap();
+        b.add(&Attribute::Realm(REALM)).unwrap();
+        b.add(&Attribute::Nonce(nonce)).unwrap();
+        if let Some(o) = offered {
+            b.add_raw(AttributeType::PASSWORD_ALGORITHMS, o).unwrap();
+        }
+        let n = b.finish();
+        out.truncate(n);
+        out
+    }
+
+    /// An Allocate success to `tid`, sealed with `key` by SHA-256 or SHA-1.
+    fn success(tid: TransactionId, key: &Key, sha256: bool) -> Vec<u8> {
+        let mut out = vec![0u8; 512];
+        let mut b = MessageBuilder::new(&mut out, MessageType::new(Class::Success, Method::ALLOCATE), tid).unwrap();
+        b.add(&Attribute::Lifetime(600)).unwrap();
+        if sha256 {
+            b.add_message_integrity_sha256(key.as_bytes()).unwrap();
+        } else {
+            b.add_message_integrity(key.as_bytes()).unwrap();
+        }
+        let n = b.finish();
+        out.truncate(n);
+        out
+    }
+
+    fn sha_key() -> Key {
+        Key::long_term(PasswordAlgorithm::Sha256, USER, REALM, PASS).unwrap()
+    }
+
+    /// Starts an Allocate and answers the 401: the authenticated request.
+    fn challenged(c: &mut ClientCore, nonce: &str, offered: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+        let now = Instant::now();
+        let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
+        assert!(Message::parse(&first).unwrap().get(AttributeType::PASSWORD_ALGORITHM).is_none());
+        match c.handle(&challenge(tid_of(&first), nonce, offered), now) {
+            Handled::Transmit(bytes) => Ok(bytes.to_vec()),
+            Handled::Done(Err(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sha256_request_carries_the_algorithms_and_integrity_sha256() {
+        let mut c = core(PasswordAlgorithm::Sha256);
+        let req = challenged(&mut c, NONCE_SHA, Some(&OFFERED)).unwrap();
+        let m = Message::parse(&req).unwrap();
+        let tid = m.transaction_id();
+        // PASSWORD-ALGORITHMS echoed byte for byte, PASSWORD-ALGORITHM SHA-256.
+        assert_eq!(m.get(AttributeType::PASSWORD_ALGORITHMS).unwrap().value, OFFERED);
+        match m.get(AttributeType::PASSWORD_ALGORITHM).unwrap().decode(&tid) {
+            Ok(Attribute::PasswordAlgorithm(e)) => {
+                assert_eq!((e.algorithm, e.params), (password_algorithm::SHA256, &[][..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(text_attr(&m, AttributeType::NONCE), Some(NONCE_SHA));
+        assert_eq!(text_attr(&m, AttributeType::REALM), Some(REALM));
+        // Only MESSAGE-INTEGRITY-SHA256, with the SHA-256 long-term key.
+        assert!(m.get(AttributeType::MESSAGE_INTEGRITY).is_none());
+        assert!(m.get(AttributeType::MESSAGE_INTEGRITY_SHA256).is_some());
+        m.verify_message_integrity_sha256(sha_key().as_bytes()).unwrap();
+        let md5 = Key::long_term(PasswordAlgorithm::Md5, USER, REALM, PASS).unwrap();
+        assert!(m.verify_message_integrity_sha256(md5.as_bytes()).is_err());
+        m.verify_fingerprint().unwrap();
+    }
+
+    #[test]
+    fn sha256_responses_are_verified() {
+        let mut c = core(PasswordAlgorithm::Sha256);
+        let req = challenged(&mut c, NONCE_SHA, Some(&OFFERED)).unwrap();
+        let tid = tid_of(&req);
+        let now = Instant::now();
+        // Sealed with another key: not the server's answer.
+        let wrong = Key::long_term(PasswordAlgorithm::Sha256, USER, REALM, "other").unwrap();
+        assert!(matches!(c.handle(&success(tid, &wrong, true), now), Handled::Ignored));
+        assert!(c.is_busy());
+        match c.handle(&success(tid, &sha_key(), true), now) {
+            Handled::Done(Ok(s)) => assert_eq!(s.lifetime, Some(600)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.response_integrity(), Some(IntegrityAlgorithm::Sha256));
+    }
+
+    #[test]
+    fn sha256_is_not_downgraded() {
+        // No PASSWORD-ALGORITHMS in the challenge.
+        let e = challenged(&mut core(PasswordAlgorithm::Sha256), NONCE_SHA, None).unwrap_err();
+        assert!(matches!(e, ClientError::PasswordAlgorithm(_)), "{e}");
+        assert!(e.to_string().contains("no PASSWORD-ALGORITHMS"), "{e}");
+        // A nonce without the security feature cookie.
+        let e = challenged(&mut core(PasswordAlgorithm::Sha256), NONCE_PLAIN, Some(&OFFERED)).unwrap_err();
+        assert!(e.to_string().contains("obMatJos2"), "{e}");
+        // The cookie without the password algorithms bit.
+        let no_bit = NONCE_SHA.replace("AAAB", "AAAA");
+        let e = challenged(&mut core(PasswordAlgorithm::Sha256), &no_bit, Some(&OFFERED)).unwrap_err();
+        assert!(matches!(e, ClientError::PasswordAlgorithm(_)), "{e}");
+        // Only MD5 offered.
+        let md5_only = [0x00, 0x01, 0x00, 0x00];
+        let mut c = core(PasswordAlgorithm::Sha256);
+        let e = challenged(&mut c, NONCE_SHA, Some(&md5_only)).unwrap_err();
+        assert!(e.to_string().contains("offers only [1]"), "{e}");
+        assert!(!c.is_busy());
+    }
+
+    #[test]
+    fn md5_requests_are_unchanged() {
+        let mut c = core(PasswordAlgorithm::Md5);
+        let req = challenged(&mut c, NONCE_SHA, Some(&OFFERED)).unwrap();
+        let m = Message::parse(&req).unwrap();
+        assert!(m.get(AttributeType::PASSWORD_ALGORITHMS).is_none());
+        assert!(m.get(AttributeType::PASSWORD_ALGORITHM).is_none());
+        assert!(m.get(AttributeType::MESSAGE_INTEGRITY_SHA256).is_none());
+        let md5 = Key::long_term(PasswordAlgorithm::Md5, USER, REALM, PASS).unwrap();
+        m.verify_message_integrity(md5.as_bytes()).unwrap();
+        match c.handle(&success(m.transaction_id(), &md5, false), Instant::now()) {
+            Handled::Done(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.response_integrity(), Some(IntegrityAlgorithm::Sha1));
+    }
+
+    #[test]
+    fn feature_cookie() {
+        assert!(nonce_offers_password_algorithms("obMatJos2AAAB123"));
+        // The bit read from the left, as RFC 8489's original text has it.
+        assert!(nonce_offers_password_algorithms("obMatJos2gAAA123"));
+        assert!(!nonce_offers_password_algorithms("obMatJos2AAAA123"));
+        assert!(!nonce_offers_password_algorithms("obMatJos2AA"));
+        assert!(!nonce_offers_password_algorithms("obMatJos2!!!!123"));
+        assert!(!nonce_offers_password_algorithms("abcdef"));
     }
 }
