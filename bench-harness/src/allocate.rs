@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -21,9 +20,8 @@ use serde::Serialize;
 
 use crate::BenchError;
 use crate::client::TurnServer;
-use crate::client::{
-    ClientCore, ClientError, Handled, Poll, Request, TcpTransport, Transport, TransportKind, UdpTransport,
-};
+use crate::client::conn::Conn;
+use crate::client::{ClientCore, ClientError, Handled, Poll, Request, TransportKind};
 use crate::procfs::{self, Memory};
 use crate::stats::{LatencySummary, group, latency_histogram, record};
 use crate::throughput::SATURATION_PERCENT;
@@ -54,7 +52,10 @@ pub struct AllocateConfig {
     pub cpu: Option<usize>,
     /// Print a live line per second on stderr.
     pub live: bool,
-    /// UDP, or TCP (a connection per allocation; nothing retransmitted).
+    /// UDP, TCP or TLS (a connection per allocation; nothing
+    /// retransmitted; over TLS the handshake is part of the Allocate
+    /// latency, and the server's [`TurnServer::tls`] options apply).
+    /// [`AllocateConfig::new`] takes the server's [`TurnServer::transport`].
     pub transport: TransportKind,
 }
 
@@ -63,7 +64,6 @@ impl AllocateConfig {
     /// released afterwards.
     pub fn new(server: TurnServer) -> AllocateConfig {
         AllocateConfig {
-            server,
             count: 1000,
             concurrency: 64,
             rate: 0,
@@ -74,7 +74,8 @@ impl AllocateConfig {
             server_pid: None,
             cpu: None,
             live: false,
-            transport: TransportKind::Udp,
+            transport: server.transport,
+            server,
         }
     }
 }
@@ -148,55 +149,6 @@ pub struct AllocateReport {
     pub generator_percent: f64,
     /// Whether the generator thread was saturated.
     pub generator_saturated: bool,
-}
-
-/// A client's connection to the server.
-enum Conn {
-    Udp(UdpTransport),
-    Tcp(TcpTransport),
-}
-
-impl Conn {
-    fn open(kind: TransportKind, server: SocketAddr, local: SocketAddr) -> io::Result<Conn> {
-        Ok(match kind {
-            TransportKind::Udp => {
-                let t = UdpTransport::connect(server, Some(local))?;
-                t.socket().set_nonblocking(true)?;
-                Conn::Udp(t)
-            }
-            TransportKind::Tcp => {
-                let t = TcpTransport::connect(server, Some(local))?;
-                t.stream().set_nonblocking(true)?;
-                Conn::Tcp(t)
-            }
-        })
-    }
-
-    fn fd(&self) -> std::os::fd::RawFd {
-        match self {
-            Conn::Udp(t) => t.socket().as_raw_fd(),
-            Conn::Tcp(t) => t.stream().as_raw_fd(),
-        }
-    }
-
-    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        match self {
-            Conn::Udp(t) => t.send(msg),
-            Conn::Tcp(t) => t.send(msg),
-        }
-    }
-
-    /// The next message waiting, if any (non-blocking).
-    fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match self {
-            Conn::Udp(t) => match t.socket().recv(buf) {
-                Ok(n) => Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
-            },
-            Conn::Tcp(t) => t.try_recv(buf),
-        }
-    }
 }
 
 struct Slot {
@@ -273,7 +225,7 @@ impl Driver {
                     Ok(None) => break,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                     Err(e) => {
-                        if let Conn::Tcp(_) = slot.transport {
+                        if slot.transport.is_stream() {
                             // The connection is gone: stop watching it, and
                             // fail what it had in flight now.
                             let _ = self.ep.delete(slot.transport.fd());
@@ -381,7 +333,11 @@ pub fn run_allocate(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> 
 fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
     let server = cfg.server.addr;
     let mut client_cfg = cfg.server.client_config();
-    client_cfg.reliable = cfg.transport == TransportKind::Tcp;
+    client_cfg.reliable = cfg.transport != TransportKind::Udp;
+    let tls = match cfg.transport {
+        TransportKind::Tls => Some(cfg.server.tls_connector().map_err(|e| BenchError::Config(e.to_string()))?),
+        _ => None,
+    };
     let hard_extra = client_cfg.transaction_timeout() + Duration::from_secs(1);
     let local = match cfg.client_ip {
         Some(ip) => SocketAddr::new(ip, 0),
@@ -413,7 +369,7 @@ fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
                 || (d.slots.len() as u128)
                     < now.duration_since(start).as_nanos() * u128::from(cfg.rate) / 1_000_000_000)
         {
-            let transport = match Conn::open(cfg.transport, server, local) {
+            let transport = match Conn::open(cfg.transport, server, local, tls.as_ref()) {
                 Ok(t) => t,
                 Err(e) => {
                     // Out of descriptors or ports: no more clients.
@@ -421,6 +377,7 @@ fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
                     d.fail(match cfg.transport {
                         TransportKind::Udp => format!("local socket: {e}"),
                         TransportKind::Tcp => format!("TCP connect: {e}"),
+                        TransportKind::Tls => format!("TLS connect: {e}"),
                     });
                     can_open = false;
                     break;

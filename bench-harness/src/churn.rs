@@ -8,20 +8,25 @@
 //! success and, given the server's pid, its RSS and open descriptors at the
 //! start and the end, so that a soak shows whether resources come back.
 //! One thread drives every cycle over epoll; every wait is bounded.
+//!
+//! Cycles run over the server's [`TurnServer::transport`]: UDP, TCP or TLS
+//! (a connection per cycle, closed at its end; over TLS with the server's
+//! [`TurnServer::tls`] options).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use relay_io::sys::{Epoll, empty_event};
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::client::{ClientCore, ClientError, Handled, Poll, Request, TurnServer, UdpTransport, parse_data};
-use crate::client::{Received, Transport as _};
+use crate::client::conn::Conn;
+use crate::client::{
+    ClientCore, ClientError, Handled, Poll, Received, Request, TlsConnector, TransportKind, TurnServer, parse_data,
+};
 use crate::payload::{PROBE_LEN, Probe};
 use crate::peer::{Peer, PeerMode};
 use crate::procfs;
@@ -99,6 +104,8 @@ pub struct ChurnReport {
     pub scenario: &'static str,
     /// The server.
     pub target: String,
+    /// Client transport.
+    pub transport: TransportKind,
     /// Requested allocations per second (0: unpaced).
     pub rate: u64,
     /// Cycles at once.
@@ -134,7 +141,7 @@ enum Stage {
 }
 
 struct Cycle {
-    transport: UdpTransport,
+    transport: Conn,
     core: ClientCore,
     stage: Stage,
     /// Whether the server holds an allocation for it.
@@ -165,6 +172,8 @@ struct Driver<'a> {
     slots: Vec<Option<Cycle>>,
     buf: Vec<u8>,
     frame: Vec<u8>,
+    /// For TLS cycles.
+    tls: Option<TlsConnector>,
     r: ChurnReport,
 }
 
@@ -189,18 +198,16 @@ impl Driver<'_> {
 
     fn open(&mut self, k: usize, local: SocketAddr) -> Result<(), BenchError> {
         self.r.started += 1;
-        let t = match UdpTransport::connect(self.cfg.server.addr, Some(local)).and_then(|t| {
-            t.socket().set_nonblocking(true)?;
-            Ok(t)
-        }) {
+        let server = &self.cfg.server;
+        let t = match Conn::open(server.transport, server.addr, local, self.tls.as_ref()) {
             Ok(t) => t,
             Err(e) => {
                 self.fail(Stage::Allocate, &ClientError::Io(e));
                 return Ok(());
             }
         };
-        self.ep.add(t.socket().as_raw_fd(), k as u64)?;
-        let core = ClientCore::new(self.cfg.server.client_config())?;
+        self.ep.add(t.fd(), k as u64)?;
+        let core = ClientCore::new(server.client_config())?;
         self.slots[k] = Some(Cycle { transport: t, core, stage: Stage::Allocate, allocated: false, failed: false });
         self.request(k, Request::Allocate { lifetime: None });
         Ok(())
@@ -221,7 +228,9 @@ impl Driver<'_> {
         let Some(c) = self.slots[k].as_mut() else { return };
         let mut payload = [0u8; PROBE_LEN];
         Probe { flow: k as u32, seq: u64::from(seq), sent_ns: 0 }.write(&mut payload);
-        let n = relay_core::wire::channel_data::encode(&mut self.frame, CHANNEL, &payload, false).unwrap_or(0);
+        // Over a stream ChannelData is padded to 4 bytes (RFC 8656 §12.5).
+        let padded = c.transport.is_stream();
+        let n = relay_core::wire::channel_data::encode(&mut self.frame, CHANNEL, &payload, padded).unwrap_or(0);
         self.r.data_sent += 1;
         let _ = c.transport.send(&self.frame[..n]);
         c.stage = Stage::Data { seq, deadline: Instant::now() + self.cfg.echo_timeout };
@@ -266,9 +275,19 @@ impl Driver<'_> {
             // Bounded: a socket's queue holds finitely many datagrams.
             for _ in 0..64 {
                 let Some(c) = self.slots.get_mut(k).and_then(Option::as_mut) else { break };
-                let len = match c.transport.socket().recv(&mut self.buf) {
-                    Ok(len) => len,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                let len = match c.transport.try_recv(&mut self.buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !c.transport.is_stream() => continue,
+                    Err(e) if c.transport.is_stream() => {
+                        // The connection is gone (or its TLS failed): the
+                        // cycle ends with this step failed.
+                        let stage = c.stage;
+                        let _ = self.ep.delete(c.transport.fd());
+                        self.fail(stage, &ClientError::Io(e));
+                        self.slots[k] = None;
+                        break;
+                    }
                     Err(_) => break,
                 };
                 let msg = &self.buf[..len];
@@ -333,9 +352,14 @@ pub fn run_churn(cfg: &ChurnConfig) -> Result<ChurnReport, BenchError> {
         slots: (0..cfg.concurrency).map(|_| None).collect(),
         buf: vec![0u8; 65_536],
         frame: vec![0u8; 64],
+        tls: match cfg.server.transport {
+            TransportKind::Tls => Some(cfg.server.tls_connector().map_err(|e| BenchError::Config(e.to_string()))?),
+            _ => None,
+        },
         r: ChurnReport {
             scenario: "churn",
             target: format!("TURN {} (user {})", cfg.server.addr, cfg.server.credentials.display_user()),
+            transport: cfg.server.transport,
             rate: cfg.rate,
             concurrency: cfg.concurrency,
             wall_s: 0.0,
@@ -422,7 +446,13 @@ impl fmt::Display for ChurnReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "turn-bench churn: {}", self.target)?;
         let rate = if self.rate == 0 { "unpaced".to_owned() } else { format!("{}/s", group(self.rate)) };
-        writeln!(f, "  pacing       {rate}, {} at once, {:.2} s", self.concurrency, self.wall_s)?;
+        writeln!(
+            f,
+            "  pacing       {rate}, {} at once, {:.2} s, over {}",
+            self.concurrency,
+            self.wall_s,
+            self.transport.name()
+        )?;
         writeln!(
             f,
             "  cycles       {} completed of {} started ({:.2} %), {:.1} churn/s",

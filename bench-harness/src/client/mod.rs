@@ -3,11 +3,13 @@
 //! - [`credentials`]: long-term and TURN REST API credentials;
 //! - [`proto`]: [`ClientCore`], the sans-IO protocol state (challenge,
 //!   stale nonce, RFC 8489 retransmissions);
-//! - [`transport`]: the [`Transport`] trait and [`UdpTransport`];
+//! - [`transport`]: the [`Transport`] trait, [`UdpTransport`],
+//!   [`TcpTransport`] and [`TlsTransport`] (with [`TlsOptions`]);
 //! - [`TurnClient`]: a blocking client over any transport (setup, tests,
 //!   low-rate traffic). The measuring loops take the client's socket over
 //!   once the allocation is set up.
 
+pub(crate) mod conn;
 pub mod credentials;
 pub mod error;
 pub mod proto;
@@ -22,13 +24,24 @@ use relay_core::wire::{Attribute, ChannelData, Class, Message, MessageBuilder, M
 pub use credentials::{Credentials, rest_credentials};
 pub use error::ClientError;
 pub use proto::{ClientConfig, ClientCore, Handled, Poll, Request, Success};
-pub use transport::{TcpTransport, Transport, TransportKind, UdpTransport};
+pub use relay_core::wire::integrity::{IntegrityAlgorithm, PasswordAlgorithm};
+pub use transport::{TcpTransport, TlsConnector, TlsOptions, TlsTransport, Transport, TransportKind, UdpTransport};
 
-/// A TURN server to talk to: address, credentials and request timers.
+/// A TURN server to talk to: address, transport, credentials and request
+/// timers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TurnServer {
-    /// Its UDP address.
+    /// Its address (UDP, TCP or TLS listener, as `transport` says).
     pub addr: SocketAddr,
+    /// The transport to reach it over (UDP unless asked otherwise). Each
+    /// scenario reads it; those that support only UDP refuse the others.
+    pub transport: TransportKind,
+    /// How to trust and name the server over TLS (with
+    /// [`TransportKind::Tls`]).
+    pub tls: Option<TlsOptions>,
+    /// The long-term credential password algorithm (RFC 8489 §9.2):
+    /// MD5, or SHA-256 when the server offers it.
+    pub password_algorithm: PasswordAlgorithm,
     /// The credentials.
     pub credentials: Credentials,
     /// The realm (learnt from the first 401 when `None`).
@@ -42,7 +55,22 @@ pub struct TurnServer {
 impl TurnServer {
     /// A server at `addr` with these credentials and RFC 8489 timers.
     pub fn new(addr: SocketAddr, credentials: Credentials) -> TurnServer {
-        TurnServer { addr, credentials, realm: None, rto: Duration::from_millis(500), max_tries: 7 }
+        TurnServer {
+            addr,
+            transport: TransportKind::Udp,
+            tls: None,
+            password_algorithm: PasswordAlgorithm::Md5,
+            credentials,
+            realm: None,
+            rto: Duration::from_millis(500),
+            max_tries: 7,
+        }
+    }
+
+    /// The TLS connector for this server (its [`TlsOptions`], or none:
+    /// an error asking for a CA or `insecure`).
+    pub fn tls_connector(&self) -> std::io::Result<TlsConnector> {
+        self.tls.clone().unwrap_or_default().connector(self.addr)
     }
 
     /// The client settings for this server.
@@ -51,6 +79,8 @@ impl TurnServer {
         c.realm = self.realm.clone();
         c.rto = self.rto;
         c.max_tries = self.max_tries;
+        c.password_algorithm = self.password_algorithm;
+        c.reliable = self.transport != TransportKind::Udp;
         c
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ pub fn start_relay_with(relays: usize, nonce_secs: u64) -> Relay {
 
 /// Same, with this server configuration (lifetimes, rate limits).
 pub fn start_relay_config(relays: usize, nonce_secs: u64, server: ServerConfig) -> Relay {
-    start_relay_io(relays, nonce_secs, server, false)
+    start_relay_io(relays, nonce_secs, server, false, None)
 }
 
 /// A relay that also listens for TURN over TCP (see [`tcp_addr`]).
@@ -46,15 +47,47 @@ pub fn start_relay_tcp(relays: usize) -> Relay {
         600,
         ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() },
         true,
+        None,
     )
 }
 
-fn start_relay_io(relays: usize, nonce_secs: u64, server: ServerConfig, tcp: bool) -> Relay {
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
+/// to a fresh file (the CA a client trusts); with the server's config.
+pub fn self_signed(tag: &str) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = relay_io::tls::server_config(vec![ck.cert.der().clone()], key).unwrap();
+    let path = std::env::temp_dir().join(format!("turn-bench-{}-{tag}-{:?}.pem", std::process::id(), Instant::now()));
+    std::fs::write(&path, ck.cert.pem()).unwrap();
+    (config, path)
+}
+
+/// A relay that also listens for TURN over TLS (see [`tls_addr`]) with a
+/// fresh self-signed certificate; returns the certificate's PEM file too.
+pub fn start_relay_tls(relays: usize, server: ServerConfig) -> (Relay, PathBuf) {
+    let (tls, ca) = self_signed("server");
+    (start_relay_io(relays, 600, server, true, Some(tls)), ca)
+}
+
+/// The server configuration the TLS relays of the tests use by default.
+pub fn quick_config() -> ServerConfig {
+    ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() }
+}
+
+fn start_relay_io(
+    relays: usize,
+    nonce_secs: u64,
+    server: ServerConfig,
+    tcp: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Relay {
     let config = IoConfig {
         shards: 1,
         backend: Backend::Auto,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tcp_listen: if tcp { vec!["127.0.0.1:0".parse().unwrap()] } else { Vec::new() },
+        tls_listen: if tls.is_some() { vec!["127.0.0.1:0".parse().unwrap()] } else { Vec::new() },
+        tls,
         relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
         relay_ports: RelayPorts::Ephemeral(relays),
         ..IoConfig::default()
@@ -84,6 +117,11 @@ pub fn addr(relay: &Relay) -> SocketAddr {
 /// The relay's TCP listening address.
 pub fn tcp_addr(relay: &Relay) -> SocketAddr {
     relay.tcp_addrs()[0]
+}
+
+/// The relay's TLS listening address.
+pub fn tls_addr(relay: &Relay) -> SocketAddr {
+    relay.tls_addrs()[0]
 }
 
 /// The relay as a target, with long-term credentials and short timers (the
