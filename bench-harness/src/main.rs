@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bench_harness::allocate::AllocateConfig;
-use bench_harness::client::TransportKind;
+use bench_harness::client::{PasswordAlgorithm, TlsOptions, TransportKind};
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::report::write_throughput_html;
 use bench_harness::{
@@ -80,6 +80,27 @@ struct CredArgs {
     /// tries, doubling).
     #[arg(long, default_value_t = 500)]
     rto_ms: u64,
+    /// Long-term key password algorithm (RFC 8489 §9.2): `md5`, or `sha256`
+    /// (the server must offer it; no fallback to MD5).
+    #[arg(long, default_value = "md5", value_parser = password_algorithm)]
+    password_algorithm: PasswordAlgorithm,
+    /// `udp`; or `tcp`, `tls`: one connection per allocation to --server
+    /// (the server's TCP or TLS listener), nothing retransmitted (allocate
+    /// and churn only).
+    #[arg(long, default_value = "udp", value_parser = transport)]
+    transport: TransportKind,
+    /// TLS: trust the CA certificate(s) in this PEM file (e.g. the server's
+    /// self-signed certificate).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// TLS: accept any server certificate (handshake signatures are still
+    /// checked).
+    #[arg(long)]
+    tls_insecure: bool,
+    /// TLS: server name for SNI and the certificate check [default: the
+    /// server's IP address].
+    #[arg(long, value_name = "NAME")]
+    tls_name: Option<String>,
 }
 
 impl CredArgs {
@@ -91,9 +112,17 @@ impl CredArgs {
     }
 
     fn server(&self, addr: SocketAddr) -> TurnServer {
+        let tls = (self.transport == TransportKind::Tls).then(|| TlsOptions {
+            ca: self.tls_ca.clone(),
+            insecure: self.tls_insecure,
+            server_name: self.tls_name.clone(),
+        });
         TurnServer {
             realm: self.realm.clone(),
             rto: Duration::from_millis(self.rto_ms.max(1)),
+            transport: self.transport,
+            tls,
+            password_algorithm: self.password_algorithm,
             ..TurnServer::new(addr, self.credentials())
         }
     }
@@ -102,7 +131,8 @@ impl CredArgs {
 /// Which server.
 #[derive(Args, Debug, Clone)]
 struct ServerArgs {
-    /// The TURN server, host:port (UDP; TCP for `allocate --transport tcp`).
+    /// The TURN server, host:port (its UDP, TCP or TLS listener, as
+    /// --transport says).
     #[arg(long, short = 's', default_value = "127.0.0.1:3478", value_parser = resolve)]
     server: SocketAddr,
     #[command(flatten)]
@@ -251,10 +281,6 @@ struct StormArgs {
     /// Local address of the client sockets.
     #[arg(long)]
     client_ip: Option<IpAddr>,
-    /// `udp`, or `tcp`: one connection per allocation to --server (the
-    /// server's TCP listener), nothing retransmitted.
-    #[arg(long, default_value = "udp", value_parser = transport)]
-    transport: TransportKind,
 }
 
 impl StormArgs {
@@ -270,7 +296,6 @@ impl StormArgs {
             server_pid,
             cpu: self.cpu,
             live,
-            transport: self.transport,
             ..AllocateConfig::new(server)
         }
     }
@@ -346,8 +371,29 @@ fn transport(s: &str) -> Result<TransportKind, String> {
     match s {
         "udp" => Ok(TransportKind::Udp),
         "tcp" => Ok(TransportKind::Tcp),
-        _ => Err(format!("{s}: expected udp or tcp")),
+        "tls" => Ok(TransportKind::Tls),
+        _ => Err(format!("{s}: expected udp, tcp or tls")),
     }
+}
+
+fn password_algorithm(s: &str) -> Result<PasswordAlgorithm, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "md5" => Ok(PasswordAlgorithm::Md5),
+        "sha256" | "sha-256" => Ok(PasswordAlgorithm::Sha256),
+        _ => Err(format!("{s}: expected md5 or sha256")),
+    }
+}
+
+/// Throughput and latency run over UDP only for now: refuse the others
+/// rather than silently measuring UDP.
+fn udp_only(scenario: &str, server: &TurnServer) -> Result<(), BenchError> {
+    if server.transport != TransportKind::Udp {
+        return Err(BenchError::Config(format!(
+            "{scenario} over {} is not supported yet (use --transport udp)",
+            server.transport.name()
+        )));
+    }
+    Ok(())
 }
 
 fn secs(s: &str) -> Result<Duration, String> {
@@ -413,13 +459,17 @@ fn run(cli: Cli) -> Result<(), BenchError> {
     let live = !cli.quiet;
     match cli.command {
         Command::Throughput(c) => {
-            let base = ThroughputConfig::new(c.server.creds.server(c.server.server));
+            let server = c.server.creds.server(c.server.server);
+            udp_only("throughput", &server)?;
+            let base = ThroughputConfig::new(server);
             let cfg = ThroughputConfig { server_pid: c.server.server_pid, live, ..c.traffic.apply(base) };
             check_report_path(c.report.as_deref())?;
             emit_traffic(&run_throughput(&cfg)?, cli.json, c.report.as_deref())
         }
         Command::Latency(c) => {
-            let base = ThroughputConfig::latency(c.server.creds.server(c.server.server));
+            let server = c.server.creds.server(c.server.server);
+            udp_only("latency", &server)?;
+            let base = ThroughputConfig::latency(server);
             let cfg = ThroughputConfig { server_pid: c.server.server_pid, live, ..c.traffic.apply(base) };
             check_report_path(c.report.as_deref())?;
             emit_traffic(&run_latency(&cfg)?, cli.json, c.report.as_deref())
@@ -459,6 +509,9 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                 .map_err(BenchError::Config)?;
             // The targets replace this placeholder server in each run.
             let placeholder = c.creds.server(SocketAddr::from(([127, 0, 0, 1], 3478)));
+            if !matches!(c.scenario, CompareSub::Allocate(_)) {
+                udp_only("compare throughput/latency", &placeholder)?;
+            }
             let scenario = match &c.scenario {
                 CompareSub::Throughput(t) => CompareScenario::Throughput(ThroughputConfig {
                     live,
@@ -499,7 +552,18 @@ mod tests {
 
     #[test]
     fn target_specs() {
-        let creds = CredArgs { user: "u".into(), password: "p".into(), secret: None, realm: None, rto_ms: 500 };
+        let creds = CredArgs {
+            user: "u".into(),
+            password: "p".into(),
+            secret: None,
+            realm: None,
+            rto_ms: 500,
+            password_algorithm: PasswordAlgorithm::Md5,
+            transport: TransportKind::Udp,
+            tls_ca: None,
+            tls_insecure: false,
+            tls_name: None,
+        };
         let t = parse_target("a=127.0.0.1:3478,pid=42,user=x,realm=r", &creds).unwrap();
         assert_eq!(t.name, "a");
         assert_eq!(t.server_pid, Some(42));

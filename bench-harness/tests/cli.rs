@@ -175,9 +175,49 @@ fn allocate_over_tcp() {
     assert_eq!(v["transport"], "tcp", "{v}");
     assert_eq!(v["allocate"]["succeeded"].as_u64(), Some(10), "{v}");
     assert_eq!(v["release"]["succeeded"].as_u64(), Some(10), "{v}");
-    let o = turn_bench(&args(&c, &["allocate", "-q", "-n", "1", "--transport", "tls"]));
+    let o = turn_bench(&args(&c, &["allocate", "-q", "-n", "1", "--transport", "sctp"]));
     assert_eq!(o.code, Some(2), "{}", o.stderr);
-    assert!(o.stderr.contains("expected udp or tcp"), "{}", o.stderr);
+    assert!(o.stderr.contains("expected udp, tcp or tls"), "{}", o.stderr);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn allocate_and_churn_over_tls_with_sha256() {
+    let (relay, ca) = common::start_relay_tls(32, common::quick_config());
+    let addr = common::tls_addr(&relay).to_string();
+    let c = creds(&addr);
+    let ca = ca.to_str().unwrap();
+    let tls = ["--transport", "tls", "--password-algorithm", "sha256"];
+    for trust in [&["--tls-ca", ca, "--tls-name", "localhost"][..], &["--tls-insecure"][..]] {
+        let mut a = vec!["allocate", "--json", "-q", "-n", "6", "-c", "2", "--release"];
+        a.extend(tls);
+        a.extend(trust);
+        let o = turn_bench(&args(&c, &a));
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(v["transport"], "tls", "{v}");
+        assert_eq!(v["allocate"]["succeeded"].as_u64(), Some(6), "{v}");
+        assert_eq!(v["release"]["succeeded"].as_u64(), Some(6), "{v}");
+    }
+    let mut a = vec!["churn", "--json", "-q", "-d", "0.5", "--rate", "20", "-c", "2", "--tls-insecure"];
+    a.extend(tls);
+    let o = turn_bench(&args(&c, &a));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(j["transport"], "tls");
+    assert!(j["completed"].as_u64().unwrap() >= 5, "{}", o.stdout);
+    assert_eq!(j["completed"], j["started"]);
+
+    // TLS without anything to trust, and throughput over TLS: refused.
+    let o = turn_bench(&args(&c, &["allocate", "-q", "-n", "1", "--transport", "tls"]));
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("--tls-ca") && o.stderr.contains("--tls-insecure"), "{}", o.stderr);
+    let o = turn_bench(&args(&c, &["throughput", "-q", "-d", "1", "--transport", "tls", "--tls-insecure"]));
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("throughput over tls is not supported"), "{}", o.stderr);
+    let o = turn_bench(&args(&c, &["allocate", "-q", "--password-algorithm", "sha1"]));
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("expected md5 or sha256"), "{}", o.stderr);
     relay.stop().unwrap();
 }
 
