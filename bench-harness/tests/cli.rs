@@ -186,7 +186,8 @@ fn allocate_and_churn_over_tls_with_sha256() {
     let (relay, ca) = common::start_relay_tls(32, common::quick_config());
     let addr = common::tls_addr(&relay).to_string();
     let c = creds(&addr);
-    let ca = ca.to_str().unwrap();
+    let ca_file = ca;
+    let ca = ca_file.to_str().unwrap();
     let tls = ["--transport", "tls", "--password-algorithm", "sha256"];
     for trust in [&["--tls-ca", ca, "--tls-name", "localhost"][..], &["--tls-insecure"][..]] {
         let mut a = vec!["allocate", "--json", "-q", "-n", "6", "-c", "2", "--release"];
@@ -218,6 +219,7 @@ fn allocate_and_churn_over_tls_with_sha256() {
     let o = turn_bench(&args(&c, &["allocate", "-q", "--password-algorithm", "sha1"]));
     assert_eq!(o.code, Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("expected md5 or sha256"), "{}", o.stderr);
+    let _ = std::fs::remove_file(&ca_file);
     relay.stop().unwrap();
 }
 

@@ -45,12 +45,14 @@ fn allocation_storm_over_tls_trusting_a_ca_file() {
         assert!(r.to_string().contains("over tls"), "{r}");
         assert_eq!(relay.stats(Duration::from_secs(2))[0].allocations, 0, "all released");
     }
+    let _ = std::fs::remove_file(ca);
     relay.stop().unwrap();
 }
 
 #[test]
 fn allocation_storm_over_tls_insecure() {
-    let (relay, _ca) = common::start_relay_tls(32, common::quick_config());
+    let (relay, ca) = common::start_relay_tls(32, common::quick_config());
+    let _ = std::fs::remove_file(ca);
     let r = storm(tls_target(&relay, TlsOptions::insecure()), 20);
     assert_eq!((r.allocate.attempted, r.allocate.succeeded), (20, 20), "{r}");
     assert_eq!(r.release.as_ref().unwrap().succeeded, 20, "{r}");
@@ -62,7 +64,8 @@ fn allocation_storm_over_tls_insecure() {
 
 #[test]
 fn a_wrong_ca_fails_with_a_clear_error() {
-    let (relay, _ca) = common::start_relay_tls(8, common::quick_config());
+    let (relay, ca0) = common::start_relay_tls(8, common::quick_config());
+    let _ = std::fs::remove_file(ca0);
     let (_, other) = common::self_signed("other");
     let server = tls_target(&relay, TlsOptions::with_ca(&other));
     let e = TlsTransport::connect(server.addr, None, &server.tls_connector().unwrap()).unwrap_err();
@@ -87,6 +90,9 @@ fn a_wrong_ca_fails_with_a_clear_error() {
     std::fs::write(&empty, "nothing here\n").unwrap();
     let e = TlsOptions::with_ca(&empty).connector(server.addr).unwrap_err();
     assert!(e.to_string().contains("no usable certificate"), "{e}");
+    for f in [empty, other, ca] {
+        let _ = std::fs::remove_file(f);
+    }
     relay.stop().unwrap();
     relay2.stop().unwrap();
 }
@@ -117,6 +123,7 @@ fn turn_client_over_tls() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(relay.stats(Duration::from_secs(2))[0].allocations, 0);
+    let _ = std::fs::remove_file(ca);
     relay.stop().unwrap();
 }
 
@@ -191,5 +198,6 @@ fn churn_over_tcp_and_tls_releases_everything() {
         // when it sees ours close).
         assert!(b.fds <= a.fds + 4, "{kind:?}: {a:?} → {b:?}");
     }
+    let _ = std::fs::remove_file(ca);
     relay.stop().unwrap();
 }
