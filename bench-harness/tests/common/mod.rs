@@ -57,7 +57,9 @@ pub fn self_signed(tag: &str) -> (Arc<rustls::ServerConfig>, PathBuf) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let config = relay_io::tls::server_config(vec![ck.cert.der().clone()], key).unwrap();
-    let path = std::env::temp_dir().join(format!("turn-bench-{}-{tag}-{:?}.pem", std::process::id(), Instant::now()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("turn-bench-{}-{tag}-{n}.pem", std::process::id()));
     std::fs::write(&path, ck.cert.pem()).unwrap();
     (config, path)
 }
