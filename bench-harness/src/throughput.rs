@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::client::{ClientCore, Request, TransportKind, TurnClient, TurnServer, UdpTransport};
+use crate::client::{
+    ClientCore, Request, TcpTransport, Transport, TransportKind, TurnClient, TurnServer, UdpTransport,
+};
 use crate::forwarder::{BASELINE_CHANNEL, Forwarder, ForwarderStats};
 use crate::payload::PROBE_LEN;
 use crate::peer::{Peer, PeerMode};
 use crate::procfs::{self, Memory};
 use crate::refresh::{RefreshStats, Refresher};
 use crate::stats::{LatencySummary, fmt_us, group};
-use crate::traffic::{self, EngineConfig, Flow, Framing, Sample, WorkerCpu};
+use crate::stream::StreamConn;
+use crate::traffic::{self, EngineConfig, Flow, FlowIo, Framing, Sample, WorkerCpu};
 
 /// The channel number every allocation binds to its peer.
 pub const CHANNEL: u16 = 0x4000;
@@ -45,7 +48,7 @@ pub enum Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Turn(s) => write!(f, "TURN server {}", s.addr),
+            Target::Turn(s) => write!(f, "TURN server {} over {}", s.addr, s.transport.name()),
             Target::Baseline => write!(f, "baseline forwarder"),
         }
     }
@@ -335,13 +338,35 @@ pub fn run_baseline(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchErr
     run(&cfg.baseline(), "baseline")
 }
 
+/// A flow's connection to the server: its own UDP socket, or a TCP/TLS
+/// stream taken over by the measuring loop.
+enum FlowConn {
+    Udp(UdpTransport),
+    Stream(StreamConn),
+}
+
 struct TurnFlow {
-    transport: UdpTransport,
+    conn: FlowConn,
     /// Lent to the flow's refresher during the run.
     core: Option<ClientCore>,
     binding: Request,
     lifetime: u32,
     bound_at: Instant,
+}
+
+/// Allocates and binds over `t`; returns the transport and client state.
+fn allocate_and_bind<T: Transport>(
+    t: T,
+    server: &TurnServer,
+    binding: &Request,
+) -> Result<(T, ClientCore, u32), crate::client::ClientError> {
+    let mut c = TurnClient::new(t, server.client_config())?;
+    let granted = c.request(Request::Allocate { lifetime: None })?;
+    // RFC 8656 default when the server does not say.
+    let lifetime = granted.lifetime.unwrap_or(600);
+    c.request(binding.clone())?;
+    let (t, core) = c.into_parts();
+    Ok((t, core, lifetime))
 }
 
 fn client_local(cfg: &ThroughputConfig, server: SocketAddr) -> SocketAddr {
@@ -361,21 +386,28 @@ fn setup_turn(
     let mut failed = 0usize;
     for _ in 0..cfg.allocations {
         let r = (|| {
-            let t = UdpTransport::connect(server.addr, Some(client_local(cfg, server.addr)))?;
-            crate::net::grow_buffers(t.socket(), crate::net::SOCKET_BUFFER);
-            let mut c = TurnClient::new(t, server.client_config())?;
-            let granted = c.request(Request::Allocate { lifetime: None })?;
-            // RFC 8656 default when the server does not say.
-            let lifetime = granted.lifetime.unwrap_or(600);
             let binding = if cfg.indications {
                 Request::CreatePermission { peers: vec![peer] }
             } else {
                 Request::ChannelBind { channel: CHANNEL, peer }
             };
-            c.request(binding.clone())?;
+            let local = client_local(cfg, server.addr);
+            let (conn, core, lifetime) = match server.transport {
+                TransportKind::Udp => {
+                    let t = UdpTransport::connect(server.addr, Some(local))?;
+                    crate::net::grow_buffers(t.socket(), crate::net::SOCKET_BUFFER);
+                    let (t, core, lifetime) = allocate_and_bind(t, server, &binding)?;
+                    (FlowConn::Udp(t), core, lifetime)
+                }
+                TransportKind::Tcp => {
+                    let t = TcpTransport::connect(server.addr, Some(local))?;
+                    let (t, core, lifetime) = allocate_and_bind(t, server, &binding)?;
+                    let (stream, pending) = t.into_parts();
+                    (FlowConn::Stream(StreamConn::new(stream, None, &pending)?), core, lifetime)
+                }
+            };
             let bound_at = Instant::now();
-            let (transport, core) = c.into_parts();
-            Ok::<_, crate::client::ClientError>(TurnFlow { transport, core: Some(core), binding, lifetime, bound_at })
+            Ok::<_, crate::client::ClientError>(TurnFlow { conn, core: Some(core), binding, lifetime, bound_at })
         })();
         match r {
             Ok(f) => flows.push(f),
@@ -403,18 +435,35 @@ fn setup_turn(
     Ok(flows)
 }
 
-fn release(flows: Vec<TurnFlow>) -> (usize, usize) {
+/// Releases one flow's allocation (Refresh 0), over its own connection.
+fn release_one(conn: FlowConn, core: ClientCore, server: SocketAddr) -> Result<(), crate::client::ClientError> {
+    match conn {
+        FlowConn::Udp(t) => {
+            t.socket().set_nonblocking(false)?;
+            TurnClient::from_parts(t, core).refresh(0).map(drop)
+        }
+        FlowConn::Stream(s) => {
+            let (stream, tls, pending) = s.into_parts()?;
+            match tls {
+                None => {
+                    TurnClient::from_parts(TcpTransport::from_parts(stream, server, pending), core).refresh(0).map(drop)
+                }
+                Some(_) => Err(std::io::Error::other("TLS flows are not released yet").into()),
+            }
+        }
+    }
+}
+
+fn release(flows: Vec<TurnFlow>, server: SocketAddr) -> (usize, usize) {
     let (mut ok, mut failed) = (0, 0);
     let total = flows.len();
     for f in flows {
-        let _ = f.transport.socket().set_nonblocking(false);
         let Some(core) = f.core else {
             failed += 1;
             continue;
         };
-        let mut c = TurnClient::from_parts(f.transport, core);
-        match c.refresh(0) {
-            Ok(_) => ok += 1,
+        match release_one(f.conn, core, server) {
+            Ok(()) => ok += 1,
             // The server stopped answering: the rest would time out too.
             Err(crate::client::ClientError::Timeout { .. }) => return (ok, total - ok),
             Err(_) => failed += 1,
@@ -448,7 +497,9 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         Target::Turn(server) => {
             turn_flows = setup_turn(cfg, server, peer_addr, &mut errors)?;
             for f in &turn_flows {
-                f.transport.socket().set_nonblocking(true)?;
+                if let FlowConn::Udp(t) = &f.conn {
+                    t.socket().set_nonblocking(true)?;
+                }
             }
             let framing = if cfg.indications { Framing::Indication(peer_addr) } else { Framing::Channel(CHANNEL) };
             (format!("TURN {} (user {})", server.addr, server.credentials.display_user()), framing, server.addr)
@@ -479,10 +530,16 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
                     .core
                     .take_if(|_| refreshing)
                     .map(|core| Refresher::new(core, f.binding.clone(), f.lifetime, cfg.refresh_interval, f.bound_at));
-                Flow { sock: f.transport.socket(), dest, refresh }
+                let io = match &mut f.conn {
+                    FlowConn::Udp(t) => FlowIo::Datagram { sock: t.socket(), dest },
+                    FlowConn::Stream(s) => FlowIo::Stream(s),
+                };
+                Flow { io, refresh }
             })
             .collect(),
-        Target::Baseline => plain_socks.iter().map(|s| Flow { sock: s, dest, refresh: None }).collect(),
+        Target::Baseline => {
+            plain_socks.iter().map(|s| Flow { io: FlowIo::Datagram { sock: s, dest }, refresh: None }).collect()
+        }
     };
     let ecfg = EngineConfig {
         size: cfg.size,
@@ -514,7 +571,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     };
     let r = result?;
     let allocations_ok = turn_flows.len() + plain_socks.len();
-    let (released, release_failed) = if cfg.release { release(turn_flows) } else { (0, 0) };
+    let (released, release_failed) = if cfg.release { release(turn_flows, dest) } else { (0, 0) };
 
     let secs = r.send_wall.as_secs_f64().max(1e-9);
     let received = if cfg.echo { r.received } else { peer_stats.received };
@@ -543,7 +600,10 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     Ok(ThroughputReport {
         scenario,
         target: target_name,
-        transport: TransportKind::Udp,
+        transport: match &cfg.target {
+            Target::Turn(server) => server.transport,
+            Target::Baseline => TransportKind::Udp,
+        },
         framing: if matches!(framing, Framing::Indication(_)) { "send-indication" } else { "channel-data" },
         mode,
         allocations: cfg.allocations,

@@ -37,12 +37,21 @@ pub struct TurnServer {
     pub rto: Duration,
     /// Requests per transaction before giving up (RFC 8489: 7).
     pub max_tries: u32,
+    /// The transport the data-plane scenarios reach it over.
+    pub transport: TransportKind,
 }
 
 impl TurnServer {
     /// A server at `addr` with these credentials and RFC 8489 timers.
     pub fn new(addr: SocketAddr, credentials: Credentials) -> TurnServer {
-        TurnServer { addr, credentials, realm: None, rto: Duration::from_millis(500), max_tries: 7 }
+        TurnServer {
+            addr,
+            credentials,
+            realm: None,
+            rto: Duration::from_millis(500),
+            max_tries: 7,
+            transport: TransportKind::Udp,
+        }
     }
 
     /// The client settings for this server.

@@ -142,6 +142,17 @@ impl TcpTransport {
         &self.stream
     }
 
+    /// Gives the stream up (the data plane takes it over after setup), with
+    /// the bytes already read and not yet handed out as frames.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.rbuf)
+    }
+
+    /// Takes a stream back from [`TcpTransport::into_parts`].
+    pub fn from_parts(stream: TcpStream, server: SocketAddr, pending: Vec<u8>) -> TcpTransport {
+        TcpTransport { stream, server, rbuf: pending }
+    }
+
     /// The next whole frame already read, copied into `out`.
     fn take_frame(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
         let n = match next_frame(&self.rbuf) {
