@@ -127,7 +127,13 @@ fn summary_table(h: &mut String, r: &ThroughputReport) {
     row(
         h,
         "generator busiest thread",
-        &[format!("{:.0} % of a core{}", g.max_percent, if g.saturated { " (SATURATED)" } else { "" })],
+        &[format!(
+            "busiest thread {:.0} % of a core, all with the peer {:.0} % of {} core(s){}",
+            g.max_percent,
+            g.cores_percent,
+            g.cores,
+            if g.saturated { " (SATURATED)" } else { "" }
+        )],
     );
     if let Some(s) = &r.server {
         row(h, "server", &[s.to_string()]);

@@ -200,12 +200,39 @@ pub struct GeneratorCpu {
     /// The busiest thread, percent of one core, not counting the time it
     /// spun idle waiting for the next packet to be due.
     pub max_percent: f64,
-    /// Whether a generator thread was busy at least [`SATURATION_PERCENT`]
-    /// of the time: the generator itself may have been the bottleneck.
+    /// The generator's threads together (senders, less idle spinning, and
+    /// the peer), percent of the cores the process may run on (its CPU
+    /// affinity: `taskset -c 1 turn-bench ...` puts them all on one core).
+    pub cores_percent: f64,
+    /// How many cores that is.
+    pub cores: usize,
+    /// Whether a generator thread, or the generator's threads together on
+    /// their cores, were busy at least [`SATURATION_PERCENT`] of the time:
+    /// the generator itself may have been the bottleneck.
     pub saturated: bool,
     /// CPU time of the whole harness process while sending (from
     /// /proc/self/stat; includes the peer, and an in-process server).
     pub process_cpu_s: f64,
+}
+
+impl GeneratorCpu {
+    /// Judges whether the generator saturated: `workers` sent for `wall_s`
+    /// seconds beside a peer that used `peer_cpu`, all on `cores` cores.
+    pub fn judge(workers: Vec<WorkerCpu>, peer_cpu: Duration, wall_s: f64, cores: usize, process: Duration) -> Self {
+        let max_percent = workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
+        let cores = cores.max(1);
+        let busy_s: f64 =
+            workers.iter().map(|w| (w.cpu_s - w.idle_spin_s).max(0.0)).sum::<f64>() + peer_cpu.as_secs_f64();
+        let cores_percent = 100.0 * busy_s / wall_s.max(1e-9) / cores as f64;
+        GeneratorCpu {
+            threads: workers,
+            max_percent,
+            cores_percent,
+            cores,
+            saturated: max_percent >= SATURATION_PERCENT || cores_percent >= SATURATION_PERCENT,
+            process_cpu_s: process.as_secs_f64(),
+        }
+    }
 }
 
 /// What the peer saw.
@@ -596,7 +623,8 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         }
         (None, None) => None,
     };
-    let max_percent = r.workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
+    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    let generator = GeneratorCpu::judge(r.workers, peer_stats.cpu, secs, cores, r.process_cpu);
     Ok(ThroughputReport {
         scenario,
         target: target_name,
@@ -612,7 +640,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         setup_s,
         size: cfg.size,
         rate: cfg.rate,
-        threads: r.workers.len(),
+        threads: generator.threads.len(),
         window: cfg.window,
         duration_s: secs,
         sent: r.sent,
@@ -634,12 +662,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
             echo_failed: peer_stats.echo_failed,
             cpu_s: peer_stats.cpu.as_secs_f64(),
         },
-        generator: GeneratorCpu {
-            threads: r.workers,
-            max_percent,
-            saturated: max_percent >= SATURATION_PERCENT,
-            process_cpu_s: r.process_cpu.as_secs_f64(),
-        },
+        generator,
         server,
         refreshes: r.refresh,
         released,
@@ -715,8 +738,10 @@ impl fmt::Display for ThroughputReport {
         let g = &self.generator;
         writeln!(
             f,
-            "  generator    busiest thread {:.0} % of a core{}; process CPU {:.2} s; peer CPU {:.2} s",
+            "  generator    busiest thread {:.0} % of a core, all with the peer {:.0} % of {} core(s){}; process CPU {:.2} s; peer CPU {:.2} s",
             g.max_percent,
+            g.cores_percent,
+            g.cores,
             if g.saturated { " — SATURATED: the generator may be the bottleneck" } else { " (not saturated)" },
             g.process_cpu_s,
             self.peer.cpu_s
@@ -753,4 +778,26 @@ pub fn one_line(r: &ThroughputReport) -> String {
         fmt_us(r.latency.p50_us),
         fmt_us(r.latency.p99_us)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_sharing_the_senders_core_counts_towards_saturation() {
+        let w = |cpu_s, idle_spin_s| WorkerCpu { cpu_s, wall_s: 1.0, idle_spin_s };
+        // One sender half busy, the peer 45 %: one core 95 % busy.
+        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], Duration::from_millis(450), 1.0, 1, Duration::ZERO);
+        assert!((g.max_percent - 50.0).abs() < 1e-9 && (g.cores_percent - 95.0).abs() < 1e-9, "{g:?}");
+        assert!(g.saturated);
+        // The same on two cores is not saturated; idle spinning is not work.
+        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], Duration::from_millis(450), 1.0, 2, Duration::ZERO);
+        assert!(!g.saturated && (g.cores_percent - 47.5).abs() < 1e-9);
+        let g = GeneratorCpu::judge(vec![w(1.0, 0.9)], Duration::ZERO, 1.0, 1, Duration::ZERO);
+        assert!(!g.saturated && (g.max_percent - 10.0).abs() < 1e-9);
+        // One thread flat out is saturated whatever the cores.
+        let g = GeneratorCpu::judge(vec![w(0.95, 0.0), w(0.0, 0.0)], Duration::ZERO, 1.0, 16, Duration::ZERO);
+        assert!(g.saturated);
+    }
 }
