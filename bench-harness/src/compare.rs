@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::BenchError;
 use crate::allocate::{AllocateConfig, AllocateReport, run_allocate};
+use crate::churn::{ChurnConfig, ChurnReport, run_churn};
 use crate::stats::median;
 use crate::throughput::{Target, ThroughputConfig, ThroughputReport, run_latency, run_throughput};
 
@@ -34,6 +35,8 @@ pub enum CompareScenario {
     Latency(ThroughputConfig),
     /// [`run_allocate`] (TURN targets only).
     Allocate(AllocateConfig),
+    /// [`run_churn`] (TURN targets only): allocate → use → release cycles.
+    Churn(ChurnConfig),
 }
 
 impl CompareScenario {
@@ -42,6 +45,7 @@ impl CompareScenario {
             CompareScenario::Throughput(_) => "throughput",
             CompareScenario::Latency(_) => "latency",
             CompareScenario::Allocate(_) => "allocate",
+            CompareScenario::Churn(_) => "churn",
         }
     }
 }
@@ -88,6 +92,19 @@ const ALLOCATE_METRICS: [Metric; 5] = [
     m("latency_p50_us", "µs", false),
     m("latency_p99_us", "µs", false),
     m("server_cpu_us_per_allocation", "µs", false),
+];
+
+/// Churn: cycles completed per second and their success, ChannelData round
+/// trips answered, and the server's resources after the run less those
+/// before it (NaN without the target's pid). The growths are signed; 0
+/// means everything came back, and their ratios are meaningless when the
+/// first target's growth is 0 (shown as `-`).
+const CHURN_METRICS: [Metric; 5] = [
+    m("cycles_per_s", "1/s", true),
+    m("success_pct", "%", true),
+    m("round_trip_success_pct", "%", true),
+    m("server_fds_growth", "fds", false),
+    m("server_rss_growth_kib", "KiB", false),
 ];
 
 /// One run of the comparison.
@@ -160,6 +177,25 @@ fn allocate_values(r: &AllocateReport) -> Vec<f64> {
     ]
 }
 
+fn churn_values(r: &ChurnReport) -> Vec<f64> {
+    let (start, end) = match &r.server {
+        Some(s) => (s.start, s.end),
+        None => (None, None),
+    };
+    let growth = |f: fn(&crate::churn::Resources) -> u64| match (start, end) {
+        (Some(a), Some(b)) => f(&b) as f64 - f(&a) as f64,
+        _ => f64::NAN,
+    };
+    vec![
+        r.churn_per_s,
+        r.success_pct,
+        // No round trip made (every cycle failed before): not 0 % answered.
+        if r.data_sent > 0 { r.data_success_pct } else { f64::NAN },
+        growth(|x| x.fds),
+        growth(|x| x.rss_kib),
+    ]
+}
+
 fn finite_median(v: impl Iterator<Item = f64>) -> (f64, f64, f64) {
     let xs: Vec<f64> = v.filter(|x| x.is_finite()).collect();
     if xs.is_empty() {
@@ -177,6 +213,7 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport, BenchError> {
     }
     let metrics: Vec<Metric> = match cfg.scenario {
         CompareScenario::Allocate(_) => ALLOCATE_METRICS.to_vec(),
+        CompareScenario::Churn(_) => CHURN_METRICS.to_vec(),
         _ => TRAFFIC_METRICS.to_vec(),
     };
     let mut runs = Vec::with_capacity(cfg.rounds * cfg.targets.len());
@@ -202,6 +239,14 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport, BenchError> {
                     let c = AllocateConfig { server: server.clone(), server_pid: t.server_pid, ..c.clone() };
                     let r = run_allocate(&c)?;
                     (allocate_values(&r), serde_json::to_value(&r))
+                }
+                CompareScenario::Churn(c) => {
+                    let Target::Turn(server) = &t.target else {
+                        return Err(BenchError::Config(format!("{}: churn needs a TURN server", t.name)));
+                    };
+                    let c = ChurnConfig { server: server.clone(), server_pid: t.server_pid, ..c.clone() };
+                    let r = run_churn(&c)?;
+                    (churn_values(&r), serde_json::to_value(&r))
                 }
             };
             let report = report.map_err(|e| BenchError::Setup(format!("cannot serialise a report: {e}")))?;
@@ -234,11 +279,14 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport, BenchError> {
     Ok(CompareReport { scenario: cfg.scenario.name(), rounds: cfg.rounds, metrics, targets, runs })
 }
 
-fn num(x: f64) -> String {
+/// A figure for the table: grouped thousands, fewer decimals for larger
+/// values, `-` when missing.
+pub(crate) fn num(x: f64) -> String {
     if !x.is_finite() {
         "-".into()
     } else if x.abs() >= 1000.0 {
-        crate::stats::group(x.round() as u64)
+        let sign = if x < 0.0 { "-" } else { "" };
+        format!("{sign}{}", crate::stats::group(x.abs().round() as u64))
     } else if x.abs() >= 10.0 {
         format!("{x:.1}")
     } else {
@@ -285,5 +333,44 @@ impl fmt::Display for CompareReport {
             writeln!(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::churn::{Resources, ServerResources};
+
+    #[test]
+    fn figures_print_with_their_sign_and_churn_growth_is_end_less_start() {
+        assert_eq!(num(-2048.0), "-2,048");
+        assert_eq!(num(12_345.4), "12,345");
+        assert_eq!(num(f64::NAN), "-");
+        let mut r = ChurnReport {
+            scenario: "churn",
+            target: "t".into(),
+            transport: crate::client::TransportKind::Udp,
+            rate: 10,
+            concurrency: 1,
+            wall_s: 1.0,
+            started: 10,
+            completed: 9,
+            churn_per_s: 9.0,
+            success_pct: 90.0,
+            failures: Default::default(),
+            data_sent: 0,
+            data_received: 0,
+            data_success_pct: 0.0,
+            server: None,
+        };
+        let v = churn_values(&r);
+        assert_eq!(&v[..2], &[9.0, 90.0]);
+        assert!(v[2..].iter().all(|x| x.is_nan()), "no round trip, no pid: {v:?}");
+        r.server = Some(ServerResources {
+            source: "pid 1".into(),
+            start: Some(Resources { rss_kib: 5000, fds: 20 }),
+            end: Some(Resources { rss_kib: 4000, fds: 23 }),
+        });
+        assert_eq!(&churn_values(&r)[3..], &[3.0, -1000.0]);
     }
 }

@@ -32,6 +32,7 @@ pub mod procfs;
 pub mod refresh;
 pub mod report;
 pub mod stats;
+pub mod stream;
 pub mod throughput;
 pub mod traffic;
 

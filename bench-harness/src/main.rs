@@ -9,7 +9,7 @@ use std::time::Duration;
 use bench_harness::allocate::AllocateConfig;
 use bench_harness::client::{PasswordAlgorithm, TlsOptions, TransportKind};
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
-use bench_harness::report::write_throughput_html;
+use bench_harness::report::{write_compare_html, write_throughput_html};
 use bench_harness::{
     BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, ThroughputReport, TurnServer, run_allocate,
     run_baseline, run_churn, run_compare, run_latency, run_throughput,
@@ -349,8 +349,36 @@ struct CompareCmd {
     pause_ms: u64,
     #[command(flatten)]
     creds: CredArgs,
+    /// Also write a self-contained HTML report to this file: the table of
+    /// medians, ranges and ratios, and plots of every run, one colour per
+    /// target (inline SVG).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     #[command(subcommand)]
     scenario: CompareSub,
+}
+
+/// How to churn, under `compare churn`.
+#[derive(Args, Debug, Clone)]
+struct CompareChurnArgs {
+    /// Seconds during which new allocations start, per run.
+    #[arg(long, short = 'd', default_value = "30", value_parser = secs)]
+    duration: Duration,
+    /// New allocations per second; 0: as fast as cycles finish.
+    #[arg(long, short = 'r', default_value_t = 100)]
+    rate: u64,
+    /// Allocations alive at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// ChannelData round trips per allocation.
+    #[arg(long, default_value_t = 3)]
+    round_trips: u32,
+    /// Where the echoing peer binds.
+    #[arg(long, default_value = "127.0.0.2")]
+    peer_ip: IpAddr,
+    /// Local address of the client sockets.
+    #[arg(long)]
+    client_ip: Option<IpAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -361,6 +389,9 @@ enum CompareSub {
     Latency(TrafficArgs),
     /// Compare allocation storms (TURN targets only).
     Allocate(StormArgs),
+    /// Compare churn (allocate, use, release cycles; TURN targets only):
+    /// cycles/s, success, and with a target's pid its fds and RSS growth.
+    Churn(CompareChurnArgs),
 }
 
 fn resolve(s: &str) -> Result<SocketAddr, String> {
@@ -386,16 +417,6 @@ fn password_algorithm(s: &str) -> Result<PasswordAlgorithm, String> {
 
 /// Throughput and latency run over UDP only for now: refuse the others
 /// rather than silently measuring UDP.
-fn udp_only(scenario: &str, server: &TurnServer) -> Result<(), BenchError> {
-    if server.transport != TransportKind::Udp {
-        return Err(BenchError::Config(format!(
-            "{scenario} over {} is not supported yet (use --transport udp)",
-            server.transport.name()
-        )));
-    }
-    Ok(())
-}
-
 fn secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
     if !(v > 0.0 && v <= 86_400.0) {
@@ -460,7 +481,6 @@ fn run(cli: Cli) -> Result<(), BenchError> {
     match cli.command {
         Command::Throughput(c) => {
             let server = c.server.creds.server(c.server.server);
-            udp_only("throughput", &server)?;
             let base = ThroughputConfig::new(server);
             let cfg = ThroughputConfig { server_pid: c.server.server_pid, live, ..c.traffic.apply(base) };
             check_report_path(c.report.as_deref())?;
@@ -468,7 +488,6 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Command::Latency(c) => {
             let server = c.server.creds.server(c.server.server);
-            udp_only("latency", &server)?;
             let base = ThroughputConfig::latency(server);
             let cfg = ThroughputConfig { server_pid: c.server.server_pid, live, ..c.traffic.apply(base) };
             check_report_path(c.report.as_deref())?;
@@ -509,9 +528,6 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                 .map_err(BenchError::Config)?;
             // The targets replace this placeholder server in each run.
             let placeholder = c.creds.server(SocketAddr::from(([127, 0, 0, 1], 3478)));
-            if !matches!(c.scenario, CompareSub::Allocate(_)) {
-                udp_only("compare throughput/latency", &placeholder)?;
-            }
             let scenario = match &c.scenario {
                 CompareSub::Throughput(t) => CompareScenario::Throughput(ThroughputConfig {
                     live,
@@ -522,9 +538,25 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                     ..t.apply(ThroughputConfig::latency(placeholder))
                 }),
                 CompareSub::Allocate(s) => CompareScenario::Allocate(s.config(placeholder, None, live)),
+                CompareSub::Churn(a) => CompareScenario::Churn(ChurnConfig {
+                    duration: a.duration,
+                    rate: a.rate,
+                    concurrency: a.concurrency,
+                    round_trips: a.round_trips,
+                    peer_ip: a.peer_ip,
+                    client_ip: a.client_ip,
+                    live,
+                    ..ChurnConfig::new(placeholder)
+                }),
             };
             let cfg = CompareConfig { targets, rounds: c.rounds, scenario, pause: Duration::from_millis(c.pause_ms) };
-            emit(&run_compare(&cfg)?, cli.json)
+            check_report_path(c.report.as_deref())?;
+            let report = run_compare(&cfg)?;
+            if let Some(path) = c.report.as_deref() {
+                write_compare_html(path, &report)
+                    .map_err(|e| BenchError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+            }
+            emit(&report, cli.json)
         }
     }
 }

@@ -26,6 +26,26 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// A deadline far enough not to matter (an hour).
 const FAR: Duration = Duration::from_secs(3600);
 
+/// Where a refresher's requests go: the flow's own socket or stream (the
+/// same 5-tuple as its data).
+pub(crate) trait Transmit {
+    /// Sends (or queues) one STUN message; failures show up as timeouts.
+    fn transmit(&mut self, msg: &[u8]);
+}
+
+impl Transmit for &UdpSocket {
+    fn transmit(&mut self, msg: &[u8]) {
+        let _ = self.send(msg);
+    }
+}
+
+impl Transmit for crate::stream::StreamConn {
+    fn transmit(&mut self, msg: &[u8]) {
+        // Control messages are never shed; the flush comes with the data.
+        self.queue(msg);
+    }
+}
+
 /// Refresh counters of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RefreshStats {
@@ -125,7 +145,7 @@ impl Refresher {
 
     /// Runs the timers: retransmits, gives up, starts the refreshes that
     /// are due (only when `start_new`). Returns when to be called next.
-    pub fn poll(&mut self, sock: &UdpSocket, now: Instant, start_new: bool, st: &mut RefreshStats) -> Instant {
+    pub fn poll(&mut self, out: &mut impl Transmit, now: Instant, start_new: bool, st: &mut RefreshStats) -> Instant {
         // Bounded: at most one retransmission, then a wait or an end.
         for _ in 0..4 {
             match self.core.poll(now) {
@@ -136,7 +156,7 @@ impl Refresher {
                 Poll::Wait(t) => return t,
                 Poll::Transmit(bytes) => {
                     st.retransmitted += 1;
-                    let _ = sock.send(bytes);
+                    out.transmit(bytes);
                 }
                 Poll::Failed(e) => {
                     st.fail(&e);
@@ -158,7 +178,7 @@ impl Refresher {
         match self.core.start(request, now) {
             Ok(bytes) => {
                 st.started += 1;
-                let _ = sock.send(bytes);
+                out.transmit(bytes);
                 self.in_flight = Some(kind);
                 match self.core.poll(now) {
                     Poll::Wait(t) => t,
@@ -181,7 +201,7 @@ impl Refresher {
     /// ended, and another may be due).
     pub fn handle(
         &mut self,
-        sock: &UdpSocket,
+        out: &mut impl Transmit,
         msg: &[u8],
         now: Instant,
         st: &mut RefreshStats,
@@ -191,7 +211,7 @@ impl Refresher {
             Handled::Ignored => false,
             Handled::Transmit(bytes) => {
                 // A 438 (stale nonce) answered with the new nonce.
-                let _ = sock.send(bytes);
+                out.transmit(bytes);
                 true
             }
             Handled::Done(r) => {

@@ -1,11 +1,16 @@
 //! `--report out.html`: one self-contained HTML file (no scripts, no
 //! external assets) with hand-written inline SVG plots of a throughput or
 //! latency run — packets/s over time and the latency percentile curve — and
-//! its summary table.
+//! its summary table; or of a comparison ([`compare_html`]): the table of
+//! medians, ranges and ratios, and each target's runs overlaid in its own
+//! colour.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+use serde_json::Value;
+
+use crate::compare::{CompareReport, num};
 use crate::stats::{fmt_us, group};
 use crate::throughput::ThroughputReport;
 
@@ -17,6 +22,9 @@ const TOP: f64 = 20.0;
 const BOTTOM: f64 = 50.0;
 const SENT_COLOUR: &str = "#1f77b4";
 const RECEIVED_COLOUR: &str = "#d62728";
+/// One colour per target of a comparison, in order (cycled beyond ten).
+const PALETTE: [&str; 10] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 /// Escapes `s` for HTML text and attribute values.
 pub fn escape(s: &str) -> String {
@@ -43,6 +51,19 @@ pub fn write_throughput_html(path: &Path, r: &ThroughputReport) -> std::io::Resu
 pub fn throughput_html(r: &ThroughputReport) -> String {
     let title = format!("turn-bench {}: {}", r.scenario, r.target);
     let mut h = String::new();
+    head(&mut h, &title);
+    summary_table(&mut h, r);
+    h.push_str("<h2>Throughput over time</h2>\n");
+    throughput_svg(&mut h, r);
+    let kind = if r.latency_kind == "rtt" { "RTT" } else { "One-way latency" };
+    let _ = writeln!(h, "<h2>{} percentiles</h2>", escape(kind));
+    latency_svg(&mut h, r, kind);
+    h.push_str("</body>\n</html>\n");
+    h
+}
+
+/// The document's start, up to and including its `<h1>`.
+fn head(h: &mut String, title: &str) {
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>\n\
@@ -52,17 +73,9 @@ pub fn throughput_html(r: &ThroughputReport) -> String {
          th {{ text-align: left; }}\n\
          svg text {{ font-size: 12px; font-family: sans-serif; }}\n\
          </style>\n</head>\n<body>\n<h1>{}</h1>\n",
-        escape(&title),
-        escape(&title)
+        escape(title),
+        escape(title)
     );
-    summary_table(&mut h, r);
-    h.push_str("<h2>Throughput over time</h2>\n");
-    throughput_svg(&mut h, r);
-    let kind = if r.latency_kind == "rtt" { "RTT" } else { "One-way latency" };
-    let _ = writeln!(h, "<h2>{} percentiles</h2>", escape(kind));
-    latency_svg(&mut h, r, kind);
-    h.push_str("</body>\n</html>\n");
-    h
 }
 
 fn row(h: &mut String, name: &str, cells: &[String]) {
@@ -114,7 +127,13 @@ fn summary_table(h: &mut String, r: &ThroughputReport) {
     row(
         h,
         "generator busiest thread",
-        &[format!("{:.0} % of a core{}", g.max_percent, if g.saturated { " (SATURATED)" } else { "" })],
+        &[format!(
+            "busiest thread {:.0} % of a core, all with the peer {:.0} % of {} core(s){}",
+            g.max_percent,
+            g.cores_percent,
+            g.cores,
+            if g.saturated { " (SATURATED)" } else { "" }
+        )],
     );
     if let Some(s) = &r.server {
         row(h, "server", &[s.to_string()]);
@@ -183,6 +202,47 @@ fn y_tick(h: &mut String, f: &Frame, v: f64, label: &str) {
     );
 }
 
+/// Horizontal grid lines every `step` from 0 to the top.
+fn y_ticks(h: &mut String, f: &Frame, step: f64, label: impl Fn(f64) -> String) {
+    let mut v = 0.0;
+    while v <= f.y_max + step / 2.0 {
+        y_tick(h, f, v, &label(v));
+        v += step;
+    }
+}
+
+/// Seconds along the x axis, about eight ticks.
+fn time_ticks(h: &mut String, f: &Frame) {
+    let xs = nice_step(f.x_max, 8.0);
+    let mut v = 0.0;
+    while v <= f.x_max + xs / 1e6 {
+        x_tick(h, f, v, &format!("{v}"));
+        v += xs;
+    }
+}
+
+/// Percentiles along the x axis, on the scale of [`nines`].
+fn percentile_ticks(h: &mut String, f: &Frame) {
+    for (p, label) in [(0.0, "0"), (90.0, "90"), (99.0, "99"), (99.9, "99.9"), (99.99, "99.99")] {
+        x_tick(h, f, nines(p), label);
+    }
+}
+
+/// Room above the highest point of a comparison's plot, for the legend.
+const HEADROOM: f64 = 1.2;
+
+/// A tick's label: whole numbers grouped, else as many decimals as `step`
+/// needs.
+fn tick_label(v: f64, step: f64) -> String {
+    if step >= 1.0 { group(v.round() as u64) } else { format!("{v:.*}", (-step.log10()).ceil() as usize) }
+}
+
+/// A y range from 0 to a round value above `y_top`, and its tick step.
+fn y_range(y_top: f64) -> (f64, f64) {
+    let step = nice_step(y_top.max(1.0), 5.0);
+    ((y_top / step).ceil().max(1.0) * step, step)
+}
+
 fn axis_labels(h: &mut String, x: &str, y: &str) {
     let _ = writeln!(
         h,
@@ -213,8 +273,8 @@ fn polyline(h: &mut String, f: &Frame, points: impl Iterator<Item = (f64, f64)>,
 }
 
 fn legend(h: &mut String, entries: &[(&str, &str)]) {
-    for (i, (name, colour)) in entries.iter().enumerate() {
-        let x = LEFT + 10.0 + 110.0 * i as f64;
+    let mut x = LEFT + 10.0;
+    for (name, colour) in entries {
         let _ = writeln!(
             h,
             "<rect x=\"{x:.1}\" y=\"{}\" width=\"12\" height=\"4\" fill=\"{colour}\"/>\
@@ -224,6 +284,7 @@ fn legend(h: &mut String, entries: &[(&str, &str)]) {
             TOP + 15.0,
             escape(name)
         );
+        x += (30.0 + 7.0 * name.chars().count() as f64).max(110.0);
     }
 }
 
@@ -247,26 +308,211 @@ fn throughput_svg(h: &mut String, r: &ThroughputReport) {
     let t = &r.timeline;
     let x_max = t.iter().map(|s| s.t_s).fold(r.duration_s, f64::max);
     let y_top = t.iter().map(|s| s.sent_pps.max(s.received_pps)).fold(0.0, f64::max);
-    let step = nice_step(y_top.max(1.0), 5.0);
-    let f = Frame::new(x_max, (y_top / step).ceil().max(1.0) * step);
+    let (y_max, step) = y_range(y_top);
+    let f = Frame::new(x_max, y_max);
     svg_open(h, "packets per second over time");
-    let mut v = 0.0;
-    while v <= f.y_max + step / 2.0 {
-        y_tick(h, &f, v, &group(v.round() as u64));
-        v += step;
-    }
-    let xs = nice_step(f.x_max, 8.0);
-    let mut v = 0.0;
-    while v <= f.x_max + xs / 1e6 {
-        x_tick(h, &f, v, &format!("{v}"));
-        v += xs;
-    }
+    y_ticks(h, &f, step, |v| group(v.round() as u64));
+    time_ticks(h, &f);
     axis_labels(h, "time, s", "packets/s");
     polyline(h, &f, t.iter().map(|s| (s.t_s, s.sent_pps)), SENT_COLOUR, "sent");
     polyline(h, &f, t.iter().map(|s| (s.t_s, s.received_pps)), RECEIVED_COLOUR, "received");
     legend(h, &[("sent", SENT_COLOUR), ("received", RECEIVED_COLOUR)]);
     if t.is_empty() {
         let _ = writeln!(h, "<text x=\"{}\" y=\"{}\">no samples</text>", LEFT + 20.0, TOP + 40.0);
+    }
+    h.push_str("</svg>\n");
+}
+
+/// Writes [`compare_html`] of `r` to `path`.
+pub fn write_compare_html(path: &Path, r: &CompareReport) -> std::io::Result<()> {
+    std::fs::write(path, compare_html(r))
+}
+
+/// The colour of the `k`th target.
+fn colour(k: usize) -> &'static str {
+    PALETTE[k % PALETTE.len()]
+}
+
+/// The HTML report of a comparison: the table of each figure's median,
+/// range and ratio to the first target, then plots with each target's runs
+/// in its own colour — received packets/s over time and the latency
+/// percentile curves for throughput and latency comparisons, the first
+/// figure (allocations/s, cycles/s) of each run otherwise.
+pub fn compare_html(r: &CompareReport) -> String {
+    let names: Vec<&str> = r.targets.iter().map(|t| t.name.as_str()).collect();
+    let title = format!("turn-bench compare: {} of {}", r.scenario, names.join(", "));
+    let mut h = String::new();
+    head(&mut h, &title);
+    let _ = writeln!(
+        h,
+        "<p>{} round(s), targets run in alternation; ratios are each median over the first target's \
+         (<i>{}</i>).</p>",
+        r.rounds,
+        escape(names.first().copied().unwrap_or_default())
+    );
+    compare_targets(&mut h, r);
+    compare_table(&mut h, r);
+    let legend: Vec<(&str, &str)> = names.iter().enumerate().map(|(k, n)| (*n, colour(k))).collect();
+    if r.scenario == "throughput" || r.scenario == "latency" {
+        h.push_str("<h2>Received packets/s over time, every run</h2>\n");
+        compare_timeline_svg(&mut h, r, &legend);
+        let rtt = r.runs.iter().any(|run| run.report["latency_kind"] == "rtt");
+        let kind = if rtt { "RTT" } else { "One-way latency" };
+        let _ = writeln!(h, "<h2>{} percentiles, every run</h2>", escape(kind));
+        compare_percentiles_svg(&mut h, r, &legend, kind);
+    } else if let Some(m) = r.metrics.first() {
+        let label = format!("{} ({})", m.key, m.unit);
+        let _ = writeln!(h, "<h2>{} per run</h2>", escape(&label));
+        per_run_svg(&mut h, r, 0, &legend);
+    }
+    h.push_str("</body>\n</html>\n");
+    h
+}
+
+fn compare_targets(h: &mut String, r: &CompareReport) {
+    h.push_str("<table>\n<tr><th>target</th><th>what</th><th>runs</th></tr>\n");
+    for (k, t) in r.targets.iter().enumerate() {
+        let runs = r.runs.iter().filter(|x| x.target == t.name).count();
+        let _ = writeln!(
+            h,
+            "<tr><th><span style=\"color: {}\">&#9632;</span> {}</th><td>{}</td><td>{runs}</td></tr>",
+            colour(k),
+            escape(&t.name),
+            escape(&t.target)
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn compare_table(h: &mut String, r: &CompareReport) {
+    let Some(reference) = r.targets.first() else { return };
+    h.push_str("<h2>Figures</h2>\n<table class=\"compare\">\n<tr><th>figure</th><th>better</th>");
+    for t in &r.targets {
+        let _ = write!(h, "<th>{} median [min – max]</th>", escape(&t.name));
+    }
+    for t in r.targets.iter().skip(1) {
+        let _ = write!(h, "<th>ratio {}/{}</th>", escape(&t.name), escape(&reference.name));
+    }
+    h.push_str("</tr>\n");
+    for (k, m) in r.metrics.iter().enumerate() {
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td>{}</td>",
+            escape(&format!("{} ({})", m.key, m.unit)),
+            if m.higher_is_better { "higher" } else { "lower" }
+        );
+        for t in &r.targets {
+            let cell = if r.rounds > 1 && t.median[k].is_finite() {
+                format!("{} [{} – {}]", num(t.median[k]), num(t.min[k]), num(t.max[k]))
+            } else {
+                num(t.median[k])
+            };
+            let _ = write!(h, "<td>{}</td>", escape(&cell));
+        }
+        for t in r.targets.iter().skip(1) {
+            let x = t.ratio[k];
+            let cell = if x.is_finite() { format!("×{x:.3}") } else { "-".into() };
+            let _ = write!(h, "<td>{}</td>", escape(&cell));
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</table>\n");
+}
+
+/// Pairs `(x, y)` of the objects in array `report[key]`, skipping entries
+/// without both.
+fn points(report: &Value, key: &str, x: &str, y: &str) -> Vec<(f64, f64)> {
+    report[key]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| Some((p[x].as_f64()?, p[y].as_f64()?))).collect())
+        .unwrap_or_default()
+}
+
+/// Each run's series, with the index of its target.
+fn series(r: &CompareReport, key: &str, x: &str, y: &str) -> Vec<(usize, Vec<(f64, f64)>)> {
+    r.runs
+        .iter()
+        .filter_map(|run| {
+            let k = r.targets.iter().position(|t| t.name == run.target)?;
+            Some((k, points(&run.report, key, x, y)))
+        })
+        .collect()
+}
+
+fn no_samples(h: &mut String) {
+    let _ = writeln!(h, "<text x=\"{}\" y=\"{}\">no samples</text>", LEFT + 20.0, TOP + 40.0);
+}
+
+fn compare_timeline_svg(h: &mut String, r: &CompareReport, entries: &[(&str, &str)]) {
+    let runs = series(r, "timeline", "t_s", "received_pps");
+    let durations = r.runs.iter().filter_map(|run| run.report["duration_s"].as_f64());
+    let x_max = runs.iter().flat_map(|(_, s)| s.iter().map(|p| p.0)).chain(durations).fold(0.0, f64::max);
+    let y_top = runs.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(0.0, f64::max);
+    let (y_max, step) = y_range(y_top * HEADROOM);
+    let f = Frame::new(x_max, y_max);
+    svg_open(h, "received packets per second over time, every run");
+    y_ticks(h, &f, step, |v| tick_label(v, step));
+    time_ticks(h, &f);
+    axis_labels(h, "time, s", "received packets/s");
+    for (k, s) in runs.iter().filter(|(_, s)| !s.is_empty()) {
+        polyline(h, &f, s.iter().copied(), colour(*k), &r.targets[*k].name);
+    }
+    legend(h, entries);
+    if runs.iter().all(|(_, s)| s.is_empty()) {
+        no_samples(h);
+    }
+    h.push_str("</svg>\n");
+}
+
+fn compare_percentiles_svg(h: &mut String, r: &CompareReport, entries: &[(&str, &str)], kind: &str) {
+    let runs = series(r, "percentiles", "percentile", "us");
+    let y_top = runs.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(0.0, f64::max);
+    let (y_max, step) = y_range(y_top * HEADROOM);
+    let f = Frame::new(4.0, y_max);
+    svg_open(h, &format!("{kind} by percentile, every run"));
+    y_ticks(h, &f, step, fmt_us);
+    percentile_ticks(h, &f);
+    axis_labels(h, "percentile", kind);
+    for (k, s) in runs.iter().filter(|(_, s)| !s.is_empty()) {
+        polyline(h, &f, s.iter().map(|&(p, us)| (nines(p), us)), colour(*k), &r.targets[*k].name);
+    }
+    legend(h, entries);
+    if runs.iter().all(|(_, s)| s.is_empty()) {
+        no_samples(h);
+    }
+    h.push_str("</svg>\n");
+}
+
+/// Figure `m` of every run against its round, a line and dots per target.
+fn per_run_svg(h: &mut String, r: &CompareReport, m: usize, entries: &[(&str, &str)]) {
+    let metric = &r.metrics[m];
+    let label = format!("{} ({})", metric.key, metric.unit);
+    let y_top = r.runs.iter().map(|x| x.values[m]).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let (y_max, step) = y_range(y_top * HEADROOM);
+    let f = Frame::new(r.rounds as f64, y_max);
+    svg_open(h, &format!("{label} per run"));
+    y_ticks(h, &f, step, |v| tick_label(v, step));
+    for round in 0..r.rounds {
+        x_tick(h, &f, round as f64 + 0.5, &format!("{}", round + 1));
+    }
+    axis_labels(h, "round", &label);
+    for (k, t) in r.targets.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = r
+            .runs
+            .iter()
+            .filter(|x| x.target == t.name && x.values[m].is_finite())
+            .map(|x| (x.round as f64 + 0.5, x.values[m]))
+            .collect();
+        if !pts.is_empty() {
+            polyline(h, &f, pts.iter().copied(), colour(k), &t.name);
+        }
+        for &(x, y) in &pts {
+            let _ = writeln!(h, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{}\"/>", f.x(x), f.y(y), colour(k));
+        }
+    }
+    legend(h, entries);
+    if r.runs.iter().all(|x| !x.values[m].is_finite()) {
+        no_samples(h);
     }
     h.push_str("</svg>\n");
 }
@@ -280,17 +526,11 @@ fn nines(p: f64) -> f64 {
 fn latency_svg(h: &mut String, r: &ThroughputReport, kind: &str) {
     let pts = &r.percentiles;
     let y_top = pts.iter().map(|p| p.us).fold(0.0, f64::max);
-    let step = nice_step(y_top.max(1.0), 5.0);
-    let f = Frame::new(4.0, (y_top / step).ceil().max(1.0) * step);
+    let (y_max, step) = y_range(y_top);
+    let f = Frame::new(4.0, y_max);
     svg_open(h, &format!("{kind} by percentile"));
-    let mut v = 0.0;
-    while v <= f.y_max + step / 2.0 {
-        y_tick(h, &f, v, &fmt_us(v));
-        v += step;
-    }
-    for (p, label) in [(0.0, "0"), (90.0, "90"), (99.0, "99"), (99.9, "99.9"), (99.99, "99.99")] {
-        x_tick(h, &f, nines(p), label);
-    }
+    y_ticks(h, &f, step, fmt_us);
+    percentile_ticks(h, &f);
     axis_labels(h, "percentile", kind);
     polyline(h, &f, pts.iter().map(|p| (nines(p.percentile), p.us)), SENT_COLOUR, "latency");
     if pts.is_empty() {
@@ -311,5 +551,8 @@ mod tests {
         assert_eq!(nines(100.0), 4.0);
         assert_eq!(nice_step(1000.0, 5.0), 200.0);
         assert_eq!(nice_step(7.0, 8.0), 1.0);
+        assert_eq!(tick_label(1000.0, 200.0), "1,000");
+        assert_eq!(tick_label(0.4, 0.2), "0.4");
+        assert_eq!(tick_label(0.05, 0.05), "0.05");
     }
 }

@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::client::{ClientCore, Request, TransportKind, TurnClient, TurnServer, UdpTransport};
+use crate::client::{
+    ClientCore, Request, TcpTransport, TlsTransport, Transport, TransportKind, TurnClient, TurnServer, UdpTransport,
+};
 use crate::forwarder::{BASELINE_CHANNEL, Forwarder, ForwarderStats};
 use crate::payload::PROBE_LEN;
 use crate::peer::{Peer, PeerMode};
 use crate::procfs::{self, Memory};
 use crate::refresh::{RefreshStats, Refresher};
 use crate::stats::{LatencySummary, fmt_us, group};
-use crate::traffic::{self, EngineConfig, Flow, Framing, Sample, WorkerCpu};
+use crate::stream::StreamConn;
+use crate::traffic::{self, EngineConfig, Flow, FlowIo, Framing, Sample, WorkerCpu};
 
 /// The channel number every allocation binds to its peer.
 pub const CHANNEL: u16 = 0x4000;
@@ -45,7 +48,7 @@ pub enum Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Turn(s) => write!(f, "TURN server {}", s.addr),
+            Target::Turn(s) => write!(f, "TURN server {} over {}", s.addr, s.transport.name()),
             Target::Baseline => write!(f, "baseline forwarder"),
         }
     }
@@ -197,12 +200,39 @@ pub struct GeneratorCpu {
     /// The busiest thread, percent of one core, not counting the time it
     /// spun idle waiting for the next packet to be due.
     pub max_percent: f64,
-    /// Whether a generator thread was busy at least [`SATURATION_PERCENT`]
-    /// of the time: the generator itself may have been the bottleneck.
+    /// The generator's threads together (senders, less idle spinning, and
+    /// the peer), percent of the cores the process may run on (its CPU
+    /// affinity: `taskset -c 1 turn-bench ...` puts them all on one core).
+    pub cores_percent: f64,
+    /// How many cores that is.
+    pub cores: usize,
+    /// Whether a generator thread, or the generator's threads together on
+    /// their cores, were busy at least [`SATURATION_PERCENT`] of the time:
+    /// the generator itself may have been the bottleneck.
     pub saturated: bool,
     /// CPU time of the whole harness process while sending (from
     /// /proc/self/stat; includes the peer, and an in-process server).
     pub process_cpu_s: f64,
+}
+
+impl GeneratorCpu {
+    /// Judges whether the generator saturated: `workers` sent for `wall_s`
+    /// seconds beside a peer that used `peer_cpu`, all on `cores` cores.
+    pub fn judge(workers: Vec<WorkerCpu>, peer_cpu: Duration, wall_s: f64, cores: usize, process: Duration) -> Self {
+        let max_percent = workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
+        let cores = cores.max(1);
+        let busy_s: f64 =
+            workers.iter().map(|w| (w.cpu_s - w.idle_spin_s).max(0.0)).sum::<f64>() + peer_cpu.as_secs_f64();
+        let cores_percent = 100.0 * busy_s / wall_s.max(1e-9) / cores as f64;
+        GeneratorCpu {
+            threads: workers,
+            max_percent,
+            cores_percent,
+            cores,
+            saturated: max_percent >= SATURATION_PERCENT || cores_percent >= SATURATION_PERCENT,
+            process_cpu_s: process.as_secs_f64(),
+        }
+    }
 }
 
 /// What the peer saw.
@@ -335,13 +365,35 @@ pub fn run_baseline(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchErr
     run(&cfg.baseline(), "baseline")
 }
 
+/// A flow's connection to the server: its own UDP socket, or a TCP/TLS
+/// stream taken over by the measuring loop.
+enum FlowConn {
+    Udp(UdpTransport),
+    Stream(StreamConn),
+}
+
 struct TurnFlow {
-    transport: UdpTransport,
+    conn: FlowConn,
     /// Lent to the flow's refresher during the run.
     core: Option<ClientCore>,
     binding: Request,
     lifetime: u32,
     bound_at: Instant,
+}
+
+/// Allocates and binds over `t`; returns the transport and client state.
+fn allocate_and_bind<T: Transport>(
+    t: T,
+    server: &TurnServer,
+    binding: &Request,
+) -> Result<(T, ClientCore, u32), crate::client::ClientError> {
+    let mut c = TurnClient::new(t, server.client_config())?;
+    let granted = c.request(Request::Allocate { lifetime: None })?;
+    // RFC 8656 default when the server does not say.
+    let lifetime = granted.lifetime.unwrap_or(600);
+    c.request(binding.clone())?;
+    let (t, core) = c.into_parts();
+    Ok((t, core, lifetime))
 }
 
 fn client_local(cfg: &ThroughputConfig, server: SocketAddr) -> SocketAddr {
@@ -359,23 +411,43 @@ fn setup_turn(
 ) -> Result<Vec<TurnFlow>, BenchError> {
     let mut flows = Vec::with_capacity(cfg.allocations);
     let mut failed = 0usize;
+    // One TLS configuration (trust, name) for every connection.
+    let tls = match server.transport {
+        TransportKind::Tls => Some(server.tls_connector().map_err(|e| BenchError::Config(e.to_string()))?),
+        _ => None,
+    };
+    let tls = tls.as_ref();
     for _ in 0..cfg.allocations {
         let r = (|| {
-            let t = UdpTransport::connect(server.addr, Some(client_local(cfg, server.addr)))?;
-            crate::net::grow_buffers(t.socket(), crate::net::SOCKET_BUFFER);
-            let mut c = TurnClient::new(t, server.client_config())?;
-            let granted = c.request(Request::Allocate { lifetime: None })?;
-            // RFC 8656 default when the server does not say.
-            let lifetime = granted.lifetime.unwrap_or(600);
             let binding = if cfg.indications {
                 Request::CreatePermission { peers: vec![peer] }
             } else {
                 Request::ChannelBind { channel: CHANNEL, peer }
             };
-            c.request(binding.clone())?;
+            let local = client_local(cfg, server.addr);
+            let (conn, core, lifetime) = match server.transport {
+                TransportKind::Udp => {
+                    let t = UdpTransport::connect(server.addr, Some(local))?;
+                    crate::net::grow_buffers(t.socket(), crate::net::SOCKET_BUFFER);
+                    let (t, core, lifetime) = allocate_and_bind(t, server, &binding)?;
+                    (FlowConn::Udp(t), core, lifetime)
+                }
+                TransportKind::Tcp => {
+                    let t = TcpTransport::connect(server.addr, Some(local))?;
+                    let (t, core, lifetime) = allocate_and_bind(t, server, &binding)?;
+                    let (stream, pending) = t.into_parts();
+                    (FlowConn::Stream(StreamConn::new(stream, None, &pending)?), core, lifetime)
+                }
+                TransportKind::Tls => {
+                    let Some(connector) = tls else { unreachable!("made above for TLS") };
+                    let t = TlsTransport::connect(server.addr, Some(local), connector)?;
+                    let (t, core, lifetime) = allocate_and_bind(t, server, &binding)?;
+                    let (stream, conn, pending) = t.into_parts();
+                    (FlowConn::Stream(StreamConn::new(stream, Some(conn), &pending)?), core, lifetime)
+                }
+            };
             let bound_at = Instant::now();
-            let (transport, core) = c.into_parts();
-            Ok::<_, crate::client::ClientError>(TurnFlow { transport, core: Some(core), binding, lifetime, bound_at })
+            Ok::<_, crate::client::ClientError>(TurnFlow { conn, core: Some(core), binding, lifetime, bound_at })
         })();
         match r {
             Ok(f) => flows.push(f),
@@ -403,18 +475,37 @@ fn setup_turn(
     Ok(flows)
 }
 
-fn release(flows: Vec<TurnFlow>) -> (usize, usize) {
+/// Releases one flow's allocation (Refresh 0), over its own connection.
+fn release_one(conn: FlowConn, core: ClientCore, server: SocketAddr) -> Result<(), crate::client::ClientError> {
+    match conn {
+        FlowConn::Udp(t) => {
+            t.socket().set_nonblocking(false)?;
+            TurnClient::from_parts(t, core).refresh(0).map(drop)
+        }
+        FlowConn::Stream(s) => {
+            let (stream, tls, pending) = s.into_parts()?;
+            match tls {
+                None => {
+                    TurnClient::from_parts(TcpTransport::from_parts(stream, server, pending), core).refresh(0).map(drop)
+                }
+                Some(conn) => TurnClient::from_parts(TlsTransport::from_parts(stream, conn, server, pending), core)
+                    .refresh(0)
+                    .map(drop),
+            }
+        }
+    }
+}
+
+fn release(flows: Vec<TurnFlow>, server: SocketAddr) -> (usize, usize) {
     let (mut ok, mut failed) = (0, 0);
     let total = flows.len();
     for f in flows {
-        let _ = f.transport.socket().set_nonblocking(false);
         let Some(core) = f.core else {
             failed += 1;
             continue;
         };
-        let mut c = TurnClient::from_parts(f.transport, core);
-        match c.refresh(0) {
-            Ok(_) => ok += 1,
+        match release_one(f.conn, core, server) {
+            Ok(()) => ok += 1,
             // The server stopped answering: the rest would time out too.
             Err(crate::client::ClientError::Timeout { .. }) => return (ok, total - ok),
             Err(_) => failed += 1,
@@ -448,7 +539,9 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         Target::Turn(server) => {
             turn_flows = setup_turn(cfg, server, peer_addr, &mut errors)?;
             for f in &turn_flows {
-                f.transport.socket().set_nonblocking(true)?;
+                if let FlowConn::Udp(t) = &f.conn {
+                    t.socket().set_nonblocking(true)?;
+                }
             }
             let framing = if cfg.indications { Framing::Indication(peer_addr) } else { Framing::Channel(CHANNEL) };
             (format!("TURN {} (user {})", server.addr, server.credentials.display_user()), framing, server.addr)
@@ -479,10 +572,16 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
                     .core
                     .take_if(|_| refreshing)
                     .map(|core| Refresher::new(core, f.binding.clone(), f.lifetime, cfg.refresh_interval, f.bound_at));
-                Flow { sock: f.transport.socket(), dest, refresh }
+                let io = match &mut f.conn {
+                    FlowConn::Udp(t) => FlowIo::Datagram { sock: t.socket(), dest },
+                    FlowConn::Stream(s) => FlowIo::Stream(s),
+                };
+                Flow { io, refresh }
             })
             .collect(),
-        Target::Baseline => plain_socks.iter().map(|s| Flow { sock: s, dest, refresh: None }).collect(),
+        Target::Baseline => {
+            plain_socks.iter().map(|s| Flow { io: FlowIo::Datagram { sock: s, dest }, refresh: None }).collect()
+        }
     };
     let ecfg = EngineConfig {
         size: cfg.size,
@@ -514,7 +613,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     };
     let r = result?;
     let allocations_ok = turn_flows.len() + plain_socks.len();
-    let (released, release_failed) = if cfg.release { release(turn_flows) } else { (0, 0) };
+    let (released, release_failed) = if cfg.release { release(turn_flows, dest) } else { (0, 0) };
 
     let secs = r.send_wall.as_secs_f64().max(1e-9);
     let received = if cfg.echo { r.received } else { peer_stats.received };
@@ -539,11 +638,15 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         }
         (None, None) => None,
     };
-    let max_percent = r.workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
+    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    let generator = GeneratorCpu::judge(r.workers, peer_stats.cpu, secs, cores, r.process_cpu);
     Ok(ThroughputReport {
         scenario,
         target: target_name,
-        transport: TransportKind::Udp,
+        transport: match &cfg.target {
+            Target::Turn(server) => server.transport,
+            Target::Baseline => TransportKind::Udp,
+        },
         framing: if matches!(framing, Framing::Indication(_)) { "send-indication" } else { "channel-data" },
         mode,
         allocations: cfg.allocations,
@@ -552,7 +655,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         setup_s,
         size: cfg.size,
         rate: cfg.rate,
-        threads: r.workers.len(),
+        threads: generator.threads.len(),
         window: cfg.window,
         duration_s: secs,
         sent: r.sent,
@@ -574,12 +677,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
             echo_failed: peer_stats.echo_failed,
             cpu_s: peer_stats.cpu.as_secs_f64(),
         },
-        generator: GeneratorCpu {
-            threads: r.workers,
-            max_percent,
-            saturated: max_percent >= SATURATION_PERCENT,
-            process_cpu_s: r.process_cpu.as_secs_f64(),
-        },
+        generator,
         server,
         refreshes: r.refresh,
         released,
@@ -655,8 +753,10 @@ impl fmt::Display for ThroughputReport {
         let g = &self.generator;
         writeln!(
             f,
-            "  generator    busiest thread {:.0} % of a core{}; process CPU {:.2} s; peer CPU {:.2} s",
+            "  generator    busiest thread {:.0} % of a core, all with the peer {:.0} % of {} core(s){}; process CPU {:.2} s; peer CPU {:.2} s",
             g.max_percent,
+            g.cores_percent,
+            g.cores,
             if g.saturated { " — SATURATED: the generator may be the bottleneck" } else { " (not saturated)" },
             g.process_cpu_s,
             self.peer.cpu_s
@@ -693,4 +793,26 @@ pub fn one_line(r: &ThroughputReport) -> String {
         fmt_us(r.latency.p50_us),
         fmt_us(r.latency.p99_us)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_sharing_the_senders_core_counts_towards_saturation() {
+        let w = |cpu_s, idle_spin_s| WorkerCpu { cpu_s, wall_s: 1.0, idle_spin_s };
+        // One sender half busy, the peer 45 %: one core 95 % busy.
+        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], Duration::from_millis(450), 1.0, 1, Duration::ZERO);
+        assert!((g.max_percent - 50.0).abs() < 1e-9 && (g.cores_percent - 95.0).abs() < 1e-9, "{g:?}");
+        assert!(g.saturated);
+        // The same on two cores is not saturated; idle spinning is not work.
+        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], Duration::from_millis(450), 1.0, 2, Duration::ZERO);
+        assert!(!g.saturated && (g.cores_percent - 47.5).abs() < 1e-9);
+        let g = GeneratorCpu::judge(vec![w(1.0, 0.9)], Duration::ZERO, 1.0, 1, Duration::ZERO);
+        assert!(!g.saturated && (g.max_percent - 10.0).abs() < 1e-9);
+        // One thread flat out is saturated whatever the cores.
+        let g = GeneratorCpu::judge(vec![w(0.95, 0.0), w(0.0, 0.0)], Duration::ZERO, 1.0, 16, Duration::ZERO);
+        assert!(g.saturated);
+    }
 }

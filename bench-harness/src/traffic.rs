@@ -12,7 +12,7 @@
 
 use std::io::{self, Write as _};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::payload::{PROBE_LEN, Probe, fill};
 use crate::procfs;
 use crate::refresh::{RefreshStats, Refresher};
 use crate::stats::{latency_histogram, record};
+use crate::stream::StreamConn;
 
 /// Largest payload the harness sends (fits any STUN message, leaves room
 /// for the ChannelData or Send indication header).
@@ -38,12 +39,29 @@ const RECV_ROUNDS: usize = 4;
 /// Receive slot size.
 const RECV_SLOT: usize = 65_536;
 
-/// One flow: a socket connected to the target, where to send, and what
-/// keeps its allocation alive during the run (TURN flows).
+/// How a flow reaches the target.
+#[derive(Debug)]
+pub(crate) enum FlowIo<'a> {
+    /// A UDP socket connected to the target, and where to send.
+    Datagram { sock: &'a UdpSocket, dest: SocketAddr },
+    /// A TCP or TLS connection to the target.
+    Stream(&'a mut StreamConn),
+}
+
+impl FlowIo<'_> {
+    fn fd(&self) -> RawFd {
+        match self {
+            FlowIo::Datagram { sock, .. } => sock.as_raw_fd(),
+            FlowIo::Stream(c) => c.fd(),
+        }
+    }
+}
+
+/// One flow: how it reaches the target, and what keeps its allocation
+/// alive during the run (TURN flows).
 #[derive(Debug)]
 pub(crate) struct Flow<'a> {
-    pub sock: &'a UdpSocket,
-    pub dest: SocketAddr,
+    pub io: FlowIo<'a>,
     pub refresh: Option<Refresher>,
 }
 
@@ -335,6 +353,60 @@ fn live_line(label: &str, s: &Sample, echo: bool) {
     );
 }
 
+/// Per-worker receive bookkeeping: what arrived, in which order, how late.
+struct Tally {
+    base: u32,
+    /// Per flow: one past the highest sequence number received.
+    high: Vec<u64>,
+    interval: Histogram<u64>,
+}
+
+impl Tally {
+    /// Counts one payload that came back (echo) from the harness's probe;
+    /// returns whether it was one.
+    fn probe(&mut self, o: &mut WorkerOut, payload: &[u8], now_ns: u64) -> bool {
+        let Some(p) = Probe::read(payload) else {
+            o.foreign += 1;
+            return false;
+        };
+        let Some(f) = p.flow.checked_sub(self.base).map(|f| f as usize).filter(|&f| f < self.high.len()) else {
+            o.foreign += 1;
+            return false;
+        };
+        o.received += 1;
+        o.bytes_received += payload.len() as u64;
+        let ns = now_ns.saturating_sub(p.sent_ns);
+        record(&mut o.rtt, ns);
+        record(&mut self.interval, ns);
+        if p.seq + 1 > self.high[f] {
+            self.high[f] = p.seq + 1;
+        } else {
+            o.reordered += 1;
+        }
+        true
+    }
+}
+
+/// The payload of a relayed datagram or frame (`None`: something else,
+/// e.g. a response to a refresh).
+fn payload_of(framing: Framing, dgram: &[u8]) -> Option<&[u8]> {
+    match framing {
+        Framing::Channel(_) => match parse_header(dgram) {
+            Ok((_, l)) if usize::from(l) + CHANNEL_DATA_HEADER_LEN <= dgram.len() => {
+                Some(&dgram[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + usize::from(l)])
+            }
+            _ => None,
+        },
+        Framing::Indication(_) => match parse_data(dgram) {
+            Some(Received::Indication(_, r)) => Some(&dgram[r]),
+            _ => None,
+        },
+    }
+}
+
+/// Largest STUN message a stream flow hands its refresher.
+const MAX_CONTROL: usize = 2048;
+
 #[allow(clippy::too_many_arguments)]
 fn worker(
     base: u32,
@@ -356,17 +428,17 @@ fn worker(
     for j in 0..burst {
         tx.slot_and_reply(j).1.copy_from_slice(&frame);
     }
-    let mut rx = Batch::new(RECV_BATCH, RECV_SLOT, 0);
+    let datagrams = flows.iter().any(|f| matches!(f.io, FlowIo::Datagram { .. }));
+    // Stream flows read into their own buffers.
+    let mut rx = if datagrams { Batch::new(RECV_BATCH, RECV_SLOT, 0) } else { Batch::new(1, 0, 0) };
+    let mut control = [0u8; MAX_CONTROL];
     let ep = Epoll::new()?;
     for (i, f) in flows.iter().enumerate() {
-        ep.add(f.sock.as_raw_fd(), i as u64)?;
+        ep.add(f.io.fd(), i as u64)?;
     }
     let mut events = vec![empty_event(); n.min(1024)];
     let mut next_seq = vec![0u64; n];
-    // Per flow: one past the highest sequence number received.
-    let mut high = vec![0u64; n];
-    let mut rtt = latency_histogram();
-    let mut interval = latency_histogram();
+    let mut tally = Tally { base, high: vec![0u64; n], interval: latency_histogram() };
     let mut o = WorkerOut {
         sent: 0,
         send_failed: 0,
@@ -392,6 +464,10 @@ fn worker(
     let mut written_off = 0u64;
     let mut last_progress = start;
     let mut idle_spin = Duration::ZERO;
+    // Stream flows with output the socket has not taken yet.
+    let mut backlog = false;
+    // Stream flows whose input was not read to the end last turn.
+    let mut unread = false;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if sending && now >= send_end {
@@ -427,20 +503,41 @@ fn worker(
             }
             while budget > 0 {
                 let b = budget.min(burst as u64) as usize;
-                let flow = &flows[cursor];
-                let (fd, dest) = (flow.sock.as_raw_fd(), flow.dest);
                 let sent_ns = epoch.elapsed().as_nanos() as u64;
-                for j in 0..b {
-                    let seq = next_seq[cursor];
-                    next_seq[cursor] += 1;
-                    let p = Probe { flow: base + cursor as u32, seq, sent_ns };
-                    p.write(&mut tx.slot_and_reply(j).1[payload_off..]);
-                    tx.send_reply(fd, dest, j, flen);
+                let flow_no = base + cursor as u32;
+                let seq0 = next_seq[cursor];
+                match &mut flows[cursor].io {
+                    FlowIo::Datagram { sock, dest } => {
+                        let fd = sock.as_raw_fd();
+                        for j in 0..b {
+                            let p = Probe { flow: flow_no, seq: seq0 + j as u64, sent_ns };
+                            p.write(&mut tx.slot_and_reply(j).1[payload_off..]);
+                            tx.send_reply(fd, *dest, j, flen);
+                        }
+                        next_seq[cursor] += b as u64;
+                        let (ok, failed) = tx.flush();
+                        o.sent += ok as u64;
+                        o.send_failed += failed as u64;
+                        o.bytes_sent += (ok * cfg.size) as u64;
+                    }
+                    FlowIo::Stream(conn) => {
+                        let mut ok = 0;
+                        while ok < b && conn.has_room() {
+                            let at = conn.queue(&frame);
+                            let p = Probe { flow: flow_no, seq: seq0 + ok as u64, sent_ns };
+                            p.write(&mut conn.output_mut()[at + payload_off..]);
+                            ok += 1;
+                        }
+                        next_seq[cursor] += ok as u64;
+                        // The connection is full (or gone): the rest were
+                        // not sent, as with a full UDP socket buffer.
+                        o.sent += ok as u64;
+                        o.send_failed += (b - ok) as u64;
+                        o.bytes_sent += (ok * cfg.size) as u64;
+                        conn.flush()?;
+                        backlog |= conn.backlog() > 0;
+                    }
                 }
-                let (ok, failed) = tx.flush();
-                o.sent += ok as u64;
-                o.send_failed += failed as u64;
-                o.bytes_sent += (ok * cfg.size) as u64;
                 attempted += b as u64;
                 budget -= b as u64;
                 sent_now = true;
@@ -465,88 +562,144 @@ fn worker(
             if now >= next_refresh {
                 next_refresh = now + Duration::from_secs(3600);
                 for f in flows.iter_mut() {
-                    if let Some(r) = f.refresh.as_mut() {
-                        next_refresh = next_refresh.min(r.poll(f.sock, now, sending, &mut o.refresh));
-                    }
+                    let Some(r) = f.refresh.as_mut() else { continue };
+                    let t = match &mut f.io {
+                        FlowIo::Datagram { sock, .. } => r.poll(sock, now, sending, &mut o.refresh),
+                        FlowIo::Stream(conn) => {
+                            let t = r.poll(&mut **conn, now, sending, &mut o.refresh);
+                            backlog |= conn.backlog() > 0;
+                            t
+                        }
+                    };
+                    next_refresh = next_refresh.min(t);
                 }
             }
             let until = next_refresh.saturating_duration_since(now).as_millis().min(100) as i32;
             timeout_ms = timeout_ms.min(until);
         }
+        if backlog {
+            // Output the sockets did not take: push it on (TCP paces us).
+            backlog = false;
+            for f in flows.iter_mut() {
+                if let FlowIo::Stream(conn) = &mut f.io
+                    && conn.backlog() > 0
+                {
+                    conn.flush()?;
+                    backlog |= conn.backlog() > 0;
+                }
+            }
+            if backlog {
+                timeout_ms = timeout_ms.min(1);
+            }
+        }
+        if unread {
+            timeout_ms = 0;
+        }
         let ready = ep.wait(&mut events, timeout_ms)?;
-        if sending && ready == 0 && !sent_now && timeout_ms == 0 {
+        if sending && ready == 0 && !sent_now && timeout_ms == 0 && !unread {
             // Waiting for the next packet to be due: let other threads on
             // this core (the peer, a server) run, and count the time as idle.
             std::thread::yield_now();
             idle_spin += now.elapsed();
         }
-        for ev in &events[..ready] {
-            let i = ev.u64 as usize;
+        let was_unread = std::mem::take(&mut unread);
+        // After a turn that left input unread, every stream flow is read
+        // (level-triggered epoll does not see rustls's buffer).
+        let sweep = if was_unread { n } else { 0 };
+        let ready_flows = events[..ready].iter().map(|ev| ev.u64 as usize).chain(0..sweep);
+        for i in ready_flows {
             let Some(flow) = flows.get_mut(i) else { continue };
-            let fd = flow.sock.as_raw_fd();
-            for _ in 0..RECV_ROUNDS {
-                let got = match rx.recv(fd, 0) {
-                    Ok(k) => k,
-                    // An ICMP error queued on the socket (target gone).
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                    Err(e) => return Err(e),
-                };
-                let now = Instant::now();
-                let now_ns = now.duration_since(epoch).as_nanos() as u64;
-                for k in 0..got {
-                    let len = rx.received(k).len;
-                    let (slot, _) = rx.slot_and_reply(k);
-                    let dgram = &slot[..len];
-                    let payload = match cfg.framing {
-                        Framing::Channel(_) => match parse_header(dgram) {
-                            Ok((_, l)) if usize::from(l) + CHANNEL_DATA_HEADER_LEN <= len => {
-                                Some(&dgram[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + usize::from(l)])
-                            }
-                            _ => None,
-                        },
-                        Framing::Indication(_) => match parse_data(dgram) {
-                            Some(Received::Indication(_, r)) => Some(&dgram[r]),
-                            _ => None,
-                        },
-                    };
-                    let Some(payload) = payload else {
-                        // A response to a refresh is the refresher's; the
-                        // rest is foreign.
-                        let mut wake = false;
-                        let mine = match flow.refresh.as_mut() {
-                            Some(r) => r.handle(flow.sock, dgram, now, &mut o.refresh, &mut wake),
-                            None => false,
+            match &mut flow.io {
+                FlowIo::Datagram { sock, .. } => {
+                    let fd = sock.as_raw_fd();
+                    for _ in 0..RECV_ROUNDS {
+                        let got = match rx.recv(fd, 0) {
+                            Ok(k) => k,
+                            // An ICMP error queued on the socket (target gone).
+                            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                            Err(e) => return Err(e),
                         };
-                        if wake {
-                            next_refresh = now;
+                        let now = Instant::now();
+                        let now_ns = now.duration_since(epoch).as_nanos() as u64;
+                        for k in 0..got {
+                            let len = rx.received(k).len;
+                            let (slot, _) = rx.slot_and_reply(k);
+                            let dgram = &slot[..len];
+                            match payload_of(cfg.framing, dgram) {
+                                Some(payload) => {
+                                    if tally.probe(&mut o, payload, now_ns) {
+                                        last_progress = now;
+                                    }
+                                }
+                                None => {
+                                    // A response to a refresh is the
+                                    // refresher's; the rest is foreign.
+                                    let mut wake = false;
+                                    let mine = match flow.refresh.as_mut() {
+                                        Some(r) => r.handle(sock, dgram, now, &mut o.refresh, &mut wake),
+                                        None => false,
+                                    };
+                                    if wake {
+                                        next_refresh = now;
+                                    }
+                                    if !mine {
+                                        o.foreign += 1;
+                                    }
+                                }
+                            }
                         }
-                        if !mine {
-                            o.foreign += 1;
+                        if got < RECV_BATCH {
+                            break;
                         }
-                        continue;
-                    };
-                    let Some(p) = Probe::read(payload) else {
-                        o.foreign += 1;
-                        continue;
-                    };
-                    let Some(f) = p.flow.checked_sub(base).map(|f| f as usize).filter(|&f| f < n) else {
-                        o.foreign += 1;
-                        continue;
-                    };
-                    o.received += 1;
-                    last_progress = now;
-                    o.bytes_received += payload.len() as u64;
-                    let ns = now_ns.saturating_sub(p.sent_ns);
-                    record(&mut rtt, ns);
-                    record(&mut interval, ns);
-                    if p.seq + 1 > high[f] {
-                        high[f] = p.seq + 1;
-                    } else {
-                        o.reordered += 1;
                     }
                 }
-                if got < RECV_BATCH {
-                    break;
+                FlowIo::Stream(conn) => {
+                    let mut rounds = 0;
+                    loop {
+                        let more = match conn.fill() {
+                            Ok(more) => more,
+                            // The server went away: what was in flight is lost.
+                            Err(_) if conn.is_closed() => false,
+                            Err(e) => return Err(e),
+                        };
+                        let now = Instant::now();
+                        let now_ns = now.duration_since(epoch).as_nanos() as u64;
+                        while let Some(range) = conn.next_frame().unwrap_or(None) {
+                            let frame = &conn.input()[range];
+                            if let Some(payload) = payload_of(cfg.framing, frame) {
+                                if tally.probe(&mut o, payload, now_ns) {
+                                    last_progress = now;
+                                }
+                                continue;
+                            }
+                            let len = frame.len();
+                            let Some(msg) = control.get_mut(..len) else {
+                                o.foreign += 1;
+                                continue;
+                            };
+                            msg.copy_from_slice(frame);
+                            let mut wake = false;
+                            let mine = match flow.refresh.as_mut() {
+                                Some(r) => r.handle(&mut **conn, msg, now, &mut o.refresh, &mut wake),
+                                None => false,
+                            };
+                            backlog |= conn.backlog() > 0;
+                            if wake {
+                                next_refresh = now;
+                            }
+                            if !mine {
+                                o.foreign += 1;
+                            }
+                        }
+                        rounds += 1;
+                        if !more {
+                            break;
+                        }
+                        if rounds == RECV_ROUNDS * 4 {
+                            unread = true;
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -554,6 +707,7 @@ fn worker(
         sh.received.store(o.received, Ordering::Relaxed);
         let now = Instant::now();
         if now >= tick {
+            let interval = &mut tally.interval;
             let p99 = if interval.is_empty() { 0 } else { interval.value_at_quantile(0.99) };
             sh.p99_ns.store(p99, Ordering::Relaxed);
             interval.reset();
@@ -569,7 +723,6 @@ fn worker(
         };
         sh.done_sending.store(true, Ordering::Relaxed);
     }
-    o.rtt = rtt;
     Ok(o)
 }
 

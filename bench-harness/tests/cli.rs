@@ -209,13 +209,19 @@ fn allocate_and_churn_over_tls_with_sha256() {
     assert!(j["completed"].as_u64().unwrap() >= 5, "{}", o.stdout);
     assert_eq!(j["completed"], j["started"]);
 
-    // TLS without anything to trust, and throughput over TLS: refused.
+    // Throughput over TLS with SHA-256 keys, from the command line.
+    let mut a = vec!["throughput", "--json", "-q", "-d", "1", "-n", "2", "-r", "1000", "--tls-insecure"];
+    a.extend(tls);
+    let o = turn_bench(&args(&c, &a));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(j["transport"], "tls");
+    assert!(j["received"].as_u64().unwrap() >= 500, "{}", o.stdout);
+    assert_eq!(j["received"], j["sent"]);
+    // TLS without anything to trust: refused.
     let o = turn_bench(&args(&c, &["allocate", "-q", "-n", "1", "--transport", "tls"]));
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(o.stderr.contains("--tls-ca") && o.stderr.contains("--tls-insecure"), "{}", o.stderr);
-    let o = turn_bench(&args(&c, &["throughput", "-q", "-d", "1", "--transport", "tls", "--tls-insecure"]));
-    assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("throughput over tls is not supported"), "{}", o.stderr);
     let o = turn_bench(&args(&c, &["allocate", "-q", "--password-algorithm", "sha1"]));
     assert_eq!(o.code, Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("expected md5 or sha256"), "{}", o.stderr);

@@ -1,10 +1,12 @@
-//! `--report`: the HTML report of a short in-process throughput run.
+//! `--report`: the HTML report of a short in-process throughput run, and
+//! that of a comparison made by hand.
 
 mod common;
 
 use std::time::Duration;
 
-use bench_harness::report::write_throughput_html;
+use bench_harness::compare::{CompareReport, Metric, Run, TargetSummary};
+use bench_harness::report::{compare_html, write_throughput_html};
 use bench_harness::stats::{fmt_us, group};
 use bench_harness::{ThroughputConfig, run_throughput};
 
@@ -78,4 +80,63 @@ fn throughput_report_has_both_plots_and_the_summary() {
     ] {
         assert!(html.contains(&needle), "{needle} missing from the report");
     }
+}
+
+/// A comparison's report made by hand: two targets, two rounds.
+fn synthetic(scenario: &'static str, names: [&str; 2]) -> CompareReport {
+    let metric = |key, unit, higher_is_better| Metric { key, unit, higher_is_better };
+    let run = |round, target: &str, v: f64| Run {
+        round,
+        target: target.to_owned(),
+        values: vec![v, f64::NAN],
+        report: serde_json::json!({
+            "latency_kind": "rtt",
+            "timeline": [{"t_s": 1.0, "received_pps": v}, {"t_s": 2.0, "received_pps": v}, {"t_s": 3.0, "received_pps": v}],
+            "percentiles": [{"percentile": 0.0, "us": 10.0}, {"percentile": 90.0, "us": 20.0}, {"percentile": 99.0, "us": v / 10.0}],
+        }),
+    };
+    let summary = |name: &str, med: f64, ratio: f64| TargetSummary {
+        name: name.to_owned(),
+        target: format!("{name} at 127.0.0.1"),
+        median: vec![med, f64::NAN],
+        min: vec![med - 1.0, f64::NAN],
+        max: vec![med + 1.0, f64::NAN],
+        ratio: vec![ratio, f64::NAN],
+    };
+    CompareReport {
+        scenario,
+        rounds: 2,
+        metrics: vec![metric("received_pps", "packets/s", true), metric("loss_pct", "%", false)],
+        targets: vec![summary(names[0], 1000.0, 1.0), summary(names[1], 500.0, 0.5)],
+        runs: vec![run(0, names[0], 999.0), run(0, names[1], 499.0), run(1, names[0], 1001.0), run(1, names[1], 501.0)],
+    }
+}
+
+#[test]
+fn compare_report_overlays_runs_in_their_target_colour() {
+    let r = synthetic("throughput", ["a", "b<i>"]);
+    let html = compare_html(&r);
+    assert_eq!(html.matches("<svg").count(), 2, "{html}");
+    let lines = polylines(&html);
+    // Four runs over time, then four percentile curves.
+    assert_eq!(lines.len(), 8, "{html}");
+    assert!(lines[..4].iter().all(|l| l.len() == 3) && lines[4..].iter().all(|l| l.len() == 3));
+    let line_strokes: Vec<&str> =
+        html.split("<polyline").skip(1).map(|el| &el[el.find("stroke=\"").unwrap() + 8..][..7]).collect();
+    assert_eq!(line_strokes, ["#1f77b4", "#d62728", "#1f77b4", "#d62728", "#1f77b4", "#d62728", "#1f77b4", "#d62728"]);
+    // Higher percentiles are never drawn lower.
+    assert!(lines[4].windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 >= w[1].1));
+    assert!(html.contains("b&lt;i&gt;") && !html.contains("b<i>"), "{html}");
+    assert!(html.contains("1,000 [999.0 – 1,001]") && html.contains("×0.500"), "{html}");
+    assert!(html.contains("<td>higher</td>") && html.contains("<td>lower</td>"), "{html}");
+    // A figure no run has is a dash, not NaN.
+    assert!(!html.contains("NaN"), "{html}");
+
+    // Allocate (and churn): the first figure of each run against its round.
+    let r = synthetic("allocate", ["a", "b"]);
+    let html = compare_html(&r);
+    assert_eq!(html.matches("<svg").count(), 1, "{html}");
+    assert_eq!(html.matches("<circle").count(), 4, "{html}");
+    assert_eq!(polylines(&html).len(), 2, "a line per target: {html}");
+    assert!(html.contains("received_pps (packets/s) per run"), "{html}");
 }

@@ -152,6 +152,17 @@ impl TcpTransport {
         &self.stream
     }
 
+    /// Gives the stream up (the data plane takes it over after setup), with
+    /// the bytes already read and not yet handed out as frames.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.rbuf)
+    }
+
+    /// Takes a stream back from [`TcpTransport::into_parts`].
+    pub fn from_parts(stream: TcpStream, server: SocketAddr, pending: Vec<u8>) -> TcpTransport {
+        TcpTransport { stream, server, rbuf: pending }
+    }
+
     /// The next whole frame already read, copied into `out`.
     fn take_frame(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
         let n = match next_frame(&self.rbuf) {
@@ -473,6 +484,12 @@ impl TlsTransport {
     /// already read but not yet handed out as frames.
     pub fn into_parts(self) -> (TcpStream, ClientConnection, Vec<u8>) {
         (self.stream, self.conn, self.rbuf)
+    }
+
+    /// Takes a connection back from [`TlsTransport::into_parts`] (the
+    /// stream blocking again).
+    pub fn from_parts(stream: TcpStream, conn: ClientConnection, server: SocketAddr, pending: Vec<u8>) -> TlsTransport {
+        TlsTransport { stream, conn, server, rbuf: pending }
     }
 
     /// Writes what rustls has to send (handshake records, encrypted

@@ -42,13 +42,12 @@ pub fn start_relay_config(relays: usize, nonce_secs: u64, server: ServerConfig) 
 
 /// A relay that also listens for TURN over TCP (see [`tcp_addr`]).
 pub fn start_relay_tcp(relays: usize) -> Relay {
-    start_relay_io(
-        relays,
-        600,
-        ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() },
-        true,
-        None,
-    )
+    start_relay_tcp_config(relays, ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() })
+}
+
+/// Same, with this server configuration.
+pub fn start_relay_tcp_config(relays: usize, server: ServerConfig) -> Relay {
+    start_relay_io(relays, 600, server, true, None)
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
