@@ -190,6 +190,11 @@ struct TrafficArgs {
     /// Where the peer binds: a loopback address other than the server's.
     #[arg(long, default_value = "127.0.0.2")]
     peer_ip: IpAddr,
+    /// Peers, each its own socket and thread (allocation k goes to peer
+    /// k mod N): one echoing thread caps what a multi-shard server can be
+    /// driven at. ChannelData only.
+    #[arg(long, default_value_t = 1)]
+    peers: usize,
     /// Local address of the client sockets.
     #[arg(long)]
     client_ip: Option<IpAddr>,
@@ -228,6 +233,7 @@ impl TrafficArgs {
         c.cpu = self.cpu.clone();
         c.forwarder_cpu = self.forwarder_cpu;
         c.peer_ip = self.peer_ip;
+        c.peers = self.peers;
         c.client_ip = self.client_ip;
         c.drain = Duration::from_millis(self.drain_ms);
         c.release = !self.no_release;

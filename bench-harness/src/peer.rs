@@ -50,6 +50,19 @@ pub struct PeerStats {
     pub cpu: Duration,
 }
 
+impl PeerStats {
+    /// Adds another peer's counters to these (the CPU times add up).
+    pub fn add(&mut self, o: &PeerStats) -> io::Result<()> {
+        self.received += o.received;
+        self.bytes += o.bytes;
+        self.echoed += o.echoed;
+        self.echo_failed += o.echo_failed;
+        self.one_way.add(&o.one_way).map_err(|e| io::Error::other(e.to_string()))?;
+        self.cpu += o.cpu;
+        Ok(())
+    }
+}
+
 /// A running peer.
 #[derive(Debug)]
 pub struct Peer {

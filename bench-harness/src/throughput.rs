@@ -19,7 +19,7 @@ use crate::client::{
 };
 use crate::forwarder::{BASELINE_CHANNEL, Forwarder, ForwarderStats};
 use crate::payload::PROBE_LEN;
-use crate::peer::{Peer, PeerMode};
+use crate::peer::{Peer, PeerMode, PeerStats};
 use crate::procfs::{self, Memory};
 use crate::refresh::{RefreshStats, Refresher};
 use crate::stats::{LatencySummary, fmt_us, group};
@@ -84,6 +84,11 @@ pub struct ThroughputConfig {
     pub forwarder_cpu: Option<usize>,
     /// Where the peer binds: a loopback address other than the server's.
     pub peer_ip: IpAddr,
+    /// Peers, each its own socket and thread (allocation k binds its
+    /// channel to peer `k % peers`): one echoing thread caps what a
+    /// multi-shard server can be driven at. ChannelData only; the baseline
+    /// forwarder uses the first.
+    pub peers: usize,
     /// Local address of the client sockets (`None`: the unspecified
     /// address of the server's family).
     pub client_ip: Option<IpAddr>,
@@ -120,6 +125,7 @@ impl ThroughputConfig {
             cpu: Vec::new(),
             forwarder_cpu: None,
             peer_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            peers: 1,
             client_ip: None,
             server_pid: None,
             drain: Duration::from_millis(500),
@@ -197,8 +203,9 @@ impl ServerCost {
 pub struct GeneratorCpu {
     /// Each generator thread while sending.
     pub threads: Vec<WorkerCpu>,
-    /// The busiest thread, percent of one core, not counting the time it
-    /// spun idle waiting for the next packet to be due.
+    /// The busiest thread (a sender, or the peer), percent of one core,
+    /// not counting the time a sender spun idle waiting for the next packet
+    /// to be due.
     pub max_percent: f64,
     /// The generator's threads together (senders, less idle spinning, and
     /// the peer), percent of the cores the process may run on (its CPU
@@ -217,10 +224,19 @@ pub struct GeneratorCpu {
 
 impl GeneratorCpu {
     /// Judges whether the generator saturated: `workers` sent for `wall_s`
-    /// seconds beside a peer that used `peer_cpu`, all on `cores` cores.
-    pub fn judge(workers: Vec<WorkerCpu>, peer_cpu: Duration, wall_s: f64, cores: usize, process: Duration) -> Self {
-        let max_percent = workers.iter().map(WorkerCpu::busy_percent).fold(0.0, f64::max);
+    /// seconds beside peers that used `peer_cpus`, all on `cores` cores.
+    pub fn judge(
+        workers: Vec<WorkerCpu>,
+        peer_cpus: &[Duration],
+        wall_s: f64,
+        cores: usize,
+        process: Duration,
+    ) -> Self {
+        let peer_max = peer_cpus.iter().max().copied().unwrap_or_default();
+        let peer_percent = 100.0 * peer_max.as_secs_f64() / wall_s.max(1e-9);
+        let max_percent = workers.iter().map(WorkerCpu::busy_percent).fold(peer_percent, f64::max);
         let cores = cores.max(1);
+        let peer_cpu: Duration = peer_cpus.iter().sum();
         let busy_s: f64 =
             workers.iter().map(|w| (w.cpu_s - w.idle_spin_s).max(0.0)).sum::<f64>() + peer_cpu.as_secs_f64();
         let cores_percent = 100.0 * busy_s / wall_s.max(1e-9) / cores as f64;
@@ -244,8 +260,10 @@ pub struct PeerReport {
     pub echoed: u64,
     /// Echoes the kernel refused.
     pub echo_failed: u64,
-    /// Its thread's CPU time, seconds.
+    /// Its thread's CPU time, seconds (all peers together).
     pub cpu_s: f64,
+    /// Datagrams each peer received (see [`ThroughputConfig::peers`]).
+    pub received_per_peer: Vec<u64>,
 }
 
 /// The result of a throughput, latency or baseline run.
@@ -406,7 +424,7 @@ fn client_local(cfg: &ThroughputConfig, server: SocketAddr) -> SocketAddr {
 fn setup_turn(
     cfg: &ThroughputConfig,
     server: &TurnServer,
-    peer: SocketAddr,
+    peers: &[SocketAddr],
     errors: &mut Vec<String>,
 ) -> Result<Vec<TurnFlow>, BenchError> {
     let mut flows = Vec::with_capacity(cfg.allocations);
@@ -417,7 +435,8 @@ fn setup_turn(
         _ => None,
     };
     let tls = tls.as_ref();
-    for _ in 0..cfg.allocations {
+    for k in 0..cfg.allocations {
+        let peer = peers[k % peers.len()];
         let r = (|| {
             let binding = if cfg.indications {
                 Request::CreatePermission { peers: vec![peer] }
@@ -524,11 +543,20 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     if cfg.duration.is_zero() {
         return Err(BenchError::Config("duration must be positive".into()));
     }
+    if cfg.peers == 0 || cfg.peers > 256 {
+        return Err(BenchError::Config("peers must be between 1 and 256".into()));
+    }
+    if cfg.peers > 1 && cfg.indications {
+        return Err(BenchError::Config("several peers need ChannelData (not Send indications)".into()));
+    }
     let epoch = Instant::now();
     let mode = if cfg.echo { PeerMode::Echo } else { PeerMode::Sink };
-    let peer = Peer::start(cfg.peer_ip, mode, epoch)
+    let peers = (0..cfg.peers)
+        .map(|_| Peer::start(cfg.peer_ip, mode, epoch))
+        .collect::<Result<Vec<Peer>, _>>()
         .map_err(|e| BenchError::Setup(format!("peer on {}: {e}", cfg.peer_ip)))?;
-    let peer_addr = peer.addr();
+    let peer_addrs: Vec<SocketAddr> = peers.iter().map(Peer::addr).collect();
+    let peer_addr = peer_addrs[0];
     let server_before = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
     let setup_start = Instant::now();
     let mut errors = Vec::new();
@@ -537,7 +565,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     let mut plain_socks = Vec::new();
     let (target_name, framing, dest) = match &cfg.target {
         Target::Turn(server) => {
-            turn_flows = setup_turn(cfg, server, peer_addr, &mut errors)?;
+            turn_flows = setup_turn(cfg, server, &peer_addrs, &mut errors)?;
             for f in &turn_flows {
                 if let FlowConn::Udp(t) = &f.conn {
                     t.socket().set_nonblocking(true)?;
@@ -598,7 +626,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         label: scenario,
     };
     let server_start = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
-    let result = traffic::run(&mut flows, &ecfg, epoch, &|| peer.received());
+    let result = traffic::run(&mut flows, &ecfg, epoch, &|| peers.iter().map(Peer::received).sum());
     let server_end = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
     let cores: Vec<Option<ClientCore>> = flows.into_iter().map(|f| f.refresh.map(Refresher::into_core)).collect();
     for (f, core) in turn_flows.iter_mut().zip(cores) {
@@ -606,7 +634,19 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
             f.core = core;
         }
     }
-    let peer_stats = peer.stop()?;
+    let mut peer_cpus = Vec::with_capacity(peers.len());
+    let mut received_per_peer = Vec::with_capacity(peers.len());
+    let mut peer_stats: Option<PeerStats> = None;
+    for p in peers {
+        let st = p.stop()?;
+        peer_cpus.push(st.cpu);
+        received_per_peer.push(st.received);
+        match peer_stats.as_mut() {
+            Some(all) => all.add(&st)?,
+            None => peer_stats = Some(st),
+        }
+    }
+    let peer_stats = peer_stats.ok_or_else(|| BenchError::Config("no peer".into()))?;
     let fw_stats: Option<ForwarderStats> = match forwarder {
         Some(f) => Some(f.stop()?),
         None => None,
@@ -639,7 +679,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         (None, None) => None,
     };
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
-    let generator = GeneratorCpu::judge(r.workers, peer_stats.cpu, secs, cores, r.process_cpu);
+    let generator = GeneratorCpu::judge(r.workers, &peer_cpus, secs, cores, r.process_cpu);
     Ok(ThroughputReport {
         scenario,
         target: target_name,
@@ -676,6 +716,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
             echoed: peer_stats.echoed,
             echo_failed: peer_stats.echo_failed,
             cpu_s: peer_stats.cpu.as_secs_f64(),
+            received_per_peer,
         },
         generator,
         server,
@@ -803,16 +844,25 @@ mod tests {
     fn the_peer_sharing_the_senders_core_counts_towards_saturation() {
         let w = |cpu_s, idle_spin_s| WorkerCpu { cpu_s, wall_s: 1.0, idle_spin_s };
         // One sender half busy, the peer 45 %: one core 95 % busy.
-        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], Duration::from_millis(450), 1.0, 1, Duration::ZERO);
+        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], &[Duration::from_millis(450)], 1.0, 1, Duration::ZERO);
         assert!((g.max_percent - 50.0).abs() < 1e-9 && (g.cores_percent - 95.0).abs() < 1e-9, "{g:?}");
         assert!(g.saturated);
         // The same on two cores is not saturated; idle spinning is not work.
-        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], Duration::from_millis(450), 1.0, 2, Duration::ZERO);
+        let g = GeneratorCpu::judge(vec![w(0.5, 0.0)], &[Duration::from_millis(450)], 1.0, 2, Duration::ZERO);
         assert!(!g.saturated && (g.cores_percent - 47.5).abs() < 1e-9);
-        let g = GeneratorCpu::judge(vec![w(1.0, 0.9)], Duration::ZERO, 1.0, 1, Duration::ZERO);
+        let g = GeneratorCpu::judge(vec![w(1.0, 0.9)], &[], 1.0, 1, Duration::ZERO);
         assert!(!g.saturated && (g.max_percent - 10.0).abs() < 1e-9);
-        // One thread flat out is saturated whatever the cores.
-        let g = GeneratorCpu::judge(vec![w(0.95, 0.0), w(0.0, 0.0)], Duration::ZERO, 1.0, 16, Duration::ZERO);
+        // One thread flat out is saturated whatever the cores: a sender, or
+        // the peer echoing for all of them.
+        let g = GeneratorCpu::judge(vec![w(0.95, 0.0), w(0.0, 0.0)], &[], 1.0, 16, Duration::ZERO);
         assert!(g.saturated);
+        let g = GeneratorCpu::judge(
+            vec![w(0.2, 0.0); 8],
+            &[Duration::from_millis(930), Duration::from_millis(100)],
+            1.0,
+            16,
+            Duration::ZERO,
+        );
+        assert!(g.saturated && (g.max_percent - 93.0).abs() < 1e-9, "{g:?}");
     }
 }

@@ -192,3 +192,20 @@ fn without_refreshes_a_long_run_loses_its_channels() {
     assert!(r.lost > r.sent / 4, "{r}");
     relay.stop().unwrap();
 }
+
+#[test]
+fn several_peers_share_the_allocations() {
+    let relay = common::start_relay(16);
+    let cfg = ThroughputConfig { allocations: 6, peers: 3, ..small(common::target(&relay)) };
+    let r = run_throughput(&cfg).unwrap();
+    assert_eq!((r.received, r.lost, r.foreign), (r.sent, 0, 0), "{r}");
+    // Two allocations per peer, paced alike: each peer saw about a third.
+    assert_eq!(r.peer.received_per_peer.len(), 3);
+    assert_eq!(r.peer.received_per_peer.iter().sum::<u64>(), r.sent);
+    assert!(r.peer.received_per_peer.iter().all(|&n| n * 4 >= r.sent && n * 2 <= r.sent), "{:?}", r.peer);
+    let e = run_throughput(&ThroughputConfig { indications: true, ..cfg.clone() }).unwrap_err();
+    assert!(e.to_string().contains("several peers"), "{e}");
+    let e = run_throughput(&ThroughputConfig { peers: 0, ..cfg }).unwrap_err();
+    assert!(e.to_string().contains("peers"), "{e}");
+    relay.stop().unwrap();
+}
