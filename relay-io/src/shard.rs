@@ -191,10 +191,12 @@ impl ShardState {
         self.streams.deliver(conn, bytes, now, &mut self.server);
     }
 
-    /// Once-a-second housekeeping besides the server's timers; counts a
-    /// loop turn (both backends call it once per turn).
+    /// End of a loop turn (both backends call it once per turn, before
+    /// they sleep): writes the turn's relayed stream data, counts the turn,
+    /// and does the once-a-second housekeeping besides the server's timers.
     pub fn housekeeping(&mut self, now: Instant) {
         self.loop_turns += 1;
+        self.streams.flush_relayed(now, &mut self.server);
         if now.saturating_duration_since(self.last_housekeeping) >= std::time::Duration::from_secs(1) {
             self.last_housekeeping = now;
             self.streams.expire(now, &mut self.server);

@@ -142,6 +142,8 @@ struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     writing: bool,
+    /// Relayed data waits in `wbuf` for the end of the loop turn.
+    dirty: bool,
     last: Instant,
 }
 
@@ -172,6 +174,8 @@ pub struct Streams {
     limits: StreamLimits,
     events: Vec<libc::epoll_event>,
     reply: Vec<u8>,
+    /// Connections with relayed data queued this loop turn.
+    dirty: Vec<usize>,
     /// Counters.
     pub stats: StreamStats,
 }
@@ -201,6 +205,7 @@ impl Streams {
             limits,
             events: vec![empty_event(); 128],
             reply: vec![0u8; 1500],
+            dirty: Vec::with_capacity(64),
             stats: StreamStats::default(),
         })
     }
@@ -299,6 +304,7 @@ impl Streams {
                 wbuf: Vec::new(),
                 wpos: 0,
                 writing: false,
+                dirty: false,
                 last: now,
             });
             self.stats.accepted += 1;
@@ -380,11 +386,53 @@ impl Streams {
         }
     }
 
-    /// Queues bytes for a client connection: `relayed` data is shed when
-    /// the queue is over its limit; control responses are not. Returns
-    /// false when nothing was queued.
+    /// Queues relayed data for a client connection, shed when the queue is
+    /// over its limit (returns false then). It is written with the rest of
+    /// the loop turn's data for that connection by [`Streams::flush_relayed`]
+    /// (one write, one TLS record, for a batch of peer datagrams).
     pub fn deliver(&mut self, conn: u32, bytes: &[u8], now: Instant, server: &mut Server) -> bool {
         self.queue(conn as usize, bytes, true, now, server)
+    }
+
+    /// Writes the relayed data queued this loop turn; what the socket does
+    /// not take waits for it to be writable. Backends call it at the end of
+    /// every turn, before they sleep.
+    pub fn flush_relayed(&mut self, now: Instant, server: &mut Server) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            let Some(c) = self.conns.get_mut(id) else { continue };
+            c.dirty = false;
+            if !c.writing {
+                self.write_out(id, now, server);
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// Writes what is queued; watches for writability when some is left.
+    fn write_out(&mut self, id: usize, now: Instant, server: &mut Server) {
+        let Some(c) = self.conns.get_mut(id) else { return };
+        while c.wpos < c.wbuf.len() {
+            match c.io.write_plain(&c.wbuf[c.wpos..]) {
+                Ok(0) => return self.close(id, now, server),
+                Ok(n) => c.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(id, now, server),
+            }
+        }
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        }
+        if (c.wpos < c.wbuf.len() || c.io.pending()) && !c.writing {
+            c.writing = true;
+            let _ = self.epoll.modify(c.io.fd(), id as u64, true);
+        }
     }
 
     fn queue(&mut self, id: usize, bytes: &[u8], relayed: bool, now: Instant, server: &mut Server) -> bool {
@@ -398,8 +446,22 @@ impl Streams {
             self.close(id, now, server);
             return false;
         }
+        if relayed {
+            // Written at the end of the loop turn, with the turn's other
+            // relayed data for this connection.
+            if pending == 0 {
+                c.wbuf.clear();
+                c.wpos = 0;
+            }
+            c.wbuf.extend_from_slice(bytes);
+            if !c.dirty && !c.writing {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+            return true;
+        }
         if pending == 0 {
-            // Nothing waiting: try to write at once, queue only the rest.
+            // A response, nothing waiting: write at once, queue only the rest.
             match c.io.write_plain(bytes) {
                 Ok(n) if n == bytes.len() => return true,
                 Ok(n) => {
