@@ -85,8 +85,8 @@ struct CredArgs {
     #[arg(long, default_value = "md5", value_parser = password_algorithm)]
     password_algorithm: PasswordAlgorithm,
     /// `udp`; or `tcp`, `tls`: one connection per allocation to --server
-    /// (the server's TCP or TLS listener), nothing retransmitted (allocate
-    /// and churn only).
+    /// (the server's TCP or TLS listener), nothing retransmitted; relaying
+    /// to the peers stays UDP (the baseline forwarder is UDP only).
     #[arg(long, default_value = "udp", value_parser = transport)]
     transport: TransportKind,
     /// TLS: trust the CA certificate(s) in this PEM file (e.g. the server's

@@ -476,6 +476,7 @@ fn stream_suite(tls: bool) {
         let resp =
             c.request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4002), Attribute::XorPeerAddress(paddr)]);
         assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+        let mut slowest = Duration::ZERO;
         for i in 0..20u8 {
             // Client → peer: padded ChannelData on the stream, several per write.
             let payload = vec![i; 1 + usize::from(i)];
@@ -485,11 +486,27 @@ fn stream_suite(tls: bool) {
             let (got, from) = recv_retrying(&p).expect("peer receives");
             assert_eq!((&got[..], from), (&payload[..], relayed));
             // Peer → client: padded ChannelData.
+            let sent = Instant::now();
             p.send_to(&payload, relayed).unwrap();
             let f = c.frame();
+            slowest = slowest.max(sent.elapsed());
             assert_eq!(f.len(), channel_data::stream_len(payload.len()));
             let cd = ChannelData::parse(&f).unwrap();
             assert_eq!((cd.channel, cd.payload), (0x4002, &payload[..]));
+        }
+        // Relayed data for a stream is written at the end of the loop turn
+        // that received it, not after the idle shard's next wake-up (up to
+        // a second away).
+        assert!(slowest < Duration::from_millis(500), "{backend:?}: a relayed frame took {slowest:?}");
+        // A burst from the peer: batched into few writes, every frame
+        // intact and in order.
+        for i in 0..50u8 {
+            p.send_to(&[i; 37], relayed).unwrap();
+        }
+        for i in 0..50u8 {
+            let f = c.frame();
+            let cd = ChannelData::parse(&f).unwrap();
+            assert_eq!((cd.channel, cd.payload), (0x4002, &[i; 37][..]), "{backend:?}: frame {i}");
         }
         // Closing the connection ends the allocation.
         drop(c);
@@ -501,9 +518,9 @@ fn stream_suite(tls: bool) {
         let r = &relay.stats(TIMEOUT)[0];
         assert_eq!((r.streams.accepted, r.streams.open), (1, 0));
         // Counted under the client's transport: 20 ChannelData each way,
-        // plus the Data indication toward the client.
+        // the burst of 50 and the Data indication toward the client.
         let t = if tls { 2 } else { 1 };
-        assert_eq!((r.stats.relayed_packets[0][t], r.stats.relayed_packets[1][t]), (20, 21));
+        assert_eq!((r.stats.relayed_packets[0][t], r.stats.relayed_packets[1][t]), (20, 71));
         // Bytes that are neither STUN nor ChannelData close the stream
         // (the server's end: the read sees end-of-file, not a timeout).
         let mut g = std::net::TcpStream::connect(relay.tcp_addrs()[0]).unwrap();
