@@ -102,6 +102,33 @@ impl Io {
         }
     }
 
+    /// Queued frames out (whole frames, back to back). Over TLS each frame
+    /// gets a record of its own, and the records go out together: clients
+    /// that read one message per TLS record (coturn's turnutils_uclient
+    /// does) see every frame. Returns the bytes taken.
+    fn write_frames(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.write(bytes),
+            Io::Tls(tls, s) => {
+                flush_tls(tls, s)?;
+                if tls.wants_write() || tls.is_handshaking() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let mut at = 0;
+                while at < bytes.len() {
+                    let n = match demux::next_frame(&bytes[at..]) {
+                        Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
+                        // Not whole frames (never queued): the rest at once.
+                        _ => bytes.len() - at,
+                    };
+                    at += tls.writer().write(&bytes[at..at + n])?;
+                }
+                flush_tls(tls, s)?;
+                Ok(at)
+            }
+        }
+    }
+
     /// Writes pending TLS records; Ok even when the socket is full.
     fn flush(&mut self) -> io::Result<()> {
         match self {
@@ -417,7 +444,7 @@ impl Streams {
     fn write_out(&mut self, id: usize, now: Instant, server: &mut Server) {
         let Some(c) = self.conns.get_mut(id) else { return };
         while c.wpos < c.wbuf.len() {
-            match c.io.write_plain(&c.wbuf[c.wpos..]) {
+            match c.io.write_frames(&c.wbuf[c.wpos..]) {
                 Ok(0) => return self.close(id, now, server),
                 Ok(n) => c.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -495,7 +522,7 @@ impl Streams {
             return self.close(id, now, server);
         }
         while c.wpos < c.wbuf.len() {
-            match c.io.write_plain(&c.wbuf[c.wpos..]) {
+            match c.io.write_frames(&c.wbuf[c.wpos..]) {
                 Ok(0) => return self.close(id, now, server),
                 Ok(n) => c.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
