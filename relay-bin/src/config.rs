@@ -230,6 +230,11 @@ pub struct LimitsSection {
     pub unauthenticated_rate: u32,
     /// Burst allowance of `unauthenticated_rate`.
     pub unauthenticated_burst: u32,
+    /// TCP and TLS client connections per shard.
+    pub max_tcp_connections: usize,
+    /// TCP and TLS client connections per shard from one source IP; 0 =
+    /// no limit.
+    pub max_tcp_connections_per_source: usize,
 }
 
 impl Default for LimitsSection {
@@ -244,6 +249,8 @@ impl Default for LimitsSection {
             max_channels: 64,
             unauthenticated_rate: 1000,
             unauthenticated_burst: 2000,
+            max_tcp_connections: 10_000,
+            max_tcp_connections_per_source: 1_000,
         }
     }
 }

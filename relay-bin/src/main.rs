@@ -21,6 +21,7 @@ use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::quota::Quotas;
 use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_io::stream::StreamLimits;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
 use crate::config::{BackendName, Config, ConfigError, LogFormat};
@@ -127,6 +128,13 @@ struct Cli {
     /// Burst of unauthenticated answers per source [limits.unauthenticated_burst].
     #[arg(long)]
     unauthenticated_burst: Option<u32>,
+    /// TCP and TLS client connections per shard [limits.max_tcp_connections].
+    #[arg(long)]
+    max_tcp_connections: Option<usize>,
+    /// TCP and TLS client connections per shard from one source IP; 0 = no
+    /// limit [limits.max_tcp_connections_per_source].
+    #[arg(long)]
+    max_tcp_connections_per_source: Option<usize>,
     /// Backend [server.backend].
     #[arg(long, value_enum)]
     backend: Option<BackendName>,
@@ -231,6 +239,12 @@ impl Cli {
         });
         set!("limits.unauthenticated_burst", self.unauthenticated_burst.is_some(), {
             c.limits.unauthenticated_burst = self.unauthenticated_burst.unwrap_or(2000)
+        });
+        set!("limits.max_tcp_connections", self.max_tcp_connections.is_some(), {
+            c.limits.max_tcp_connections = self.max_tcp_connections.unwrap_or(10_000)
+        });
+        set!("limits.max_tcp_connections_per_source", self.max_tcp_connections_per_source.is_some(), {
+            c.limits.max_tcp_connections_per_source = self.max_tcp_connections_per_source.unwrap_or(1_000)
         });
         set!("server.backend", self.backend.is_some(), c.server.backend = self.backend.unwrap_or_default());
         set!("auth.users", !self.user.is_empty(), c.auth.users = self.user.clone());
@@ -511,6 +525,11 @@ fn run(
         relay_ips: relay_addrs.iter().map(|&(bind, advertised)| RelayIp { bind, advertised }).collect(),
         relay_ports: RelayPorts::Range(ports.0, ports.1),
         max_datagram: config.relay.max_datagram,
+        stream_limits: StreamLimits {
+            max_connections: config.limits.max_tcp_connections,
+            max_per_source: config.limits.max_tcp_connections_per_source,
+            ..StreamLimits::default()
+        },
         ..IoConfig::default()
     };
     // A user keeps its slot in the per-user table for the life of the

@@ -35,6 +35,7 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
         streams.open += r.streams.open;
         streams.accepted += r.streams.accepted;
         streams.refused += r.streams.refused;
+        streams.refused_per_source += r.streams.refused_per_source;
         streams.garbage += r.streams.garbage;
         streams.shed += r.streams.shed;
     }
@@ -44,6 +45,7 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
     gauge!("turn_tcp_connections_open").set(streams.open as f64);
     counter!("turn_tcp_connections_accepted_total").absolute(streams.accepted);
     counter!("turn_tcp_connections_refused_total").absolute(streams.refused);
+    counter!("turn_tcp_connections_refused_per_source_total").absolute(streams.refused_per_source);
     counter!("turn_tcp_connections_garbage_total").absolute(streams.garbage);
     counter!("turn_tcp_shed_frames_total").absolute(streams.shed);
     gauge!("turn_shards").set(reports.len() as f64);

@@ -10,8 +10,9 @@
 //! slowly, control responses never are (a client that lets even those pile
 //! up past a hard limit is disconnected).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ const INITIAL_READ: usize = 4096;
 pub struct StreamLimits {
     /// Connections per shard.
     pub max_connections: usize,
+    /// Connections per shard from one source IP address; 0 = no limit
+    /// (one address cannot take every slot of a shard).
+    pub max_per_source: usize,
     /// Queued relayed bytes per connection before relayed data is shed.
     pub send_queue: usize,
     /// Queued bytes at which a connection is closed (control included).
@@ -45,6 +49,7 @@ impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits {
             max_connections: 10_000,
+            max_per_source: 1_000,
             send_queue: 256 << 10,
             send_queue_hard: 1 << 20,
             idle_timeout: Duration::from_secs(30),
@@ -181,8 +186,10 @@ pub struct StreamStats {
     pub open: u64,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused (limit reached).
+    /// Connections refused (a limit reached: the shard's, or the source's).
     pub refused: u64,
+    /// Of those, refused because their source address held its limit.
+    pub refused_per_source: u64,
     /// Connections closed for unframeable input.
     pub garbage: u64,
     /// Relayed frames shed because the client read too slowly.
@@ -198,6 +205,8 @@ pub struct Streams {
     listeners: Vec<(TcpListener, SocketAddr, bool)>,
     tls: Option<Arc<rustls::ServerConfig>>,
     conns: Slab<Conn>,
+    /// Connections open per source address.
+    per_source: HashMap<IpAddr, u32>,
     limits: StreamLimits,
     events: Vec<libc::epoll_event>,
     reply: Vec<u8>,
@@ -229,6 +238,7 @@ impl Streams {
             listeners: v,
             tls: tls_config,
             conns: Slab::new(),
+            per_source: HashMap::new(),
             limits,
             events: vec![empty_event(); 128],
             reply: vec![0u8; 1500],
@@ -294,6 +304,12 @@ impl Streams {
                 Ok(x) => x,
                 Err(_) => return,
             };
+            let from_source = self.per_source.get(&remote.ip()).copied().unwrap_or(0) as usize;
+            if self.limits.max_per_source > 0 && from_source >= self.limits.max_per_source {
+                self.stats.refused += 1;
+                self.stats.refused_per_source += 1;
+                continue;
+            }
             if self.conns.len() >= self.limits.max_connections || stream.set_nonblocking(true).is_err() {
                 self.stats.refused += 1;
                 continue;
@@ -334,6 +350,7 @@ impl Streams {
                 dirty: false,
                 last: now,
             });
+            *self.per_source.entry(remote.ip()).or_insert(0) += 1;
             self.stats.accepted += 1;
             self.stats.open += 1;
         }
@@ -541,6 +558,13 @@ impl Streams {
     fn close(&mut self, id: usize, now: Instant, server: &mut Server) {
         if let Some(c) = self.conns.try_remove(id) {
             let _ = self.epoll.delete(c.io.fd());
+            let ip = c.client.remote.ip();
+            if let Some(n) = self.per_source.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&ip);
+                }
+            }
             server.handle_client_closed(now, &c.client);
             self.stats.open -= 1;
         }

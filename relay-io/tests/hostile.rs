@@ -348,6 +348,46 @@ fn connection_limits_and_handshake_timeouts() {
 }
 
 #[test]
+fn one_source_cannot_take_every_connection() {
+    for backend in backends() {
+        let limits = StreamLimits { max_connections: 10, max_per_source: 2, ..StreamLimits::default() };
+        let o = Options { allow_loopback: true, bandwidth: 0, limits };
+        let Some(relay) = start(backend, &o) else { continue };
+        let addr = relay.tcp_addrs()[0];
+        let from = |ip: &str| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&format!("{ip}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+            s.connect(&addr.into()).unwrap();
+            let t: TcpStream = s.into();
+            t.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+            t
+        };
+        let closed = |t: &mut TcpStream| matches!(t.read(&mut [0u8; 16]), Ok(0));
+        let mut held = vec![from("127.0.0.1"), from("127.0.0.1")];
+        std::thread::sleep(Duration::from_millis(100));
+        // A third from the same address is closed at once...
+        let mut extra = from("127.0.0.1");
+        assert!(closed(&mut extra), "{backend:?}: a source went past its limit");
+        // ...another address is served, and the first two are still open.
+        let mut other = from("127.0.0.3");
+        assert!(!closed(&mut other), "{backend:?}: another source was refused");
+        assert!(!closed(&mut held[0]), "{backend:?}: a connection within the limit was closed");
+        // Closing one frees a slot for its source.
+        drop(held.pop());
+        let deadline = Instant::now() + WAIT;
+        while relay.stats(WAIT)[0].streams.open != 2 {
+            assert!(Instant::now() < deadline, "{backend:?}: closed connection still counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut again = from("127.0.0.1");
+        assert!(!closed(&mut again), "{backend:?}: the freed slot was not reused");
+        let r = &relay.stats(WAIT)[0];
+        assert_eq!((r.streams.refused, r.streams.refused_per_source), (1, 1), "{backend:?}");
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
 fn bandwidth_cap_holds_within_ten_percent() {
     for backend in backends() {
         let rate = 100_000u64; // bytes per second
