@@ -42,7 +42,7 @@ fn main() {
         relay_ports: RelayPorts::Ephemeral(ports),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0, 1_000_000));
+    let quotas = Arc::new(Quotas::new(0, 0));
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let relay = Relay::start(&config, |k| {
         let mut credentials = Credentials::new("bench.local");

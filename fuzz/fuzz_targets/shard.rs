@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         credentials,
         nonces: NonceIssuer::new([5; 32], 600),
         policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(4, 2, 16)),
+        quotas: Arc::new(Quotas::new(4, 2)),
     };
     let mut server = Server::new(parts, t0, 1_800_000_000, 3);
     for port in 50000..50004 {

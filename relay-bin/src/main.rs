@@ -441,7 +441,7 @@ fn demo(config: &Config, seconds: u64) -> Result<(), String> {
         ..IoConfig::default()
     };
     let server_config = server_config(config);
-    let quotas = Arc::new(Quotas::new(0, 0, 64));
+    let quotas = Arc::new(Quotas::new(0, 0));
     let make = |_| {
         let parts = ServerParts {
             config: server_config.clone(),
@@ -532,9 +532,7 @@ fn run(
         },
         ..IoConfig::default()
     };
-    // A user keeps its slot in the per-user table for the life of the
-    // process: room for a million distinct users.
-    let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user, 1 << 20));
+    let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user));
     let nonces = NonceIssuer::new(random_bytes::<32>(), config.auth.nonce_lifetime);
     let policy = PeerPolicy::with_lists(config.peers.allow.clone(), config.peers.deny.clone());
     let server_config = server_config(config);

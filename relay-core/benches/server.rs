@@ -80,7 +80,7 @@ fn populated() -> (Server, Instant, isize) {
         credentials,
         nonces: NonceIssuer::new([1; 32], 3600),
         policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(0, 0, 1024)),
+        quotas: Arc::new(Quotas::new(0, 0)),
     };
     let mut server = Server::new(parts, now, 1_800_000_000, 1);
     for i in 0..n() {

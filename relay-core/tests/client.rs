@@ -37,7 +37,7 @@ fn server(rfc5780: bool, policy: PeerPolicy) -> Server {
         credentials,
         nonces: NonceIssuer::new([2; 32], 600),
         policy,
-        quotas: Arc::new(Quotas::new(0, 0, 64)),
+        quotas: Arc::new(Quotas::new(0, 0)),
     };
     let mut s = Server::new(parts, Instant::now(), 1_800_000_000, 9);
     if rfc5780 {

@@ -31,7 +31,7 @@ fn server(rfc5780: bool) -> Server {
         credentials: Credentials::new("example.org"),
         nonces: NonceIssuer::new([1; 32], 600),
         policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(0, 0, 64)),
+        quotas: Arc::new(Quotas::new(0, 0)),
     };
     let mut s = Server::new(parts, Instant::now(), 1_800_000_000, 5);
     if rfc5780 {

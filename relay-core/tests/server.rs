@@ -53,7 +53,7 @@ impl Default for Setup {
         Setup {
             config: ServerConfig::default(),
             policy: PeerPolicy::new(),
-            quotas: Quotas::new(0, 0, 1024),
+            quotas: Quotas::new(0, 0),
             relays: vec!["203.0.113.1:50000", "203.0.113.1:50001", "203.0.113.1:50002"],
         }
     }
@@ -693,7 +693,7 @@ fn refresh_extends_and_lifetimes_are_capped() {
 
 #[test]
 fn quotas_per_user_and_in_total() {
-    let mut h = H::with(Setup { quotas: Quotas::new(2, 1, 64), ..Setup::default() });
+    let mut h = H::with(Setup { quotas: Quotas::new(2, 1), ..Setup::default() });
     let alloc = |h: &mut H| h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
     let as_bob = |h: &mut H| {
         h.user = "bob".into();
@@ -716,7 +716,7 @@ fn quotas_per_user_and_in_total() {
 
 #[test]
 fn total_quota_and_relay_exhaustion_are_508() {
-    let mut h = H::with(Setup { quotas: Quotas::new(1, 0, 64), ..Setup::default() });
+    let mut h = H::with(Setup { quotas: Quotas::new(1, 0), ..Setup::default() });
     h.allocate();
     h.move_to("192.0.2.10:40001");
     let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
@@ -934,7 +934,7 @@ fn answers_to_unauthenticated_requests_are_budgeted_per_source() {
 fn rest_users_count_against_one_quota_whatever_their_credential() {
     use base64::Engine;
     use hmac::{Hmac, KeyInit, Mac};
-    let mut h = H::with(Setup { quotas: Quotas::new(0, 1, 64), ..Setup::default() });
+    let mut h = H::with(Setup { quotas: Quotas::new(0, 1), ..Setup::default() });
     let as_rest = |h: &mut H, expiry: u64| {
         let username = format!("{expiry}:carol");
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"rest-secret").unwrap();

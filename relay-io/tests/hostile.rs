@@ -68,7 +68,7 @@ fn start(backend: Backend, o: &Options) -> Option<Relay> {
             credentials,
             nonces: NonceIssuer::new([8; 32], 600),
             policy: PeerPolicy::with_lists(allow.clone(), vec![]),
-            quotas: Arc::new(Quotas::new(0, 0, 64)),
+            quotas: Arc::new(Quotas::new(0, 0)),
         };
         Server::new(parts, Instant::now(), 1_800_000_000, 9)
     };

@@ -47,7 +47,7 @@ fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Du
         relay_ports: RelayPorts::Ephemeral(ports_per_shard),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0, 4096));
+    let quotas = Arc::new(Quotas::new(0, 0));
     let make = |_k: usize| {
         let mut credentials = Credentials::new(REALM);
         credentials.add_user("alice", "secret").unwrap();
@@ -549,7 +549,7 @@ fn a_port_range_beyond_the_descriptor_limit_is_capped_not_fatal() {
             credentials: Credentials::new(REALM),
             nonces: NonceIssuer::new([1; 32], 600),
             policy: PeerPolicy::new(),
-            quotas: Arc::new(Quotas::new(0, 0, 16)),
+            quotas: Arc::new(Quotas::new(0, 0)),
         };
         Server::new(parts, Instant::now(), 1_800_000_000, 1)
     };

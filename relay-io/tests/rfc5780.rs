@@ -42,7 +42,7 @@ fn start(backend: Backend, pair: Rfc5780) -> Option<Relay> {
         relay_ports: RelayPorts::Ephemeral(2),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0, 64));
+    let quotas = Arc::new(Quotas::new(0, 0));
     let make = |_k: usize| {
         let parts = ServerParts {
             config: ServerConfig::default(),

@@ -113,7 +113,7 @@ fn relaying_allocates_nothing() {
                 credentials,
                 nonces: NonceIssuer::new([3; 32], 600),
                 policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
-                quotas: Arc::new(Quotas::new(0, 0, 16)),
+                quotas: Arc::new(Quotas::new(0, 0)),
             };
             Server::new(parts, Instant::now(), 1_800_000_000, 1)
         };

@@ -93,7 +93,7 @@ fn start_relay_io(
         relay_ports: RelayPorts::Ephemeral(relays),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0, 100_000));
+    let quotas = Arc::new(Quotas::new(0, 0));
     let make = |_k: usize| {
         let mut credentials = ServerCredentials::new(REALM);
         credentials.add_user(USER, PASSWORD).unwrap();
