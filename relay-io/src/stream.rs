@@ -21,9 +21,13 @@ use relay_core::server::{Client, ClientAction, Server, Transport};
 use relay_core::wire::demux::{self, Frame};
 use slab::Slab;
 
-use crate::sys::{Epoll, empty_event};
+use crate::sys::{Batch, Epoll, empty_event};
 
 const LISTENER: u64 = 1 << 40;
+/// Datagrams to peers gathered from client streams before one `sendmmsg`.
+const TO_PEERS: usize = 64;
+/// Largest payload gathered (larger ones are sent on their own).
+const TO_PEER_SLOT: usize = 2048;
 const INITIAL_READ: usize = 4096;
 
 /// Stream settings.
@@ -212,6 +216,10 @@ pub struct Streams {
     reply: Vec<u8>,
     /// Connections with relayed data queued this loop turn.
     dirty: Vec<usize>,
+    /// Client frames bound for peers, sent together at the end of
+    /// [`Streams::process`] (or when full).
+    to_peers: Batch,
+    to_peers_len: usize,
     /// Counters.
     pub stats: StreamStats,
 }
@@ -243,6 +251,8 @@ impl Streams {
             events: vec![empty_event(); 128],
             reply: vec![0u8; 1500],
             dirty: Vec::with_capacity(64),
+            to_peers: Batch::new(TO_PEERS, 0, TO_PEER_SLOT),
+            to_peers_len: 0,
             stats: StreamStats::default(),
         })
     }
@@ -273,7 +283,7 @@ impl Streams {
         for _ in 0..8 {
             let n = match self.epoll.wait(&mut self.events, 0) {
                 Ok(n) => n,
-                Err(_) => return,
+                Err(_) => break,
             };
             for i in 0..n {
                 let ev = self.events[i];
@@ -291,8 +301,18 @@ impl Streams {
                 }
             }
             if n < self.events.len() {
-                return;
+                break;
             }
+        }
+        self.send_to_peers();
+    }
+
+    /// Sends the gathered datagrams to peers.
+    fn send_to_peers(&mut self) {
+        if self.to_peers_len > 0 {
+            let (_, failed) = self.to_peers.flush();
+            self.stats.send_failures += failed as u64;
+            self.to_peers_len = 0;
         }
     }
 
@@ -402,13 +422,30 @@ impl Streams {
                             // answers RFC 5780 address changes over TCP
                             // with 420 instead.
                             ClientAction::ReplyFrom { .. } => {}
-                            ClientAction::Forward { relay: r, peer, payload } => {
-                                let c = &self.conns[id];
-                                let sent = relay(r.0).map(|s| s.send_to(&c.rbuf[start..][payload], peer));
-                                if !matches!(sent, Some(Ok(_))) {
-                                    self.stats.send_failures += 1;
+                            ClientAction::Forward { relay: r, peer, payload } => match relay(r.0) {
+                                // Gathered: one sendmmsg for a read's
+                                // frames (and other connections') instead
+                                // of a sendto each.
+                                Some(sock) if payload.len() <= TO_PEER_SLOT => {
+                                    let k = self.to_peers_len;
+                                    let data = &self.conns[id].rbuf[start..][payload];
+                                    self.to_peers.slot_and_reply(k).1[..data.len()].copy_from_slice(data);
+                                    self.to_peers.send_reply(sock.as_raw_fd(), peer, k, data.len());
+                                    self.to_peers_len += 1;
+                                    if self.to_peers_len == TO_PEERS {
+                                        self.send_to_peers();
+                                    }
                                 }
-                            }
+                                Some(sock) => {
+                                    // Large: after what is gathered, in order.
+                                    self.send_to_peers();
+                                    let data = &self.conns[id].rbuf[start..][payload];
+                                    if sock.send_to(data, peer).is_err() {
+                                        self.stats.send_failures += 1;
+                                    }
+                                }
+                                None => self.stats.send_failures += 1,
+                            },
                         }
                         start += n;
                     }
