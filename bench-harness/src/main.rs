@@ -319,6 +319,13 @@ struct AllocateCmd {
 struct ChurnCmd {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    churn: ChurnArgs,
+}
+
+/// How to churn (`churn`, and `compare churn` per run).
+#[derive(Args, Debug, Clone)]
+struct ChurnArgs {
     /// Seconds during which new allocations start.
     #[arg(long, short = 'd', default_value = "30", value_parser = secs)]
     duration: Duration,
@@ -337,6 +344,22 @@ struct ChurnCmd {
     /// Local address of the client sockets.
     #[arg(long)]
     client_ip: Option<IpAddr>,
+}
+
+impl ChurnArgs {
+    fn config(&self, server: TurnServer, server_pid: Option<u32>, live: bool) -> ChurnConfig {
+        ChurnConfig {
+            duration: self.duration,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            round_trips: self.round_trips,
+            peer_ip: self.peer_ip,
+            client_ip: self.client_ip,
+            server_pid,
+            live,
+            ..ChurnConfig::new(server)
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -364,29 +387,6 @@ struct CompareCmd {
     scenario: CompareSub,
 }
 
-/// How to churn, under `compare churn`.
-#[derive(Args, Debug, Clone)]
-struct CompareChurnArgs {
-    /// Seconds during which new allocations start, per run.
-    #[arg(long, short = 'd', default_value = "30", value_parser = secs)]
-    duration: Duration,
-    /// New allocations per second; 0: as fast as cycles finish.
-    #[arg(long, short = 'r', default_value_t = 100)]
-    rate: u64,
-    /// Allocations alive at once.
-    #[arg(long, short = 'c', default_value_t = 16)]
-    concurrency: usize,
-    /// ChannelData round trips per allocation.
-    #[arg(long, default_value_t = 3)]
-    round_trips: u32,
-    /// Where the echoing peer binds.
-    #[arg(long, default_value = "127.0.0.2")]
-    peer_ip: IpAddr,
-    /// Local address of the client sockets.
-    #[arg(long)]
-    client_ip: Option<IpAddr>,
-}
-
 #[derive(Subcommand, Debug)]
 enum CompareSub {
     /// Compare throughput runs.
@@ -397,7 +397,7 @@ enum CompareSub {
     Allocate(StormArgs),
     /// Compare churn (allocate, use, release cycles; TURN targets only):
     /// cycles/s, success, and with a target's pid its fds and RSS growth.
-    Churn(CompareChurnArgs),
+    Churn(ChurnArgs),
 }
 
 fn resolve(s: &str) -> Result<SocketAddr, String> {
@@ -512,17 +512,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             emit(&run_allocate(&cfg)?, cli.json)
         }
         Command::Churn(c) => {
-            let cfg = ChurnConfig {
-                duration: c.duration,
-                rate: c.rate,
-                concurrency: c.concurrency,
-                round_trips: c.round_trips,
-                peer_ip: c.peer_ip,
-                client_ip: c.client_ip,
-                server_pid: c.server.server_pid,
-                live,
-                ..ChurnConfig::new(c.server.creds.server(c.server.server))
-            };
+            let cfg = c.churn.config(c.server.creds.server(c.server.server), c.server.server_pid, live);
             emit(&run_churn(&cfg)?, cli.json)
         }
         Command::Compare(c) => {
@@ -544,16 +534,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                     ..t.apply(ThroughputConfig::latency(placeholder))
                 }),
                 CompareSub::Allocate(s) => CompareScenario::Allocate(s.config(placeholder, None, live)),
-                CompareSub::Churn(a) => CompareScenario::Churn(ChurnConfig {
-                    duration: a.duration,
-                    rate: a.rate,
-                    concurrency: a.concurrency,
-                    round_trips: a.round_trips,
-                    peer_ip: a.peer_ip,
-                    client_ip: a.client_ip,
-                    live,
-                    ..ChurnConfig::new(placeholder)
-                }),
+                CompareSub::Churn(a) => CompareScenario::Churn(a.config(placeholder, None, live)),
             };
             let cfg = CompareConfig { targets, rounds: c.rounds, scenario, pause: Duration::from_millis(c.pause_ms) };
             check_report_path(c.report.as_deref())?;

@@ -4,47 +4,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn turn_bench(args: &[&str]) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turn-bench"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turn-bench");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        so.read_to_string(&mut s).map(|_| s).unwrap_or_default()
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        se.read_to_string(&mut s).map(|_| s).unwrap_or_default()
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("turn-bench {args:?} ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Out { code: status.code(), stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
-}
+use common::turn_bench;
 
 fn creds(addr: &str) -> Vec<String> {
     ["--server", addr, "-u", common::USER, "-w", common::PASSWORD, "--rto-ms", "100"].map(String::from).to_vec()

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::report::{compare_html, write_compare_html};
@@ -154,39 +152,6 @@ fn compare_report_has_a_plot_each_the_table_and_escaped_names() {
     assert_eq!(lines[3], ("#d62728".to_owned(), 41));
 }
 
-/// Runs the binary, killed past 60 s.
-fn turn_bench(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turn-bench"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turn-bench");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        so.read_to_string(&mut s).map(|_| s).unwrap_or_default()
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        se.read_to_string(&mut s).map(|_| s).unwrap_or_default()
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("turn-bench {args:?} ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), t_out.join().unwrap(), t_err.join().unwrap())
-}
-
 #[test]
 fn cli_compare_churn_writes_the_report() {
     let relay = common::start_relay(32);
@@ -197,7 +162,7 @@ fn cli_compare_churn_writes_the_report() {
     let path = dir.join("compare.html");
     let p = path.to_str().unwrap();
     #[rustfmt::skip]
-    let (code, stdout, stderr) = turn_bench(&[
+    let common::Out { code, stdout, stderr } = common::turn_bench(&[
         "compare", "--json", "-q", "-t", &one, "-t", &two, "--rounds", "1", "--pause-ms", "10", "--rto-ms", "100",
         "--report", p, "churn", "-d", "0.5", "--rate", "20", "-c", "2", "--round-trips", "1",
     ]);
@@ -211,8 +176,8 @@ fn cli_compare_churn_writes_the_report() {
     assert!(html.contains("first") && html.contains("second&lt;2&gt;"), "{html}");
 
     // An unwritable report is refused before any run.
-    let (code, stdout, stderr) =
-        turn_bench(&["compare", "-q", "-t", &one, "--report", "/nonexistent/dir/c.html", "churn", "-d", "0.2"]);
+    let common::Out { code, stdout, stderr } =
+        common::turn_bench(&["compare", "-q", "-t", &one, "--report", "/nonexistent/dir/c.html", "churn", "-d", "0.2"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("/nonexistent/dir/c.html"), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");

@@ -95,23 +95,8 @@ impl Io {
         }
     }
 
-    /// Application bytes out; `WouldBlock` while earlier TLS records wait.
-    fn write_plain(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.write(bytes),
-            Io::Tls(tls, s) => {
-                flush_tls(tls, s)?;
-                if tls.wants_write() || tls.is_handshaking() {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                let n = tls.writer().write(bytes)?;
-                flush_tls(tls, s)?;
-                Ok(n)
-            }
-        }
-    }
-
-    /// Queued frames out (whole frames, back to back). Over TLS each frame
+    /// Frames out (whole frames, back to back); `WouldBlock` while earlier
+    /// TLS records wait for the socket. Over TLS each frame
     /// gets a record of its own, and the records go out together: clients
     /// that read one message per TLS record (coturn's turnutils_uclient
     /// does) see every frame. Returns the bytes taken.
@@ -543,7 +528,7 @@ impl Streams {
         }
         if pending == 0 {
             // A response, nothing waiting: write at once, queue only the rest.
-            match c.io.write_plain(bytes) {
+            match c.io.write_frames(bytes) {
                 Ok(n) if n == bytes.len() => return true,
                 Ok(n) => {
                     c.wbuf.clear();

@@ -163,21 +163,6 @@ impl TcpTransport {
         TcpTransport { stream, server, rbuf: pending }
     }
 
-    /// The next whole frame already read, copied into `out`.
-    fn take_frame(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
-        let n = match next_frame(&self.rbuf) {
-            Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
-            Ok(Frame::NeedMore(_)) => return Ok(None),
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TCP framing: {e}"))),
-        };
-        if n > out.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{n}-byte frame exceeds the buffer")));
-        }
-        out[..n].copy_from_slice(&self.rbuf[..n]);
-        self.rbuf.drain(..n);
-        Ok(Some(n))
-    }
-
     /// Reads what the stream has into the buffer once; an error at the end
     /// of the stream.
     fn fill(&mut self) -> io::Result<()> {
@@ -198,6 +183,40 @@ impl TcpTransport {
     /// On a non-blocking stream: the next whole frame, or `None` when the
     /// stream has none complete yet.
     pub fn try_recv(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
+        Framed::try_recv(self, out)
+    }
+}
+
+/// What the two stream transports share: a buffer of bytes read (and
+/// decrypted) that is cut into frames with `relay_core::wire::next_frame`.
+trait Framed {
+    /// `TCP` or `TLS`, for error messages.
+    const NAME: &'static str;
+    /// The bytes read and not yet handed out.
+    fn rbuf(&mut self) -> &mut Vec<u8>;
+    /// One read into the buffer; an error at the end of the stream.
+    fn fill(&mut self) -> io::Result<()>;
+    /// The TCP stream (for read timeouts).
+    fn tcp(&self) -> &TcpStream;
+
+    /// The next whole frame already read, moved into `out`.
+    fn take_frame(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
+        let rbuf = self.rbuf();
+        let n = match next_frame(rbuf) {
+            Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
+            Ok(Frame::NeedMore(_)) => return Ok(None),
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} framing: {e}", Self::NAME))),
+        };
+        if n > out.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{n}-byte frame exceeds the buffer")));
+        }
+        out[..n].copy_from_slice(&rbuf[..n]);
+        rbuf.drain(..n);
+        Ok(Some(n))
+    }
+
+    /// Non-blocking: the next whole frame, or `None` when none is complete.
+    fn try_recv(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
             if let Some(n) = self.take_frame(out)? {
                 return Ok(Some(n));
@@ -208,6 +227,39 @@ impl TcpTransport {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Blocking, at most `timeout`: the next whole frame.
+    fn recv_within(&mut self, out: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(n) = self.take_frame(out)? {
+                return Ok(Some(n));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.tcp().set_read_timeout(Some(left.max(Duration::from_micros(100))))?;
+            match self.fill() {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Framed for TcpTransport {
+    const NAME: &'static str = "TCP";
+    fn rbuf(&mut self) -> &mut Vec<u8> {
+        &mut self.rbuf
+    }
+    fn fill(&mut self) -> io::Result<()> {
+        TcpTransport::fill(self)
+    }
+    fn tcp(&self) -> &TcpStream {
+        &self.stream
     }
 }
 
@@ -231,22 +283,7 @@ impl Transport for TcpTransport {
     }
 
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(n) = self.take_frame(buf)? {
-                return Ok(Some(n));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.stream.set_read_timeout(Some(left.max(Duration::from_micros(100))))?;
-            match self.fill() {
-                Ok(()) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
+        self.recv_within(buf, timeout)
     }
 
     fn reliable(&self) -> bool {
@@ -547,34 +584,23 @@ impl TlsTransport {
         self.flush(Instant::now() + Duration::from_secs(5))
     }
 
-    /// The next whole frame already decrypted, copied into `out`.
-    fn take_frame(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
-        let n = match next_frame(&self.rbuf) {
-            Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
-            Ok(Frame::NeedMore(_)) => return Ok(None),
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TLS framing: {e}"))),
-        };
-        if n > out.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{n}-byte frame exceeds the buffer")));
-        }
-        out[..n].copy_from_slice(&self.rbuf[..n]);
-        self.rbuf.drain(..n);
-        Ok(Some(n))
-    }
-
     /// On a non-blocking stream: the next whole frame, or `None` when none
     /// is complete yet (the handshake may still be going on).
     pub fn try_recv(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
-        loop {
-            if let Some(n) = self.take_frame(out)? {
-                return Ok(Some(n));
-            }
-            match self.pump() {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
+        Framed::try_recv(self, out)
+    }
+}
+
+impl Framed for TlsTransport {
+    const NAME: &'static str = "TLS";
+    fn rbuf(&mut self) -> &mut Vec<u8> {
+        &mut self.rbuf
+    }
+    fn fill(&mut self) -> io::Result<()> {
+        self.pump()
+    }
+    fn tcp(&self) -> &TcpStream {
+        &self.stream
     }
 }
 
@@ -587,22 +613,7 @@ impl Transport for TlsTransport {
     }
 
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(n) = self.take_frame(buf)? {
-                return Ok(Some(n));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.stream.set_read_timeout(Some(left.max(Duration::from_micros(100))))?;
-            match self.pump() {
-                Ok(()) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
+        self.recv_within(buf, timeout)
     }
 
     fn reliable(&self) -> bool {
