@@ -83,9 +83,10 @@ impl StreamConn {
         self.closed
     }
 
-    /// Output bytes not yet taken by the socket (or by rustls).
+    /// Output bytes not yet taken by the socket (or by rustls); none once
+    /// the connection is closed.
     pub fn backlog(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        if self.closed { 0 } else { self.wbuf.len() - self.wpos }
     }
 
     /// Whether the flow may take another data frame now.
@@ -97,7 +98,8 @@ impl StreamConn {
     /// output buffer (see [`StreamConn::output_mut`]), padded with zeros
     /// to a multiple of 4 bytes (RFC 8656 §12.5: ChannelData over streams).
     pub fn queue(&mut self, frame: &[u8]) -> usize {
-        if self.wpos == self.wbuf.len() {
+        if self.wpos == self.wbuf.len() || self.closed {
+            // Nothing pending, or nothing will ever be sent: start over.
             self.wbuf.clear();
             self.wpos = 0;
         }

@@ -534,7 +534,9 @@ fn worker(
                         o.sent += ok as u64;
                         o.send_failed += (b - ok) as u64;
                         o.bytes_sent += (ok * cfg.size) as u64;
-                        conn.flush()?;
+                        // A connection the server closed is marked so and
+                        // takes no more; what it held counts as lost.
+                        let _ = conn.flush();
                         backlog |= conn.backlog() > 0;
                     }
                 }
@@ -584,7 +586,7 @@ fn worker(
                 if let FlowIo::Stream(conn) = &mut f.io
                     && conn.backlog() > 0
                 {
-                    conn.flush()?;
+                    let _ = conn.flush();
                     backlog |= conn.backlog() > 0;
                 }
             }
@@ -699,6 +701,10 @@ fn worker(
                             unread = true;
                             break;
                         }
+                    }
+                    if conn.is_closed() {
+                        // Gone: stop watching it (it would wake every turn).
+                        let _ = ep.delete(conn.fd());
                     }
                 }
             }

@@ -205,6 +205,9 @@ impl ShardState {
 
     /// Closes every stream connection (on exit).
     pub fn close_streams(&mut self, now: Instant) {
+        // The last turn's relayed data goes out first (as far as the
+        // sockets take it without waiting).
+        self.streams.flush_relayed(now, &mut self.server);
         self.streams.close_all(now, &mut self.server);
     }
 

@@ -28,6 +28,12 @@ const LISTENER: u64 = 1 << 40;
 const TO_PEERS: usize = 64;
 /// Largest payload gathered (larger ones are sent on their own).
 const TO_PEER_SLOT: usize = 2048;
+/// Plaintext pushed into rustls per write: its buffer of unsent records
+/// holds 64 KiB, and a full one takes nothing (`Ok(0)`).
+const TLS_PUSH_BUDGET: usize = 48 * 1024;
+/// Bytes a TLS record adds to its plaintext (header, tag, content type),
+/// with room to spare.
+const TLS_RECORD_OVERHEAD: usize = 32;
 const INITIAL_READ: usize = 4096;
 
 /// Stream settings.
@@ -108,17 +114,30 @@ impl Io {
                 if tls.wants_write() || tls.is_handshaking() {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
+                // rustls holds at most 64 KiB of records: push frames while
+                // they fit with their record overhead (a larger frame goes
+                // alone, split as rustls must), then write them out.
                 let mut at = 0;
+                let mut budget = TLS_PUSH_BUDGET;
                 while at < bytes.len() {
                     let n = match demux::next_frame(&bytes[at..]) {
                         Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
                         // Not whole frames (never queued): the rest at once.
                         _ => bytes.len() - at,
                     };
-                    at += tls.writer().write(&bytes[at..at + n])?;
+                    if at > 0 && n + TLS_RECORD_OVERHEAD > budget {
+                        break;
+                    }
+                    budget = budget.saturating_sub(n + TLS_RECORD_OVERHEAD);
+                    let w = tls.writer().write(&bytes[at..at + n])?;
+                    at += w;
+                    if w < n {
+                        // rustls is full (a frame larger than its buffer).
+                        break;
+                    }
                 }
                 flush_tls(tls, s)?;
-                Ok(at)
+                if at == 0 { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(at) }
             }
         }
     }
@@ -529,7 +548,13 @@ impl Streams {
         if pending == 0 {
             // A response, nothing waiting: write at once, queue only the rest.
             match c.io.write_frames(bytes) {
-                Ok(n) if n == bytes.len() => return true,
+                // All taken, and (TLS) every record on the socket.
+                Ok(n) if n == bytes.len() && !c.io.pending() => return true,
+                // All taken; records wait for the socket to be writable.
+                Ok(n) if n == bytes.len() => {
+                    c.wbuf.clear();
+                    c.wpos = 0;
+                }
                 Ok(n) => {
                     c.wbuf.clear();
                     c.wpos = 0;

@@ -508,6 +508,20 @@ fn stream_suite(tls: bool) {
             let cd = ChannelData::parse(&f).unwrap();
             assert_eq!((cd.channel, cd.payload), (0x4002, &[i; 37][..]), "{backend:?}: frame {i}");
         }
+        // A large burst from the peer (more than rustls buffers at once,
+        // 64 KiB): every frame arrives, whole and in order, and the shard
+        // keeps serving.
+        for i in 0..100u8 {
+            p.send_to(&[i; 1200], relayed).unwrap();
+        }
+        let mut got = 0;
+        while got < 100 {
+            let f = c.frame();
+            let cd = ChannelData::parse(&f).unwrap();
+            assert_eq!((cd.channel, cd.payload.len()), (0x4002, 1200), "{backend:?}: frame {got}");
+            assert!(cd.payload.iter().all(|&b| b == cd.payload[0]), "{backend:?}: torn frame");
+            got += 1;
+        }
         // A burst from the client in one write, small frames (gathered into
         // one sendmmsg) and large ones (sent on their own) mixed: every
         // datagram reaches the peer, in order.
@@ -538,10 +552,10 @@ fn stream_suite(tls: bool) {
         let r = &relay.stats(TIMEOUT)[0];
         assert_eq!((r.streams.accepted, r.streams.open), (1, 0));
         // Counted under the client's transport: 20 ChannelData each way,
-        // the bursts (12 to the peer, 50 back) and the Data indication
+        // the bursts (12 to the peer, 50 and 100 back) and the Data indication
         // toward the client.
         let t = if tls { 2 } else { 1 };
-        assert_eq!((r.stats.relayed_packets[0][t], r.stats.relayed_packets[1][t]), (32, 71));
+        assert_eq!((r.stats.relayed_packets[0][t], r.stats.relayed_packets[1][t]), (32, 171));
         // Bytes that are neither STUN nor ChannelData close the stream
         // (the server's end: the read sees end-of-file, not a timeout).
         let mut g = std::net::TcpStream::connect(relay.tcp_addrs()[0]).unwrap();

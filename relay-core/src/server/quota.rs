@@ -101,24 +101,31 @@ impl Quotas {
         }
     }
 
-    /// Takes one allocation for `user`, or says which limit refuses it.
+    /// Takes one allocation for `user`, or says which limit refuses it
+    /// (the server's when both are reached). The user's count is checked
+    /// first, under its stripe's lock, so a refused user never holds a unit
+    /// of the total, even for a moment.
     pub fn acquire(&self, user: &[u8]) -> Result<QuotaToken, QuotaError> {
         let max = if self.max_total == 0 { u32::MAX } else { self.max_total };
-        self.total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .map_err(|_| QuotaError::TotalReached)?;
+        let take_total = || {
+            self.total
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                .map(drop)
+                .map_err(|_| QuotaError::TotalReached)
+        };
         if self.users.is_empty() {
+            take_total()?;
             return Ok(QuotaToken { user: None });
         }
         let key = self.key(user);
         let mut map = self.stripe(key);
-        let n = map.entry(key).or_insert(0);
-        if *n >= self.max_per_user {
-            drop(map);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(QuotaError::UserReached);
+        if map.get(&key).copied().unwrap_or(0) >= self.max_per_user {
+            // Both limits reached: the server's is the one to report.
+            let full = self.total.load(Ordering::Acquire) >= max;
+            return Err(if full { QuotaError::TotalReached } else { QuotaError::UserReached });
         }
-        *n += 1;
+        take_total()?;
+        *map.entry(key).or_insert(0) += 1;
         Ok(QuotaToken { user: Some(key) })
     }
 
