@@ -69,14 +69,7 @@ fn tcp_flat_out_closed_loop_and_one_way_sink() {
 
 #[test]
 fn tcp_long_runs_refresh_on_the_same_connection() {
-    let server = relay_core::server::ServerConfig {
-        relay_quarantine: Duration::from_secs(1),
-        permission_lifetime: Duration::from_secs(2),
-        channel_lifetime: Duration::from_secs(3),
-        default_lifetime: Duration::from_secs(4),
-        max_lifetime: Duration::from_secs(4),
-        ..relay_core::server::ServerConfig::default()
-    };
+    let server = common::short_lifetimes();
     let relay = common::start_relay_tcp_config(8, server);
     let cfg = ThroughputConfig {
         allocations: 2,

@@ -139,14 +139,7 @@ fn bad_settings_are_refused() {
 fn long_runs_keep_their_permissions_channels_and_allocations() {
     // Lifetimes far shorter than the run: without refreshes the channel is
     // gone after 3 s, the permission after 2 s, the allocation after 4 s.
-    let server = relay_core::server::ServerConfig {
-        relay_quarantine: Duration::from_secs(1),
-        permission_lifetime: Duration::from_secs(2),
-        channel_lifetime: Duration::from_secs(3),
-        default_lifetime: Duration::from_secs(4),
-        max_lifetime: Duration::from_secs(4),
-        ..relay_core::server::ServerConfig::default()
-    };
+    let server = common::short_lifetimes();
     let relay = common::start_relay_config(8, 600, server);
     for indications in [false, true] {
         let cfg = ThroughputConfig {

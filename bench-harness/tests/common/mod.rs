@@ -70,6 +70,20 @@ pub fn start_relay_tls(relays: usize, server: ServerConfig) -> (Relay, PathBuf) 
     (start_relay_io(relays, 600, server, true, Some(tls)), ca)
 }
 
+/// Lifetimes far shorter than a few-second run: without refreshes the
+/// channel is gone after 3 s, the permission after 2 s, the allocation
+/// after 4 s.
+pub fn short_lifetimes() -> ServerConfig {
+    ServerConfig {
+        relay_quarantine: Duration::from_secs(1),
+        permission_lifetime: Duration::from_secs(2),
+        channel_lifetime: Duration::from_secs(3),
+        default_lifetime: Duration::from_secs(4),
+        max_lifetime: Duration::from_secs(4),
+        ..ServerConfig::default()
+    }
+}
+
 /// The server configuration the TLS relays of the tests use by default.
 pub fn quick_config() -> ServerConfig {
     ServerConfig { relay_quarantine: Duration::from_secs(1), ..ServerConfig::default() }
