@@ -298,7 +298,7 @@ impl Streams {
                 }
                 let id = token as usize;
                 if ev.events & libc::EPOLLOUT as u32 != 0 {
-                    self.flush(id, now, server);
+                    self.write_out(id, now, server);
                 }
                 if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                     self.read(id, now, server, relay);
@@ -498,9 +498,14 @@ impl Streams {
         self.dirty = dirty;
     }
 
-    /// Writes what is queued; watches for writability when some is left.
+    /// Writes what is queued (on writability, and for a turn's relayed
+    /// data); watches for writability while some is left.
     fn write_out(&mut self, id: usize, now: Instant, server: &mut Server) {
         let Some(c) = self.conns.get_mut(id) else { return };
+        // TLS records left from earlier writes go first.
+        if c.io.flush().is_err() {
+            return self.close(id, now, server);
+        }
         while c.wpos < c.wbuf.len() {
             match c.io.write_frames(&c.wbuf[c.wpos..]) {
                 Ok(0) => return self.close(id, now, server),
@@ -514,9 +519,11 @@ impl Streams {
             c.wbuf.clear();
             c.wpos = 0;
         }
-        if (c.wpos < c.wbuf.len() || c.io.pending()) && !c.writing {
-            c.writing = true;
-            let _ = self.epoll.modify(c.io.fd(), id as u64, true);
+        // Watch for writability exactly while something waits.
+        let waiting = !c.wbuf.is_empty() || c.io.pending();
+        if waiting != c.writing {
+            c.writing = waiting;
+            let _ = self.epoll.modify(c.io.fd(), id as u64, waiting);
         }
     }
 
@@ -578,28 +585,6 @@ impl Streams {
             let _ = self.epoll.modify(c.io.fd(), id as u64, true);
         }
         true
-    }
-
-    fn flush(&mut self, id: usize, now: Instant, server: &mut Server) {
-        let Some(c) = self.conns.get_mut(id) else { return };
-        if c.io.flush().is_err() {
-            return self.close(id, now, server);
-        }
-        while c.wpos < c.wbuf.len() {
-            match c.io.write_frames(&c.wbuf[c.wpos..]) {
-                Ok(0) => return self.close(id, now, server),
-                Ok(n) => c.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.close(id, now, server),
-            }
-        }
-        c.wbuf.clear();
-        c.wpos = 0;
-        if !c.io.pending() {
-            c.writing = false;
-            let _ = self.epoll.modify(c.io.fd(), id as u64, false);
-        }
     }
 
     fn close(&mut self, id: usize, now: Instant, server: &mut Server) {
