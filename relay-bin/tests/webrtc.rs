@@ -1,0 +1,408 @@
+//! Real browsers through turn-relay: headless Chromium connects two
+//! `RTCPeerConnection`s in one page, both relay-only
+//! (`iceTransportPolicy: "relay"`) with this turn-relay as their only ICE
+//! server, and pushes data across an ordered, reliable data channel. Each
+//! test proves, for one client transport —
+//!
+//! * `turn:IP:3478?transport=udp`
+//! * `turn:IP:3478?transport=tcp`
+//! * `turns:IP:5349?transport=tcp` (TLS, a self-signed certificate made
+//!   with rcgen, which Chromium accepts with `--ignore-certificate-errors`:
+//!   without it gathering fails with error 701)
+//!
+//! — that the candidate pair both sides selected (getStats: the transport's
+//! `selectedCandidatePairId`) is relay/relay and its `relayProtocol` is that
+//! transport; that 3,000 numbered messages arrive intact and in order; and
+//! that 4 MiB sent in 16 KiB chunks (under `bufferedAmount` flow control)
+//! arrive with the SHA-256 they were sent with. Each side's relayed address
+//! is turn-relay's own, so the peers' permissions and channels name the
+//! server's own relay addresses: this is relay-to-relay through one server,
+//! with the default peer policy (no `--allow-peer`).
+//!
+//! Chromium gathers nothing on loopback alone, so each test builds a
+//! network namespace of its own (`trwebrtc<pid><transport>`, removed at the
+//! end, on failure too) holding a veth pair with both ends inside:
+//!
+//! ```text
+//!   namespace trwebrtc<pid><t>:  lo up
+//!     wa 10.203.N.1/24  <── veth ──>  wb 10.203.N.2/24
+//!     turn-relay on 10.203.N.1 (UDP+TCP 3478, TLS 5349, relay IP 10.203.N.1)
+//!     node drive.js → headless Chromium → page.html
+//! ```
+//!
+//! turn-relay, node and Chromium all run inside it (`ip netns exec`), so
+//! nothing is reachable from or to the host's own network. The page and
+//! its driver are in `tests/webrtc/` (`page.html`, `drive.js`, driven with
+//! `playwright-core` from npm; `npm ci` there installs it). The tests run
+//! one at a time (two Chromiums would fight for a small machine's cores).
+//! A line with the getStats pair summary and the timings is always printed
+//! on stderr; the driver's full output with `--nocapture` or on failure;
+//! turn-relay's debug log on failure.
+//!
+//! Run: `cargo test -p relay-bin --test webrtc -- --nocapture` as root,
+//! with `/usr/bin/chromium` (`apt-get install chromium`; another binary
+//! with `TURN_RELAY_CHROMIUM=PATH`), node and
+//! `(cd relay-bin/tests/webrtc && npm ci)`. Without root, namespaces,
+//! Chromium, node or the npm modules each test prints `SKIPPED` and why —
+//! and fails instead under CI (`CI=true`, see `common::skip`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Killed, have, run_bounded, skip};
+
+const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
+const MESSAGES: &str = "3000";
+const BULK_BYTES: &str = "4194304";
+/// Bound of each of the page's steps (connect, messages, bulk).
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound of the whole browser run (node kills itself a little after).
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// One test at a time: each starts a Chromium.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy)]
+enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// The third octet of the namespace's addresses (any would do: each
+    /// namespace is alone; distinct ones keep logs apart).
+    fn net(self) -> u8 {
+        match self {
+            Transport::Udp => 1,
+            Transport::Tcp => 2,
+            Transport::Tls => 3,
+        }
+    }
+
+    fn url(self, ip: &str) -> String {
+        match self {
+            Transport::Udp => format!("turn:{ip}:3478?transport=udp"),
+            Transport::Tcp => format!("turn:{ip}:3478?transport=tcp"),
+            Transport::Tls => format!("turns:{ip}:5349?transport=tcp"),
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = run_bounded(Command::new(args[0]).args(&args[1..]), Duration::from_secs(10));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Writes to the stream itself, shown even when the test passes (the
+/// harness captures only print!/eprint!).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The namespace, the relay and the temporary directory of one test;
+/// everything removed on drop: the relay, then every process still in the
+/// namespace (node and Chromium, all started by this test), the namespace,
+/// the directory.
+struct Lab {
+    ns: String,
+    dir: PathBuf,
+    ip: String,
+    relay: Option<Killed>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        drop(self.relay.take());
+        for _ in 0..50 {
+            let out = run_bounded(Command::new("ip").args(["netns", "pids", &self.ns]), Duration::from_secs(5));
+            let pids = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = run_bounded(Command::new("kill").args(["-9", &pid]), Duration::from_secs(5));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = run_bounded(Command::new("ip").args(["netns", "del", &self.ns]), Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Why a lab cannot be had: skip or fail.
+enum NoLab {
+    Skip(String),
+    Fail(String),
+}
+
+fn webrtc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("webrtc")
+}
+
+fn chromium() -> String {
+    std::env::var("TURN_RELAY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
+
+impl Lab {
+    /// Checks the tools, then makes the namespace, its veth pair and the
+    /// temporary directory.
+    fn build(t: Transport) -> Result<Lab, NoLab> {
+        if !have("ip") {
+            return Err(NoLab::Skip("`ip` (iproute2) is not installed".into()));
+        }
+        if !Path::new(&chromium()).is_file() {
+            return Err(NoLab::Skip(format!("no Chromium at {} (apt-get install chromium)", chromium())));
+        }
+        if !have("node") {
+            return Err(NoLab::Skip("`node` is not installed".into()));
+        }
+        let modules = webrtc_dir().join("node_modules").join("playwright-core");
+        if !modules.is_dir() {
+            return Err(NoLab::Skip(format!(
+                "{} is missing (npm ci in {})",
+                modules.display(),
+                webrtc_dir().display()
+            )));
+        }
+        let ns = format!("trwebrtc{}{}", std::process::id(), t.name());
+        let dir = std::env::temp_dir().join(&ns);
+        let ip = format!("10.203.{}.1", t.net());
+        if let Err(e) = sh(&["ip", "netns", "add", &ns]) {
+            if e.contains("Operation not permitted") || e.contains("Permission denied") {
+                return Err(NoLab::Skip(format!("no privileges to create network namespaces (root needed): {e}")));
+            }
+            return Err(NoLab::Fail(e));
+        }
+        let lab = Lab { ns, dir, ip, relay: None };
+        std::fs::create_dir_all(&lab.dir).map_err(|e| NoLab::Fail(format!("{}: {e}", lab.dir.display())))?;
+        let (ns, a, b) = (&lab.ns, format!("{}/24", lab.ip), format!("10.203.{}.2/24", t.net()));
+        let steps: [&[&str]; 6] = [
+            &["ip", "-n", ns, "link", "add", "wa", "type", "veth", "peer", "name", "wb"],
+            &["ip", "-n", ns, "addr", "add", &a, "dev", "wa"],
+            &["ip", "-n", ns, "addr", "add", &b, "dev", "wb"],
+            &["ip", "-n", ns, "link", "set", "lo", "up"],
+            &["ip", "-n", ns, "link", "set", "wa", "up"],
+            &["ip", "-n", ns, "link", "set", "wb", "up"],
+        ];
+        for step in steps {
+            sh(step).map_err(NoLab::Fail)?;
+        }
+        Ok(lab)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("relay.log")
+    }
+
+    /// Starts turn-relay in the namespace, its debug log in the directory,
+    /// and waits until UDP, TCP and TLS answer.
+    fn start_relay(&mut self) -> Result<(), String> {
+        let ck = rcgen::generate_simple_self_signed(vec![self.ip.clone(), "turn.test".to_owned()])
+            .map_err(|e| e.to_string())?;
+        let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).map_err(|e| e.to_string())?;
+        std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
+        let ip = &self.ip;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, BIN])
+            .args(["--listen", &format!("{ip}:3478"), "--listen-tcp", &format!("{ip}:3478")])
+            .args(["--listen-tls", &format!("{ip}:5349")])
+            .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+            .args(["--relay-ip", ip, "--relay-ports", "50000-50031"])
+            .args(["--user", "test:pass", "--realm", "example.org"])
+            .args(["--shards", "1", "--no-pin", "--no-metrics", "--log-level", "debug"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.relay = Some(Killed(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let tcp_check = format!("exec 3<>/dev/tcp/{ip}/3478 && exec 4<>/dev/tcp/{ip}/5349");
+        loop {
+            let udp = run_bounded(
+                Command::new("ip")
+                    .args(["netns", "exec", &self.ns, BIN, "probe", &format!("stun:{ip}:3478")])
+                    .args(["--rto", "50", "--rc", "2", "--rm", "2"]),
+                Duration::from_secs(5),
+            );
+            let tcp_cmd = &mut Command::new("ip");
+            tcp_cmd.args(["netns", "exec", &self.ns, "bash", "-c", &tcp_check]);
+            let tcp_ok = run_bounded(tcp_cmd, Duration::from_secs(5)).status.success();
+            if udp.status.success() && tcp_ok {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.relay.as_mut().map(|r| r.0.try_wait()) {
+                return Err(format!("turn-relay exited ({status}):\n{}", self.relay_log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("turn-relay did not come up in the namespace:\n{}", self.relay_log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// turn-relay's log, the last 400 lines at most.
+    fn relay_log(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(400);
+        format!("--- turn-relay log ({} lines, from line {}) ---\n{}", lines.len(), from + 1, lines[from..].join("\n"))
+    }
+
+    /// Runs the page through drive.js in the namespace; its output.
+    fn browse(&self, t: Transport) -> (bool, String, String) {
+        let config = format!(
+            concat!(
+                r#"{{"chromium":"{}","userDataDir":"{}","chromiumArgs":{},"#,
+                r#""iceServers":[{{"urls":"{}","username":"test","credential":"pass"}}],"#,
+                r#""relayProtocol":"{}","stepTimeoutMs":{},"timeoutMs":{}}}"#
+            ),
+            chromium(),
+            self.dir.join("profile").display(),
+            match t {
+                Transport::Tls => r#"["--ignore-certificate-errors"]"#,
+                _ => "[]",
+            },
+            t.url(&self.ip),
+            t.name(),
+            STEP_TIMEOUT.as_millis(),
+            BROWSER_TIMEOUT.as_millis(),
+        );
+        let script = webrtc_dir().join("drive.js");
+        let out = run_bounded(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns, "node", script.to_str().unwrap(), &config])
+                .current_dir(webrtc_dir())
+                // Chromium's NSS database and caches go to the directory.
+                .env("HOME", &self.dir)
+                .env("XDG_CONFIG_HOME", self.dir.join("config"))
+                .env("XDG_CACHE_HOME", self.dir.join("cache")),
+            BROWSER_TIMEOUT + Duration::from_secs(10),
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// The `key=value` lines of drive.js's output.
+fn fields(stdout: &str) -> BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("RESULT "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn webrtc_through(t: Transport) {
+    let test = format!("webrtc over {}", t.name());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut lab = match Lab::build(t) {
+        Ok(lab) => lab,
+        Err(NoLab::Skip(why)) => return skip(&test, &why),
+        Err(NoLab::Fail(why)) => panic!("{test}: {why}"),
+    };
+    lab.start_relay().unwrap_or_else(|e| panic!("{test}: {e}"));
+    let (ok, stdout, stderr) = lab.browse(t);
+    let f = fields(&stdout);
+    let get = |k: &str| f.get(k).map_or("<missing>", String::as_str);
+    let summary = format!(
+        "{test}: a {}/{} {} {} -> {}, b {}/{} {} {} -> {}; connect {} ms, {} messages {} ms, {} bytes {} ms \
+         ({} Mbit/s), sha256 {}; {:.1} s in all",
+        get("a.local"),
+        get("a.remote"),
+        get("a.relayProtocol"),
+        get("a.localAddress"),
+        get("a.remoteAddress"),
+        get("b.local"),
+        get("b.remote"),
+        get("b.relayProtocol"),
+        get("b.localAddress"),
+        get("b.remoteAddress"),
+        get("connectMs"),
+        get("messages"),
+        get("messagesMs"),
+        get("bulkBytes"),
+        get("bulkMs"),
+        get("bulkMbitPerS"),
+        if get("shaSent").len() == 64 && get("shaSent") == get("shaReceived") { "matches" } else { "does not match" },
+        started.elapsed().as_secs_f64(),
+    );
+    say(&summary);
+    eprintln!("--- drive.js stdout ---\n{stdout}\n--- drive.js stderr ---\n{stderr}");
+    if !ok {
+        say(&lab.relay_log());
+        let why = f.get("error").cloned().unwrap_or_else(|| {
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+            format!("drive.js failed: {last}")
+        });
+        panic!("{test}: the page failed: {why}");
+    }
+    // The page checked all this; the test checks it again.
+    let mut problems = Vec::new();
+    for side in ["a", "b"] {
+        for end in ["local", "remote"] {
+            let key = format!("{side}.{end}");
+            if get(&key) != "relay" {
+                problems.push(format!("{key} candidate is {}, not relay", get(&key)));
+            }
+        }
+        let key = format!("{side}.relayProtocol");
+        if get(&key) != t.name() {
+            problems.push(format!("{key} is {}, not {}", get(&key), t.name()));
+        }
+    }
+    if get("messages") != MESSAGES || get("orderError") != "null" {
+        problems.push(format!("{} of {MESSAGES} messages, order: {}", get("messages"), get("orderError")));
+    }
+    if get("bulkBytes") != BULK_BYTES {
+        problems.push(format!("{} of {BULK_BYTES} bulk bytes", get("bulkBytes")));
+    }
+    if get("shaSent").len() != 64 || get("shaSent") != get("shaReceived") {
+        problems.push(format!("SHA-256 sent {}, received {}", get("shaSent"), get("shaReceived")));
+    }
+    if !problems.is_empty() {
+        say(&lab.relay_log());
+        panic!("{test}: {}", problems.join("; "));
+    }
+}
+
+#[test]
+fn webrtc_data_channel_over_turn_udp() {
+    webrtc_through(Transport::Udp);
+}
+
+#[test]
+fn webrtc_data_channel_over_turn_tcp() {
+    webrtc_through(Transport::Tcp);
+}
+
+#[test]
+fn webrtc_data_channel_over_turns_tls() {
+    webrtc_through(Transport::Tls);
+}
