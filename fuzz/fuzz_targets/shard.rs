@@ -46,11 +46,16 @@ impl Input<'_> {
 }
 
 fn peer(k: u8) -> SocketAddr {
-    match k % 4 {
+    match k % 7 {
         0 => SocketAddr::from((Ipv4Addr::new(198, 51, 100, 7), 5000)),
         1 => SocketAddr::from((Ipv4Addr::new(198, 51, 100, 8), 5001)),
         2 => SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 5002)), // denied
-        _ => SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 7), 5003)),
+        3 => SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 7), 5003)),
+        // Another allocation's relay address (relay to relay), and two
+        // own addresses that are not peers: a non-relay port, a listener.
+        4 => SocketAddr::from((Ipv4Addr::new(203, 0, 113, 1), 50000 + u16::from(k >> 6))),
+        5 => SocketAddr::from((Ipv4Addr::new(203, 0, 113, 1), 22)),
+        _ => SocketAddr::from((Ipv4Addr::new(203, 0, 113, 1), 3478)),
     }
 }
 
@@ -79,6 +84,14 @@ fuzz_target!(|data: &[u8]| {
         server.add_relay(SocketAddr::from(([203, 0, 113, 1], port)));
     }
     server.add_relay("[2001:db8::1]:50000".parse().unwrap());
+    // The process-wide set, as the I/O layer gives it: the relays and a listener.
+    let mut own = relay_core::server::own::OwnAddresses::new();
+    for port in 50000..50004 {
+        own.add_relay(SocketAddr::from(([203, 0, 113, 1], port)), Ipv4Addr::new(203, 0, 113, 1).into());
+    }
+    own.add_relay("[2001:db8::1]:50000".parse().unwrap(), "2001:db8::1".parse().unwrap());
+    own.add_listener("203.0.113.1:3478".parse().unwrap());
+    server.set_own_addresses(Arc::new(own));
     let key = Key::long_term(PasswordAlgorithm::Md5, "u", REALM, "p").unwrap();
     let clients: Vec<Client> = (0..4u16)
         .map(|i| Client {
@@ -154,10 +167,22 @@ fuzz_target!(|data: &[u8]| {
                 let mut frame = vec![0u8; 4 + payload.len() + 3];
                 let number = 0x4000 + u16::from(input.byte() % 4);
                 let n = relay_core::wire::channel_data::encode(&mut frame, number, &payload, false).unwrap();
-                if let ClientAction::Forward { payload: r, .. } =
-                    server.handle_client(now, &client, &frame[..n], &mut out)
-                {
-                    assert!(r.end <= n, "forwarded range outside the packet");
+                match server.handle_client(now, &client, &frame[..n], &mut out) {
+                    ClientAction::Forward { payload: r, .. } => {
+                        assert!(r.end <= n, "forwarded range outside the packet")
+                    }
+                    // Another allocation of this shard: on as its peer data,
+                    // behind headroom, as the I/O layer does.
+                    ClientAction::Deliver { relay, from, payload: r } => {
+                        assert!(r.end <= n, "delivered range outside the packet");
+                        let range = PEER_HEADROOM..PEER_HEADROOM + r.len();
+                        buf[range.clone()].copy_from_slice(&frame[r]);
+                        if let PeerAction::Forward { frame, .. } = server.handle_peer(now, relay, from, &mut buf, range)
+                        {
+                            assert!(frame.end <= buf.len() && frame.start < PEER_HEADROOM, "frame outside the buffer");
+                        }
+                    }
+                    _ => {}
                 }
             }
             // A datagram from a peer on a relay.

@@ -181,7 +181,8 @@ impl Net {
                 let data = bytes[payload].to_vec();
                 self.deliver(addr(RELAY), peer, data);
             }
-            ClientAction::None => {}
+            // One relay address: never another allocation's.
+            ClientAction::Deliver { .. } | ClientAction::None => {}
         }
     }
 

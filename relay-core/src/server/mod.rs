@@ -12,10 +12,12 @@
 //! - [`auth`]: credentials (static users, user files, TURN REST secrets) and
 //!   stateless nonces;
 //! - [`policy`]: which peer addresses may be relayed to;
+//! - [`own`]: the server's own addresses (listeners, relay addresses);
 //! - [`quota`]: allocation quotas shared by all shards, bandwidth caps;
 //! - [`stats`]: shard-local counters.
 
 pub mod auth;
+pub mod own;
 pub mod policy;
 pub mod quota;
 pub mod relays;

@@ -8,34 +8,47 @@
 //!
 //! # Rules
 //!
-//! For an address, in order:
+//! For a peer transport address, in order:
 //!
-//! 1. one of the server's own addresses ([`PeerPolicy::deny_own`]) is
-//!    denied ([`Denied::OwnAddress`]), whatever the lists say;
-//! 2. the operator's allow and deny lists are searched for the longest
+//! 1. one of the server's listeners is denied ([`Denied::Listener`]),
+//!    whatever the lists say: relaying to ourselves would loop;
+//! 2. an address on one of the server's own IPs ([`OwnAddresses`]):
+//!    - at a port some shard holds as a relay socket, it is another
+//!      allocation of this server — two relayed WebRTC endpoints sharing a
+//!      deployment are each other's peer this way — and is permitted
+//!      (unless an operator deny entry covers the IP), even where the IP is
+//!      in the default list (a private relay IP);
+//!    - at any other port it is denied ([`Denied::OwnAddress`]) unless an
+//!      operator allow entry covers the IP (then the rules below decide):
+//!      that protects the host's other services (the CVE-2020-26262
+//!      class);
+//! 3. the operator's allow and deny lists are searched for the longest
 //!    prefix that contains the address; if it is a deny entry the address is
 //!    denied ([`Denied::OperatorDeny`]), if it is an allow entry the address
 //!    is permitted (the default list is not consulted). An allow and a deny
 //!    entry of the same length: deny wins. So `deny 10.0.0.0/8` with
 //!    `allow 10.1.2.0/24` permits 10.1.2.3 only, and `allow 0.0.0.0/0`
 //!    with `deny 192.168.1.0/24` denies only that /24;
-//! 3. otherwise an address in the default list ([`DEFAULT_DENY`]) is denied
+//! 4. otherwise an address in the default list ([`DEFAULT_DENY`]) is denied
 //!    ([`Denied::DefaultDeny`]), and any other is permitted.
 //!
 //! An IPv6 address that embeds an IPv4 address — IPv4-mapped
 //! (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, except `::` and `::1`)
 //! or NAT64 well-known prefix (`64:ff9b::a.b.c.d`, RFC 6052) — must pass both
 //! the IPv6 rules for the whole address and the IPv4 rules (the operator's
-//! IPv4 lists included) for the embedded address; an own IPv4 address is
-//! also denied in its embedded forms. Write operator entries for IPv4 ranges
+//! IPv4 lists included) for the embedded address; an own IPv4 address in
+//! an embedded form is an own address but never a relay address. Write operator entries for IPv4 ranges
 //! in IPv4 notation: an IPv6 entry like `::ffff:10.0.0.0/104` only matches
 //! under the IPv6 rules.
 //!
 //! Checks allocate nothing; their cost is linear in the number of entries.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
+
+use super::own::OwnAddresses;
 
 /// Why a peer address is refused. The server answers 403 (Forbidden).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -47,9 +60,13 @@ pub enum Denied {
     /// The operator's deny list covers the address.
     #[error("peer address is denied by the operator's policy")]
     OperatorDeny,
-    /// The address is one of the server's own addresses.
+    /// The address is on one of the server's own IPs, at a port that is
+    /// not a relay address.
     #[error("peer address is one of the server's own addresses")]
     OwnAddress,
+    /// The address is one of the server's listeners.
+    #[error("peer address is one of the server's listening addresses")]
+    Listener,
 }
 
 impl Denied {
@@ -138,7 +155,7 @@ const NAT64_PREFIX: u128 = 0x0064_ff9b_u128 << 64;
 
 /// The IPv4 address an IPv6 address embeds, if any (mapped, compatible, NAT64).
 #[inline]
-fn embedded_v4(addr: u128) -> Option<u32> {
+pub(super) fn embedded_v4(addr: u128) -> Option<u32> {
     let high = addr >> 32;
     let low = addr as u32;
     match high {
@@ -178,8 +195,7 @@ impl Lists {
 pub struct PeerPolicy {
     v4: Lists,
     v6: Lists,
-    own_v4: Vec<u32>,
-    own_v6: Vec<u128>,
+    own: Arc<OwnAddresses>,
 }
 
 impl Default for PeerPolicy {
@@ -191,7 +207,7 @@ impl Default for PeerPolicy {
 impl PeerPolicy {
     /// The default deny list only.
     pub fn new() -> Self {
-        PeerPolicy { v4: Lists::default(), v6: Lists::default(), own_v4: Vec::new(), own_v6: Vec::new() }
+        PeerPolicy { v4: Lists::default(), v6: Lists::default(), own: Arc::default() }
     }
 
     /// The default deny list plus the operator's allow and deny lists.
@@ -228,44 +244,66 @@ impl PeerPolicy {
         }
     }
 
-    /// Denies one of the server's own addresses (a relay or listening
-    /// address), even where an operator entry allows it. An IPv4-mapped
-    /// IPv6 address is recorded as its IPv4 address.
+    /// Records one of the server's own IPs (every port of it is refused
+    /// as a peer unless the operator allows it). An IPv4-mapped IPv6
+    /// address is recorded as its IPv4 address.
     pub fn deny_own(&mut self, addr: IpAddr) {
-        match addr.to_canonical() {
-            IpAddr::V4(a) => {
-                let a = u32::from(a);
-                if !self.own_v4.contains(&a) {
-                    self.own_v4.push(a);
-                }
-            }
-            IpAddr::V6(a) => {
-                let a = u128::from(a);
-                if !self.own_v6.contains(&a) {
-                    self.own_v6.push(a);
-                }
-            }
-        }
+        Arc::make_mut(&mut self.own).add_ip(addr);
     }
 
-    /// Whether the server may relay to `ip`, and if not, why.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
-        match ip {
-            IpAddr::V4(a) => {
-                let a = u32::from(a);
-                if self.own_v4.contains(&a) {
-                    return Err(Denied::OwnAddress);
-                }
-                self.check_v4(a)
+    /// The server's own addresses.
+    #[inline]
+    pub fn own(&self) -> &OwnAddresses {
+        &self.own
+    }
+
+    /// The server's own addresses, to add to (copied first if shared).
+    pub fn own_mut(&mut self) -> &mut OwnAddresses {
+        Arc::make_mut(&mut self.own)
+    }
+
+    /// Replaces the server's own addresses with a set shared by every
+    /// shard (built once the I/O layer has bound every socket).
+    pub fn set_own(&mut self, own: Arc<OwnAddresses>) {
+        self.own = own;
+    }
+
+    /// Whether the server may relay to `peer`, and if not, why.
+    pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
+        let ip = peer.ip();
+        if self.own.is_listener(peer, |ip| self.in_default_list(ip)) {
+            return Err(Denied::Listener);
+        }
+        if self.own.is_own_ip(ip) {
+            if self.own.relay(peer).is_some() {
+                // Another allocation of this server: only an explicit
+                // operator deny refuses it.
+                return match self.operator(ip) {
+                    Some(false) => Err(Denied::OperatorDeny),
+                    _ => Ok(()),
+                };
             }
+            if self.operator(ip) != Some(true) {
+                return Err(Denied::OwnAddress);
+            }
+        }
+        self.check_ip(ip)
+    }
+
+    /// Whether the server may relay to `peer`.
+    pub fn permits(&self, peer: SocketAddr) -> bool {
+        self.check(peer).is_ok()
+    }
+
+    /// The default and operator rules for an IP alone (step 3 and 4 of the
+    /// [module](self) docs; the own-address rules need the port).
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Denied> {
+        match ip {
+            IpAddr::V4(a) => self.check_v4(u32::from(a)),
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                let embedded = embedded_v4(a);
-                if self.own_v6.contains(&a) || embedded.is_some_and(|e| self.own_v4.contains(&e)) {
-                    return Err(Denied::OwnAddress);
-                }
                 decide(&self.v6, &DEFAULT_DENY_V6, a)?;
-                match embedded {
+                match embedded_v4(a) {
                     Some(e) => self.check_v4(e),
                     None => Ok(()),
                 }
@@ -273,9 +311,36 @@ impl PeerPolicy {
         }
     }
 
-    /// Whether the server may relay to `ip`.
-    pub fn permits(&self, ip: IpAddr) -> bool {
-        self.check(ip).is_ok()
+    /// What the operator's lists say of `ip`: `Some(true)` allowed (for an
+    /// embedded form: by the lists of both families that have an entry and
+    /// denied by neither), `Some(false)` denied, `None` no entry.
+    fn operator(&self, ip: IpAddr) -> Option<bool> {
+        match ip {
+            IpAddr::V4(a) => self.v4.decide(u128::from(u32::from(a))),
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                let v6 = self.v6.decide(a);
+                let v4 = embedded_v4(a).and_then(|e| self.v4.decide(u128::from(e)));
+                match (v6, v4) {
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    (None, None) => None,
+                    _ => Some(true),
+                }
+            }
+        }
+    }
+
+    /// True when `ip` is in the default deny list (where a host's own
+    /// loopback and private addresses live).
+    fn in_default_list(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => DEFAULT_DENY_V4.iter().any(|r| r.contains(u128::from(u32::from(a)))),
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                DEFAULT_DENY_V6.iter().any(|r| r.contains(a))
+                    || embedded_v4(a).is_some_and(|e| DEFAULT_DENY_V4.iter().any(|r| r.contains(u128::from(e))))
+            }
+        }
     }
 
     #[inline]
@@ -298,7 +363,12 @@ fn decide(lists: &Lists, defaults: &[Rule], addr: u128) -> Result<(), Denied> {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
+    /// A peer address at an arbitrary port.
+    fn ip(s: &str) -> SocketAddr {
+        SocketAddr::new(s.parse().unwrap(), 40000)
+    }
+
+    fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -329,7 +399,7 @@ mod tests {
         for range in DEFAULT_DENY {
             let n = net(range);
             for addr in [n.network(), n.broadcast()] {
-                assert_eq!(p.check(addr), Err(Denied::DefaultDeny), "{addr} in {range}");
+                assert_eq!(p.check(SocketAddr::new(addr, 9)), Err(Denied::DefaultDeny), "{addr} in {range}");
             }
         }
         // An address in each range, and a permitted neighbour just outside it.
@@ -420,20 +490,58 @@ mod tests {
     }
 
     #[test]
-    fn own_addresses_always_denied() {
+    fn own_addresses_denied_but_relay_addresses_are_peers() {
         let mut p = PeerPolicy::with_lists(vec![net("0.0.0.0/0"), net("::/0")], vec![]);
-        p.deny_own(ip("203.0.113.10"));
-        p.deny_own(ip("2001:db8::10"));
-        p.deny_own(ip("::ffff:198.51.100.1"));
-        p.deny_own(ip("203.0.113.10"));
-        assert_eq!(p.own_v4.len(), 2);
+        p.deny_own("203.0.113.10".parse().unwrap());
+        p.deny_own("2001:db8::10".parse().unwrap());
+        p.deny_own("::ffff:198.51.100.1".parse().unwrap());
+        // An allow-all list overrides the own-address rule, listeners aside.
+        assert!(p.permits(ip("203.0.113.10")));
+        let mut p = PeerPolicy::new();
+        p.deny_own("203.0.113.10".parse().unwrap());
+        p.deny_own("2001:db8::10".parse().unwrap());
+        p.deny_own("::ffff:198.51.100.1".parse().unwrap());
         assert_eq!(p.check(ip("203.0.113.10")), Err(Denied::OwnAddress));
         assert_eq!(p.check(ip("::ffff:203.0.113.10")), Err(Denied::OwnAddress));
         assert_eq!(p.check(ip("64:ff9b::203.0.113.10")), Err(Denied::OwnAddress));
         assert_eq!(p.check(ip("2001:db8::10")), Err(Denied::OwnAddress));
         assert_eq!(p.check(ip("198.51.100.1")), Err(Denied::OwnAddress));
         assert!(p.permits(ip("203.0.113.11")));
-        assert!(p.permits(ip("127.0.0.1")), "allow-all overrides the defaults");
         assert_eq!(Denied::OwnAddress.stun_code(), 403);
+        assert_eq!(Denied::Listener.stun_code(), 403);
+
+        // Relay addresses of the server, bound (private here) and advertised.
+        let own = p.own_mut();
+        own.add_relay(sa("10.0.0.5:50000"), "203.0.113.10".parse().unwrap());
+        own.add_relay(sa("10.0.0.5:50001"), "203.0.113.10".parse().unwrap());
+        own.add_listener(sa("10.0.0.5:3478"));
+        own.add_listener(sa("0.0.0.0:5349"));
+        assert!(p.permits(sa("203.0.113.10:50000")), "another allocation's relayed address");
+        assert!(p.permits(sa("10.0.0.5:50001")), "bound, in the default list, still a relay address");
+        assert_eq!(p.check(sa("203.0.113.10:50002")), Err(Denied::OwnAddress), "not a relay port");
+        assert_eq!(p.check(sa("10.0.0.5:22")), Err(Denied::OwnAddress));
+        assert_eq!(p.check(sa("[::ffff:203.0.113.10]:50000")), Err(Denied::OwnAddress), "embedded form");
+        assert_eq!(p.check(sa("10.0.0.5:3478")), Err(Denied::Listener));
+        assert_eq!(p.check(sa("203.0.113.10:5349")), Err(Denied::Listener), "wildcard listener");
+        assert_eq!(p.check(sa("127.0.0.1:5349")), Err(Denied::Listener), "wildcard listener, loopback");
+        assert_eq!(p.check(sa("198.18.0.1:5349")), Err(Denied::Listener), "wildcard listener, a default-list IP");
+        assert!(p.permits(sa("8.8.8.8:5349")), "another host's port 5349");
+    }
+
+    #[test]
+    fn operator_lists_and_own_addresses() {
+        let mut p = PeerPolicy::with_lists(vec![net("127.0.0.0/8")], vec![net("10.9.0.0/16")]);
+        let own = p.own_mut();
+        own.add_relay(sa("127.0.0.1:50000"), "127.0.0.1".parse().unwrap());
+        own.add_relay(sa("10.9.0.1:50000"), "10.9.0.1".parse().unwrap());
+        own.add_listener(sa("127.0.0.1:3478"));
+        // An allow entry opens the own IP's other ports, never a listener.
+        assert!(p.permits(sa("127.0.0.1:50000")));
+        assert!(p.permits(sa("127.0.0.1:40000")));
+        assert_eq!(p.check(sa("127.0.0.1:3478")), Err(Denied::Listener));
+        assert_eq!(p.check(sa("[::ffff:127.0.0.1]:3478")), Err(Denied::Listener));
+        // An explicit deny refuses even relay addresses.
+        assert_eq!(p.check(sa("10.9.0.1:50000")), Err(Denied::OperatorDeny));
+        assert_eq!(p.check(sa("10.9.0.1:40000")), Err(Denied::OwnAddress));
     }
 }

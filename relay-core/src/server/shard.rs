@@ -7,13 +7,14 @@
 //! receive buffer, and peer data is framed for the client by writing a
 //! header into the headroom in front of it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::auth::{Credentials, KeyCandidates, NonceCheck, NonceIssuer};
+use super::own::OwnAddresses;
 use super::policy::PeerPolicy;
 use super::quota::{Quotas, TokenBucket};
 use super::relays::{PoolError, RelayId, RelayPool};
@@ -127,6 +128,20 @@ pub enum ClientAction {
         relay: RelayId,
         /// The peer to send to.
         peer: SocketAddr,
+        /// The payload's range within the input packet.
+        payload: Range<usize>,
+    },
+    /// The peer is another allocation's relay address on this shard:
+    /// hand `packet[payload]` to [`Server::handle_peer`] as a datagram from
+    /// `from` on relay `relay` (where the payload has the headroom that
+    /// call needs) and carry out the [`PeerAction`] it returns, exactly as
+    /// for a datagram from the network — with no kernel round trip.
+    Deliver {
+        /// The receiving relay (another allocation's, on this shard).
+        relay: RelayId,
+        /// The sending allocation's relay address: the peer as the
+        /// receiving allocation sees it.
+        from: SocketAddr,
         /// The payload's range within the input packet.
         payload: Range<usize>,
     },
@@ -289,6 +304,9 @@ pub struct Server {
     reserved_for: usize,
     /// The alternate address set for RFC 5780, when there is one.
     rfc5780: Option<Rfc5780>,
+    /// This shard's relays by address (as advertised), for handing a
+    /// datagram from one allocation to another in-process.
+    local: HashMap<SocketAddr, RelayId, foldhash::fast::RandomState>,
 }
 
 enum AuthOutcome<'m> {
@@ -329,14 +347,27 @@ impl Server {
             answering: None,
             reserved_for: 0,
             rfc5780: None,
+            local: HashMap::default(),
         }
     }
 
-    /// Registers a bound relay socket's address; its id names it in actions.
-    /// The address is also denied as a peer (no relaying to ourselves).
+    /// Registers a bound relay socket by the address clients are told; its
+    /// id names it in actions. The address is also recorded as one of the
+    /// server's own (bound where it is advertised; the I/O layer replaces
+    /// the set with [`Server::set_own_addresses`] when they differ).
     pub fn add_relay(&mut self, addr: SocketAddr) -> RelayId {
-        self.policy.deny_own(addr.ip());
-        self.pool.add(addr)
+        self.policy.own_mut().add_relay(addr, addr.ip());
+        let id = self.pool.add(addr);
+        self.local.insert(addr, id);
+        id
+    }
+
+    /// Gives the shard the process-wide set of the server's own addresses:
+    /// every shard's relay addresses (bound and advertised) and the
+    /// listeners. Call it after [`Server::add_relay`]; it replaces what
+    /// that recorded.
+    pub fn set_own_addresses(&mut self, own: Arc<OwnAddresses>) {
+        self.policy.set_own(own);
     }
 
     /// Gives the server its RFC 5780 alternate address set: `primary`
@@ -484,7 +515,28 @@ impl Server {
             return ClientAction::None;
         }
         self.stats.relayed(Direction::ToPeer, client.transport, len as usize);
-        ClientAction::Forward { relay, peer, payload: CHANNEL_DATA_HEADER_LEN..end }
+        self.route(relay, peer, CHANNEL_DATA_HEADER_LEN..end)
+    }
+
+    /// Where a client's datagram for `peer` goes: out of `relay` to the
+    /// network — or, when the peer is one of this server's relay addresses,
+    /// to that relay's bound address (no NAT hairpinning needed), or
+    /// straight to the allocation when the relay is this shard's.
+    #[inline]
+    fn route(&mut self, relay: RelayId, peer: SocketAddr, payload: Range<usize>) -> ClientAction {
+        if !self.policy.own().is_own_ip(peer.ip()) {
+            return ClientAction::Forward { relay, peer, payload };
+        }
+        let Some(own) = self.policy.own().relay(peer) else {
+            // An operator-allowed port of an own IP: through the kernel.
+            return ClientAction::Forward { relay, peer, payload };
+        };
+        if let (Some(&target), Some(from)) = (self.local.get(&own.advertised), self.pool.addr(relay)) {
+            self.stats.relayed_in_shard += 1;
+            return ClientAction::Deliver { relay: target, from, payload };
+        }
+        self.stats.relayed_to_own += 1;
+        ClientAction::Forward { relay, peer: own.bound, payload }
     }
 
     fn client_stun(&mut self, now: Instant, client: &Client, msg: &Message<'_>, out: &mut [u8]) -> ClientAction {
@@ -598,13 +650,20 @@ impl Server {
             self.stats.drop(Drop::NoPermission);
             return ClientAction::None;
         };
+        // Permissions are by IP: on one of our own IPs, the port decides
+        // (only relay addresses, or what the operator allows).
+        if self.policy.own().is_own_ip(peer.ip()) && !self.policy.permits(peer) {
+            self.stats.drop(Drop::DeniedPeer);
+            return ClientAction::None;
+        }
+        let Some(a) = self.table.allocs.get_mut(id as usize) else { return ClientAction::None };
         if !a.bucket.allow(now, data.value.len()) {
             self.stats.drop(Drop::Bandwidth);
             return ClientAction::None;
         }
         self.stats.relayed(Direction::ToPeer, client.transport, data.value.len());
         let start = data.offset + 4;
-        ClientAction::Forward { relay, peer, payload: start..start + data.value.len() }
+        self.route(relay, peer, start..start + data.value.len())
     }
 
     // ------------------------------------------------------------------
@@ -628,6 +687,22 @@ impl Server {
         let Some(id) = self.pool.owner(relay) else {
             self.stats.drop(Drop::NoAllocation);
             return PeerAction::None;
+        };
+        // From one of our own IPs: another allocation's relay (seen as its
+        // advertised address, which is what a permission names), or a port
+        // the operator allows; anything else on the host is not a peer.
+        let own = self.policy.own();
+        let peer = if own.is_own_ip(peer.ip()) {
+            match own.relay(peer) {
+                Some(r) => r.advertised,
+                None if self.policy.permits(peer) => peer,
+                None => {
+                    self.stats.drop(Drop::DeniedPeer);
+                    return PeerAction::None;
+                }
+            }
+        } else {
+            peer
         };
         let Some(a) = self.table.allocs.get_mut(id as usize) else { return PeerAction::None };
         if !a.permits(peer.ip(), now) {
@@ -1115,7 +1190,7 @@ impl Server {
         if a.relay_for(peer).is_none() {
             return Err(443);
         }
-        if !self.policy.permits(peer.ip()) {
+        if !self.policy.permits(*peer) {
             return Err(403);
         }
         Ok(())

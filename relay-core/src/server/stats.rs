@@ -227,6 +227,13 @@ pub struct Stats {
     pub send_indications: u64,
     /// Data indications sent to clients.
     pub data_indications: u64,
+    /// Datagrams between two allocations of this shard handed over
+    /// in-process (relay to relay, no kernel round trip); counted in
+    /// `relayed_packets` too, in both directions.
+    pub relayed_in_shard: u64,
+    /// Datagrams to another shard's relay address, sent to its bound
+    /// address (relay to relay through the kernel).
+    pub relayed_to_own: u64,
 }
 
 impl Stats {
@@ -308,5 +315,7 @@ impl Stats {
         }
         self.send_indications += o.send_indications;
         self.data_indications += o.data_indications;
+        self.relayed_in_shard += o.relayed_in_shard;
+        self.relayed_to_own += o.relayed_to_own;
     }
 }
