@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded, unbounded};
+use relay_core::server::own::OwnAddresses;
 use relay_core::server::{RelayId, Server};
 
 pub mod portable;
@@ -84,6 +85,11 @@ pub struct IoConfig {
     pub listener_buffer: usize,
     /// SO_RCVBUF/SO_SNDBUF of relay sockets.
     pub relay_buffer: usize,
+    /// Join listeners another process holds on the same addresses (its
+    /// SO_REUSEPORT group), on purpose: a zero-downtime restart starts the
+    /// new process with it, then drains the old one. Without it, an
+    /// address another process listens on is a start-up error.
+    pub handover: bool,
 }
 
 impl Default for IoConfig {
@@ -103,6 +109,7 @@ impl Default for IoConfig {
             max_datagram: 2048,
             listener_buffer: 8 << 20,
             relay_buffer: 256 << 10,
+            handover: false,
         }
     }
 }
@@ -118,9 +125,28 @@ pub enum StartError {
         /// The error.
         source: io::Error,
     },
-    /// No relay socket could be bound for a shard.
-    #[error("shard {0}: no relay port could be bound")]
-    NoRelayPorts(usize),
+    /// No relay socket could be bound on a relay IP for a shard: every
+    /// Allocate of that family would fail.
+    #[error("shard {shard}: no relay port could be bound on {ip}: {why}")]
+    NoRelayPorts {
+        /// The shard.
+        shard: usize,
+        /// The relay IP.
+        ip: IpAddr,
+        /// Why.
+        why: String,
+    },
+    /// Another process already listens on a configured address.
+    #[error(
+        "another process already listens on {transport} {addr} (a second turn-relay?): stop it, or start with \
+         --handover (listen.handover) to take over on purpose"
+    )]
+    AddressInUse {
+        /// The address.
+        addr: SocketAddr,
+        /// "UDP" or "TCP".
+        transport: &'static str,
+    },
     /// io_uring was required but is unavailable.
     #[error("io_uring unavailable: {0}")]
     IoUringUnavailable(String),
@@ -160,83 +186,86 @@ impl Relay {
             1024
         });
         let n = config.shards.max(1);
+        if !config.tls_listen.is_empty() && config.tls.is_none() {
+            return Err(StartError::NoCertificate);
+        }
+        if !config.handover {
+            refuse_taken_addresses(config)?;
+        }
         // Relay sockets may use the descriptors left after a reserve for
         // listeners, connections, rings and the process itself, split
-        // evenly between shards; a port range larger than that is capped,
-        // loudly, rather than starving the process of descriptors.
-        // (An eighth of the limit is kept for TCP/TLS connections.)
+        // evenly between shards and, within a shard, fairly between the
+        // relay IPs; a port range larger than that is capped, loudly,
+        // rather than starving the process of descriptors. (An eighth of
+        // the limit is kept for TCP/TLS connections.)
         let reserve = FD_RESERVE + fd_limit / 8;
         let per_shard_fds = (fd_limit.saturating_sub(reserve) / n as u64) as usize;
-        let mut capped = false;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut udp_addrs = config.udp_listen.clone();
         let mut tcp_addrs = config.tcp_listen.clone();
         let mut tls_addrs = config.tls_listen.clone();
-        if !tls_addrs.is_empty() && config.tls.is_none() {
-            return Err(StartError::NoCertificate);
-        }
-        let mut shards = Vec::with_capacity(n);
-        let mut relay_count = 0;
+
+        // First every shard's sockets, so that the set of the server's own
+        // addresses (every relay address of every shard) is complete
+        // before any shard serves.
+        let mut own = OwnAddresses::new();
+        let mut bound = Vec::with_capacity(n);
+        let mut per_ip = vec![0usize; config.relay_ips.len()];
+        let mut capped = false;
         for k in 0..n {
-            let mut server = make_server(k);
             let mut socks = Vec::new();
             for addr in udp_addrs.iter_mut() {
                 let s = socket::udp_listener(*addr, config.listener_buffer)
                     .map_err(|source| StartError::Bind { addr: *addr, source })?;
                 // Port 0: the first shard's choice is everyone's.
                 *addr = s.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
-                server.deny_own_address(addr.ip());
+                own.add_listener(*addr);
                 socks.push(Sock { socket: s, kind: SockKind::Listener(*addr) });
             }
-            let mut tcp = Vec::new();
-            for addr in tcp_addrs.iter_mut() {
-                let l = socket::tcp_listener(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
-                *addr = l.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
-                server.deny_own_address(addr.ip());
-                tcp.push(l);
-            }
-            let mut tls = Vec::new();
-            for addr in tls_addrs.iter_mut() {
-                let l = socket::tcp_listener(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
-                *addr = l.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
-                server.deny_own_address(addr.ip());
-                tls.push(l);
-            }
-            let streams =
-                stream::Streams::new(tcp, tls, config.tls.clone(), config.stream_limits).map_err(StartError::Spawn)?;
-            let mut relay_sock = Vec::new();
-            for rip in &config.relay_ips {
-                server.deny_own_address(rip.bind);
-                let ports: Vec<u16> = match &config.relay_ports {
-                    RelayPorts::Range(lo, hi) => socket::port_slice(*lo, *hi, k, n).collect(),
-                    RelayPorts::Ephemeral(count) => vec![0; *count],
-                };
-                for port in ports {
-                    if relay_sock.len() >= per_shard_fds {
-                        capped = true;
-                        break;
-                    }
-                    let bind = SocketAddr::new(rip.bind, port);
-                    // A port someone else holds is skipped, not fatal; running
-                    // out of descriptors ends the pool here.
-                    let s = match socket::relay_socket(bind, config.relay_buffer) {
-                        Ok(s) => s,
-                        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                            capped = true;
-                            break;
-                        }
-                        Err(_) => continue,
-                    };
-                    let Ok(local) = s.local_addr() else { continue };
-                    let id = server.add_relay(SocketAddr::new(rip.advertised, local.port()));
-                    debug_assert_eq!(id, RelayId(relay_sock.len() as u32));
-                    relay_sock.push(socks.len());
-                    socks.push(Sock { socket: s, kind: SockKind::Relay(id) });
+            let mut stream_listeners = [Vec::new(), Vec::new()];
+            for (addrs, out) in [&mut tcp_addrs, &mut tls_addrs].into_iter().zip(stream_listeners.iter_mut()) {
+                for addr in addrs.iter_mut() {
+                    let l = socket::tcp_listener(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
+                    *addr = l.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
+                    own.add_listener(*addr);
+                    out.push(l);
                 }
             }
-            if relay_sock.is_empty() {
-                return Err(StartError::NoRelayPorts(k));
+            let [tcp, tls] = stream_listeners;
+            let streams =
+                stream::Streams::new(tcp, tls, config.tls.clone(), config.stream_limits).map_err(StartError::Spawn)?;
+            let relays = bind_relays(config, k, n, per_shard_fds, &mut capped)?;
+            for &(ip, port, _) in &relays {
+                let rip = config.relay_ips[ip];
+                own.add_relay(SocketAddr::new(rip.bind, port), rip.advertised);
+                per_ip[ip] += 1;
             }
+            bound.push((socks, streams, relays));
+        }
+        if capped {
+            let got: Vec<String> =
+                config.relay_ips.iter().zip(&per_ip).map(|(r, c)| format!("{}: {c} ports", r.bind)).collect();
+            tracing::warn!(
+                fd_limit,
+                per_address = %got.join(", "),
+                "relay port range capped: it needs more open files than RLIMIT_NOFILE allows (raise LimitNOFILE); \
+                 the descriptors are shared equally between the relay addresses"
+            );
+        }
+        let own = Arc::new(own);
+
+        let mut shards = Vec::with_capacity(n);
+        let mut relay_count = 0;
+        for (k, (mut socks, streams, relays)) in bound.into_iter().enumerate() {
+            let mut server = make_server(k);
+            let mut relay_sock = Vec::with_capacity(relays.len());
+            for (ip, port, s) in relays {
+                let id = server.add_relay(SocketAddr::new(config.relay_ips[ip].advertised, port));
+                debug_assert_eq!(id, RelayId(relay_sock.len() as u32));
+                relay_sock.push(socks.len());
+                socks.push(Sock { socket: s, kind: SockKind::Relay(id) });
+            }
+            server.set_own_addresses(own.clone());
             relay_count += relay_sock.len();
             let (tx, rx) = unbounded();
             let wake = Arc::new(EventFd::new().map_err(StartError::Spawn)?);
@@ -272,13 +301,6 @@ impl Relay {
                 })
                 .map_err(StartError::Spawn)?;
             shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
-        }
-        if capped {
-            tracing::warn!(
-                fd_limit,
-                relay_ports = relay_count,
-                "relay port range capped: it needs more open files than RLIMIT_NOFILE allows (raise LimitNOFILE)"
-            );
         }
         tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
         Ok(Relay {
@@ -405,6 +427,90 @@ impl Drop for Relay {
             }
         }
     }
+}
+
+/// Refuses to start when another process already listens on one of the
+/// configured addresses (see [`socket::address_in_use`]).
+fn refuse_taken_addresses(config: &IoConfig) -> Result<(), StartError> {
+    let udp = config.udp_listen.iter().map(|a| (*a, false));
+    let streams = config.tcp_listen.iter().chain(&config.tls_listen).map(|a| (*a, true));
+    for (addr, tcp) in udp.chain(streams) {
+        if socket::address_in_use(addr, tcp) {
+            return Err(StartError::AddressInUse { addr, transport: if tcp { "TCP" } else { "UDP" } });
+        }
+    }
+    Ok(())
+}
+
+/// Binds shard `k`'s relay sockets: its slice of the port range on every
+/// relay IP, each IP getting a fair share of `budget` descriptors, bound
+/// in turn (one port of each IP, then the next) so that running out of
+/// descriptors also leaves every IP its share. Returns (relay IP index,
+/// port, socket); a relay IP left without any port is an error (its
+/// family's clients would all get 508).
+fn bind_relays(
+    config: &IoConfig,
+    k: usize,
+    n: usize,
+    budget: usize,
+    capped: &mut bool,
+) -> Result<Vec<(usize, u16, std::net::UdpSocket)>, StartError> {
+    let wanted: Vec<Vec<u16>> = config
+        .relay_ips
+        .iter()
+        .map(|_| match &config.relay_ports {
+            RelayPorts::Range(lo, hi) => socket::port_slice(*lo, *hi, k, n).collect(),
+            RelayPorts::Ephemeral(count) => vec![0; *count],
+        })
+        .collect();
+    let need: Vec<usize> = wanted.iter().map(Vec::len).collect();
+    let shares = socket::fair_shares(&need, budget);
+    *capped |= shares.iter().zip(&need).any(|(s, n)| s < n);
+    let mut out = Vec::new();
+    let mut got = vec![0usize; wanted.len()];
+    let mut next = vec![0usize; wanted.len()];
+    let mut last_error: Vec<Option<io::Error>> = (0..wanted.len()).map(|_| None).collect();
+    let mut out_of_fds = false;
+    let mut progress = true;
+    while progress && !out_of_fds {
+        progress = false;
+        for (ip, ports) in wanted.iter().enumerate() {
+            // Ports someone else holds are skipped (the next one is tried),
+            // within the IP's share.
+            while got[ip] < shares[ip] && next[ip] < ports.len() {
+                let bind = SocketAddr::new(config.relay_ips[ip].bind, ports[next[ip]]);
+                next[ip] += 1;
+                match socket::relay_socket(bind, config.relay_buffer).and_then(|s| Ok((s.local_addr()?, s))) {
+                    Ok((local, s)) => {
+                        out.push((ip, local.port(), s));
+                        got[ip] += 1;
+                        progress = true;
+                        break;
+                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        *capped = true;
+                        out_of_fds = true;
+                        break;
+                    }
+                    Err(e) => last_error[ip] = Some(e),
+                }
+            }
+            if out_of_fds {
+                break;
+            }
+        }
+    }
+    for (ip, &count) in got.iter().enumerate() {
+        if count == 0 {
+            let why = match last_error[ip].take() {
+                Some(e) => e.to_string(),
+                None if out_of_fds => "out of file descriptors (raise LimitNOFILE)".to_owned(),
+                None => "the port range gives this shard no port".to_owned(),
+            };
+            return Err(StartError::NoRelayPorts { shard: k, ip: config.relay_ips[ip].bind, why });
+        }
+    }
+    Ok(out)
 }
 
 fn choose_backend(want: Backend) -> Result<(BackendKind, String), StartError> {

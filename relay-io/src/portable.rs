@@ -75,10 +75,9 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Insta
     let sock = &st.socks[index];
     let fd = sock.socket.as_raw_fd();
     let kind = sock.kind;
-    let offset = match kind {
-        SockKind::Listener(_) => 0,
-        SockKind::Relay(_) => PEER_HEADROOM,
-    };
+    // Client datagrams land behind the same headroom as peer data, so that
+    // one handed to another allocation of this shard is framed in place.
+    let offset = PEER_HEADROOM;
     for _ in 0..ROUNDS_PER_WAKE {
         let n = match batch.recv(fd, offset) {
             Ok(n) => n,
@@ -92,36 +91,43 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Insta
                 continue;
             }
             let (slot, reply) = batch.slot_and_reply(i);
-            match kind {
+            let packet = PEER_HEADROOM..PEER_HEADROOM + r.len;
+            let action = match kind {
                 SockKind::Listener(local) => {
                     let client = Client::udp(from, local);
-                    match st.server.handle_client(now, &client, &slot[..r.len], reply) {
-                        ClientAction::None => {}
-                        ClientAction::Reply { len } => batch.send_reply(fd, from, i, len),
+                    match st.server.handle_client(now, &client, &slot[packet.clone()], reply) {
+                        ClientAction::None => continue,
+                        ClientAction::Reply { len } => {
+                            batch.send_reply(fd, from, i, len);
+                            continue;
+                        }
                         // RFC 5780: from the listener that owns `local`.
                         ClientAction::ReplyFrom { local, to, len } => {
                             if let Some(lfd) = st.listener_fd(local) {
                                 batch.send_reply(lfd, to, i, len);
                             }
+                            continue;
                         }
                         ClientAction::Forward { relay, peer, payload } => {
                             if let Some(rfd) = st.relay_fd(relay) {
-                                batch.send_slot(rfd, peer, i, payload);
+                                batch.send_slot(rfd, peer, i, packet.start + payload.start..packet.start + payload.end);
                             }
+                            continue;
+                        }
+                        // Another allocation of this shard: on as peer data.
+                        ClientAction::Deliver { relay, from, payload } => {
+                            let payload = packet.start + payload.start..packet.start + payload.end;
+                            st.server.handle_peer(now, relay, from, slot, payload)
                         }
                     }
                 }
-                SockKind::Relay(relay) => {
-                    let payload = PEER_HEADROOM..PEER_HEADROOM + r.len;
-                    if let PeerAction::Forward { client, frame } =
-                        st.server.handle_peer(now, relay, from, slot, payload)
-                    {
-                        if client.transport.is_stream() {
-                            st.deliver_stream(client.conn, &slot[frame], now);
-                        } else if let Some(lfd) = st.listener_fd(client.local) {
-                            batch.send_slot(lfd, client.remote, i, frame);
-                        }
-                    }
+                SockKind::Relay(relay) => st.server.handle_peer(now, relay, from, slot, packet),
+            };
+            if let PeerAction::Forward { client, frame } = action {
+                if client.transport.is_stream() {
+                    st.deliver_stream(client.conn, &slot[frame], now);
+                } else if let Some(lfd) = st.listener_fd(client.local) {
+                    batch.send_slot(lfd, client.remote, i, frame);
                 }
             }
         }

@@ -182,8 +182,7 @@ impl ShardState {
     /// Handles ready stream listeners and connections.
     pub fn process_streams(&mut self, now: Instant) {
         let ShardState { server, streams, socks, relay_sock, .. } = self;
-        let relay = |id: u32| relay_sock.get(id as usize).map(|&i| &socks[i].socket);
-        streams.process(now, server, &relay);
+        streams.process(now, server, &crate::stream::UdpSockets { socks, relay_sock });
     }
 
     /// Sends a framed message to a stream client (shed when its queue is full).

@@ -17,10 +17,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_core::server::{Client, ClientAction, Server, Transport};
+use relay_core::server::{Client, ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server, Transport};
 use relay_core::wire::demux::{self, Frame};
 use slab::Slab;
 
+use crate::shard::{Sock, SockKind};
 use crate::sys::{Batch, Epoll, empty_event};
 
 const LISTENER: u64 = 1 << 40;
@@ -206,6 +207,61 @@ pub struct StreamStats {
     pub send_failures: u64,
 }
 
+/// The shard's UDP sockets, as the stream side needs them: relay sockets
+/// (frames a client sends to peers) and listeners (data handed from a
+/// stream client to a UDP client of another allocation of this shard).
+pub struct UdpSockets<'s> {
+    /// Listeners first, then relay sockets.
+    pub socks: &'s [Sock],
+    /// Socket index of each relay id.
+    pub relay_sock: &'s [usize],
+}
+
+impl UdpSockets<'_> {
+    fn relay(&self, id: u32) -> Option<&UdpSocket> {
+        self.relay_sock.get(id as usize).map(|&i| &self.socks[i].socket)
+    }
+
+    fn listener(&self, local: SocketAddr) -> Option<&UdpSocket> {
+        self.socks.iter().find(|s| s.kind == SockKind::Listener(local)).map(|s| &s.socket)
+    }
+}
+
+/// Gathers a datagram into `batch` (one sendmmsg for a read's frames and
+/// other connections', instead of a sendto each); a large one leaves on
+/// its own, after what is gathered, in order.
+fn send_udp(
+    batch: &mut Batch,
+    len: &mut usize,
+    stats: &mut StreamStats,
+    sock: &UdpSocket,
+    dest: SocketAddr,
+    data: &[u8],
+) {
+    if data.len() <= TO_PEER_SLOT {
+        let k = *len;
+        batch.slot_and_reply(k).1[..data.len()].copy_from_slice(data);
+        batch.send_reply(sock.as_raw_fd(), dest, k, data.len());
+        *len += 1;
+        if *len == TO_PEERS {
+            flush_udp(batch, len, stats);
+        }
+    } else {
+        flush_udp(batch, len, stats);
+        if sock.send_to(data, dest).is_err() {
+            stats.send_failures += 1;
+        }
+    }
+}
+
+fn flush_udp(batch: &mut Batch, len: &mut usize, stats: &mut StreamStats) {
+    if *len > 0 {
+        let (_, failed) = batch.flush();
+        stats.send_failures += failed as u64;
+        *len = 0;
+    }
+}
+
 /// A shard's stream listeners and connections.
 pub struct Streams {
     epoll: Epoll,
@@ -224,6 +280,9 @@ pub struct Streams {
     /// [`Streams::process`] (or when full).
     to_peers: Batch,
     to_peers_len: usize,
+    /// A frame for another allocation of this shard, copied behind the
+    /// headroom the server frames it in (allocated on first use).
+    handover: Vec<u8>,
     /// Counters.
     pub stats: StreamStats,
 }
@@ -257,6 +316,7 @@ impl Streams {
             dirty: Vec::with_capacity(64),
             to_peers: Batch::new(TO_PEERS, 0, TO_PEER_SLOT),
             to_peers_len: 0,
+            handover: Vec::new(),
             stats: StreamStats::default(),
         })
     }
@@ -282,8 +342,8 @@ impl Streams {
     }
 
     /// Handles every ready listener and connection, without blocking.
-    /// `relay` gives the UDP socket of a relay id.
-    pub fn process<'s>(&mut self, now: Instant, server: &mut Server, relay: &dyn Fn(u32) -> Option<&'s UdpSocket>) {
+    /// `udp` are the shard's UDP sockets (listeners and relays).
+    pub fn process(&mut self, now: Instant, server: &mut Server, udp: &UdpSockets<'_>) {
         for _ in 0..8 {
             let n = match self.epoll.wait(&mut self.events, 0) {
                 Ok(n) => n,
@@ -301,7 +361,7 @@ impl Streams {
                     self.write_out(id, now, server);
                 }
                 if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                    self.read(id, now, server, relay);
+                    self.read(id, now, server, udp);
                 }
             }
             if n < self.events.len() {
@@ -313,11 +373,7 @@ impl Streams {
 
     /// Sends the gathered datagrams to peers.
     fn send_to_peers(&mut self) {
-        if self.to_peers_len > 0 {
-            let (_, failed) = self.to_peers.flush();
-            self.stats.send_failures += failed as u64;
-            self.to_peers_len = 0;
-        }
+        flush_udp(&mut self.to_peers, &mut self.to_peers_len, &mut self.stats);
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
@@ -380,7 +436,7 @@ impl Streams {
         }
     }
 
-    fn read<'s>(&mut self, id: usize, now: Instant, server: &mut Server, relay: &dyn Fn(u32) -> Option<&'s UdpSocket>) {
+    fn read(&mut self, id: usize, now: Instant, server: &mut Server, udp: &UdpSockets<'_>) {
         loop {
             let Some(c) = self.conns.get_mut(id) else { return };
             if c.rlen == c.rbuf.len() {
@@ -426,30 +482,47 @@ impl Streams {
                             // answers RFC 5780 address changes over TCP
                             // with 420 instead.
                             ClientAction::ReplyFrom { .. } => {}
-                            ClientAction::Forward { relay: r, peer, payload } => match relay(r.0) {
-                                // Gathered: one sendmmsg for a read's
-                                // frames (and other connections') instead
-                                // of a sendto each.
-                                Some(sock) if payload.len() <= TO_PEER_SLOT => {
-                                    let k = self.to_peers_len;
-                                    let data = &self.conns[id].rbuf[start..][payload];
-                                    self.to_peers.slot_and_reply(k).1[..data.len()].copy_from_slice(data);
-                                    self.to_peers.send_reply(sock.as_raw_fd(), peer, k, data.len());
-                                    self.to_peers_len += 1;
-                                    if self.to_peers_len == TO_PEERS {
-                                        self.send_to_peers();
-                                    }
-                                }
+                            ClientAction::Forward { relay: r, peer, payload } => match udp.relay(r.0) {
                                 Some(sock) => {
-                                    // Large: after what is gathered, in order.
-                                    self.send_to_peers();
                                     let data = &self.conns[id].rbuf[start..][payload];
-                                    if sock.send_to(data, peer).is_err() {
-                                        self.stats.send_failures += 1;
-                                    }
+                                    send_udp(
+                                        &mut self.to_peers,
+                                        &mut self.to_peers_len,
+                                        &mut self.stats,
+                                        sock,
+                                        peer,
+                                        data,
+                                    );
                                 }
                                 None => self.stats.send_failures += 1,
                             },
+                            // Another allocation of this shard: on as peer
+                            // data, framed behind headroom in a copy.
+                            ClientAction::Deliver { relay: r, from, payload } => {
+                                let mut buf = std::mem::take(&mut self.handover);
+                                buf.resize(PEER_HEADROOM + payload.len() + PEER_TAILROOM + 1, 0);
+                                let data = &self.conns[id].rbuf[start..][payload];
+                                buf[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
+                                let range = PEER_HEADROOM..PEER_HEADROOM + data.len();
+                                match server.handle_peer(now, r, from, &mut buf, range) {
+                                    PeerAction::Forward { client, frame } if client.transport.is_stream() => {
+                                        self.queue(client.conn as usize, &buf[frame], true, now, server);
+                                    }
+                                    PeerAction::Forward { client, frame } => match udp.listener(client.local) {
+                                        Some(sock) => send_udp(
+                                            &mut self.to_peers,
+                                            &mut self.to_peers_len,
+                                            &mut self.stats,
+                                            sock,
+                                            client.remote,
+                                            &buf[frame],
+                                        ),
+                                        None => self.stats.send_failures += 1,
+                                    },
+                                    PeerAction::None => {}
+                                }
+                                self.handover = buf;
+                            }
                         }
                         start += n;
                     }

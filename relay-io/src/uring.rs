@@ -462,22 +462,36 @@ impl Uring {
                             None => self.bufs.give(bid),
                         }
                     }
+                    // Another allocation of this shard: on as peer data,
+                    // framed in place in the same buffer.
+                    ClientAction::Deliver { relay, from, payload } => {
+                        self.sends.free_replies.push(reply_idx);
+                        let payload = PEER_HEADROOM + payload.start..PEER_HEADROOM + payload.end;
+                        let action = st.server.handle_peer(now, relay, from, buf, payload);
+                        self.peer_action(st, bid, action, now);
+                    }
                 }
             }
             SockKind::Relay(relay) => {
                 let payload = PEER_HEADROOM..PEER_HEADROOM + payload_len;
-                match st.server.handle_peer(now, relay, from, buf, payload) {
-                    PeerAction::Forward { client, frame } if client.transport.is_stream() => {
-                        st.deliver_stream(client.conn, &buf[frame], now);
-                        self.bufs.give(bid);
-                    }
-                    PeerAction::Forward { client, frame } => match st.listener_fd(client.local) {
-                        Some(lfd) => self.send(lfd, client.remote, SendBuf::Ring(bid), frame.start, frame.len(), st),
-                        None => self.bufs.give(bid),
-                    },
-                    PeerAction::None => self.bufs.give(bid),
-                }
+                let action = st.server.handle_peer(now, relay, from, buf, payload);
+                self.peer_action(st, bid, action, now);
             }
+        }
+    }
+
+    /// Carries out what the server made of peer data in buffer `bid`.
+    fn peer_action(&mut self, st: &mut ShardState, bid: u16, action: PeerAction, now: Instant) {
+        match action {
+            PeerAction::Forward { client, frame } if client.transport.is_stream() => {
+                st.deliver_stream(client.conn, &self.bufs.buf(bid)[frame], now);
+                self.bufs.give(bid);
+            }
+            PeerAction::Forward { client, frame } => match st.listener_fd(client.local) {
+                Some(lfd) => self.send(lfd, client.remote, SendBuf::Ring(bid), frame.start, frame.len(), st),
+                None => self.bufs.give(bid),
+            },
+            PeerAction::None => self.bufs.give(bid),
         }
     }
 

@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::quota::Quotas;
@@ -75,7 +77,7 @@ fn start(backend: Backend, o: &Options) -> Option<Relay> {
     match Relay::start(&config, make) {
         Ok(r) => Some(r),
         Err(relay_io::StartError::IoUringUnavailable(why)) => {
-            eprintln!("skipping io_uring run: {why}");
+            common::skip_io_uring(&why);
             None
         }
         Err(e) => panic!("{e}"),
@@ -297,9 +299,14 @@ fn denied_peers_are_refused_and_never_sent_to() {
             let want = if addr.is_ipv6() { 443 } else { 403 };
             assert_eq!(code(&resp), Some(want), "{backend:?}: {denied}");
         }
-        // The relay's own address, in particular its own relayed port.
+        // The server's listeners, on any transport, are never peers; its
+        // relay addresses are (another allocation, here its own).
+        for listener in [server, relay.tcp_addrs()[0], relay.tls_addrs()[0]] {
+            let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(listener)]);
+            assert_eq!(code(&resp), Some(403), "{backend:?}: listener {listener}");
+        }
         let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(relayed)]);
-        assert_eq!(code(&resp), Some(403));
+        assert_eq!(code(&resp), None, "{backend:?}: a relay address of the server is a peer");
         // A Send indication to a denied loopback peer is never delivered.
         let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
         peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();

@@ -8,6 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::quota::Quotas;
@@ -63,7 +65,7 @@ fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Du
     match Relay::start(&config, make) {
         Ok(r) => Some(r),
         Err(relay_io::StartError::IoUringUnavailable(why)) => {
-            eprintln!("skipping io_uring run: {why}");
+            common::skip_io_uring(&why);
             None
         }
         Err(e) => panic!("start: {e}"),
@@ -399,7 +401,10 @@ impl TcpTurn {
                 }
                 relay_core::wire::Frame::NeedMore(_) => {
                     let mut buf = [0u8; 4096];
-                    let n = self.stream.read(&mut buf).expect("frame");
+                    let n = match self.stream.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        r => r.expect("frame"),
+                    };
                     assert!(n > 0, "connection closed");
                     self.rbuf.extend_from_slice(&buf[..n]);
                 }
@@ -567,39 +572,278 @@ fn stream_suite(tls: bool) {
     }
 }
 
-#[test]
-fn a_port_range_beyond_the_descriptor_limit_is_capped_not_fatal() {
-    // Far more ports than this process may open: the pool stops short of
-    // the limit and the relay still starts and serves.
+// ----------------------------------------------------------------------
+// Relay to relay: two allocations of the same server are each other's peer
+// (two relayed WebRTC endpoints sharing a deployment), with the default
+// peer policy.
+// ----------------------------------------------------------------------
+
+/// A server with the default peer policy on a port range of its own, 20
+/// ports a shard; `advertised` stands for `relay.external` (an address the
+/// relay sockets are not bound to: a datagram sent there, instead of to
+/// the bound address, is lost).
+fn start_relays(backend: Backend, shards: usize, advertised: Option<&str>, slot: u16) -> Option<(Relay, u16)> {
+    // Each test its own ports (`slot`: 0..7, 20 ports each), each process too.
+    let lo = 30_000 + (std::process::id() % 200) as u16 * 160 + slot * 20;
+    let bind = "127.0.0.1".parse().unwrap();
     let config = IoConfig {
-        backend: Backend::Portable,
+        shards,
+        backend,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(2_000_000),
+        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp { bind, advertised: advertised.map_or(bind, |a| a.parse().unwrap()) }],
+        relay_ports: RelayPorts::Range(lo, lo + 20 * shards as u16 - 1),
         ..IoConfig::default()
     };
-    let make = |_| {
+    let make = |_k: usize| {
+        let mut credentials = Credentials::new(REALM);
+        credentials.add_user("alice", "secret").unwrap();
         let parts = ServerParts {
             config: ServerConfig::default(),
-            credentials: Credentials::new(REALM),
-            nonces: NonceIssuer::new([1; 32], 600),
+            credentials,
+            nonces: NonceIssuer::new([9; 32], 600),
             policy: PeerPolicy::new(),
             quotas: Arc::new(Quotas::new(0, 0)),
         };
-        Server::new(parts, Instant::now(), 1_800_000_000, 1)
+        Server::new(parts, Instant::now(), 1_800_000_000, 7)
     };
-    let relay = Relay::start(&config, make).expect("starts with a capped pool");
-    let mut limit = 0u64;
-    if let Ok(s) = std::fs::read_to_string("/proc/self/limits") {
-        limit = s
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-            .unwrap_or(0);
+    match Relay::start(&config, make) {
+        Ok(r) => Some((r, lo)),
+        Err(relay_io::StartError::IoUringUnavailable(why)) => {
+            common::skip_io_uring(&why);
+            None
+        }
+        Err(e) => panic!("start: {e}"),
     }
-    assert!(relay.relay_count() > 0 && (relay.relay_count() as u64) < limit, "{} of {limit}", relay.relay_count());
-    // The process still has descriptors to spare.
-    let extra: Vec<UdpSocket> = (0..64).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    assert_eq!(extra.len(), 64);
-    relay.stop().unwrap();
+}
+
+fn channel_frame(number: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8; 4 + payload.len()];
+    channel_data::encode(&mut frame, number, payload, false).unwrap();
+    frame
+}
+
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut buf = [0u8; 1500];
+    let tid = TransactionId([7; 12]);
+    let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), tid).unwrap();
+    b.add(&Attribute::XorPeerAddress(peer)).unwrap();
+    b.add(&Attribute::Data(data)).unwrap();
+    let n = b.finish();
+    buf[..n].to_vec()
+}
+
+/// The DATA and XOR-PEER-ADDRESS of a Data indication.
+fn data_indication(bytes: &[u8]) -> (Vec<u8>, SocketAddr) {
+    let m = Message::parse(bytes).expect("a Data indication");
+    assert_eq!(m.message_type(), MessageType::new(Class::Indication, Method::DATA));
+    let tid = m.transaction_id();
+    let Ok(Attribute::Data(d)) = m.get(AttributeType::DATA).unwrap().decode(&tid) else { panic!() };
+    let Ok(Attribute::XorPeerAddress(p)) = m.get(AttributeType::XOR_PEER_ADDRESS).unwrap().decode(&tid) else {
+        panic!()
+    };
+    (d.to_vec(), p)
+}
+
+/// A talks to B by channel, B to A by Send indications (so A's data
+/// reaches B as Data indications and B's reaches A as ChannelData); B's
+/// permission decides what it receives, exactly as for a peer elsewhere.
+fn relay_pair(
+    backend: Backend,
+    server: SocketAddr,
+    a: &mut (TurnClient, SocketAddr),
+    b: &mut (TurnClient, SocketAddr),
+) {
+    let (ra, rb) = (a.1, b.1);
+    a.0.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(rb)]);
+    a.0.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(rb)]);
+    // B has no permission for A yet: nothing arrives.
+    b.0.sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    a.0.sock.send_to(&channel_frame(0x4000, b"unpermitted"), server).unwrap();
+    assert!(b.0.recv_raw().is_none(), "{backend:?}: data reached B without its permission");
+    b.0.sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    b.0.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(ra)]);
+    for i in 0..20u32 {
+        let ping = format!("a to b {i}");
+        a.0.sock.send_to(&channel_frame(0x4000, ping.as_bytes()), server).unwrap();
+        let (data, from) = data_indication(&b.0.recv_raw().expect("B receives"));
+        // Seen from A's relayed address as A was told it (advertised).
+        assert_eq!((&data[..], from), (ping.as_bytes(), ra), "{backend:?}");
+        let pong = format!("b to a {i}");
+        b.0.sock.send_to(&send_indication(ra, pong.as_bytes()), server).unwrap();
+        let got = a.0.recv_raw().expect("A receives");
+        let cd = ChannelData::parse(&got).unwrap();
+        assert_eq!((cd.channel, cd.payload), (0x4000, pong.as_bytes()), "{backend:?}");
+    }
+}
+
+fn relay_to_relay(shards: usize, advertised: Option<&str>, slot: u16) {
+    for backend in backends() {
+        let Some((relay, lo)) = start_relays(backend, shards, advertised, slot) else { continue };
+        let server = relay.udp_addrs()[0];
+        // Allocations until there is a pair on one shard and, with two
+        // shards, a pair across them (the kernel's flow hash decides).
+        let shard_of = |a: SocketAddr| usize::from(a.port() - lo) / 20;
+        let mut clients: Vec<(TurnClient, SocketAddr)> = Vec::new();
+        let mut same = None;
+        for _ in 0..12 {
+            let mut c = TurnClient::new(server);
+            let relayed = c.allocate().unwrap();
+            if let Some(ip) = advertised {
+                assert_eq!(relayed.ip().to_string(), ip);
+            }
+            let k = clients.len();
+            if same.is_none() {
+                same = (0..k).find(|&j| shard_of(clients[j].1) == shard_of(relayed)).map(|j| (j, k));
+            }
+            clients.push((c, relayed));
+            // Besides that pair, one allocation on each shard.
+            let others: Vec<usize> = (0..clients.len())
+                .filter(|i| same.is_some_and(|(j, k)| *i != j && *i != k))
+                .map(|i| shard_of(clients[i].1))
+                .collect();
+            if same.is_some() && (0..shards).all(|s| shards == 1 || others.contains(&s)) {
+                break;
+            }
+        }
+        let (j, k) = same.expect("two allocations on one shard");
+        let (mut a, mut b) = (clients.swap_remove(k), clients.swap_remove(j));
+        relay_pair(backend, server, &mut a, &mut b);
+        let local: u64 = relay.stats(TIMEOUT).iter().map(|r| r.stats.relayed_in_shard).sum();
+        assert!(local >= 40, "{backend:?}: {local} datagrams handed over in-shard");
+        if shards > 1 {
+            let shard = |c: &(TurnClient, SocketAddr)| shard_of(c.1);
+            let x = clients.iter().position(|c| shard(c) == 0).expect("an allocation on shard 0");
+            let mut a = clients.swap_remove(x);
+            let y = clients.iter().position(|c| shard(c) == 1).expect("an allocation on shard 1");
+            let mut b = clients.swap_remove(y);
+            relay_pair(backend, server, &mut a, &mut b);
+            let kernel: u64 = relay.stats(TIMEOUT).iter().map(|r| r.stats.relayed_to_own).sum();
+            assert!(kernel >= 40, "{backend:?}: {kernel} datagrams to another shard's relay");
+        }
+        // Every other port on the server's own IP is refused, and so is a
+        // listener, under the default policy.
+        let mut c = TurnClient::new(server);
+        c.allocate().unwrap();
+        let own_ip = advertised.unwrap_or("127.0.0.1");
+        for denied in [format!("{own_ip}:{}", lo - 1), format!("127.0.0.1:{}", lo - 1), server.to_string()] {
+            let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(denied.parse().unwrap())]);
+            assert_eq!(error_code(&resp), Some(403), "{backend:?}: {denied}");
+        }
+        let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(relay.tcp_addrs()[0])]);
+        assert_eq!(error_code(&resp), Some(403), "{backend:?}: TCP listener");
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn relay_to_relay_on_one_shard() {
+    relay_to_relay(1, None, 0);
+}
+
+#[test]
+fn relay_to_relay_across_shards() {
+    relay_to_relay(2, None, 1);
+}
+
+#[test]
+fn relay_to_relay_behind_an_advertised_address() {
+    // 127.0.0.77 is bound by nothing: only the mapping to the bound
+    // address makes these datagrams arrive, on one shard and across.
+    relay_to_relay(2, Some("127.0.0.77"), 3);
+}
+
+#[test]
+fn relay_to_relay_between_tcp_and_udp_clients() {
+    use std::io::Write;
+    for backend in backends() {
+        let Some((relay, _)) = start_relays(backend, 1, None, 5) else { continue };
+        let server = relay.udp_addrs()[0];
+        let mut t = TcpTurn::connect(relay.tcp_addrs()[0], false);
+        let resp = t.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        let m = Message::parse(&resp).unwrap();
+        let Ok(Attribute::XorRelayedAddress(rt)) =
+            m.get(AttributeType::XOR_RELAYED_ADDRESS).unwrap().decode(&m.transaction_id())
+        else {
+            panic!("{backend:?}: {:?}", error_code(&resp))
+        };
+        let mut u = TurnClient::new(server);
+        let ru = u.allocate().unwrap();
+        for (method, attrs) in [
+            (Method::CREATE_PERMISSION, vec![Attribute::XorPeerAddress(ru)]),
+            (Method::CHANNEL_BIND, vec![Attribute::ChannelNumber(0x4005), Attribute::XorPeerAddress(ru)]),
+        ] {
+            let resp = t.request(method, &attrs);
+            assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{backend:?}: {method:?}");
+        }
+        u.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4006), Attribute::XorPeerAddress(rt)]);
+        for i in 0..20u8 {
+            // TCP client → UDP client: ChannelData on both sides.
+            let payload = vec![i; 1 + usize::from(i)];
+            let mut frame = vec![0u8; channel_data::stream_len(payload.len())];
+            channel_data::encode(&mut frame, 0x4005, &payload, true).unwrap();
+            t.stream.write_all(&frame).unwrap();
+            let got = u.recv_raw().expect("UDP client receives");
+            let cd = ChannelData::parse(&got).unwrap();
+            assert_eq!((cd.channel, cd.payload), (0x4006, &payload[..]), "{backend:?}");
+            // UDP client → TCP client.
+            u.sock.send_to(&channel_frame(0x4006, &payload), server).unwrap();
+            let f = t.frame();
+            let cd = ChannelData::parse(&f).unwrap();
+            assert_eq!((cd.channel, cd.payload), (0x4005, &payload[..]), "{backend:?}");
+        }
+        let r = &relay.stats(TIMEOUT)[0];
+        assert_eq!(r.stats.relayed_in_shard, 40, "{backend:?}");
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn a_second_instance_on_the_same_address_refuses_to_start_unless_handing_over() {
+    let make = |_k: usize| {
+        let parts = ServerParts {
+            config: ServerConfig::default(),
+            credentials: Credentials::new(REALM),
+            nonces: NonceIssuer::new([2; 32], 600),
+            policy: PeerPolicy::new(),
+            quotas: Arc::new(Quotas::new(0, 0)),
+        };
+        Server::new(parts, Instant::now(), 1_800_000_000, 3)
+    };
+    let first = IoConfig {
+        backend: Backend::Portable,
+        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(2),
+        ..IoConfig::default()
+    };
+    let a = Relay::start(&first, make).unwrap();
+    let (udp, tcp) = (a.udp_addrs()[0], a.tcp_addrs()[0]);
+    let free_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free_udp = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // The same UDP address, a free TCP one; then a free UDP one and the
+    // same TCP address; then a wildcard over the first one's UDP port.
+    let wildcard = SocketAddr::new("0.0.0.0".parse().unwrap(), udp.port());
+    for (u, t, taken) in [(udp, free_tcp, "UDP"), (free_udp, tcp, "TCP"), (wildcard, free_tcp, "UDP")] {
+        let second = IoConfig { udp_listen: vec![u], tcp_listen: vec![t], ..first.clone() };
+        match Relay::start(&second, make) {
+            Err(e @ relay_io::StartError::AddressInUse { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(taken) && text.contains("--handover"), "{text}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a second instance joined {u} / {t}"),
+        }
+    }
+    // On purpose (a zero-downtime restart): it joins, and serves.
+    let second = IoConfig { udp_listen: vec![udp], tcp_listen: vec![tcp], handover: true, ..first.clone() };
+    let b = Relay::start(&second, make).expect("handover starts");
+    assert_eq!(b.udp_addrs(), &[udp]);
+    b.stop().unwrap();
+    a.stop().unwrap();
+    // Once the first is gone, the address is free again.
+    let c = Relay::start(&IoConfig { udp_listen: vec![udp], tcp_listen: vec![tcp], ..first.clone() }, make)
+        .expect("a free address");
+    c.stop().unwrap();
 }

@@ -1,0 +1,163 @@
+//! Relay pools larger than the open-file limit allows: capped, not fatal,
+//! and shared fairly between the relay addresses, so that on a host whose
+//! descriptor limit caps the pool a dual-stack relay still serves both
+//! families whichever address is listed first. A process of its own (these
+//! tests take most of its descriptors), one test at a time.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relay_core::server::auth::{Credentials, NonceIssuer};
+use relay_core::server::policy::PeerPolicy;
+use relay_core::server::quota::Quotas;
+use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_core::wire::attr::transport;
+use relay_core::wire::integrity::{Key, PasswordAlgorithm};
+use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
+use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+
+const REALM: &str = "fd.test";
+
+/// One test at a time: each takes most of the process's descriptors.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn make(_k: usize) -> Server {
+    let mut credentials = Credentials::new(REALM);
+    credentials.add_user("u", "p").unwrap();
+    let parts = ServerParts {
+        config: ServerConfig::default(),
+        credentials,
+        nonces: NonceIssuer::new([1; 32], 600),
+        policy: PeerPolicy::new(),
+        quotas: Arc::new(Quotas::new(0, 0)),
+    };
+    Server::new(parts, Instant::now(), 1_800_000_000, 1)
+}
+
+fn fd_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_port_range_beyond_the_descriptor_limit_is_capped_not_fatal() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Far more ports than this process may open: the pool stops short of
+    // the limit and the relay still starts and serves.
+    let config = IoConfig {
+        backend: Backend::Portable,
+        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(2_000_000),
+        ..IoConfig::default()
+    };
+    let relay = Relay::start(&config, make).expect("starts with a capped pool");
+    let limit = fd_limit();
+    assert!(relay.relay_count() > 0 && (relay.relay_count() as u64) < limit, "{} of {limit}", relay.relay_count());
+    // The process still has descriptors to spare.
+    let extra: Vec<UdpSocket> = (0..64).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    assert_eq!(extra.len(), 64);
+    relay.stop().unwrap();
+}
+
+/// Allocates over UDP, asking for `family` (1 IPv4, 2 IPv6): the relayed
+/// address or the error code.
+fn allocate(server: SocketAddr, family: u8) -> Result<SocketAddr, u16> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let key = Key::long_term(PasswordAlgorithm::Md5, "u", REALM, "p").unwrap();
+    let mut nonce = String::new();
+    for round in 0..2u8 {
+        let tid = TransactionId([round + 1; 12]);
+        let mut buf = [0u8; 512];
+        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::ALLOCATE), tid).unwrap();
+        b.add(&Attribute::RequestedTransport(transport::UDP)).unwrap();
+        b.add(&Attribute::RequestedAddressFamily(family)).unwrap();
+        if !nonce.is_empty() {
+            b.add(&Attribute::Username("u")).unwrap();
+            b.add(&Attribute::Realm(REALM)).unwrap();
+            b.add(&Attribute::Nonce(&nonce)).unwrap();
+            b.add_message_integrity(key.as_bytes()).unwrap();
+        }
+        let n = b.finish();
+        sock.send_to(&buf[..n], server).unwrap();
+        let mut resp = [0u8; 1500];
+        let n = loop {
+            match sock.recv_from(&mut resp) {
+                Ok((n, _)) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no answer: {e}"),
+            }
+        };
+        let m = Message::parse(&resp[..n]).unwrap();
+        let attr = |ty| m.get(ty).map(|a| a.decode(&tid));
+        if m.class() == Class::Success {
+            let Some(Ok(Attribute::XorRelayedAddress(a))) = attr(AttributeType::XOR_RELAYED_ADDRESS) else { panic!() };
+            return Ok(a);
+        }
+        let Some(Ok(Attribute::ErrorCode(e))) = attr(AttributeType::ERROR_CODE) else { panic!() };
+        match attr(AttributeType::NONCE) {
+            Some(Ok(Attribute::Nonce(n))) if e.code == 401 && nonce.is_empty() => nonce = n.to_owned(),
+            _ => return Err(e.code),
+        }
+    }
+    Err(0)
+}
+
+#[test]
+fn a_capped_pool_is_shared_between_relay_addresses_whatever_their_order() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let v6: IpAddr = "::1".parse().unwrap();
+    let v4: IpAddr = "127.0.0.2".parse().unwrap();
+    for order in [[v6, v4], [v4, v6]] {
+        // 2 × 16,384 ports is more than a 20,000-descriptor process may
+        // hold: each address must still get its share.
+        let config = IoConfig {
+            backend: Backend::Portable,
+            udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+            relay_ips: order.iter().map(|&ip| RelayIp::same(ip)).collect(),
+            relay_ports: RelayPorts::Range(49152, 65535),
+            ..IoConfig::default()
+        };
+        let relay = Relay::start(&config, make).expect("starts");
+        let server = relay.udp_addrs()[0];
+        let four = allocate(server, 1).expect("an IPv4 allocation");
+        let six = allocate(server, 2).expect("an IPv6 allocation");
+        assert_eq!((four.ip(), six.ip()), (v4, v6), "{order:?}");
+        let limit = fd_limit();
+        if relay.relay_count() < 2 * 16_384 {
+            // Capped: both addresses hold close to half of what was bound.
+            let n = relay.relay_count() as u64;
+            assert!(n < limit, "{n} of {limit}");
+        }
+        relay.stop().unwrap();
+    }
+}
+
+#[test]
+fn a_relay_address_left_without_ports_is_a_start_up_error() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: nothing binds,
+    // and the relay refuses to start instead of answering 508 to every
+    // allocation of the family.
+    let config = IoConfig {
+        backend: Backend::Portable,
+        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap()), RelayIp::same("192.0.2.1".parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(4),
+        ..IoConfig::default()
+    };
+    match Relay::start(&config, make) {
+        Err(e @ relay_io::StartError::NoRelayPorts { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("192.0.2.1"), "{text}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("started without ports on 192.0.2.1"),
+    }
+}
