@@ -62,6 +62,8 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
     counter!("turn_send_failures_total").absolute(send_failures);
     counter!("turn_send_indications_total").absolute(total.send_indications);
     counter!("turn_data_indications_total").absolute(total.data_indications);
+    counter!("turn_relay_to_relay_packets_total", "path" => "in_shard").absolute(total.relayed_in_shard);
+    counter!("turn_relay_to_relay_packets_total", "path" => "kernel").absolute(total.relayed_to_own);
     for &m in MethodLabel::ALL {
         for &o in Outcome::ALL {
             let v = total.requests_of(m, o);
