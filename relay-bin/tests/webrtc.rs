@@ -56,6 +56,8 @@ mod common;
 use common::{Killed, have, run_bounded, skip};
 
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
+/// turn-relay's metrics, inside the namespace.
+const METRICS: &str = "http://127.0.0.1:9641/metrics";
 const MESSAGES: &str = "3000";
 const BULK_BYTES: &str = "4194304";
 /// Bound of each of the page's steps (connect, messages, bulk).
@@ -229,7 +231,7 @@ impl Lab {
             .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
             .args(["--relay-ip", ip, "--relay-ports", "50000-50031"])
             .args(["--user", "test:pass", "--realm", "example.org"])
-            .args(["--shards", "1", "--no-pin", "--no-metrics", "--log-level", "debug"])
+            .args(["--shards", "1", "--no-pin", "--metrics", "127.0.0.1:9641", "--log-level", "debug"])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -259,6 +261,28 @@ impl Lab {
                 return Err(format!("turn-relay did not come up in the namespace:\n{}", self.relay_log()));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// turn-relay's non-zero request, relaying and drop counters, from its
+    /// metrics inside the namespace (for diagnosis only: counters are
+    /// published with some delay, and their names are not this test's).
+    fn counters(&self) -> String {
+        let out = run_bounded(
+            Command::new("ip").args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "5"]).arg(METRICS),
+            Duration::from_secs(10),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let wanted = ["turn_requests_total", "turn_relay", "turn_dropped", "turn_auth_failures", "turn_send_failures"];
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+            .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+            .collect();
+        if lines.is_empty() {
+            format!("(no counters from {METRICS}: {})", String::from_utf8_lossy(&out.stderr).trim())
+        } else {
+            lines.join("\n")
         }
     }
 
@@ -355,7 +379,9 @@ fn webrtc_through(t: Transport) {
     );
     say(&summary);
     eprintln!("--- drive.js stdout ---\n{stdout}\n--- drive.js stderr ---\n{stderr}");
+    eprintln!("--- turn-relay counters ---\n{}", lab.counters());
     if !ok {
+        say(&format!("--- turn-relay counters ---\n{}", lab.counters()));
         say(&lab.relay_log());
         let why = f.get("error").cloned().unwrap_or_else(|| {
             let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
@@ -387,6 +413,7 @@ fn webrtc_through(t: Transport) {
         problems.push(format!("SHA-256 sent {}, received {}", get("shaSent"), get("shaReceived")));
     }
     if !problems.is_empty() {
+        say(&format!("--- turn-relay counters ---\n{}", lab.counters()));
         say(&lab.relay_log());
         panic!("{test}: {}", problems.join("; "));
     }
