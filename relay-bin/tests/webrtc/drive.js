@@ -76,6 +76,8 @@ async function main() {
     process.exitCode = result.ok ? 0 : 1;
   } catch (err) {
     console.error(`drive.js: ${elapsed()} ${err && err.stack ? err.stack : err}`);
+    // Last, one line for webrtc.rs to quote.
+    console.error(`drive.js: failed: ${String(err && err.message ? err.message : err).split('\n')[0]}`);
     process.exitCode = 2;
   } finally {
     if (context) await context.close().catch(() => {});
