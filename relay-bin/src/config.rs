@@ -121,29 +121,78 @@ impl Default for ServerSection {
     }
 }
 
-/// `[listen]`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[listen]`. Each list is `None` when neither the file nor a flag sets
+/// it: the default (UDP and TCP on `0.0.0.0:3478`) applies only when no
+/// list is set at all ([`ListenSection::listeners`]).
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenSection {
-    /// UDP addresses clients reach.
-    pub udp: Vec<SocketAddr>,
-    /// TCP addresses clients reach (TURN over TCP); empty for none.
-    pub tcp: Vec<SocketAddr>,
+    /// Addresses served over UDP *and* TCP (as coturn's `listening-ip`).
+    pub addresses: Option<Vec<SocketAddr>>,
+    /// Addresses served over UDP only.
+    pub udp: Option<Vec<SocketAddr>>,
+    /// Addresses served over TCP only (TURN over TCP).
+    pub tcp: Option<Vec<SocketAddr>>,
     /// TLS addresses clients reach (TURN over TLS); needs `[tls]`.
-    pub tls: Vec<SocketAddr>,
+    pub tls: Option<Vec<SocketAddr>>,
     /// RFC 5780 NAT behaviour discovery: the server's second IP. With it,
     /// UDP is also served on this IP and on a second port, so that the
     /// four addresses `A1:P1`, `A1:P2`, `A2:P1`, `A2:P2` exist (A1:P1 is the
-    /// first `udp` address).
+    /// first UDP address).
     pub rfc5780_other: Option<IpAddr>,
     /// RFC 5780: the second port P2; default P1 + 1.
     pub rfc5780_port: Option<u16>,
+    /// `--no-tcp`: no TCP listener at all, whatever the lists say (TLS
+    /// stays). Command line only.
+    #[serde(skip)]
+    pub no_tcp: bool,
 }
 
-impl Default for ListenSection {
-    fn default() -> Self {
-        let any = SocketAddr::from(([0, 0, 0, 0], 3478));
-        ListenSection { udp: vec![any], tcp: vec![any], tls: Vec::new(), rfc5780_other: None, rfc5780_port: None }
+/// The listeners the data plane opens, resolved from `[listen]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// UDP: `addresses`, then `udp`.
+    pub udp: Vec<SocketAddr>,
+    /// TCP: `addresses`, then `tcp`; none with `--no-tcp`.
+    pub tcp: Vec<SocketAddr>,
+    /// TLS: `tls`.
+    pub tls: Vec<SocketAddr>,
+}
+
+impl ListenSection {
+    /// Where a server listens when no listen address is configured at all:
+    /// UDP and TCP on every interface, port 3478.
+    pub const DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 3478);
+
+    /// True when the file or a flag set any listen list (even an empty
+    /// one): then the default address is not added.
+    pub fn any_set(&self) -> bool {
+        self.addresses.is_some() || self.udp.is_some() || self.tcp.is_some() || self.tls.is_some()
+    }
+
+    /// The listeners: UDP on `addresses` and `udp`, TCP on `addresses` and
+    /// `tcp` (none with `no_tcp`), TLS on `tls`, each without repeats and in
+    /// the order given; [`Self::DEFAULT`] as an `addresses` entry when no
+    /// list is set.
+    pub fn listeners(&self) -> Listeners {
+        let default = [Self::DEFAULT];
+        let both: &[SocketAddr] = if self.any_set() { self.addresses.as_deref().unwrap_or(&[]) } else { &default };
+        let join = |more: &Option<Vec<SocketAddr>>| {
+            let mut out: Vec<SocketAddr> = Vec::new();
+            for a in both.iter().chain(more.iter().flatten()) {
+                if !out.contains(a) {
+                    out.push(*a);
+                }
+            }
+            out
+        };
+        let mut tls: Vec<SocketAddr> = Vec::new();
+        for a in self.tls.iter().flatten() {
+            if !tls.contains(a) {
+                tls.push(*a);
+            }
+        }
+        Listeners { udp: join(&self.udp), tcp: if self.no_tcp { Vec::new() } else { join(&self.tcp) }, tls }
     }
 }
 
@@ -370,9 +419,7 @@ impl Config {
     pub fn validate(&self, cli_keys: &[&str]) -> Result<(Vec<RelayAddr>, (u16, u16)), ConfigError> {
         let origin = |key: &str| self.origin_of(cli_keys.contains(&key));
         let ports = parse_ports(&self.relay.ports).map_err(|m| origin("relay.ports").error("relay.ports", m))?;
-        if self.listen.udp.is_empty() {
-            return Err(origin("listen.udp").error("listen.udp", "at least one listen address is needed"));
-        }
+        self.check_listeners(cli_keys)?;
         for (i, u) in self.auth.users.iter().enumerate() {
             let ok = u.split_once(':').is_some_and(|(n, p)| !n.trim().is_empty() && !p.is_empty());
             if !ok {
@@ -381,7 +428,7 @@ impl Config {
             }
         }
         self.rfc5780(cli_keys)?;
-        if !self.listen.tls.is_empty() && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+        if !self.listen.listeners().tls.is_empty() && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return Err(origin("listen.tls").error("listen.tls", "TLS listeners need tls.cert and tls.key"));
         }
         if self.limits.max_lifetime == 0 || self.limits.default_lifetime == 0 {
@@ -420,19 +467,62 @@ impl Config {
 }
 
 impl Config {
+    /// At least one listener is left, and no TLS listener shares a port
+    /// with a plain TCP one (the kernel would hand each connection to
+    /// either at random, or to the more specific address).
+    fn check_listeners(&self, cli_keys: &[&str]) -> Result<(), ConfigError> {
+        let l = self.listen.listeners();
+        let origin = |key: &str| self.origin_of(cli_keys.contains(&key));
+        if l.udp.is_empty() && l.tcp.is_empty() && l.tls.is_empty() {
+            let given = [
+                ("listen.addresses", &self.listen.addresses),
+                ("listen.udp", &self.listen.udp),
+                ("listen.tcp", &self.listen.tcp),
+                ("listen.tls", &self.listen.tls),
+            ];
+            let key = if self.listen.no_tcp {
+                "listen.tcp"
+            } else {
+                given.iter().find(|(_, v)| v.is_some()).map_or("listen.addresses", |(k, _)| *k)
+            };
+            let why = if self.listen.no_tcp {
+                "no listen address is left once --no-tcp removes the TCP ones"
+            } else {
+                "no listen address: the lists set are empty (the default, UDP and TCP on 0.0.0.0:3478, \
+                 applies only when no listen list is set)"
+            };
+            return Err(origin(key).error(key, why));
+        }
+        for t in &l.tls {
+            let clash = l.tcp.iter().find(|a| {
+                a.port() == t.port() && (a.ip() == t.ip() || a.ip().is_unspecified() || t.ip().is_unspecified())
+            });
+            if let Some(a) = clash {
+                let m = format!(
+                    "{t} shares its port with the TCP listener {a} (listen.addresses or listen.tcp): \
+                     TURN over TLS and over plain TCP need different ports"
+                );
+                return Err(origin("listen.tls").error("listen.tls", m));
+            }
+        }
+        Ok(())
+    }
+
     /// The RFC 5780 address pair (`listen.rfc5780_other`), checked: the
-    /// first UDP address must name a specific IP and port, the other IP
+    /// first UDP listen address must name a specific IP and port, the other IP
     /// must differ from it and be of its family.
     pub fn rfc5780(&self, cli_keys: &[&str]) -> Result<Option<Rfc5780>, ConfigError> {
         let Some(other_ip) = self.listen.rfc5780_other else { return Ok(None) };
         let key = "listen.rfc5780_other";
         let origin = self.origin_of(cli_keys.contains(&key));
-        let primary = match self.listen.udp.first() {
+        let primary = match self.listen.listeners().udp.first() {
             Some(a) if !a.ip().is_unspecified() && a.port() != 0 => *a,
             first => {
                 let first = first.map_or_else(|| "none".to_owned(), |a| a.to_string());
-                let m =
-                    format!("RFC 5780 needs the first listen.udp address to name a specific IP and port, not {first}");
+                let m = format!(
+                    "RFC 5780 needs the first UDP listen address (listen.addresses, then listen.udp) to name a \
+                     specific IP and port, not {first}"
+                );
                 return Err(origin.error(key, m));
             }
         };
@@ -488,11 +578,73 @@ pub fn primary_ip() -> IpAddr {
 mod tests {
     use super::*;
 
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn listeners(text: &str) -> Listeners {
+        let c = Config::parse("r", text).unwrap();
+        c.validate(&[]).unwrap();
+        c.listen.listeners()
+    }
+
     #[test]
     fn defaults_are_valid() {
         let c = Config::parse("x.toml", "").unwrap();
-        assert_eq!(c.listen.udp, vec!["0.0.0.0:3478".parse::<SocketAddr>().unwrap()]);
+        let any = addrs(&["0.0.0.0:3478"]);
+        assert_eq!(c.listen.listeners(), Listeners { udp: any.clone(), tcp: any, tls: vec![] });
         assert!(c.validate(&[]).is_ok());
+    }
+
+    #[test]
+    fn listen_lists_combine() {
+        // addresses: UDP and TCP; nothing on the wildcard.
+        let l = listeners("[listen]\naddresses = [\"127.0.0.1:3478\"]\n");
+        assert_eq!((l.udp, l.tcp), (addrs(&["127.0.0.1:3478"]), addrs(&["127.0.0.1:3478"])));
+        // One transport's address brings no listener for another.
+        let l = listeners("[listen]\nudp = [\"127.0.0.1:3478\"]\n");
+        assert_eq!((l.udp, l.tcp), (addrs(&["127.0.0.1:3478"]), vec![]));
+        let l = listeners("[listen]\ntcp = [\"127.0.0.1:3478\"]\n");
+        assert_eq!((l.udp, l.tcp), (vec![], addrs(&["127.0.0.1:3478"])));
+        let text = "[listen]\ntls = [\"127.0.0.1:5349\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        assert_eq!(listeners(text), Listeners { udp: vec![], tcp: vec![], tls: addrs(&["127.0.0.1:5349"]) });
+        // addresses first, then the transport's own list, without repeats.
+        let l = listeners("[listen]\naddresses = [\"10.0.0.1:3478\"]\nudp = [\"10.0.0.2:3478\", \"10.0.0.1:3478\"]\n");
+        assert_eq!((l.udp, l.tcp), (addrs(&["10.0.0.1:3478", "10.0.0.2:3478"]), addrs(&["10.0.0.1:3478"])));
+        let l = listeners("[listen]\naddresses = [\"10.0.0.1:3478\"]\ntcp = [\"10.0.0.1:3478\", \"10.0.0.1:443\"]\n");
+        assert_eq!((l.udp, l.tcp), (addrs(&["10.0.0.1:3478"]), addrs(&["10.0.0.1:3478", "10.0.0.1:443"])));
+        // --no-tcp: no TCP whatever the lists say; the default UDP stays.
+        let mut c = Config::parse("r", "[listen]\naddresses = [\"10.0.0.1:3478\"]\ntcp = [\"10.0.0.1:80\"]\n").unwrap();
+        c.listen.no_tcp = true;
+        assert_eq!((c.listen.listeners().udp, c.listen.listeners().tcp), (addrs(&["10.0.0.1:3478"]), vec![]));
+        let mut c = Config::parse("r", "").unwrap();
+        c.listen.no_tcp = true;
+        assert_eq!((c.listen.listeners().udp, c.listen.listeners().tcp), (addrs(&["0.0.0.0:3478"]), vec![]));
+    }
+
+    #[test]
+    fn listen_errors_name_the_key() {
+        let e = Config::parse("relay.toml", "[listen]\naddresses = [\"127.0.0.1\"]\n").unwrap_err();
+        assert_eq!((e.file.as_str(), e.line, e.key.as_str()), ("relay.toml", 2, "listen.addresses[0]"), "{e}");
+        // An empty list is a list set: no default then, and nothing left.
+        let c = Config::parse("relay.toml", "[listen]\n\ntcp = []\n").unwrap();
+        let e = c.validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "listen.tcp"), "{e}");
+        assert!(e.message.contains("no listen address"), "{e}");
+        let mut c = Config::parse("relay.toml", "[listen]\ntcp = [\"127.0.0.1:3478\"]\n").unwrap();
+        c.listen.no_tcp = true;
+        let e = c.validate(&["listen.tcp"]).unwrap_err();
+        assert!(e.to_string().starts_with("<command line>: listen.tcp: "), "{e}");
+        // TLS and plain TCP on one port.
+        let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let text = format!("[listen]\naddresses = [\"0.0.0.0:5349\"]\ntls = [\"192.0.2.1:5349\"]\n{tls}");
+        let e = Config::parse("relay.toml", &text).unwrap().validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "listen.tls"), "{e}");
+        let text = format!("[listen]\naddresses = [\"0.0.0.0:3478\"]\ntls = [\"192.0.2.1:5349\"]\n{tls}");
+        assert!(Config::parse("relay.toml", &text).unwrap().validate(&[]).is_ok());
+        let e =
+            Config::parse("relay.toml", "[listen]\ntls = [\"127.0.0.1:5349\"]\n").unwrap().validate(&[]).unwrap_err();
+        assert_eq!(e.key, "listen.tls", "{e}");
     }
 
     #[test]

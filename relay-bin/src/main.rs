@@ -52,17 +52,22 @@ struct Cli {
     /// Length of the --demo load, seconds.
     #[arg(long, default_value_t = 5)]
     demo_seconds: u64,
-    /// UDP listen address (repeatable) [listen.udp].
-    #[arg(long)]
+    /// Listen address for UDP and TCP (repeatable) [listen.addresses]. With
+    /// no listen address at all: UDP and TCP on 0.0.0.0:3478.
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
-    /// TCP listen address (repeatable) [listen.tcp].
-    #[arg(long)]
+    /// Listen address for UDP only (repeatable) [listen.udp].
+    #[arg(long, value_name = "ADDR")]
+    listen_udp: Vec<SocketAddr>,
+    /// Listen address for TCP only (repeatable) [listen.tcp].
+    #[arg(long, value_name = "ADDR")]
     listen_tcp: Vec<SocketAddr>,
-    /// No TCP listener [listen.tcp = []].
+    /// No TCP listener at all, whatever the other listen settings say (TLS
+    /// stays).
     #[arg(long)]
     no_tcp: bool,
     /// TLS listen address (repeatable) [listen.tls].
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     listen_tls: Vec<SocketAddr>,
     /// RFC 5780 second IP: also serve UDP on it and on port P+1 [listen.rfc5780_other].
     #[arg(long, value_name = "IP")]
@@ -199,10 +204,13 @@ impl Cli {
                 }
             };
         }
-        set!("listen.udp", !self.listen.is_empty(), c.listen.udp = self.listen.clone());
-        set!("listen.tcp", !self.listen_tcp.is_empty(), c.listen.tcp = self.listen_tcp.clone());
-        set!("listen.tcp", self.no_tcp, c.listen.tcp.clear());
-        set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = self.listen_tls.clone());
+        // Each listen flag replaces the file's list of its own key; the
+        // file's other lists stay (docs/configuration.md).
+        set!("listen.addresses", !self.listen.is_empty(), c.listen.addresses = Some(self.listen.clone()));
+        set!("listen.udp", !self.listen_udp.is_empty(), c.listen.udp = Some(self.listen_udp.clone()));
+        set!("listen.tcp", !self.listen_tcp.is_empty(), c.listen.tcp = Some(self.listen_tcp.clone()));
+        set!("listen.tcp", self.no_tcp, c.listen.no_tcp = true);
+        set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = Some(self.listen_tls.clone()));
         set!("listen.rfc5780_other", self.rfc5780_other.is_some(), c.listen.rfc5780_other = self.rfc5780_other);
         set!("listen.rfc5780_port", self.rfc5780_port.is_some(), c.listen.rfc5780_port = self.rfc5780_port);
         set!("tls.cert", self.tls_cert.is_some(), c.tls.cert = self.tls_cert.clone());
@@ -501,7 +509,8 @@ fn run(
         n => n,
     };
     let rfc5780 = config.rfc5780(&[]).map_err(|e| e.to_string())?;
-    let mut udp_listen = config.listen.udp.clone();
+    let listeners = config.listen.listeners();
+    let mut udp_listen = listeners.udp;
     if let Some(pair) = &rfc5780 {
         for a in pair.listen_addresses() {
             if !udp_listen.contains(&a) {
@@ -519,8 +528,8 @@ fn run(
             BackendName::Portable => Backend::Portable,
         },
         udp_listen,
-        tcp_listen: config.listen.tcp.clone(),
-        tls_listen: config.listen.tls.clone(),
+        tcp_listen: listeners.tcp,
+        tls_listen: listeners.tls,
         tls: tls_config(config)?,
         relay_ips: relay_addrs.iter().map(|&(bind, advertised)| RelayIp { bind, advertised }).collect(),
         relay_ports: RelayPorts::Range(ports.0, ports.1),
@@ -566,7 +575,13 @@ fn run(
     if let Some(password) = &generated {
         // Printed once so that a first run is usable; never logged.
         println!("turn-relay: no credentials configured; generated user \"turn\" with password \"{password}\"");
-        println!("turn-relay: realm \"{}\", listening on {:?}", config.server.realm, relay.udp_addrs());
+        println!(
+            "turn-relay: realm \"{}\", listening on UDP {:?}, TCP {:?}, TLS {:?}",
+            config.server.realm,
+            relay.udp_addrs(),
+            relay.tcp_addrs(),
+            relay.tls_addrs()
+        );
     }
     let ready = Arc::new(AtomicBool::new(true));
     if config.metrics.enabled {
@@ -630,4 +645,80 @@ fn run(
     relay.stop().map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    /// The listeners of `file` (TOML) with `args` over it, and the keys the
+    /// flags set.
+    fn listen(file: &str, args: &[&str]) -> (config::Listeners, Vec<&'static str>) {
+        let cli = Cli::try_parse_from(std::iter::once("turn-relay").chain(args.iter().copied())).unwrap();
+        let mut c = Config::parse("relay.toml", file).unwrap();
+        let keys = cli.apply(&mut c);
+        c.validate(&keys).unwrap();
+        (c.listen.listeners(), keys)
+    }
+
+    #[test]
+    fn listen_flags_combine() {
+        let (a, b) = ("127.0.0.1:3478", "127.0.0.2:3478");
+        // --listen: UDP and TCP there, and nowhere else.
+        let (l, keys) = listen("", &["--listen", a]);
+        assert_eq!((l.udp, l.tcp, l.tls), (addrs(&[a]), addrs(&[a]), vec![]));
+        assert_eq!(keys, ["listen.addresses"]);
+        let (l, _) = listen("", &["--listen", a, "--listen-udp", b]);
+        assert_eq!((l.udp, l.tcp), (addrs(&[a, b]), addrs(&[a])));
+        let (l, _) = listen("", &["--listen", a, "--listen-tcp", b]);
+        assert_eq!((l.udp, l.tcp), (addrs(&[a]), addrs(&[a, b])));
+        // The old spelling of "UDP and TCP on A" still means that.
+        let (l, _) = listen("", &["--listen", a, "--listen-tcp", a]);
+        assert_eq!((l.udp, l.tcp), (addrs(&[a]), addrs(&[a])));
+        // One transport's flag brings no default listener for another.
+        let (l, _) = listen("", &["--listen-udp", a]);
+        assert_eq!((l.udp, l.tcp), (addrs(&[a]), vec![]));
+        let (l, _) = listen("", &["--listen-tcp", a]);
+        assert_eq!((l.udp, l.tcp), (vec![], addrs(&[a])));
+        // --no-tcp wins over every list; alone it keeps the default UDP.
+        let (l, _) = listen("", &["--listen", a, "--listen-tcp", b, "--no-tcp"]);
+        assert_eq!((l.udp, l.tcp), (addrs(&[a]), vec![]));
+        let (l, _) = listen("", &["--no-tcp"]);
+        assert_eq!((l.udp, l.tcp), (addrs(&["0.0.0.0:3478"]), vec![]));
+        let (l, _) = listen("", &[]);
+        assert_eq!((l.udp, l.tcp), (addrs(&["0.0.0.0:3478"]), addrs(&["0.0.0.0:3478"])));
+    }
+
+    #[test]
+    fn listen_flags_replace_only_their_own_key_of_the_file() {
+        let file = "[listen]\naddresses = [\"10.0.0.1:3478\"]\nudp = [\"10.0.0.2:3478\"]\n";
+        let (l, _) = listen(file, &[]);
+        assert_eq!((l.udp, l.tcp), (addrs(&["10.0.0.1:3478", "10.0.0.2:3478"]), addrs(&["10.0.0.1:3478"])));
+        // --listen replaces `addresses`; the file's `udp` stays.
+        let (l, _) = listen(file, &["--listen", "127.0.0.1:3478"]);
+        assert_eq!((l.udp, l.tcp), (addrs(&["127.0.0.1:3478", "10.0.0.2:3478"]), addrs(&["127.0.0.1:3478"])));
+        // --listen-udp replaces `udp`; the file's `addresses` stay.
+        let (l, _) = listen(file, &["--listen-udp", "127.0.0.1:3478"]);
+        assert_eq!((l.udp, l.tcp), (addrs(&["10.0.0.1:3478", "127.0.0.1:3478"]), addrs(&["10.0.0.1:3478"])));
+        // A file with a TCP list only and a UDP flag: each its own.
+        let (l, _) = listen("[listen]\ntcp = [\"10.0.0.1:443\"]\n", &["--listen-udp", "10.0.0.1:3478"]);
+        assert_eq!((l.udp, l.tcp), (addrs(&["10.0.0.1:3478"]), addrs(&["10.0.0.1:443"])));
+    }
+
+    #[test]
+    fn listen_flag_errors_name_the_flag_or_key() {
+        let e = Cli::try_parse_from(["turn-relay", "--listen-udp", "127.0.0.1"]).unwrap_err().to_string();
+        assert!(e.contains("--listen-udp"), "{e}");
+        let e = Cli::try_parse_from(["turn-relay", "--listen", "nowhere:1"]).unwrap_err().to_string();
+        assert!(e.contains("--listen <ADDR>"), "{e}");
+        let cli = Cli::try_parse_from(["turn-relay", "--listen-tcp", "127.0.0.1:3478", "--no-tcp"]).unwrap();
+        let mut c = Config::default();
+        let keys = cli.apply(&mut c);
+        let e = c.validate(&keys).unwrap_err().to_string();
+        assert!(e.starts_with("<command line>: listen.tcp: "), "{e}");
+    }
 }

@@ -26,10 +26,11 @@ fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A relay port range unlikely to be in use: above the ephemeral range
-/// the kernel hands out by default on Linux, varied by pid.
-fn relay_range() -> String {
-    let lo = 20000 + (std::process::id() % 400) as u16 * 20;
+/// A relay port range unlikely to be in use: below the ephemeral range
+/// the kernel hands out by default on Linux, varied by pid, and one of its
+/// own for each `slot` (tests running at once must not share one).
+fn relay_range(slot: u16) -> String {
+    let lo = 20000 + (std::process::id() % 200) as u16 * 40 + slot * 20;
     format!("{lo}-{}", lo + 15)
 }
 
@@ -53,7 +54,7 @@ impl Relay {
             "--relay-ip".into(),
             "127.0.0.1".into(),
             "--relay-ports".into(),
-            relay_range(),
+            relay_range(0),
             "--realm".into(),
             REALM.into(),
             "--allow-peer".into(),
@@ -65,8 +66,14 @@ impl Relay {
             "--no-pin".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        Relay::spawn(server, metrics, &args)
+    }
+
+    /// Starts turn-relay with exactly `args` (which must serve metrics on
+    /// `metrics`) and waits until it is up.
+    fn spawn(server: SocketAddr, metrics: SocketAddr, args: &[String]) -> Relay {
         let child = Command::new(env!("CARGO_BIN_EXE_turn-relay"))
-            .args(&args)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -336,4 +343,100 @@ fn every_documented_key_has_a_working_flag() {
         }
     }
     assert!(rows >= 30, "only {rows} keys found in docs/configuration.md");
+}
+
+/// The local addresses of `pid`'s sockets, from /proc/net/{udp,tcp}{,6}:
+/// ("udp", address) for every UDP socket, ("tcp", address) for every
+/// listening TCP socket.
+fn sockets_of(pid: u32) -> Vec<(&'static str, SocketAddr)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| Some(l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
+        .collect();
+    let mut out = Vec::new();
+    for (proto, file) in [("udp", "udp"), ("udp", "udp6"), ("tcp", "tcp"), ("tcp", "tcp6")] {
+        let table = std::fs::read_to_string(format!("/proc/net/{file}")).unwrap_or_default();
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || !inodes.iter().any(|i| i == f[9]) || (proto == "tcp" && f[3] != "0A") {
+                continue;
+            }
+            let (ip, port) = f[1].split_once(':').unwrap();
+            // The address as the kernel's 32-bit words, each printed in host order.
+            let bytes: Vec<u8> = (0..ip.len() / 8)
+                .flat_map(|w| u32::from_str_radix(&ip[w * 8..w * 8 + 8], 16).unwrap().to_ne_bytes())
+                .collect();
+            let ip: std::net::IpAddr = match bytes.len() {
+                4 => <[u8; 4]>::try_from(bytes).unwrap().into(),
+                _ => <[u8; 16]>::try_from(bytes).unwrap().into(),
+            };
+            out.push((proto, SocketAddr::new(ip, u16::from_str_radix(port, 16).unwrap())));
+        }
+    }
+    out
+}
+
+/// `--listen 127.0.0.1:P` alone: UDP and TCP on 127.0.0.1:P, and no
+/// socket of the server on a wildcard address (no 0.0.0.0:P nor [::]:P).
+#[test]
+fn listen_serves_udp_and_tcp_on_that_address_only() {
+    // A port free over UDP and TCP on 127.0.0.1 and 127.0.0.2 (bounded tries).
+    let port = (0..50)
+        .map(|_| free_udp_port())
+        .find(|&p| {
+            ["127.0.0.1", "127.0.0.2"]
+                .iter()
+                .all(|ip| std::net::TcpListener::bind((*ip, p)).is_ok() && UdpSocket::bind((*ip, p)).is_ok())
+        })
+        .expect("a port free over UDP and TCP");
+    let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let args = [
+        "--listen",
+        &server.to_string(),
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ports",
+        &relay_range(1),
+        "--user",
+        "alice:secret",
+        "--metrics",
+        &metrics.to_string(),
+        "--shards",
+        "1",
+        "--no-pin",
+    ]
+    .map(str::to_owned);
+    let relay = Relay::spawn(server, metrics, &args);
+
+    let sockets = sockets_of(relay.child.id());
+    let mut on_port: Vec<_> = sockets.iter().filter(|(_, a)| a.port() == port).copied().collect();
+    on_port.sort();
+    assert_eq!(on_port, [("tcp", server), ("udp", server)], "every socket: {sockets:?}");
+    let wildcard: Vec<_> = sockets.iter().filter(|(_, a)| a.ip().is_unspecified()).collect();
+    assert!(wildcard.is_empty(), "sockets on a wildcard address: {wildcard:?}");
+    // Nothing holds the port on another address: ours bind there.
+    let _tcp = std::net::TcpListener::bind(("127.0.0.2", port)).expect("127.0.0.2 TCP is free");
+    let _udp = UdpSocket::bind(("127.0.0.2", port)).expect("127.0.0.2 UDP is free");
+
+    // Both transports answer a Binding.
+    let mut c = Client::new(server, "alice", "secret");
+    assert_eq!(Message::parse(&c.ok(Method::BINDING, &[])).unwrap().class(), Class::Success);
+    let mut s = TcpStream::connect_timeout(&server, TIMEOUT).expect("TCP on the --listen address");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 512];
+    let tid = TransactionId([7; 12]);
+    let b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::BINDING), tid).unwrap();
+    let n = b.finish();
+    s.write_all(&buf[..n]).unwrap();
+    let mut head = [0u8; 20];
+    s.read_exact(&mut head).unwrap();
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut msg = head.to_vec();
+    msg.resize(20 + len, 0);
+    s.read_exact(&mut msg[20..]).unwrap();
+    let m = Message::parse(&msg).unwrap();
+    assert_eq!((m.class(), m.transaction_id()), (Class::Success, tid));
 }

@@ -55,7 +55,7 @@ fn coturn_clients_relay_through_turn_relay() {
     let lo = 21000 + (std::process::id() % 90) as u16 * 100;
     let relay = Killed(
         Command::new(env!("CARGO_BIN_EXE_turn-relay"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--listen-tcp", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--listen-tls", &format!("127.0.0.1:{tls_port}")])
             .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
             .args(["--relay-ip", "127.0.0.1"])
