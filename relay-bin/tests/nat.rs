@@ -18,14 +18,15 @@
 //! Without the privileges to create namespaces (not root, no
 //! CAP_SYS_ADMIN/CAP_NET_ADMIN) each test prints why and skips. Without
 //! `nft` it fails (`apt-get install nftables`, as `.ci/run` does) unless
-//! `TURN_RELAY_SKIP_NETNS=1` says to skip.
+//! `TURN_RELAY_SKIP_NETNS=1` says to skip. In CI (`CI=true`) or with
+//! `TURN_RELAY_REQUIRE_ALL=1` no skip is allowed: each of these fails.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{have, run_bounded};
+use common::{have, run_bounded, skip};
 
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
 const SERVER: &str = "stun:203.0.113.1:3478";
@@ -211,10 +212,8 @@ fn lab(name: &str, route_back: bool, rules: &str) -> Option<Lab> {
     let mut lab = match Lab::build(route_back) {
         Ok(l) => l,
         Err(NoLab::Skip(why)) => {
-            // Written to the stream itself: the test harness captures only
-            // print!/eprint!, and a skip must show even when it passes.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+            // Fails instead in CI (CI=true) or with TURN_RELAY_REQUIRE_ALL=1.
+            skip(name, &why);
             return None;
         }
         Err(NoLab::Fail(why)) => panic!("{name}: {why}"),

@@ -8,6 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::quota::Quotas;
@@ -58,7 +60,7 @@ fn start(backend: Backend, pair: Rfc5780) -> Option<Relay> {
     match Relay::start(&config, make) {
         Ok(r) => Some(r),
         Err(relay_io::StartError::IoUringUnavailable(why)) => {
-            eprintln!("skipping io_uring run: {why}");
+            common::skip_io_uring(&why);
             None
         }
         Err(e) => panic!("start: {e}"),

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::quota::Quotas;
@@ -120,7 +122,7 @@ fn relaying_allocates_nothing() {
         let relay = match Relay::start(&config, make) {
             Ok(r) => r,
             Err(relay_io::StartError::IoUringUnavailable(why)) => {
-                eprintln!("skipping io_uring: {why}");
+                common::skip_io_uring(&why);
                 continue;
             }
             Err(e) => panic!("{e}"),
