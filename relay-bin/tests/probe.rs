@@ -102,7 +102,16 @@ fn turn_relay(port: u16, rfc5780: bool) -> Killed {
     let mut cmd = Command::new(BIN);
     cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--no-tcp", "--relay-ip", "127.0.0.1"])
         .args(["--relay-ports", &format!("{lo}-{}", lo + 40), "--user", "test:pass", "--realm", "example.org"])
-        .args(["--allow-peer", "127.0.0.0/8", "--no-metrics", "--shards", "1", "--no-pin", "--software", "turn-relay"]);
+        .args([
+            "--allow-peer",
+            "127.0.0.3/32",
+            "--no-metrics",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--software",
+            "turn-relay",
+        ]);
     if rfc5780 {
         cmd.args(["--rfc5780-other", "127.0.0.2"]);
     }
@@ -159,8 +168,9 @@ fn probes_against_turn_relay_with_rfc5780() {
     assert_eq!(code, 0);
     assert!(has_line(&text, "NAT type (RFC 3489)", "open internet"), "{text}");
 
-    // The peer on 127.0.0.3: both 127.0.0.1 and 127.0.0.2 are the
-    // server's own addresses, never permitted as peers.
+    // The peer on 127.0.0.3 (the one loopback network --allow-peer
+    // permits): 127.0.0.1 and 127.0.0.2 are the server's own IPs, where
+    // only its relay addresses are peers.
     let turn = format!("turn:127.0.0.1:{p}");
     let (code, j) = probe(&["turn", &turn, "-u", "test", "-w", "pass", "--peer-ip", "127.0.0.3"]);
     assert_eq!(code, 0, "{j}");
@@ -179,7 +189,9 @@ fn probes_against_turn_relay_with_rfc5780() {
     assert_eq!(code, 1, "{j}");
     assert!(field(&j, "error").contains("wrong user name or password"), "{j}");
     let (code, j) = probe(&["turn", &turn, "-u", "test", "-w", "pass"]);
-    assert_eq!(code, 1, "a peer on the server's own address is refused: {j}");
+    // Without --peer-ip the peer is the probe's own 127.0.0.1: one of the
+    // server's IPs, not at a relay port, and no allow entry covers it.
+    assert_eq!(code, 1, "a peer on the server's own IP (not a relay address) is refused: {j}");
     assert!(field(&j, "error").contains("403"), "{j}");
     assert_eq!(field(&j, "released"), "true");
 
