@@ -2,8 +2,8 @@
 //! package `coturn`, installed by `.ci/run`) against `turn-relay` over
 //! loopback. `turnutils_stunclient` for Binding, `turnutils_uclient` over
 //! UDP, TCP (`-t`) and TLS (`-t -S`), with ChannelData (its default) and with
-//! Send/Data indications (`-s`); each run is bounded and must show every
-//! message back and zero loss.
+//! Send/Data indications (`-s`), and client to client (`-y`) over UDP and
+//! TCP; each run is bounded and must show every message back and zero loss.
 //!
 //! Without the tools the test fails, unless `TURN_RELAY_SKIP_INTEROP=1`
 //! says to skip (for machines without coturn); in CI (`CI=true`) or with
@@ -58,6 +58,7 @@ fn coturn_clients_relay_through_turn_relay() {
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let peer_port = free_udp_port("127.0.0.2");
+    // lo..lo+59; the client-to-client test has lo+60..lo+99.
     let lo = 21000 + (std::process::id() % 90) as u16 * 100;
     let relay = Killed(
         Command::new(env!("CARGO_BIN_EXE_turn-relay"))
@@ -67,7 +68,7 @@ fn coturn_clients_relay_through_turn_relay() {
             .args(["--relay-ip", "127.0.0.1"])
             .args([
                 "--relay-ports",
-                &format!("{lo}-{}", lo + 99),
+                &format!("{lo}-{}", lo + 59),
                 "--quarantine",
                 "1",
                 "--user",
@@ -109,23 +110,60 @@ fn coturn_clients_relay_through_turn_relay() {
     ];
     for (mode, extra) in modes {
         let port = if extra.contains(&"-S") { tls_port } else { port };
-        let out = run_bounded(
-            Command::new("turnutils_uclient")
-                .args(extra)
-                .args(["-p", &port.to_string(), "-u", "test", "-w", "pass", "-m", "4", "-n", "100", "-l", "120"])
-                .args(["-z", "2", "-c", "-e", "127.0.0.2", "-r", &peer_port.to_string(), "127.0.0.1"]),
-            Duration::from_secs(30),
-        );
-        let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert_eq!(totals(&log), Some((400, 400)), "{mode}: uclient log:\n{log}");
-        assert!(log.contains("Total lost packets 0 (0.000000%)"), "{mode}: uclient log:\n{log}");
-        // A TURN error response ("error 400 (Bad Request)"). uclient's TLS
-        // probing of protocol versions rustls does not offer (TLS 1.0/1.1)
-        // logs "error:0A000126" lines and then connects with 1.2/1.3.
-        let turn_error =
-            log.lines().any(|l| l.split("error ").skip(1).any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())));
-        assert!(!turn_error, "{mode}: uclient reported a TURN error:\n{log}");
+        let peer = ["-e", "127.0.0.2", "-r", &peer_port.to_string()];
+        uclient_round_trips(mode, &[extra, &peer[..]].concat(), port);
     }
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `turnutils_uclient EXTRA… -p PORT 127.0.0.1` with 4 clients of 100
+/// messages each (bounded): every message must come back, none lost, and
+/// no TURN error answered.
+fn uclient_round_trips(mode: &str, extra: &[&str], port: u16) {
+    let out = run_bounded(
+        Command::new("turnutils_uclient")
+            .args(extra)
+            .args(["-p", &port.to_string(), "-u", "test", "-w", "pass", "-m", "4", "-n", "100", "-l", "120"])
+            .args(["-z", "2", "-c", "127.0.0.1"]),
+        Duration::from_secs(30),
+    );
+    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(totals(&log), Some((400, 400)), "{mode}: uclient log:\n{log}");
+    assert!(log.contains("Total lost packets 0 (0.000000%)"), "{mode}: uclient log:\n{log}");
+    // A TURN error response ("error 400 (Bad Request)"). uclient's TLS
+    // probing of protocol versions rustls does not offer (TLS 1.0/1.1)
+    // logs "error:0A000126" lines and then connects with 1.2/1.3.
+    let turn_error =
+        log.lines().any(|l| l.split("error ").skip(1).any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())));
+    assert!(!turn_error, "{mode}: uclient reported a TURN error:\n{log}");
+}
+
+/// `turnutils_uclient -y`: clients talk to each other through the server,
+/// no peer: each client's peer is another client's relayed address, one of
+/// the server's own relay addresses. That is what two browsers relayed by
+/// one server do, so it works under the default peer policy (no
+/// `--allow-peer`), over UDP and over TCP (`-t`).
+#[test]
+fn coturn_clients_reach_each_other_through_turn_relay() {
+    if !tools_present("coturn_clients_reach_each_other_through_turn_relay") {
+        return;
+    }
+    let port = free_udp_port("127.0.0.1");
+    let lo = 21000 + (std::process::id() % 90) as u16 * 100 + 60;
+    let relay = Killed(
+        Command::new(env!("CARGO_BIN_EXE_turn-relay"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--relay-ip", "127.0.0.1"])
+            .args(["--relay-ports", &format!("{lo}-{}", lo + 39), "--quarantine", "1"])
+            .args(["--user", "test:pass", "--realm", "example.org"])
+            .args(["--no-metrics", "--shards", "1", "--no-pin"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    uclient_round_trips("client to client", &["-y"], port);
+    uclient_round_trips("TCP client to client", &["-y", "-t"], port);
+    drop(relay);
 }
