@@ -142,6 +142,10 @@ pub struct ListenSection {
     pub rfc5780_other: Option<IpAddr>,
     /// RFC 5780: the second port P2; default P1 + 1.
     pub rfc5780_port: Option<u16>,
+    /// Join listeners another process already holds on these addresses
+    /// (SO_REUSEPORT), on purpose: the new process of a zero-downtime
+    /// restart. Without it the data plane refuses to start there.
+    pub handover: bool,
     /// `--no-tcp`: no TCP listener at all, whatever the lists say (TLS
     /// stays). Command line only.
     #[serde(skip)]
@@ -645,6 +649,14 @@ mod tests {
         let e =
             Config::parse("relay.toml", "[listen]\ntls = [\"127.0.0.1:5349\"]\n").unwrap().validate(&[]).unwrap_err();
         assert_eq!(e.key, "listen.tls", "{e}");
+    }
+
+    #[test]
+    fn handover_key() {
+        assert!(!Config::parse("r", "").unwrap().listen.handover);
+        assert!(Config::parse("r", "[listen]\nhandover = true\n").unwrap().listen.handover);
+        let e = Config::parse("r", "[listen]\nhandover = 1\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "listen.handover"), "{e}");
     }
 
     #[test]

@@ -69,6 +69,10 @@ struct Cli {
     /// TLS listen address (repeatable) [listen.tls].
     #[arg(long, value_name = "ADDR")]
     listen_tls: Vec<SocketAddr>,
+    /// Join the listeners another turn-relay holds on these addresses, on
+    /// purpose: the new process of a zero-downtime restart [listen.handover].
+    #[arg(long)]
+    handover: bool,
     /// RFC 5780 second IP: also serve UDP on it and on port P+1 [listen.rfc5780_other].
     #[arg(long, value_name = "IP")]
     rfc5780_other: Option<IpAddr>,
@@ -211,6 +215,7 @@ impl Cli {
         set!("listen.tcp", !self.listen_tcp.is_empty(), c.listen.tcp = Some(self.listen_tcp.clone()));
         set!("listen.tcp", self.no_tcp, c.listen.no_tcp = true);
         set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = Some(self.listen_tls.clone()));
+        set!("listen.handover", self.handover, c.listen.handover = true);
         set!("listen.rfc5780_other", self.rfc5780_other.is_some(), c.listen.rfc5780_other = self.rfc5780_other);
         set!("listen.rfc5780_port", self.rfc5780_port.is_some(), c.listen.rfc5780_port = self.rfc5780_port);
         set!("tls.cert", self.tls_cert.is_some(), c.tls.cert = self.tls_cert.clone());
@@ -539,6 +544,7 @@ fn run(
             max_per_source: config.limits.max_tcp_connections_per_source,
             ..StreamLimits::default()
         },
+        handover: config.listen.handover,
         ..IoConfig::default()
     };
     let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user));
@@ -720,5 +726,16 @@ mod tests {
         let keys = cli.apply(&mut c);
         let e = c.validate(&keys).unwrap_err().to_string();
         assert!(e.starts_with("<command line>: listen.tcp: "), "{e}");
+    }
+
+    #[test]
+    fn handover_flag() {
+        let cli = Cli::try_parse_from(["turn-relay"]).unwrap();
+        let mut c = Config::default();
+        cli.apply(&mut c);
+        assert!(!c.listen.handover);
+        let cli = Cli::try_parse_from(["turn-relay", "--handover"]).unwrap();
+        assert_eq!(cli.apply(&mut c), ["listen.handover"]);
+        assert!(c.listen.handover);
     }
 }

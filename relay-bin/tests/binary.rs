@@ -30,7 +30,8 @@ fn free_tcp_port() -> u16 {
 /// the kernel hands out by default on Linux, varied by pid, and one of its
 /// own for each `slot` (tests running at once must not share one).
 fn relay_range(slot: u16) -> String {
-    let lo = 20000 + (std::process::id() % 200) as u16 * 40 + slot * 20;
+    assert!(slot < 4);
+    let lo = 20000 + (std::process::id() % 150) as u16 * 80 + slot * 20;
     format!("{lo}-{}", lo + 15)
 }
 
@@ -439,4 +440,31 @@ fn listen_serves_udp_and_tcp_on_that_address_only() {
     s.read_exact(&mut msg[20..]).unwrap();
     let m = Message::parse(&msg).unwrap();
     assert_eq!((m.class(), m.transaction_id()), (Class::Success, tid));
+}
+
+/// A second turn-relay on the same listen address refuses to start, naming
+/// --handover; with --handover (its own relay ports and metrics address,
+/// which two processes cannot share) it joins and serves beside the first.
+#[test]
+fn a_second_instance_needs_handover() {
+    let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let args_for = |range: String, metrics: SocketAddr| {
+        ["--listen", &server.to_string(), "--relay-ip", "127.0.0.1", "--relay-ports", &range]
+            .into_iter()
+            .chain(["--user", "alice:secret", "--metrics", &metrics.to_string(), "--shards", "1", "--no-pin"])
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    let m1: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let _first = Relay::spawn(server, m1, &args_for(relay_range(2), m1));
+    let m2: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_turn-relay")).args(args_for(relay_range(3), m2)).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("another process already listens on UDP {server}")), "{err}");
+    assert!(err.contains("--handover"), "{err}");
+    let mut args = args_for(relay_range(3), m2);
+    args.push("--handover".into());
+    let second = Relay::spawn(server, m2, &args);
+    assert_eq!(http_get(second.metrics, "/readyz").unwrap().0, 200);
 }
