@@ -9,7 +9,9 @@
 //!   permissions, channels, auth, quotas and peer policy.
 //! - [`client`]: STUN/TURN client machines for the probe tools: RFC 8489
 //!   transactions, RFC 5780 NAT behaviour discovery, a TURN round trip.
+//! - [`rng`]: the small generator both use for transaction ids.
 
 pub mod client;
+pub mod rng;
 pub mod server;
 pub mod wire;

@@ -711,7 +711,10 @@ fn quotas_per_user_and_in_total() {
     assert_eq!(class(&h.refresh(0)), Class::Success);
     h.move_to("192.0.2.10:40002");
     h.allocate();
-    assert_eq!(h.stats_requests(MethodLabel::Allocate, Outcome::E486), 1);
+    assert_eq!(
+        h.stats_requests(MethodLabel::Allocate, Outcome::Error(relay_core::server::StunError::AllocationQuotaReached)),
+        1
+    );
 }
 
 #[test]
@@ -727,7 +730,10 @@ fn total_quota_and_relay_exhaustion_are_508() {
     h.move_to("192.0.2.10:40001");
     let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
     assert_eq!(error_code(&resp), Some(508));
-    assert_eq!(h.stats_requests(MethodLabel::Allocate, Outcome::E508), 1);
+    assert_eq!(
+        h.stats_requests(MethodLabel::Allocate, Outcome::Error(relay_core::server::StunError::InsufficientCapacity)),
+        1
+    );
 }
 
 #[test]

@@ -14,8 +14,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::wire::TransactionId;
-
 pub mod nat;
 pub mod stun;
 pub mod transaction;
@@ -50,23 +48,5 @@ pub trait Probe {
     fn is_done(&self) -> bool;
 }
 
-/// SplitMix64 for transaction ids (seeded by the caller from the OS).
-#[derive(Clone, Debug)]
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub(crate) fn tid(&mut self) -> TransactionId {
-        let mut t = [0u8; 12];
-        t[..8].copy_from_slice(&self.next().to_le_bytes());
-        t[8..].copy_from_slice(&self.next().to_le_bytes()[..4]);
-        TransactionId(t)
-    }
-}
+/// The generator for transaction ids (seeded by the caller from the OS).
+pub(crate) use crate::rng::SplitMix64 as Rng;

@@ -190,7 +190,7 @@ impl TurnProbe {
             Stage::Echo(i) => {
                 let mut payload = b"turn-relay probe echo ".to_vec();
                 payload.extend_from_slice(&i.to_be_bytes());
-                payload.extend_from_slice(&self.rng.next().to_be_bytes());
+                payload.extend_from_slice(&self.rng.next_u64().to_be_bytes());
                 let mut out = vec![0u8; 4 + payload.len() + 3];
                 let n = channel_data::encode(&mut out, self.config.channel, &payload, false).unwrap_or(0);
                 out.truncate(n);

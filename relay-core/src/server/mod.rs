@@ -14,9 +14,11 @@
 //! - [`policy`]: which peer addresses may be relayed to;
 //! - [`own`]: the server's own addresses (listeners, relay addresses);
 //! - [`quota`]: allocation quotas shared by all shards, bandwidth caps;
-//! - [`stats`]: shard-local counters.
+//! - [`stats`]: shard-local counters;
+//! - [`error`]: the error responses (code, reason phrase, metric label).
 
 pub mod auth;
+pub mod error;
 pub mod own;
 pub mod policy;
 pub mod quota;
@@ -27,6 +29,7 @@ pub mod stats;
 pub mod table;
 pub mod timer;
 
+pub use error::StunError;
 pub use relays::{RelayId, RelayPool};
 pub use rfc5780::{Rfc5780, Rfc5780Error};
 pub use shard::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server, ServerConfig, ServerParts};

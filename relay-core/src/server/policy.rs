@@ -48,6 +48,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::error::StunError;
 use super::own::OwnAddresses;
 
 /// Why a peer address is refused. The server answers 403 (Forbidden).
@@ -70,9 +71,9 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// The STUN error code for a refused peer: 403 (Forbidden, RFC 8656 §18).
-    pub const fn stun_code(self) -> u16 {
-        403
+    /// The error answered for a refused peer: 403 (Forbidden, RFC 8656 §18).
+    pub const fn error(self) -> StunError {
+        StunError::Forbidden
     }
 }
 
@@ -507,8 +508,8 @@ mod tests {
         assert_eq!(p.check(ip("2001:db8::10")), Err(Denied::OwnAddress));
         assert_eq!(p.check(ip("198.51.100.1")), Err(Denied::OwnAddress));
         assert!(p.permits(ip("203.0.113.11")));
-        assert_eq!(Denied::OwnAddress.stun_code(), 403);
-        assert_eq!(Denied::Listener.stun_code(), 403);
+        assert_eq!(Denied::OwnAddress.error().code(), 403);
+        assert_eq!(Denied::Listener.error().code(), 403);
 
         // Relay addresses of the server, bound (private here) and advertised.
         let own = p.own_mut();

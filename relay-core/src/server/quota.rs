@@ -27,12 +27,12 @@ pub enum QuotaError {
 }
 
 impl QuotaError {
-    /// The STUN error code to answer with: 508 (Insufficient Capacity) when
-    /// the server is full, 486 (Allocation Quota Reached) otherwise (RFC 8656 §7.2).
-    pub const fn stun_code(self) -> u16 {
+    /// The error to answer with: 508 (Insufficient Capacity) when the
+    /// server is full, 486 (Allocation Quota Reached) otherwise (RFC 8656 §7.2).
+    pub const fn error(self) -> super::error::StunError {
         match self {
-            QuotaError::TotalReached => 508,
-            QuotaError::UserReached => 486,
+            QuotaError::TotalReached => super::error::StunError::InsufficientCapacity,
+            QuotaError::UserReached => super::error::StunError::AllocationQuotaReached,
         }
     }
 }
@@ -287,8 +287,8 @@ mod tests {
 
     #[test]
     fn error_codes() {
-        assert_eq!(QuotaError::TotalReached.stun_code(), 508);
-        assert_eq!(QuotaError::UserReached.stun_code(), 486);
+        assert_eq!(QuotaError::TotalReached.error().code(), 508);
+        assert_eq!(QuotaError::UserReached.error().code(), 486);
     }
 
     #[test]

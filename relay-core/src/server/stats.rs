@@ -1,6 +1,7 @@
 //! Shard-local counters: plain integers, bumped without atomics or locks.
 //! The I/O layer reads them between batches and exports them (Prometheus).
 
+use super::error::StunError;
 use crate::wire::Method;
 
 macro_rules! labelled {
@@ -55,63 +56,43 @@ impl MethodLabel {
     }
 }
 
-labelled! {
-    /// Request outcomes: success or the error code answered.
-    Outcome {
-        /// A success response.
-        Success = "success",
-        /// 300 Try Alternate.
-        E300 = "300",
-        /// 400 Bad Request.
-        E400 = "400",
-        /// 401 Unauthenticated.
-        E401 = "401",
-        /// 403 Forbidden.
-        E403 = "403",
-        /// 420 Unknown Attribute.
-        E420 = "420",
-        /// 437 Allocation Mismatch.
-        E437 = "437",
-        /// 438 Stale Nonce.
-        E438 = "438",
-        /// 440 Address Family not Supported.
-        E440 = "440",
-        /// 441 Wrong Credentials.
-        E441 = "441",
-        /// 442 Unsupported Transport Protocol.
-        E442 = "442",
-        /// 443 Peer Address Family Mismatch.
-        E443 = "443",
-        /// 486 Allocation Quota Reached.
-        E486 = "486",
-        /// 500 Server Error.
-        E500 = "500",
-        /// 508 Insufficient Capacity.
-        E508 = "508",
-        /// Any other code.
-        Other = "other",
-    }
+/// A request's outcome: a success or one of the errors the server sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A success response.
+    Success,
+    /// An error response.
+    Error(StunError),
 }
 
 impl Outcome {
-    /// The outcome of an error code.
-    pub fn of_code(code: u16) -> Outcome {
-        match code {
-            300 => Outcome::E300,
-            400 => Outcome::E400,
-            401 => Outcome::E401,
-            403 => Outcome::E403,
-            420 => Outcome::E420,
-            437 => Outcome::E437,
-            438 => Outcome::E438,
-            440 => Outcome::E440,
-            441 => Outcome::E441,
-            442 => Outcome::E442,
-            443 => Outcome::E443,
-            486 => Outcome::E486,
-            500 => Outcome::E500,
-            508 => Outcome::E508,
-            _ => Outcome::Other,
+    /// How many outcomes there are.
+    pub const COUNT: usize = 1 + StunError::COUNT;
+    /// Every outcome, in order (success first).
+    pub const ALL: &'static [Outcome] = &{
+        let mut all = [Outcome::Success; Outcome::COUNT];
+        let mut i = 0;
+        while i < StunError::COUNT {
+            all[i + 1] = Outcome::Error(StunError::ALL[i]);
+            i += 1;
+        }
+        all
+    };
+
+    /// The label used in metrics: `success` or the error code.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Error(e) => e.label(),
+        }
+    }
+
+    /// Its index in [`Outcome::ALL`] (and in the counters).
+    #[inline]
+    pub const fn index(self) -> usize {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Error(e) => 1 + e as usize,
         }
     }
 }
@@ -240,7 +221,7 @@ impl Stats {
     /// Counts a request outcome.
     #[inline]
     pub fn request(&mut self, m: MethodLabel, o: Outcome) {
-        self.requests[m as usize][o as usize] += 1;
+        self.requests[m as usize][o.index()] += 1;
     }
 
     /// Counts an authentication failure.
@@ -275,7 +256,7 @@ impl Stats {
 
     /// Requests counted for a method and outcome.
     pub fn requests_of(&self, m: MethodLabel, o: Outcome) -> u64 {
-        self.requests[m as usize][o as usize]
+        self.requests[m as usize][o.index()]
     }
 
     /// Drops counted for a reason.
