@@ -23,6 +23,7 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use relay_core::server::own::OwnAddresses;
 use relay_core::server::{RelayId, Server};
 
+pub mod egress;
 pub mod portable;
 pub mod shard;
 pub mod socket;
@@ -34,7 +35,7 @@ pub mod uring;
 pub use shard::{BackendKind, Control, ShardReport};
 pub use socket::{RelayIp, RelayPorts};
 
-use shard::{ShardState, Sock, SockKind};
+use shard::{ShardState, Sock, SockKind, UdpSockets};
 use sys::EventFd;
 
 /// Descriptors kept free of relay sockets for everything else a process
@@ -273,8 +274,7 @@ impl Relay {
             let state = ShardState {
                 index: k,
                 server,
-                socks,
-                relay_sock,
+                udp: UdpSockets { socks, relay_sock },
                 control: rx,
                 wake: wake.clone(),
                 draining: None,

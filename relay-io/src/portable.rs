@@ -11,9 +11,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use relay_core::server::{Client, ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
+use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
-use crate::shard::{BackendKind, ShardState, SockKind};
+use crate::egress::{Buf, REPLY_LEN, Via};
+use crate::shard::{BackendKind, Datagram, ShardState};
 use crate::sys::{Batch, Epoll, empty_event};
 
 /// Token of the shard's wake-up eventfd.
@@ -25,14 +26,11 @@ const STREAMS: u64 = u64::MAX - 1;
 /// socket cannot starve the others.
 const ROUNDS_PER_WAKE: usize = 8;
 
-/// Largest control response written.
-pub(crate) const REPLY_LEN: usize = 1500;
-
 /// Runs a shard until it is stopped or has drained.
 pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::Result<()> {
     let ep = Epoll::new()?;
     ep.add(st.wake.raw(), WAKE)?;
-    for (i, s) in st.socks.iter().enumerate() {
+    for (i, s) in st.udp.socks.iter().enumerate() {
         ep.add(s.socket.as_raw_fd(), i as u64)?;
     }
     if !st.streams.is_empty() {
@@ -72,14 +70,13 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
 }
 
 fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Instant) {
-    let sock = &st.socks[index];
-    let fd = sock.socket.as_raw_fd();
-    let kind = sock.kind;
-    // Client datagrams land behind the same headroom as peer data, so that
-    // one handed to another allocation of this shard is framed in place.
-    let offset = PEER_HEADROOM;
+    let sock = &st.udp.socks[index];
+    let (fd, kind) = (sock.socket.as_raw_fd(), sock.kind);
     for _ in 0..ROUNDS_PER_WAKE {
-        let n = match batch.recv(fd, offset) {
+        // Client datagrams land behind the same headroom as peer data, so
+        // that one handed to another allocation of this shard is framed in
+        // place.
+        let n = match batch.recv(fd, PEER_HEADROOM) {
             Ok(n) => n,
             Err(_) => return,
         };
@@ -91,44 +88,12 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Insta
                 continue;
             }
             let (slot, reply) = batch.slot_and_reply(i);
-            let packet = PEER_HEADROOM..PEER_HEADROOM + r.len;
-            let action = match kind {
-                SockKind::Listener(local) => {
-                    let client = Client::udp(from, local);
-                    match st.server.handle_client(now, &client, &slot[packet.clone()], reply) {
-                        ClientAction::None => continue,
-                        ClientAction::Reply { len } => {
-                            batch.send_reply(fd, from, i, len);
-                            continue;
-                        }
-                        // RFC 5780: from the listener that owns `local`.
-                        ClientAction::ReplyFrom { local, to, len } => {
-                            if let Some(lfd) = st.listener_fd(local) {
-                                batch.send_reply(lfd, to, i, len);
-                            }
-                            continue;
-                        }
-                        ClientAction::Forward { relay, peer, payload } => {
-                            if let Some(rfd) = st.relay_fd(relay) {
-                                batch.send_slot(rfd, peer, i, packet.start + payload.start..packet.start + payload.end);
-                            }
-                            continue;
-                        }
-                        // Another allocation of this shard: on as peer data.
-                        ClientAction::Deliver { relay, from, payload } => {
-                            let payload = packet.start + payload.start..packet.start + payload.end;
-                            st.server.handle_peer(now, relay, from, slot, payload)
-                        }
-                    }
-                }
-                SockKind::Relay(relay) => st.server.handle_peer(now, relay, from, slot, packet),
-            };
-            if let PeerAction::Forward { client, frame } = action {
-                if client.transport.is_stream() {
-                    st.deliver_stream(client.conn, &slot[frame], now);
-                } else if let Some(lfd) = st.listener_fd(client.local) {
-                    batch.send_slot(lfd, client.remote, i, frame);
-                }
+            let d = Datagram { fd, kind, from, len: r.len };
+            let Some(tx) = st.on_datagram(now, d, slot, reply) else { continue };
+            match (tx.via, tx.buf) {
+                (Via::Udp { fd, dest }, Buf::Reply) => batch.send_reply(fd, dest, i, tx.range.len()),
+                (Via::Udp { fd, dest }, _) => batch.send_slot(fd, dest, i, tx.range),
+                (Via::Stream { conn }, _) => st.deliver_stream(conn, &slot[tx.range], now),
             }
         }
         let (_, failed) = batch.flush();

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use relay_core::server::stats::Stats;
-use relay_core::server::{Event, RelayId, Server};
+use relay_core::server::{Client, Event, PEER_HEADROOM, RelayId, Server};
 
+use crate::egress::{self, Buf, Packet, Transmit, Via};
 use crate::stream::Streams;
 use crate::sys::{self, EventFd};
 
@@ -89,16 +90,51 @@ pub struct Sock {
     pub kind: SockKind,
 }
 
+/// The shard's UDP sockets: client-facing listeners first, then relay
+/// sockets, and which socket each relay id has.
+#[derive(Debug, Default)]
+pub struct UdpSockets {
+    /// Listeners first, then relay sockets.
+    pub socks: Vec<Sock>,
+    /// Socket index of each relay id.
+    pub relay_sock: Vec<usize>,
+}
+
+impl UdpSockets {
+    /// The descriptor of a relay's socket.
+    #[inline]
+    pub fn relay_fd(&self, relay: RelayId) -> Option<RawFd> {
+        self.relay_sock.get(relay.index()).map(|&i| self.socks[i].socket.as_raw_fd())
+    }
+
+    /// The listener for a client's local address.
+    #[inline]
+    pub fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
+        self.socks.iter().find(|s| s.kind == SockKind::Listener(local)).map(|s| s.socket.as_raw_fd())
+    }
+}
+
+/// A datagram that arrived on one of the shard's UDP sockets.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram {
+    /// The socket it arrived on.
+    pub fd: RawFd,
+    /// That socket's role.
+    pub kind: SockKind,
+    /// The sender.
+    pub from: SocketAddr,
+    /// Its length (it lies at [`PEER_HEADROOM`] of its buffer).
+    pub len: usize,
+}
+
 /// A shard's state, shared by both backends.
 pub struct ShardState {
     /// The shard's index.
     pub index: usize,
     /// The sans-IO server.
     pub server: Server,
-    /// Listeners first, then relay sockets.
-    pub socks: Vec<Sock>,
-    /// Socket index of each relay id.
-    pub relay_sock: Vec<usize>,
+    /// Its UDP sockets.
+    pub udp: UdpSockets,
     /// Control messages from other threads.
     pub control: Receiver<Control>,
     /// Wakes the shard when a control message is sent.
@@ -120,16 +156,33 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    /// The descriptor of a relay's socket.
+    /// Datagram `d` arrived into `buf` at [`PEER_HEADROOM`]: the server
+    /// handles it (a client's packet, or a peer's) and [`egress`] says what
+    /// to send, from `buf` or from `reply` (a client's response; unused for
+    /// peer data). Both UDP backends receive through here.
     #[inline]
-    pub fn relay_fd(&self, relay: RelayId) -> Option<RawFd> {
-        self.relay_sock.get(relay.index()).map(|&i| self.socks[i].socket.as_raw_fd())
-    }
-
-    /// The listener for a client's local address.
-    #[inline]
-    pub fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
-        self.socks.iter().find(|s| s.kind == SockKind::Listener(local)).map(|s| s.socket.as_raw_fd())
+    pub fn on_datagram(&mut self, now: Instant, d: Datagram, buf: &mut [u8], reply: &mut [u8]) -> Option<Transmit> {
+        let Datagram { fd, kind, from, len } = d;
+        let packet = PEER_HEADROOM..PEER_HEADROOM + len;
+        match kind {
+            SockKind::Listener(local) => {
+                let client = Client::udp(from, local);
+                let action = self.server.handle_client(now, &client, &buf[packet], reply);
+                let reply_to = Via::Udp { fd, dest: from };
+                egress::client(
+                    &mut self.server,
+                    now,
+                    &self.udp,
+                    reply_to,
+                    action,
+                    Packet::InPlace { buf, at: PEER_HEADROOM },
+                )
+            }
+            SockKind::Relay(relay) => {
+                let action = self.server.handle_peer(now, relay, from, buf, packet);
+                egress::peer(&self.udp, action, Buf::Packet)
+            }
+        }
     }
 
     /// Handles pending control messages.
@@ -168,9 +221,9 @@ impl ShardState {
                 Event::RelayOpened { relay, dont_fragment } => (relay, dont_fragment),
                 Event::RelayReleased { relay } => (relay, false),
             };
-            let Some(&i) = self.relay_sock.get(relay.index()) else { continue };
+            let Some(&i) = self.udp.relay_sock.get(relay.index()) else { continue };
             if self.df[relay.index()] != on {
-                let s = &self.socks[i].socket;
+                let s = &self.udp.socks[i].socket;
                 let v6 = s.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
                 if sys::set_dont_fragment(s.as_raw_fd(), v6, on).is_ok() {
                     self.df[relay.index()] = on;
@@ -181,8 +234,7 @@ impl ShardState {
 
     /// Handles ready stream listeners and connections.
     pub fn process_streams(&mut self, now: Instant) {
-        let ShardState { server, streams, socks, relay_sock, .. } = self;
-        streams.process(now, server, &crate::stream::UdpSockets { socks, relay_sock });
+        self.streams.process(now, &mut self.server, &self.udp);
     }
 
     /// Sends a framed message to a stream client (shed when its queue is full).

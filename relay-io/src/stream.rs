@@ -12,17 +12,19 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_core::server::{Client, ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server, Transport};
+use relay_core::server::{Client, Server, Transport};
 use relay_core::wire::demux::{self, Frame};
 use slab::Slab;
 
-use crate::shard::{Sock, SockKind};
-use crate::sys::{Batch, Epoll, empty_event};
+use crate::egress::{self, Buf, Packet, REPLY_LEN, Transmit, Via};
+use crate::shard::UdpSockets;
+use crate::sys::{self, Batch, Epoll, empty_event};
 
 const LISTENER: u64 = 1 << 40;
 /// Datagrams to peers gathered from client streams before one `sendmmsg`.
@@ -207,48 +209,21 @@ pub struct StreamStats {
     pub send_failures: u64,
 }
 
-/// The shard's UDP sockets, as the stream side needs them: relay sockets
-/// (frames a client sends to peers) and listeners (data handed from a
-/// stream client to a UDP client of another allocation of this shard).
-pub struct UdpSockets<'s> {
-    /// Listeners first, then relay sockets.
-    pub socks: &'s [Sock],
-    /// Socket index of each relay id.
-    pub relay_sock: &'s [usize],
-}
-
-impl UdpSockets<'_> {
-    fn relay(&self, id: u32) -> Option<&UdpSocket> {
-        self.relay_sock.get(id as usize).map(|&i| &self.socks[i].socket)
-    }
-
-    fn listener(&self, local: SocketAddr) -> Option<&UdpSocket> {
-        self.socks.iter().find(|s| s.kind == SockKind::Listener(local)).map(|s| &s.socket)
-    }
-}
-
 /// Gathers a datagram into `batch` (one sendmmsg for a read's frames and
 /// other connections', instead of a sendto each); a large one leaves on
 /// its own, after what is gathered, in order.
-fn send_udp(
-    batch: &mut Batch,
-    len: &mut usize,
-    stats: &mut StreamStats,
-    sock: &UdpSocket,
-    dest: SocketAddr,
-    data: &[u8],
-) {
+fn send_udp(batch: &mut Batch, len: &mut usize, stats: &mut StreamStats, fd: RawFd, dest: SocketAddr, data: &[u8]) {
     if data.len() <= TO_PEER_SLOT {
         let k = *len;
         batch.slot_and_reply(k).1[..data.len()].copy_from_slice(data);
-        batch.send_reply(sock.as_raw_fd(), dest, k, data.len());
+        batch.send_reply(fd, dest, k, data.len());
         *len += 1;
         if *len == TO_PEERS {
             flush_udp(batch, len, stats);
         }
     } else {
         flush_udp(batch, len, stats);
-        if sock.send_to(data, dest).is_err() {
+        if sys::send_to(fd, data, dest).is_err() {
             stats.send_failures += 1;
         }
     }
@@ -312,7 +287,7 @@ impl Streams {
             per_source: HashMap::new(),
             limits,
             events: vec![empty_event(); 128],
-            reply: vec![0u8; 1500],
+            reply: vec![0u8; REPLY_LEN],
             dirty: Vec::with_capacity(64),
             to_peers: Batch::new(TO_PEERS, 0, TO_PEER_SLOT),
             to_peers_len: 0,
@@ -343,7 +318,7 @@ impl Streams {
 
     /// Handles every ready listener and connection, without blocking.
     /// `udp` are the shard's UDP sockets (listeners and relays).
-    pub fn process(&mut self, now: Instant, server: &mut Server, udp: &UdpSockets<'_>) {
+    pub fn process(&mut self, now: Instant, server: &mut Server, udp: &UdpSockets) {
         for _ in 0..8 {
             let n = match self.epoll.wait(&mut self.events, 0) {
                 Ok(n) => n,
@@ -436,7 +411,7 @@ impl Streams {
         }
     }
 
-    fn read(&mut self, id: usize, now: Instant, server: &mut Server, udp: &UdpSockets<'_>) {
+    fn read(&mut self, id: usize, now: Instant, server: &mut Server, udp: &UdpSockets) {
         loop {
             let Some(c) = self.conns.get_mut(id) else { return };
             if c.rlen == c.rbuf.len() {
@@ -470,59 +445,12 @@ impl Streams {
                 match demux::next_frame(&c.rbuf[start..c.rlen]) {
                     Ok(Frame::Stun(n) | Frame::ChannelData(n)) => {
                         let client = c.client;
-                        let action = server.handle_client(now, &client, &c.rbuf[start..start + n], &mut self.reply);
-                        match action {
-                            ClientAction::None => {}
-                            ClientAction::Reply { len } => {
-                                let reply = std::mem::take(&mut self.reply);
-                                self.queue(id, &reply[..len], false, now, server);
-                                self.reply = reply;
-                            }
-                            // Never for a stream client: the server
-                            // answers RFC 5780 address changes over TCP
-                            // with 420 instead.
-                            ClientAction::ReplyFrom { .. } => {}
-                            ClientAction::Forward { relay: r, peer, payload } => match udp.relay(r.0) {
-                                Some(sock) => {
-                                    let data = &self.conns[id].rbuf[start..][payload];
-                                    send_udp(
-                                        &mut self.to_peers,
-                                        &mut self.to_peers_len,
-                                        &mut self.stats,
-                                        sock,
-                                        peer,
-                                        data,
-                                    );
-                                }
-                                None => self.stats.send_failures += 1,
-                            },
-                            // Another allocation of this shard: on as peer
-                            // data, framed behind headroom in a copy.
-                            ClientAction::Deliver { relay: r, from, payload } => {
-                                let mut buf = std::mem::take(&mut self.handover);
-                                buf.resize(PEER_HEADROOM + payload.len() + PEER_TAILROOM + 1, 0);
-                                let data = &self.conns[id].rbuf[start..][payload];
-                                buf[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
-                                let range = PEER_HEADROOM..PEER_HEADROOM + data.len();
-                                match server.handle_peer(now, r, from, &mut buf, range) {
-                                    PeerAction::Forward { client, frame } if client.transport.is_stream() => {
-                                        self.queue(client.conn as usize, &buf[frame], true, now, server);
-                                    }
-                                    PeerAction::Forward { client, frame } => match udp.listener(client.local) {
-                                        Some(sock) => send_udp(
-                                            &mut self.to_peers,
-                                            &mut self.to_peers_len,
-                                            &mut self.stats,
-                                            sock,
-                                            client.remote,
-                                            &buf[frame],
-                                        ),
-                                        None => self.stats.send_failures += 1,
-                                    },
-                                    PeerAction::None => {}
-                                }
-                                self.handover = buf;
-                            }
+                        let frame = &c.rbuf[start..start + n];
+                        let action = server.handle_client(now, &client, frame, &mut self.reply);
+                        let packet = Packet::Framed { frame, handover: &mut self.handover };
+                        let reply_to = Via::Stream { conn: id as u32 };
+                        if let Some(tx) = egress::client(server, now, udp, reply_to, action, packet) {
+                            self.transmit(id, start..start + n, tx, now, server);
                         }
                         start += n;
                     }
@@ -539,6 +467,40 @@ impl Streams {
                         self.stats.garbage += 1;
                         return self.close(id, now, server);
                     }
+                }
+            }
+        }
+    }
+
+    /// Carries out a transmit caused by frame `frame` of connection `id`:
+    /// a datagram (to a peer, or to a UDP client of this shard) gathered
+    /// into the turn's `sendmmsg`, or bytes onto a stream's send queue (a
+    /// response to this client, or data handed to another stream client).
+    fn transmit(&mut self, id: usize, frame: Range<usize>, tx: Transmit, now: Instant, server: &mut Server) {
+        let relayed = tx.is_relayed();
+        match tx.via {
+            Via::Udp { fd, dest } => {
+                let data = match tx.buf {
+                    Buf::Packet => &self.conns[id].rbuf[frame][tx.range],
+                    Buf::Reply => &self.reply[tx.range],
+                    Buf::Handover => &self.handover[tx.range],
+                };
+                send_udp(&mut self.to_peers, &mut self.to_peers_len, &mut self.stats, fd, dest, data);
+            }
+            Via::Stream { conn } => {
+                // Moved out while the queue borrows `self` (no copy, no
+                // allocation), then put back.
+                let (buf, reply) = match tx.buf {
+                    Buf::Reply => (std::mem::take(&mut self.reply), true),
+                    Buf::Handover => (std::mem::take(&mut self.handover), false),
+                    // A stream frame is never sent to a stream as is.
+                    Buf::Packet => return,
+                };
+                self.queue(conn as usize, &buf[tx.range], relayed, now, server);
+                if reply {
+                    self.reply = buf;
+                } else {
+                    self.handover = buf;
                 }
             }
         }

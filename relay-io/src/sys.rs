@@ -81,6 +81,25 @@ fn cvt(r: libc::c_int) -> io::Result<usize> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
+/// Sends one datagram from UDP socket `fd` to `dest` without blocking.
+pub fn send_to(fd: RawFd, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
+    let mut name = zeroed_storage();
+    let name_len = to_sockaddr(&dest, &mut name);
+    // SAFETY: `data` is a live buffer of the length passed, and `name` a
+    // live socket address of `name_len` bytes; both outlive the call.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            (&name as *const libc::sockaddr_storage).cast(),
+            name_len,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
 /// One outgoing datagram of a [`Batch`]: socket, destination and a region of
 /// the batch's memory.
 #[derive(Clone, Copy, Debug)]

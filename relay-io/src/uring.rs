@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
-use relay_core::server::{Client, ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
+use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
-use crate::portable::REPLY_LEN;
-use crate::shard::{BackendKind, ShardState, SockKind};
+use crate::egress::{Buf, REPLY_LEN, Transmit, Via};
+use crate::shard::{BackendKind, Datagram, ShardState, SockKind};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_msghdr, zeroed_storage};
 
 /// Size of `struct io_uring_recvmsg_out`.
@@ -240,8 +240,8 @@ pub fn run(st: &mut ShardState, _batch: usize, max_datagram: usize) -> io::Resul
         bufs,
         sends: Sends::new(usize::from(buffers) + 1024, 1024),
         msg_template,
-        rearm: (0..st.socks.len()).collect(),
-        rearm_now: Vec::with_capacity(st.socks.len()),
+        rearm: (0..st.udp.socks.len()).collect(),
+        rearm_now: Vec::with_capacity(st.udp.socks.len()),
         timer_armed: false,
         timespec: Box::new(Timespec::new()),
     };
@@ -270,7 +270,7 @@ impl Uring {
     }
 
     fn arm_recv(&mut self, st: &ShardState, index: usize) {
-        let fd = st.socks[index].socket.as_raw_fd();
+        let fd = st.udp.socks[index].socket.as_raw_fd();
         let e =
             opcode::RecvMsgMulti::new(Fd(fd), &*self.msg_template, BUF_GROUP).build().user_data(RECV | index as u64);
         self.push(e);
@@ -397,8 +397,8 @@ impl Uring {
             return;
         }
         let len = res as usize;
-        let kind = st.socks[index].kind;
-        let fd = st.socks[index].socket.as_raw_fd();
+        let kind = st.udp.socks[index].kind;
+        let fd = st.udp.socks[index].socket.as_raw_fd();
         let buf = self.bufs.buf(bid);
         let Ok(out) = io_uring::types::RecvMsgOut::parse(&buf[..len], &self.msg_template) else {
             self.bufs.give(bid);
@@ -421,77 +421,62 @@ impl Uring {
             self.bufs.give(bid);
             return;
         };
-        let buf = self.bufs.buf(bid);
-        match kind {
-            SockKind::Listener(local) => {
-                let client = Client::udp(from, local);
-                let Some(reply_idx) = self.sends.free_replies.pop() else {
+        // A client's packet may be answered: it needs a reply buffer (none
+        // free: dropped, as a full socket buffer would).
+        let reply = match kind {
+            SockKind::Listener(_) => match self.sends.free_replies.pop() {
+                Some(r) => Some(r),
+                None => {
                     self.bufs.give(bid);
                     return;
-                };
-                let reply = &mut self.sends.replies[reply_idx * REPLY_LEN..(reply_idx + 1) * REPLY_LEN];
-                let packet = &buf[PEER_HEADROOM..PEER_HEADROOM + payload_len];
-                match st.server.handle_client(now, &client, packet, reply) {
-                    ClientAction::None => {
-                        self.sends.free_replies.push(reply_idx);
-                        self.bufs.give(bid);
-                    }
-                    ClientAction::Reply { len } => {
-                        self.bufs.give(bid);
-                        let off = reply_idx * REPLY_LEN;
-                        self.send(fd, from, SendBuf::Reply(reply_idx), off, len, st);
-                    }
-                    // RFC 5780: from the listener that owns `local`.
-                    ClientAction::ReplyFrom { local, to, len } => {
-                        self.bufs.give(bid);
-                        match st.listener_fd(local) {
-                            Some(lfd) => {
-                                let off = reply_idx * REPLY_LEN;
-                                self.send(lfd, to, SendBuf::Reply(reply_idx), off, len, st);
-                            }
-                            None => self.sends.free_replies.push(reply_idx),
-                        }
-                    }
-                    ClientAction::Forward { relay, peer, payload } => {
-                        self.sends.free_replies.push(reply_idx);
-                        match st.relay_fd(relay) {
-                            Some(rfd) => {
-                                let (start, len) = (PEER_HEADROOM + payload.start, payload.len());
-                                self.send(rfd, peer, SendBuf::Ring(bid), start, len, st);
-                            }
-                            None => self.bufs.give(bid),
-                        }
-                    }
-                    // Another allocation of this shard: on as peer data,
-                    // framed in place in the same buffer.
-                    ClientAction::Deliver { relay, from, payload } => {
-                        self.sends.free_replies.push(reply_idx);
-                        let payload = PEER_HEADROOM + payload.start..PEER_HEADROOM + payload.end;
-                        let action = st.server.handle_peer(now, relay, from, buf, payload);
-                        self.peer_action(st, bid, action, now);
-                    }
                 }
-            }
-            SockKind::Relay(relay) => {
-                let payload = PEER_HEADROOM..PEER_HEADROOM + payload_len;
-                let action = st.server.handle_peer(now, relay, from, buf, payload);
-                self.peer_action(st, bid, action, now);
-            }
-        }
+            },
+            SockKind::Relay(_) => None,
+        };
+        let reply_buf = match reply {
+            Some(r) => &mut self.sends.replies[r * REPLY_LEN..(r + 1) * REPLY_LEN],
+            None => &mut [][..],
+        };
+        let buf = self.bufs.buf(bid);
+        let tx = st.on_datagram(now, Datagram { fd, kind, from, len: payload_len }, buf, reply_buf);
+        self.transmit(st, bid, reply, tx, now);
     }
 
-    /// Carries out what the server made of peer data in buffer `bid`.
-    fn peer_action(&mut self, st: &mut ShardState, bid: u16, action: PeerAction, now: Instant) {
-        match action {
-            PeerAction::Forward { client, frame } if client.transport.is_stream() => {
-                st.deliver_stream(client.conn, &self.bufs.buf(bid)[frame], now);
+    /// Carries out what a datagram in buffer `bid` led to: a SendMsg from
+    /// that buffer (which goes back to the ring when the send completes)
+    /// or from reply buffer `reply`, or a copy onto a stream's send queue;
+    /// the buffers not sent from go back at once.
+    fn transmit(&mut self, st: &mut ShardState, bid: u16, reply: Option<usize>, tx: Option<Transmit>, now: Instant) {
+        let reply_unused = |u: &mut Uring| {
+            if let Some(r) = reply {
+                u.sends.free_replies.push(r);
+            }
+        };
+        let Some(tx) = tx else {
+            reply_unused(self);
+            self.bufs.give(bid);
+            return;
+        };
+        match (tx.via, tx.buf, reply) {
+            (Via::Udp { fd, dest }, Buf::Reply, Some(r)) => {
+                self.bufs.give(bid);
+                self.send(fd, dest, SendBuf::Reply(r), r * REPLY_LEN + tx.range.start, tx.range.len(), st);
+            }
+            (Via::Udp { fd, dest }, Buf::Packet, _) => {
+                reply_unused(self);
+                self.send(fd, dest, SendBuf::Ring(bid), tx.range.start, tx.range.len(), st);
+            }
+            (Via::Stream { conn }, Buf::Packet, _) => {
+                reply_unused(self);
+                st.deliver_stream(conn, &self.bufs.buf(bid)[tx.range], now);
                 self.bufs.give(bid);
             }
-            PeerAction::Forward { client, frame } => match st.listener_fd(client.local) {
-                Some(lfd) => self.send(lfd, client.remote, SendBuf::Ring(bid), frame.start, frame.len(), st),
-                None => self.bufs.give(bid),
-            },
-            PeerAction::None => self.bufs.give(bid),
+            // Not produced for datagrams (replies go to UDP clients; no
+            // hand-over copy is made).
+            _ => {
+                reply_unused(self);
+                self.bufs.give(bid);
+            }
         }
     }
 
