@@ -24,6 +24,7 @@ use relay_core::server::own::OwnAddresses;
 use relay_core::server::{RelayId, Server};
 
 pub mod egress;
+pub mod event_loop;
 pub mod portable;
 pub mod shard;
 pub mod socket;
@@ -78,7 +79,8 @@ pub struct IoConfig {
     pub relay_ips: Vec<RelayIp>,
     /// Relay ports.
     pub relay_ports: RelayPorts,
-    /// Datagrams per receive batch.
+    /// Datagrams per receive batch: per `recvmmsg` on the portable
+    /// backend; on io_uring, completions reaped and handled at a time.
     pub batch: usize,
     /// Largest datagram relayed; larger ones are dropped.
     pub max_datagram: usize,

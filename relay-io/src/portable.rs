@@ -5,15 +5,19 @@
 //! the same as io_uring's in spirit: datagrams land in slots of a batch
 //! allocated once, ChannelData is forwarded from its receive slot, peer
 //! data is framed in place in the headroom in front of it, and the sends of
-//! a batch leave in `sendmmsg` calls.
+//! a batch leave in `sendmmsg` calls. The loop is
+//! [`crate::event_loop::run`]; this backend is its [`Driver`]: an
+//! `epoll_wait`, then `recvmmsg` batches of `IoConfig::batch` datagrams,
+//! each handled through [`ShardState::on_datagram`].
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
 use crate::egress::{Buf, REPLY_LEN, Via};
+use crate::event_loop::{self, Driver, Ready};
 use crate::shard::{BackendKind, Datagram, ShardState};
 use crate::sys::{Batch, Epoll, empty_event};
 
@@ -26,6 +30,15 @@ const STREAMS: u64 = u64::MAX - 1;
 /// socket cannot starve the others.
 const ROUNDS_PER_WAKE: usize = 8;
 
+/// The portable driver: an epoll instance over the shard's sockets, the
+/// wake-up eventfd and the stream epoll, and one receive/send batch.
+struct Portable {
+    ep: Epoll,
+    batch: Batch,
+    events: Vec<libc::epoll_event>,
+    ready: usize,
+}
+
 /// Runs a shard until it is stopped or has drained.
 pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::Result<()> {
     let ep = Epoll::new()?;
@@ -37,38 +50,36 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
         ep.add(st.streams.fd(), STREAMS)?;
     }
     let slot_len = PEER_HEADROOM + max_datagram + PEER_TAILROOM + 1;
-    let mut batch = Batch::new(batch_size, slot_len, REPLY_LEN);
-    let mut events = vec![empty_event(); 256];
-    loop {
-        let now = Instant::now();
-        if st.finished(now) {
-            st.close_streams(now);
-            return Ok(());
-        }
-        let timeout = st.sleep_for(now).as_millis() as i32 + 1;
-        let n = ep.wait(&mut events, timeout)?;
-        let now = Instant::now();
-        for ev in &events[..n] {
-            let token = ev.u64;
-            if token == WAKE {
-                st.wake.drain();
-                st.handle_control(BackendKind::Portable);
-                continue;
+    let batch = Batch::new(batch_size, slot_len, REPLY_LEN);
+    let mut p = Portable { ep, batch, events: vec![empty_event(); 256], ready: 0 };
+    event_loop::run(st, &mut p)
+}
+
+impl Driver for Portable {
+    const KIND: BackendKind = BackendKind::Portable;
+
+    fn wait(&mut self, _st: &mut ShardState, timeout: Duration) -> io::Result<()> {
+        // Rounded up, so that a timer due in under a millisecond is not
+        // polled for in a busy loop.
+        self.ready = self.ep.wait(&mut self.events, timeout.as_millis() as i32 + 1)?;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, st: &mut ShardState, now: Instant) -> Ready {
+        let mut ready = Ready::default();
+        for k in 0..self.ready {
+            match self.events[k].u64 {
+                WAKE => ready.control = true,
+                STREAMS => ready.streams = true,
+                token => drain_socket(st, token as usize, &mut self.batch, now),
             }
-            if token == STREAMS {
-                st.process_streams(now);
-                continue;
-            }
-            drain_socket(st, token as usize, &mut batch, now);
         }
-        if st.server.next_timeout().is_some_and(|t| t <= now) {
-            st.server.handle_timeout(now);
-        }
-        st.housekeeping(now);
-        st.apply_events();
+        ready
     }
 }
 
+/// Receives from a ready socket in batches (at most [`ROUNDS_PER_WAKE`]) and
+/// sends what each batch leads to in `sendmmsg` calls.
 fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Instant) {
     let sock = &st.udp.socks[index];
     let (fd, kind) = (sock.socket.as_raw_fd(), sock.kind);

@@ -11,10 +11,14 @@
 //! - Client → peer ChannelData is sent straight from its receive buffer at
 //!   offset 4; peer → client leaves from the same buffer it arrived in. A
 //!   buffer goes back to the ring when its send completes.
-//! - Completions are drained in batches; the sends they cause are queued as
-//!   SQEs and submitted with one `io_uring_enter` per loop turn; the
-//!   server's timers run off a Timeout SQE; other threads wake the shard
-//!   through an eventfd the ring polls.
+//! - The loop is [`crate::event_loop::run`]; this backend is its
+//!   [`Driver`]. The completions there are at the start of a turn are
+//!   taken off the queue `IoConfig::batch` at a time (the loop's scratch
+//!   holds one batch, so no burst makes it grow) and handled through
+//!   [`ShardState::on_datagram`]; the sends they cause are queued as SQEs
+//!   and submitted with one `io_uring_enter` per loop turn; the server's
+//!   timers run off a Timeout SQE; other threads wake the shard through an
+//!   eventfd the ring polls.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -26,6 +30,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
 use crate::egress::{Buf, REPLY_LEN, Transmit, Via};
+use crate::event_loop::{self, Driver, Ready};
 use crate::shard::{BackendKind, Datagram, ShardState, SockKind};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_msghdr, zeroed_storage};
 
@@ -224,10 +229,13 @@ struct Uring {
     rearm_now: Vec<usize>,
     timer_armed: bool,
     timespec: Box<Timespec>,
+    /// Completions taken off the queue, one batch at a time
+    /// (`IoConfig::batch`): (user data, result, flags).
+    cqes: Vec<(u64, i32, u32)>,
 }
 
 /// Runs a shard on io_uring until it is stopped or has drained.
-pub fn run(st: &mut ShardState, _batch: usize, max_datagram: usize) -> io::Result<()> {
+pub fn run(st: &mut ShardState, batch: usize, max_datagram: usize) -> io::Result<()> {
     let buf_len = PEER_HEADROOM + max_datagram + PEER_TAILROOM + 1;
     let buffers: u16 = 4096;
     let ring = build_ring(4096)?;
@@ -244,16 +252,81 @@ pub fn run(st: &mut ShardState, _batch: usize, max_datagram: usize) -> io::Resul
         rearm_now: Vec::with_capacity(st.udp.socks.len()),
         timer_armed: false,
         timespec: Box::new(Timespec::new()),
+        cqes: Vec::with_capacity(batch.max(1)),
     };
     for bid in 0..buffers {
         u.bufs.give(bid);
     }
-    let result = u.event_loop(st);
+    u.arm_wake(st);
+    if !st.streams.is_empty() {
+        u.arm_streams(st);
+    }
+    let result = event_loop::run(st, &mut u);
     // The ring goes first (its Drop waits for nothing but closes the
     // kernel's view of the buffers), then the buffers.
     drop(u.ring);
     drop(u.bufs);
     result
+}
+
+impl Driver for Uring {
+    const KIND: BackendKind = BackendKind::IoUring;
+
+    /// Re-arms the receives that ended and the timer, then submits what the
+    /// last turn queued and waits, in one `io_uring_enter`.
+    fn wait(&mut self, st: &mut ShardState, timeout: Duration) -> io::Result<()> {
+        std::mem::swap(&mut self.rearm, &mut self.rearm_now);
+        for k in 0..self.rearm_now.len() {
+            let i = self.rearm_now[k];
+            self.arm_recv(st, i);
+        }
+        self.rearm_now.clear();
+        if !self.timer_armed {
+            self.arm_timer(timeout.max(Duration::from_millis(1)));
+        }
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handles the completions there are now, a batch at a time; the sends
+    /// they cause are queued for the next turn's submit.
+    fn dispatch(&mut self, st: &mut ShardState, now: Instant) -> Ready {
+        let mut ready = Ready::default();
+        // Those there now: any that arrive meanwhile wait for the next turn.
+        let mut left = self.ring.completion().len();
+        while left > 0 && self.reap(left) > 0 {
+            left -= self.cqes.len();
+            for k in 0..self.cqes.len() {
+                let (data, res, flags) = self.cqes[k];
+                match data & KIND {
+                    RECV => self.on_recv(st, (data & !KIND) as usize, res, flags, now),
+                    SEND => self.on_send((data & !KIND) as u32, res, st),
+                    WAKE => {
+                        ready.control = true;
+                        if !cqueue::more(flags) {
+                            self.arm_wake(st);
+                        }
+                    }
+                    TIMER => self.timer_armed = false,
+                    STREAMS => {
+                        ready.streams = true;
+                        if !cqueue::more(flags) {
+                            self.arm_streams(st);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ready
+    }
+
+    fn finish(&mut self, st: &mut ShardState) {
+        self.flush_sends(st);
+    }
 }
 
 impl Uring {
@@ -293,65 +366,6 @@ impl Uring {
         self.timer_armed = true;
     }
 
-    fn event_loop(&mut self, st: &mut ShardState) -> io::Result<()> {
-        self.arm_wake(st);
-        if !st.streams.is_empty() {
-            self.arm_streams(st);
-        }
-        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(4096);
-        loop {
-            let now = Instant::now();
-            if st.finished(now) {
-                self.flush_sends(st);
-                st.close_streams(now);
-                return Ok(());
-            }
-            std::mem::swap(&mut self.rearm, &mut self.rearm_now);
-            for k in 0..self.rearm_now.len() {
-                let i = self.rearm_now[k];
-                self.arm_recv(st, i);
-            }
-            self.rearm_now.clear();
-            if !self.timer_armed {
-                self.arm_timer(st.sleep_for(now).max(Duration::from_millis(1)));
-            }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-                Err(e) => return Err(e),
-            }
-            cqes.clear();
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
-            let now = Instant::now();
-            for &(data, res, flags) in &cqes {
-                match data & KIND {
-                    RECV => self.on_recv(st, (data & !KIND) as usize, res, flags, now),
-                    SEND => self.on_send((data & !KIND) as u32, res, st),
-                    WAKE => {
-                        st.wake.drain();
-                        st.handle_control(BackendKind::IoUring);
-                        if !cqueue::more(flags) {
-                            self.arm_wake(st);
-                        }
-                    }
-                    TIMER => self.timer_armed = false,
-                    STREAMS => {
-                        st.process_streams(now);
-                        if !cqueue::more(flags) {
-                            self.arm_streams(st);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if st.server.next_timeout().is_some_and(|t| t <= now) {
-                st.server.handle_timeout(now);
-            }
-            st.housekeeping(now);
-            st.apply_events();
-        }
-    }
-
     /// Before exiting: lets queued sends (the last responses) complete,
     /// waiting at most 100 ms.
     fn flush_sends(&mut self, st: &mut ShardState) {
@@ -360,13 +374,24 @@ impl Uring {
             let ts = Timespec::new().nsec(10_000_000);
             let args = io_uring::types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
-            let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-            for (data, res) in done {
-                if data & KIND == SEND {
-                    self.on_send((data & !KIND) as u32, res, st);
+            while self.reap(usize::MAX) > 0 {
+                for k in 0..self.cqes.len() {
+                    let (data, res, _) = self.cqes[k];
+                    if data & KIND == SEND {
+                        self.on_send((data & !KIND) as u32, res, st);
+                    }
                 }
             }
         }
+    }
+
+    /// Takes up to one batch (and at most `max`) of completions off the
+    /// queue into `cqes`; returns how many.
+    fn reap(&mut self, max: usize) -> usize {
+        self.cqes.clear();
+        let n = max.min(self.cqes.capacity());
+        self.cqes.extend(self.ring.completion().take(n).map(|c| (c.user_data(), c.result(), c.flags())));
+        self.cqes.len()
     }
 
     fn on_send(&mut self, slot: u32, res: i32, st: &mut ShardState) {
