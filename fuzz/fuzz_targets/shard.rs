@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use relay_core::server::auth::{Credentials, NonceIssuer};
-use relay_core::server::policy::PeerPolicy;
 use relay_core::server::quota::Quotas;
 use relay_core::server::{
     Client, ClientAction, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts, Transport,
@@ -72,13 +71,10 @@ fuzz_target!(|data: &[u8]| {
         bandwidth_limit: if data.first() == Some(&0xff) { 500 } else { 0 },
         ..ServerConfig::default()
     };
-    let parts = ServerParts {
-        config,
-        credentials,
-        nonces: NonceIssuer::new([5; 32], 600),
-        policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(4, 2)),
-    };
+    let parts = ServerParts::new(credentials)
+        .with_config(config)
+        .with_nonces(NonceIssuer::new([5; 32], 600))
+        .with_quotas(Arc::new(Quotas::new(4, 2)));
     let mut server = Server::new(parts, t0, 1_800_000_000, 3);
     for port in 50000..50004 {
         server.add_relay(SocketAddr::from(([203, 0, 113, 1], port)));

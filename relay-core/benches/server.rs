@@ -16,13 +16,10 @@
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use relay_core::server::auth::{Credentials, NonceIssuer};
-use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
 use relay_core::server::{Client, ClientAction, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts};
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
@@ -75,13 +72,7 @@ fn populated() -> (Server, Instant, isize) {
     // Every client of the benchmark shares two source addresses: no
     // reflection budget.
     let config = ServerConfig { sha256: false, unauthenticated_rate: 0, ..ServerConfig::default() };
-    let parts = ServerParts {
-        config,
-        credentials,
-        nonces: NonceIssuer::new([1; 32], 3600),
-        policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(0, 0)),
-    };
+    let parts = ServerParts::new(credentials).with_config(config).with_nonces(NonceIssuer::new([1; 32], 3600));
     let mut server = Server::new(parts, now, 1_800_000_000, 1);
     for i in 0..n() {
         let ip = Ipv4Addr::from(0xCB00_7100 + i / 60_000);

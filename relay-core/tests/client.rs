@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::client::nat::{Behavior, ClassicNat, NatDiscovery, NatReport, Outcome, Test};
@@ -15,7 +14,6 @@ use relay_core::client::turn::{TurnProbe, TurnProbeConfig, TurnReport};
 use relay_core::client::{Probe, RetransmitPolicy};
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
 use relay_core::server::{
     Client, ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts,
 };
@@ -32,13 +30,10 @@ fn addr(s: &str) -> SocketAddr {
 fn server(rfc5780: bool, policy: PeerPolicy) -> Server {
     let mut credentials = Credentials::new("example.org");
     credentials.add_user("alice", "wonderland").unwrap();
-    let parts = ServerParts {
-        config: ServerConfig { software: Some("sim".into()), ..ServerConfig::default() },
-        credentials,
-        nonces: NonceIssuer::new([2; 32], 600),
-        policy,
-        quotas: Arc::new(Quotas::new(0, 0)),
-    };
+    let parts = ServerParts::new(credentials)
+        .with_config(ServerConfig { software: Some("sim".into()), ..ServerConfig::default() })
+        .with_nonces(NonceIssuer::new([2; 32], 600))
+        .with_policy(policy);
     let mut s = Server::new(parts, Instant::now(), 1_800_000_000, 9);
     if rfc5780 {
         s.set_rfc5780(addr(A1P1), addr(A2P2)).unwrap();

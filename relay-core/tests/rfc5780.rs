@@ -4,12 +4,9 @@
 //! without an alternate address (or a TCP client) gets.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
-use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
 use relay_core::server::stats::{MethodLabel, Outcome};
 use relay_core::server::{Client, ClientAction, Rfc5780Error, Server, ServerConfig, ServerParts, Transport};
 use relay_core::wire::attr::ChangeRequest;
@@ -26,13 +23,9 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn server(rfc5780: bool) -> Server {
-    let parts = ServerParts {
-        config: ServerConfig { software: Some("rfc5780 test".into()), ..ServerConfig::default() },
-        credentials: Credentials::new("example.org"),
-        nonces: NonceIssuer::new([1; 32], 600),
-        policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(0, 0)),
-    };
+    let parts = ServerParts::new(Credentials::new("example.org"))
+        .with_config(ServerConfig { software: Some("rfc5780 test".into()), ..ServerConfig::default() })
+        .with_nonces(NonceIssuer::new([1; 32], 600));
     let mut s = Server::new(parts, Instant::now(), 1_800_000_000, 5);
     if rfc5780 {
         s.set_rfc5780(addr(A1P1), addr(A2P2)).unwrap();

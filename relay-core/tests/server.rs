@@ -73,13 +73,11 @@ impl H {
         credentials.add_user("bob", "builder").unwrap();
         credentials.add_rest_secret(b"rest-secret");
         let t0 = Instant::now();
-        let parts = ServerParts {
-            config: s.config,
-            credentials,
-            nonces: NonceIssuer::new([7; 32], 600),
-            policy: s.policy,
-            quotas: Arc::new(s.quotas),
-        };
+        let parts = ServerParts::new(credentials)
+            .with_config(s.config)
+            .with_nonces(NonceIssuer::new([7; 32], 600))
+            .with_policy(s.policy)
+            .with_quotas(Arc::new(s.quotas));
         let mut server = Server::new(parts, t0, UNIX_T0, 42);
         for r in s.relays {
             server.add_relay(addr(r));

@@ -107,6 +107,100 @@ pub struct ServerParts {
     pub quotas: Arc<Quotas>,
 }
 
+impl ServerParts {
+    /// The nonce lifetime of [`ServerParts::new`], seconds (turn-relay's
+    /// `auth.nonce_lifetime` default).
+    pub const NONCE_LIFETIME_SECS: u64 = 600;
+
+    /// Parts for a server that authenticates with `credentials` (which
+    /// carry the realm), every other piece at its default:
+    ///
+    /// - `config`: [`ServerConfig::default`];
+    /// - `nonces`: stale [`NONCE_LIFETIME_SECS`](Self::NONCE_LIFETIME_SECS)
+    ///   after issue, keyed with a secret drawn once per process (below);
+    /// - `policy`: [`PeerPolicy::new`], the default deny list only;
+    /// - `quotas`: none ([`Quotas::new(0, 0)`](Quotas::new)), fresh for
+    ///   these parts.
+    ///
+    /// The `with_` methods replace any of them; name only what differs:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use relay_core::server::auth::Credentials;
+    /// use relay_core::server::quota::Quotas;
+    /// use relay_core::server::{ServerConfig, ServerParts};
+    ///
+    /// let mut credentials = Credentials::new("example.org");
+    /// credentials.add_user("alice", "secret").unwrap();
+    /// let quotas = Arc::new(Quotas::new(1000, 10)); // shared by the shards
+    /// let parts = ServerParts::new(credentials)
+    ///     .with_config(ServerConfig { software: Some("relay".into()), ..ServerConfig::default() })
+    ///     .with_quotas(quotas.clone());
+    /// assert_eq!(parts.nonces.lifetime_secs(), ServerParts::NONCE_LIFETIME_SECS);
+    /// ```
+    ///
+    /// The default nonce secret is derived from the random keys std seeds
+    /// its `HashMap`s with (128 bits from the operating system), once per
+    /// process, so that the shards of one process accept each other's
+    /// nonces; it is never written anywhere. That is enough for tests,
+    /// tools and a single relay process. Where other processes must accept
+    /// the nonces (a cluster, a restart that hands over its listeners), or
+    /// a test wants nonces it can replay, pass the secret with
+    /// [`with_nonces`](Self::with_nonces).
+    pub fn new(credentials: Credentials) -> Self {
+        ServerParts {
+            config: ServerConfig::default(),
+            credentials,
+            nonces: NonceIssuer::new(Self::process_nonce_secret(), Self::NONCE_LIFETIME_SECS),
+            policy: PeerPolicy::new(),
+            quotas: Arc::new(Quotas::new(0, 0)),
+        }
+    }
+
+    /// These parts with `config` instead.
+    #[must_use]
+    pub fn with_config(self, config: ServerConfig) -> Self {
+        ServerParts { config, ..self }
+    }
+
+    /// These parts with `nonces` instead (its own secret and lifetime).
+    #[must_use]
+    pub fn with_nonces(self, nonces: NonceIssuer) -> Self {
+        ServerParts { nonces, ..self }
+    }
+
+    /// These parts with `policy` instead.
+    #[must_use]
+    pub fn with_policy(self, policy: PeerPolicy) -> Self {
+        ServerParts { policy, ..self }
+    }
+
+    /// These parts with `quotas` instead: pass one `Arc` to every shard's
+    /// parts for limits that hold across the shards.
+    #[must_use]
+    pub fn with_quotas(self, quotas: Arc<Quotas>) -> Self {
+        ServerParts { quotas, ..self }
+    }
+
+    /// The default nonce secret of [`ServerParts::new`]: 32 bytes of SipHash
+    /// output under std's randomly seeded hash keys, drawn once per process.
+    fn process_nonce_secret() -> [u8; 32] {
+        use std::hash::{BuildHasher, Hasher};
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        *SECRET.get_or_init(|| {
+            let keys = std::collections::hash_map::RandomState::new();
+            let mut secret = [0u8; 32];
+            for (i, chunk) in secret.chunks_exact_mut(8).enumerate() {
+                let mut h = keys.build_hasher();
+                h.write(b"relay-core nonce secret");
+                h.write_usize(i);
+                chunk.copy_from_slice(&h.finish().to_le_bytes());
+            }
+            secret
+        })
+    }
+}
+
 /// One shard's TURN/STUN server.
 #[derive(Debug)]
 pub struct Server {
