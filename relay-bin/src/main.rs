@@ -9,7 +9,7 @@ mod metrics;
 mod probe;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -308,12 +308,7 @@ fn credentials(c: &Config) -> Result<(Credentials, Option<String>), ConfigError>
         })?;
     }
     if let Some(path) = &c.auth.user_file {
-        creds.load_user_file(path).map_err(|e| ConfigError {
-            file: e.file,
-            line: e.line,
-            key: e.key,
-            message: e.message,
-        })?;
+        load_user_file(&mut creds, path)?;
     }
     for s in &c.auth.rest_secrets {
         creds.add_rest_secret(s.as_bytes());
@@ -331,6 +326,26 @@ fn credentials(c: &Config) -> Result<(Credentials, Option<String>), ConfigError>
         generated = Some(password);
     }
     Ok((creds, generated))
+}
+
+/// Reads the coturn-style user file at `path` into `creds` (relay-core
+/// parses the text: [`Credentials::parse_user_file`]); returns how many
+/// users it held. Errors name the file, and the line and user where the
+/// text is wrong (line 0: the file could not be read).
+fn load_user_file(creds: &mut Credentials, path: &Path) -> Result<usize, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 0,
+        key: String::new(),
+        message: e.to_string(),
+    })?;
+    creds.parse_user_file(&file, &text).map_err(|e| ConfigError {
+        file: e.file,
+        line: e.line,
+        key: e.key,
+        message: e.message,
+    })
 }
 
 /// Re-reads the configuration for a SIGHUP: credentials and certificate.
@@ -726,6 +741,27 @@ mod tests {
         let keys = cli.apply(&mut c);
         let e = c.validate(&keys).unwrap_err().to_string();
         assert!(e.starts_with("<command line>: listen.tcp: "), "{e}");
+    }
+
+    #[test]
+    fn user_file_is_read_here_and_parsed_by_relay_core() {
+        let path = std::env::temp_dir().join(format!("turn-relay-users-{}.conf", std::process::id()));
+        std::fs::write(&path, "alice:secret\nbob:0x8493fbc53ba582fb4c044c456bdc40eb\n").unwrap();
+        let mut c = Credentials::new("realm");
+        let loaded = load_user_file(&mut c, &path);
+        std::fs::write(&path, "carol:pw\n\nno colon\n").unwrap();
+        let bad = load_user_file(&mut Credentials::new("realm"), &path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.unwrap(), 2);
+        assert!(c.has_user("alice") && c.has_user("bob"));
+        // A wrong line: the file, the line number, nothing added.
+        let e = bad.unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), (path.display().to_string().as_str(), 3), "{e}");
+        assert!(e.to_string().starts_with(&format!("{}:3: expected", path.display())), "{e}");
+        // A file that cannot be read: its name, line 0.
+        let e = load_user_file(&mut c, &path).unwrap_err();
+        assert_eq!((e.file, e.line), (path.display().to_string(), 0));
+        assert_eq!(c.user_count(), 2);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -45,7 +44,7 @@ impl UserKeys {
 pub struct UserFileError {
     /// The file (or source name) read.
     pub file: String,
-    /// The 1-based line number; 0 when the file could not be read.
+    /// The 1-based line number.
     pub line: usize,
     /// The user name on the line; empty when the line has none.
     pub key: String,
@@ -194,20 +193,9 @@ impl Credentials {
         self.users.len()
     }
 
-    /// Reads a user file (see [`parse_user_file`](Credentials::parse_user_file)).
-    pub fn load_user_file(&mut self, path: &Path) -> Result<usize, UserFileError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| UserFileError {
-            file: name.clone(),
-            line: 0,
-            key: String::new(),
-            message: e.to_string(),
-        })?;
-        self.parse_user_file(&name, &text)
-    }
-
-    /// Adds the users of a coturn-style user file, named `source_name` in
-    /// errors; returns how many lines held a user.
+    /// Adds the users of a coturn-style user file, given as its text (the
+    /// caller reads the file: nothing here touches the file system), named
+    /// `source_name` in errors; returns how many lines held a user.
     ///
     /// Each line is `user:password` or `user:0x<32 hex digits>` (the MD5 key
     /// of `user:realm:password`); blank lines and lines starting with `#`
@@ -629,21 +617,6 @@ mod tests {
             assert!(!e.to_string().contains("bell") && !e.to_string().contains("pw"), "no password in {e}");
             assert_eq!(c.user_count(), 0, "a bad file adds nobody");
         }
-    }
-
-    #[test]
-    fn load_user_file_from_disk() {
-        let path = std::env::temp_dir().join(format!("relay-core-users-{}.conf", std::process::id()));
-        std::fs::write(&path, "alice:secret\nbob:0x8493fbc53ba582fb4c044c456bdc40eb\n").unwrap();
-        let mut c = Credentials::new(REALM);
-        let loaded = c.load_user_file(&path);
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(loaded.unwrap(), 2);
-        assert!(c.has_user("alice") && c.has_user("bob"));
-
-        let e = c.load_user_file(&path).unwrap_err();
-        assert_eq!(e.line, 0);
-        assert_eq!(e.file, path.display().to_string());
     }
 
     #[test]
