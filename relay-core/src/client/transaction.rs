@@ -8,6 +8,10 @@
 //! transaction failed. With RTO = 500 ms the requests leave at 0, 500,
 //! 1500, 3500, 7500, 15500 and 31500 ms and the transaction fails at
 //! 39.5 s.
+//!
+//! Over a reliable transport (TCP, TLS) a request is sent once and the
+//! transaction fails after Ti, the same 39.5 s by default (RFC 8489
+//! §6.2.2): [`Transaction::reliable`].
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +70,8 @@ impl RetransmitPolicy {
 pub struct Transaction {
     tid: TransactionId,
     policy: RetransmitPolicy,
+    /// Sent once, failed after Ti (a reliable transport).
+    reliable: bool,
     started: Instant,
     sent: u32,
     last_sent: Option<Instant>,
@@ -74,9 +80,21 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// A transaction whose first request is due at `now`.
+    /// A transaction over UDP whose first request is due at `now`.
     pub fn new(tid: TransactionId, policy: RetransmitPolicy, now: Instant) -> Transaction {
-        Transaction { tid, policy, started: now, sent: 0, last_sent: None, next: now }
+        Transaction { tid, policy, reliable: false, started: now, sent: 0, last_sent: None, next: now }
+    }
+
+    /// A transaction over a reliable transport (TCP, TLS): one request,
+    /// due at `now`, and no answer within Ti = [`RetransmitPolicy::timeout`]
+    /// fails it (RFC 8489 §6.2.2).
+    pub fn reliable(tid: TransactionId, policy: RetransmitPolicy, now: Instant) -> Transaction {
+        Transaction { reliable: true, ..Transaction::new(tid, policy, now) }
+    }
+
+    /// Requests to send in all.
+    fn limit(&self) -> u32 {
+        if self.reliable { 1 } else { self.policy.rc.max(1) }
     }
 
     /// The transaction id.
@@ -86,10 +104,10 @@ impl Transaction {
 
     /// True when the request is to be (re)sent now; counts the send.
     pub fn poll_transmit(&mut self, now: Instant) -> bool {
-        if self.sent >= self.policy.rc.max(1) || now < self.next {
+        if self.sent >= self.limit() || now < self.next {
             return false;
         }
-        self.next = now + self.policy.interval_after(self.sent);
+        self.next = now + if self.reliable { self.policy.timeout() } else { self.policy.interval_after(self.sent) };
         self.sent += 1;
         self.last_sent = Some(now);
         true
@@ -101,9 +119,9 @@ impl Transaction {
     }
 
     /// True once every request is out and Rm × RTO has passed since the
-    /// last without an answer.
+    /// last without an answer (reliable: Ti since the one request).
     pub fn is_timed_out(&self, now: Instant) -> bool {
-        self.sent >= self.policy.rc.max(1) && now >= self.next
+        self.sent >= self.limit() && now >= self.next
     }
 
     /// Requests sent so far.
@@ -155,5 +173,18 @@ mod tests {
         assert!(!t.is_timed_out(t0 + Duration::from_millis(699)));
         assert!(t.is_timed_out(t0 + Duration::from_millis(700)));
         assert_eq!(p.timeout(), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn a_reliable_transaction_sends_once_and_waits_ti() {
+        let t0 = Instant::now();
+        let p = RetransmitPolicy::default();
+        let mut t = Transaction::reliable(TransactionId([2; 12]), p, t0);
+        assert!(t.poll_transmit(t0));
+        assert_eq!(t.poll_timeout(), t0 + Duration::from_millis(39_500));
+        assert!(!t.poll_transmit(t0 + Duration::from_secs(20)), "nothing is retransmitted");
+        assert!(!t.is_timed_out(t0 + Duration::from_millis(39_499)));
+        assert!(t.is_timed_out(t0 + Duration::from_millis(39_500)));
+        assert_eq!(t.transmissions(), 1);
     }
 }
