@@ -5,7 +5,7 @@
 //! allocation is then refreshed to 0. Reports allocations per second,
 //! success rate, Allocate latency percentiles (first request to success,
 //! challenge included) and, with the server's pid, CPU time and memory per
-//! allocation. One thread drives every client through [`ClientCore`] on
+//! allocation. One thread drives every client through [`TurnSession`] on
 //! epoll; every wait is bounded by the RFC 8489 transaction timeout.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::BenchError;
 use crate::client::TurnServer;
 use crate::client::conn::Conn;
-use crate::client::{ClientCore, ClientError, Handled, Poll, Request, TransportKind};
+use crate::client::{ClientError, Handled, Poll, Request, TransportKind, TurnSession};
 use crate::procfs::{self, Memory};
 use crate::stats::{LatencySummary, group, latency_histogram, record};
 use crate::throughput::SATURATION_PERCENT;
@@ -153,7 +153,7 @@ pub struct AllocateReport {
 
 struct Slot {
     transport: Conn,
-    core: ClientCore,
+    core: TurnSession,
     started: Instant,
     busy: bool,
     allocated: bool,
@@ -238,7 +238,7 @@ impl Driver {
                 };
                 let now = Instant::now();
                 let outcome = match slot.core.handle(&self.buf[..len], now) {
-                    Handled::Ignored => None,
+                    Handled::Ignored | Handled::Discarded(_) => None,
                     Handled::Transmit(bytes) => match slot.transport.send(bytes) {
                         Ok(()) => None,
                         Err(e) => Some(Err(ClientError::from(e))),
@@ -385,7 +385,7 @@ fn storm(cfg: &AllocateConfig) -> Result<AllocateReport, BenchError> {
             };
             let i = d.slots.len();
             d.ep.add(transport.fd(), i as u64)?;
-            let core = ClientCore::new(client_cfg.clone())?;
+            let core = crate::client::session(client_cfg.clone());
             d.slots.push(Slot { transport, core, started: now, busy: false, allocated: false });
             d.start(i, Request::Allocate { lifetime: cfg.lifetime });
         }

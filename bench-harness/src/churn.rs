@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::BenchError;
 use crate::client::conn::Conn;
 use crate::client::{
-    ClientCore, ClientError, Handled, Poll, Received, Request, TlsConnector, TransportKind, TurnServer, parse_data,
+    ClientError, Handled, Poll, Received, Request, TlsConnector, TransportKind, TurnServer, TurnSession, parse_data,
 };
 use crate::payload::{PROBE_LEN, Probe};
 use crate::peer::{Peer, PeerMode};
@@ -142,7 +142,7 @@ enum Stage {
 
 struct Cycle {
     transport: Conn,
-    core: ClientCore,
+    core: TurnSession,
     stage: Stage,
     /// Whether the server holds an allocation for it.
     allocated: bool,
@@ -207,7 +207,7 @@ impl Driver<'_> {
             }
         };
         self.ep.add(t.fd(), k as u64)?;
-        let core = ClientCore::new(server.client_config())?;
+        let core = crate::client::session(server.client_config());
         self.slots[k] = Some(Cycle { transport: t, core, stage: Stage::Allocate, allocated: false, failed: false });
         self.request(k, Request::Allocate { lifetime: None });
         Ok(())
@@ -301,7 +301,7 @@ impl Driver<'_> {
                     continue;
                 }
                 let out = match c.core.handle(msg, Instant::now()) {
-                    Handled::Ignored => None,
+                    Handled::Ignored | Handled::Discarded(_) => None,
                     Handled::Transmit(bytes) => c.transport.send(bytes).err().map(|e| Err(e.into())),
                     Handled::Done(r) => Some(r.map(drop)),
                 };

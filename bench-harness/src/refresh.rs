@@ -3,7 +3,7 @@
 //!
 //! Without it a run longer than the server's permission lifetime (RFC 8656:
 //! 300 s) or the allocation's lifetime silently turns into 100 % loss. Each
-//! flow's [`Refresher`] owns the flow's [`ClientCore`] for the run: the
+//! flow's [`Refresher`] owns the flow's [`TurnSession`] for the run: the
 //! measuring worker calls [`Refresher::poll`] when its deadline comes (a
 //! Refresh before the allocation's lifetime is half over, the ChannelBind or
 //! CreatePermission again every refresh interval) and hands it the STUN
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{ClientCore, Handled, Poll, Request};
+use crate::client::{Handled, Poll, Request, TurnSession};
 
 /// Shortest period between refreshes of one kind for one flow.
 const MIN_PERIOD: Duration = Duration::from_millis(200);
@@ -90,7 +90,7 @@ enum Kind {
 /// One flow's refresh state. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Refresher {
-    core: ClientCore,
+    core: TurnSession,
     /// The ChannelBind or CreatePermission that set the flow up.
     binding: Request,
     lifetime: u32,
@@ -110,7 +110,7 @@ impl Refresher {
     /// seconds and whose `binding` was installed at `bound_at`; bindings are
     /// re-sent every `interval`, the allocation refreshed every `interval`
     /// or half its lifetime, whichever is shorter.
-    pub fn new(core: ClientCore, binding: Request, lifetime: u32, interval: Duration, bound_at: Instant) -> Self {
+    pub fn new(core: TurnSession, binding: Request, lifetime: u32, interval: Duration, bound_at: Instant) -> Self {
         let alloc_period = alloc_period(lifetime, interval);
         let bind_period = interval.max(MIN_PERIOD);
         Refresher {
@@ -126,7 +126,7 @@ impl Refresher {
     }
 
     /// Gives the client state back (for the release at the end).
-    pub fn into_core(self) -> ClientCore {
+    pub fn into_core(self) -> TurnSession {
         self.core
     }
 
@@ -208,7 +208,7 @@ impl Refresher {
         wake: &mut bool,
     ) -> bool {
         match self.core.handle(msg, now) {
-            Handled::Ignored => false,
+            Handled::Ignored | Handled::Discarded(_) => false,
             Handled::Transmit(bytes) => {
                 // A 438 (stale nonce) answered with the new nonce.
                 out.transmit(bytes);

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::BenchError;
 use crate::client::{
-    ClientCore, Request, TcpTransport, TlsTransport, Transport, TransportKind, TurnClient, TurnServer, UdpTransport,
+    Request, TcpTransport, TlsTransport, Transport, TransportKind, TurnClient, TurnServer, TurnSession, UdpTransport,
 };
 use crate::forwarder::{BASELINE_CHANNEL, Forwarder, ForwarderStats};
 use crate::payload::PROBE_LEN;
@@ -393,7 +393,7 @@ enum FlowConn {
 struct TurnFlow {
     conn: FlowConn,
     /// Lent to the flow's refresher during the run.
-    core: Option<ClientCore>,
+    core: Option<TurnSession>,
     binding: Request,
     lifetime: u32,
     bound_at: Instant,
@@ -404,7 +404,7 @@ fn allocate_and_bind<T: Transport>(
     t: T,
     server: &TurnServer,
     binding: &Request,
-) -> Result<(T, ClientCore, u32), crate::client::ClientError> {
+) -> Result<(T, TurnSession, u32), crate::client::ClientError> {
     let mut c = TurnClient::new(t, server.client_config())?;
     let granted = c.request(Request::Allocate { lifetime: None })?;
     // RFC 8656 default when the server does not say.
@@ -495,7 +495,7 @@ fn setup_turn(
 }
 
 /// Releases one flow's allocation (Refresh 0), over its own connection.
-fn release_one(conn: FlowConn, core: ClientCore, server: SocketAddr) -> Result<(), crate::client::ClientError> {
+fn release_one(conn: FlowConn, core: TurnSession, server: SocketAddr) -> Result<(), crate::client::ClientError> {
     match conn {
         FlowConn::Udp(t) => {
             t.socket().set_nonblocking(false)?;
@@ -628,7 +628,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     let server_start = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
     let result = traffic::run(&mut flows, &ecfg, epoch, &|| peers.iter().map(Peer::received).sum());
     let server_end = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
-    let cores: Vec<Option<ClientCore>> = flows.into_iter().map(|f| f.refresh.map(Refresher::into_core)).collect();
+    let cores: Vec<Option<TurnSession>> = flows.into_iter().map(|f| f.refresh.map(Refresher::into_core)).collect();
     for (f, core) in turn_flows.iter_mut().zip(cores) {
         if core.is_some() {
             f.core = core;

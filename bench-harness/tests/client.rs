@@ -8,7 +8,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use bench_harness::client::{
-    ClientConfig, ClientError, DataSource, TcpTransport, Transport as _, TransportKind, TurnClient,
+    ClientConfig, ClientError, DataSource, RetransmitPolicy, TcpTransport, Transport as _, TransportKind, TurnClient,
 };
 use bench_harness::{Credentials, TurnServer};
 
@@ -87,9 +87,7 @@ fn a_silent_server_times_out_after_the_retransmissions() {
     // A bound socket that never answers.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut cfg = ClientConfig::new(Credentials::long_term("u", "p"));
-    cfg.rto = Duration::from_millis(20);
-    cfg.max_tries = 3;
-    cfg.last_wait_factor = 2;
+    cfg.policy = RetransmitPolicy { rto: Duration::from_millis(20), rc: 3, rm: 2 };
     assert_eq!(cfg.transaction_timeout(), Duration::from_millis(20 * 3 + 40));
     let mut c = TurnClient::udp(silent.local_addr().unwrap(), cfg).unwrap();
     let t = Instant::now();

@@ -7,8 +7,9 @@
 //!   RFC 6062), message integrity and TCP/TLS framing.
 //! - [`server`]: the TURN server as a sans-IO shard: allocations,
 //!   permissions, channels, auth, quotas and peer policy.
-//! - [`client`]: STUN/TURN client machines for the probe tools: RFC 8489
-//!   transactions, RFC 5780 NAT behaviour discovery, a TURN round trip.
+//! - [`client`]: sans-IO STUN/TURN clients: RFC 8489 transactions, the
+//!   TURN client both `turn-relay probe` and `turn-bench` drive, RFC 5780
+//!   NAT behaviour discovery, the probe's TURN round trip.
 //! - [`rng`]: the small generator both use for transaction ids.
 
 pub mod client;

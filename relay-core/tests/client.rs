@@ -1,22 +1,28 @@
 //! The client machines against the sans-IO server over a simulated network
 //! with simulated NATs, time moved by hand (so RFC 8489's full 39.5 s
 //! timers cost nothing): the retransmission schedule, the RFC 5780 verdict
-//! and the classic RFC 3489 name for every kind of NAT, and the TURN probe's
-//! round trip and its failures.
+//! and the classic RFC 3489 name for every kind of NAT, the TURN session
+//! (challenge, stale nonce, SHA-256 and REST credentials, data both ways)
+//! and the TURN probe's round trip and its failures.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use relay_core::client::data::{Received, parse_data};
 use relay_core::client::nat::{Behavior, ClassicNat, NatDiscovery, NatReport, Outcome, Test};
 use relay_core::client::stun::{BindingOutcome, BindingProbe, BindingRequest};
 use relay_core::client::turn::{TurnProbe, TurnProbeConfig, TurnReport};
-use relay_core::client::{Probe, RetransmitPolicy};
+use relay_core::client::{
+    ClientConfig, ClientError, Handled, Poll, Probe, Request, RetransmitPolicy, Success, TurnSession,
+};
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::{
     Client, ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts,
 };
+use relay_core::wire::channel_data;
+use relay_core::wire::integrity::{IntegrityAlgorithm, PasswordAlgorithm};
 
 const A1P1: &str = "203.0.113.1:3478";
 const A2P2: &str = "203.0.113.2:3479";
@@ -30,6 +36,7 @@ fn addr(s: &str) -> SocketAddr {
 fn server(rfc5780: bool, policy: PeerPolicy) -> Server {
     let mut credentials = Credentials::new("example.org");
     credentials.add_user("alice", "wonderland").unwrap();
+    credentials.add_rest_secret(b"north");
     let parts = ServerParts::new(credentials)
         .with_config(ServerConfig { software: Some("sim".into()), ..ServerConfig::default() })
         .with_nonces(NonceIssuer::new([2; 32], 600))
@@ -386,4 +393,106 @@ fn turn_probe_from_behind_a_nat_uses_the_peers_reflexive_address() {
     let r = turn_behind(nat(Apd, Apd, false), "wonderland", PeerPolicy::new(), true);
     assert!(!r.ok());
     assert_eq!((r.echoes_lost, r.echo_rtts.len(), r.released), (3, 0, true), "{r:#?}");
+}
+
+/// Runs one request of `s` from local socket `socket` to its end over
+/// `net`, time moved by hand.
+fn request(net: &mut Net, socket: usize, s: &mut TurnSession, req: Request) -> Result<Success, ClientError> {
+    let first = s.start(req, net.now)?.to_vec();
+    net.send(socket, addr(A1P1), &first);
+    for _ in 0..100 {
+        while let Some((_, _, msg)) = net.inbox.pop_front() {
+            match s.handle(&msg, net.now) {
+                Handled::Transmit(retry) => {
+                    let retry = retry.to_vec();
+                    net.send(socket, addr(A1P1), &retry);
+                }
+                Handled::Done(r) => return r,
+                Handled::Ignored | Handled::Discarded(_) => {}
+            }
+        }
+        match s.poll(net.now) {
+            Poll::Transmit(again) => {
+                let again = again.to_vec();
+                net.send(socket, addr(A1P1), &again);
+            }
+            Poll::Wait(t) => net.now = t,
+            Poll::Failed(e) => return Err(e),
+            Poll::Idle => panic!("idle with a request in flight"),
+        }
+    }
+    panic!("the request did not end");
+}
+
+fn session(credentials: relay_core::client::Credentials, algorithm: PasswordAlgorithm) -> TurnSession {
+    let cfg = ClientConfig { password_algorithm: algorithm, ..ClientConfig::new(credentials) };
+    TurnSession::new(cfg, 1_800_000_000, 11)
+}
+
+#[test]
+fn turn_session_allocates_answers_stale_nonces_and_relays_both_ways() {
+    let local = vec![addr("192.0.2.10:40000"), addr("198.51.100.7:6000")];
+    let mut net = Net::new(server(false, PeerPolicy::new()), Middlebox::None, local.clone());
+    let alice = relay_core::client::Credentials::long_term("alice", "wonderland");
+    let mut s = session(alice.clone(), PasswordAlgorithm::Md5);
+    let ok = request(&mut net, 0, &mut s, Request::Allocate { lifetime: None }).unwrap();
+    assert_eq!((ok.relayed, ok.mapped), (Some(addr(RELAY)), Some(local[0])));
+    assert_eq!(s.realm(), Some("example.org"), "learnt from the 401");
+    assert_eq!(s.response_integrity(), Some(IntegrityAlgorithm::Sha1));
+    request(&mut net, 0, &mut s, Request::CreatePermission { peers: vec![local[1]] }).unwrap();
+    request(&mut net, 0, &mut s, Request::ChannelBind { channel: 0x4001, peer: local[1] }).unwrap();
+
+    // ChannelData out to the peer, and the peer's answer back on the channel.
+    let mut frame = [0u8; 64];
+    let n = channel_data::encode(&mut frame, 0x4001, b"out", false).unwrap();
+    net.send(0, addr(A1P1), &frame[..n]);
+    assert_eq!(net.inbox.pop_front(), Some((1, addr(RELAY), b"out".to_vec())));
+    net.send(1, addr(RELAY), b"back");
+    let (sock, _, got) = net.inbox.pop_front().expect("relayed to the client");
+    let Some(Received::Channel(0x4001, r)) = parse_data(&got) else { panic!("{got:?}") };
+    assert_eq!((sock, &got[r]), (0, &b"back"[..]));
+
+    // Ten minutes on the nonce has gone stale: 438, answered with the new one.
+    let nonce = s.nonce().unwrap().to_owned();
+    net.now += Duration::from_secs(601);
+    assert!(request(&mut net, 0, &mut s, Request::Refresh { lifetime: 600 }).is_ok());
+    assert_ne!(s.nonce().unwrap(), nonce);
+    assert_eq!(request(&mut net, 0, &mut s, Request::Refresh { lifetime: 0 }).unwrap().lifetime, Some(0));
+
+    // SHA-256 keys, and the responses sealed with them (a server of its
+    // own: the one relay address is taken).
+    let mut net = Net::new(server(false, PeerPolicy::new()), Middlebox::None, local);
+    let mut s = session(alice, PasswordAlgorithm::Sha256);
+    request(&mut net, 0, &mut s, Request::Allocate { lifetime: Some(120) }).unwrap();
+    assert_eq!(s.response_integrity(), Some(IntegrityAlgorithm::Sha256));
+    request(&mut net, 0, &mut s, Request::Refresh { lifetime: 0 }).unwrap();
+}
+
+#[test]
+fn turn_session_rest_credentials_and_a_wrong_password() {
+    let local = vec![addr("192.0.2.10:40000"), addr("192.0.2.10:40001")];
+    let mut net = Net::new(server(false, PeerPolicy::new()), Middlebox::None, local);
+    let mut s = session(relay_core::client::Credentials::rest("north", "bob"), PasswordAlgorithm::Md5);
+    assert_eq!(s.username(), "1800086400:bob");
+    request(&mut net, 0, &mut s, Request::Allocate { lifetime: None }).unwrap();
+    request(&mut net, 0, &mut s, Request::Refresh { lifetime: 0 }).unwrap();
+
+    let mut s = session(relay_core::client::Credentials::long_term("alice", "wrong"), PasswordAlgorithm::Md5);
+    let e = request(&mut net, 1, &mut s, Request::Allocate { lifetime: None }).unwrap_err();
+    assert_eq!(e.code(), Some(401), "{e}");
+    // A silent server: Rc requests, then the transaction fails.
+    let mut s = session(relay_core::client::Credentials::long_term("alice", "wonderland"), PasswordAlgorithm::Md5);
+    let start = net.now;
+    let first = s.start(Request::Allocate { lifetime: None }, net.now).unwrap().to_vec();
+    assert!(!first.is_empty());
+    let e = loop {
+        match s.poll(net.now) {
+            Poll::Wait(t) => net.now = t,
+            Poll::Transmit(_) => {}
+            Poll::Failed(e) => break e,
+            Poll::Idle => panic!("idle"),
+        }
+    };
+    assert!(matches!(e, ClientError::Timeout { tries: 7, .. }), "{e}");
+    assert_eq!(net.now - start, Duration::from_millis(39_500));
 }

@@ -1,31 +1,57 @@
-//! A TURN client of the harness's own, built on relay-core's codec.
+//! The harness's TURN client: the I/O around relay-core's sans-IO
+//! [`TurnSession`] (the protocol: RFC 8489 timers, 401/438, MD5 and
+//! SHA-256 keys, REST credentials, response integrity).
 //!
-//! - [`credentials`]: long-term and TURN REST API credentials;
-//! - [`proto`]: [`ClientCore`], the sans-IO protocol state (challenge,
-//!   stale nonce, RFC 8489 retransmissions);
 //! - [`transport`]: the [`Transport`] trait, [`UdpTransport`],
 //!   [`TcpTransport`] and [`TlsTransport`] (with [`TlsOptions`]);
+//! - [`session`]: a [`TurnSession`] with the wall clock's REST time and
+//!   transaction ids from this thread's generator;
 //! - [`TurnClient`]: a blocking client over any transport (setup, tests,
 //!   low-rate traffic). The measuring loops take the client's socket over
-//!   once the allocation is set up.
+//!   once the allocation is set up; the scenarios on epoll drive sessions
+//!   themselves.
 
 pub(crate) mod conn;
-pub mod credentials;
-pub mod error;
-pub mod proto;
 pub mod transport;
 
+use std::cell::Cell;
+use std::hash::{BuildHasher as _, RandomState};
 use std::net::SocketAddr;
-use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use relay_core::wire::{Attribute, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
+use relay_core::rng::SplitMix64;
+use relay_core::wire::TransactionId;
 
-pub use credentials::{Credentials, rest_credentials};
-pub use error::ClientError;
-pub use proto::{ClientConfig, ClientCore, Handled, Poll, Request, Success};
+pub use relay_core::client::credentials::{Credentials, rest_credentials};
+pub use relay_core::client::data::{Received, encode_send_indication, parse_data};
+pub use relay_core::client::{
+    ClientConfig, ClientError, Handled, Poll, Request, RetransmitPolicy, Success, TurnSession,
+};
 pub use relay_core::wire::integrity::{IntegrityAlgorithm, PasswordAlgorithm};
 pub use transport::{TcpTransport, TlsConnector, TlsOptions, TlsTransport, Transport, TransportKind, UdpTransport};
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+thread_local! {
+    /// This thread's generator of session seeds, seeded once from the
+    /// OS's randomness (through the standard library's hasher keys).
+    static SEEDS: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
+}
+
+/// A session for `cfg`: REST credentials resolved now, transaction ids
+/// seeded from this thread's generator (no lock, no clock per id).
+pub fn session(cfg: ClientConfig) -> TurnSession {
+    let seed = SEEDS.with(|s| {
+        let mut g = SplitMix64(s.get());
+        let seed = g.next_u64();
+        s.set(g.0);
+        seed
+    });
+    TurnSession::new(cfg, unix_now(), seed)
+}
 
 /// A TURN server to talk to: address, transport, credentials and request
 /// timers.
@@ -73,74 +99,23 @@ impl TurnServer {
         self.tls.clone().unwrap_or_default().connector(self.addr)
     }
 
-    /// The client settings for this server.
+    /// The client settings for this server (SOFTWARE `turn-bench VERSION`).
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new(self.credentials.clone());
         c.realm = self.realm.clone();
-        c.rto = self.rto;
-        c.max_tries = self.max_tries;
+        c.software = Some(concat!("turn-bench ", env!("CARGO_PKG_VERSION")).to_owned());
+        c.policy = RetransmitPolicy { rto: self.rto, rc: self.max_tries, ..RetransmitPolicy::default() };
         c.password_algorithm = self.password_algorithm;
         c.reliable = self.transport != TransportKind::Udp;
         c
     }
 }
 
-/// Application data the client received.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Received {
-    /// A ChannelData message: its channel and where the payload lies in the
-    /// buffer.
-    Channel(u16, Range<usize>),
-    /// A Data indication: the peer and where the payload lies in the buffer.
-    Indication(SocketAddr, Range<usize>),
-}
-
-/// Writes a Send indication for `peer` carrying `data` into `out`; returns
-/// its length. Indications carry no credentials (RFC 8656 §10.1).
-pub fn encode_send_indication(
-    out: &mut [u8],
-    tid: TransactionId,
-    peer: SocketAddr,
-    data: &[u8],
-) -> Result<usize, ClientError> {
-    let mut b = MessageBuilder::new(out, MessageType::new(Class::Indication, Method::SEND), tid)?;
-    b.add(&Attribute::XorPeerAddress(peer))?;
-    b.add(&Attribute::Data(data))?;
-    Ok(b.finish())
-}
-
-/// Reads application data out of a datagram from the server: ChannelData or
-/// a Data indication. `None` for anything else.
-pub fn parse_data(buf: &[u8]) -> Option<Received> {
-    let first = *buf.first()?;
-    if (0x40..=0x4F).contains(&first) {
-        let cd = ChannelData::parse(buf).ok()?;
-        let start = relay_core::wire::channel_data::CHANNEL_DATA_HEADER_LEN;
-        return Some(Received::Channel(cd.channel, start..start + cd.payload.len()));
-    }
-    let m = Message::parse(buf).ok()?;
-    if m.message_type() != MessageType::new(Class::Indication, Method::DATA) {
-        return None;
-    }
-    let tid = m.transaction_id();
-    let (mut peer, mut data) = (None, None);
-    for a in m.attributes() {
-        match a.decode(&tid) {
-            Ok(Attribute::XorPeerAddress(p)) => peer = Some(p),
-            Ok(Attribute::Data(d)) => data = Some(d),
-            _ => {}
-        }
-    }
-    let (peer, d) = (peer?, data?);
-    let start = d.as_ptr() as usize - buf.as_ptr() as usize;
-    Some(Received::Indication(peer, start..start + d.len()))
-}
-
 /// A blocking TURN client: one transaction at a time, every wait bounded by
 /// the RFC 8489 timers of its [`ClientConfig`].
 #[derive(Debug)]
 pub struct TurnClient<T: Transport = UdpTransport> {
-    core: ClientCore,
+    core: TurnSession,
     transport: T,
     buf: Vec<u8>,
     /// Messages received while waiting for a response that were not it
@@ -158,26 +133,20 @@ impl TurnClient<UdpTransport> {
 }
 
 impl<T: Transport> TurnClient<T> {
-    /// A client over `transport`.
+    /// A client over `transport` (whose reliability decides the timers).
     pub fn new(transport: T, mut cfg: ClientConfig) -> Result<Self, ClientError> {
         cfg.reliable = transport.reliable();
-        Ok(TurnClient {
-            core: ClientCore::new(cfg)?,
-            transport,
-            buf: vec![0u8; 65_536],
-            ignored: 0,
-            retransmissions: 0,
-        })
+        Ok(TurnClient::from_parts(transport, session(cfg)))
     }
 
     /// A client from a transport and the state of an earlier client on it
     /// (its realm and nonce are kept).
-    pub fn from_parts(transport: T, core: ClientCore) -> Self {
+    pub fn from_parts(transport: T, core: TurnSession) -> Self {
         TurnClient { core, transport, buf: vec![0u8; 65_536], ignored: 0, retransmissions: 0 }
     }
 
     /// The protocol state.
-    pub fn core(&self) -> &ClientCore {
+    pub fn core(&self) -> &TurnSession {
         &self.core
     }
 
@@ -192,7 +161,7 @@ impl<T: Transport> TurnClient<T> {
     }
 
     /// Gives up the client, keeping its transport and state.
-    pub fn into_parts(self) -> (T, ClientCore) {
+    pub fn into_parts(self) -> (T, TurnSession) {
         (self.transport, self.core)
     }
 
@@ -216,7 +185,7 @@ impl<T: Transport> TurnClient<T> {
             };
             let Some(n) = self.transport.recv(&mut self.buf, wait)? else { continue };
             match self.core.handle(&self.buf[..n], Instant::now()) {
-                Handled::Ignored => self.ignored += 1,
+                Handled::Ignored | Handled::Discarded(_) => self.ignored += 1,
                 Handled::Transmit(bytes) => self.transport.send(bytes)?,
                 Handled::Done(r) => return r,
             }

@@ -1,24 +1,41 @@
-//! STUN and TURN clients as sans-IO state machines, for the operator's
-//! `turn-relay probe` tools: they own no socket and read no clock. The
-//! caller binds the sockets, passes in what arrives and the time, sends
-//! what comes out, and sleeps until [`Probe::poll_timeout`].
+//! STUN and TURN clients as sans-IO state machines: they own no socket and
+//! read no clock. The caller binds the sockets, passes in what arrives and
+//! the time, sends what comes out, and sleeps until the next deadline.
+//! `turn-relay probe` and `turn-bench` both drive these.
 //!
-//! - [`transaction`]: RFC 8489 §6.2.1 retransmission timers;
+//! - [`transaction`]: RFC 8489 §6.2 timers (retransmissions over UDP, Ti
+//!   over TCP and TLS);
+//! - [`session`]: [`TurnSession`], the TURN client of one 5-tuple:
+//!   Allocate, Refresh, CreatePermission and ChannelBind with the
+//!   long-term credential exchange (401, 438; MD5 or SHA-256 keys) and
+//!   responses' MESSAGE-INTEGRITY checked;
+//! - [`credentials`]: long-term and TURN REST API credentials;
+//! - [`data`]: Send indications out, ChannelData and Data indications in;
 //! - [`stun`]: Binding requests and responses, and [`stun::BindingProbe`],
 //!   one Binding transaction (the server-reflexive address and RTT);
 //! - [`nat`]: [`nat::NatDiscovery`], RFC 5780 NAT behaviour discovery with
 //!   the classic RFC 3489 verdict;
 //! - [`turn`]: [`turn::TurnProbe`], allocate → permission → channel → echo
-//!   through a peer → release.
+//!   through a peer → release, on a [`TurnSession`].
+//!
+//! The machines of the probe tools implement [`Probe`]; [`TurnSession`],
+//! driven by a load generator's own loops, has its own narrower interface.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
+pub mod credentials;
+pub mod data;
+pub mod error;
 pub mod nat;
+pub mod session;
 pub mod stun;
 pub mod transaction;
 pub mod turn;
 
+pub use credentials::Credentials;
+pub use error::ClientError;
+pub use session::{ClientConfig, Handled, Poll, Request, Success, TurnSession};
 pub use transaction::{RetransmitPolicy, Transaction};
 
 /// A datagram to send: `out[..len]` from socket `socket` to `to`.
@@ -33,7 +50,7 @@ pub struct Transmit {
     pub len: usize,
 }
 
-/// What every client machine offers its driver.
+/// What every probe machine offers its driver.
 pub trait Probe {
     /// The next datagram to send, written into `out` (1500 bytes suffice
     /// unless a request carries PADDING, 64 KiB always do).

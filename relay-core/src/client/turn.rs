@@ -1,11 +1,10 @@
 //! [`TurnProbe`]: the check an operator runs after deploying a TURN
-//! server. Over UDP it allocates (answering the 401 challenge with the
-//! long-term credential, and a 438 with the fresh nonce), creates a
-//! permission for a local peer, binds a channel to it, sends ChannelData
-//! that the peer echoes back through the relay, and releases the
-//! allocation (Refresh with LIFETIME 0). Every request follows RFC 8489's
-//! retransmission timers; every success response must carry a
-//! MESSAGE-INTEGRITY that verifies.
+//! server. Over UDP it allocates, creates a permission for a local peer,
+//! binds a channel to it, sends ChannelData that the peer echoes back
+//! through the relay, and releases the allocation (Refresh with LIFETIME
+//! 0). The requests go through a [`TurnSession`]: RFC 8489's timers, the
+//! 401 challenge answered with the long-term credential and a 438 with the
+//! fresh nonce, responses checked for a MESSAGE-INTEGRITY that verifies.
 //!
 //! Socket 0 talks to the server; socket 1 is the peer, whose address the
 //! relay must be allowed to reach. The machine plays the peer too: what
@@ -19,17 +18,16 @@
 //! address, which opens its NAT's filter to the relay (it reaches the client
 //! as ChannelData and is ignored there).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::stun::{BindingRequest, encode_binding_request, parse_binding_response};
-use super::{Probe, RetransmitPolicy, Rng, Transaction, Transmit};
-use crate::wire::attr::transport;
-use crate::wire::channel_data::{self, ChannelData};
-use crate::wire::integrity::{Key, PasswordAlgorithm};
-use crate::wire::{
-    Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, PacketKind, classify,
-};
+use super::data::{Received, parse_data};
+use super::session::{ClientConfig, Handled, Poll, Request, Success, TurnSession, error_code};
+use super::stun::{BindingOutcome, BindingProbe, BindingRequest};
+use super::{ClientError, Credentials, Probe, RetransmitPolicy, Rng, Transaction, Transmit};
+use crate::wire::channel_data::{self, CHANNEL_DATA_HEADER_LEN};
+use crate::wire::{Attribute, AttributeType, Message};
 
 /// Settings of a TURN probe.
 #[derive(Clone, Debug)]
@@ -116,47 +114,50 @@ enum Stage {
     Done,
 }
 
-struct Active {
+/// An echo in flight: the ChannelData frame, resent on the request timers.
+struct Echo {
     tx: Transaction,
-    bytes: Vec<u8>,
+    frame: Vec<u8>,
 }
 
 /// The TURN probe state machine (see the module documentation).
 pub struct TurnProbe {
     config: TurnProbeConfig,
     rng: Rng,
+    session: TurnSession,
     stage: Stage,
-    active: Option<Active>,
-    /// Authenticated attempts left at the current step (401/438 retries).
-    retries: u32,
-    key: Option<Key>,
-    nonce: Option<String>,
-    echo_payload: Vec<u8>,
-    /// Datagrams socket 1 is to send: the punch, and echoes.
-    peer_out: std::collections::VecDeque<(SocketAddr, Vec<u8>)>,
+    /// The Binding request for the peer's address (stage `PeerAddress`).
+    binding: Option<BindingProbe>,
+    /// The echo in flight (stage `Echo`).
+    echo: Option<Echo>,
+    /// Datagrams to send: (socket, destination, bytes).
+    outbox: VecDeque<(usize, SocketAddr, Vec<u8>)>,
+    /// Why the last response to the request in flight was discarded.
+    discarded: Option<&'static str>,
     allocated: bool,
     report: TurnReport,
 }
-
-/// Attempts per step after a 401 or 438 before giving up.
-const AUTH_RETRIES: u32 = 3;
 
 impl TurnProbe {
     /// A probe whose first request is due at `now`; `seed` seeds
     /// transaction ids.
     pub fn new(config: TurnProbeConfig, now: Instant, seed: u64) -> TurnProbe {
+        let mut rng = Rng(seed);
+        let credentials = Credentials::long_term(&config.username, &config.password);
+        let session_config = ClientConfig { policy: config.policy, ..ClientConfig::new(credentials) };
+        // Long-term credentials do not depend on the time of day.
+        let session = TurnSession::new(session_config, 0, rng.next_u64());
         let mut p = TurnProbe {
-            config,
-            rng: Rng(seed),
+            rng,
+            session,
             stage: Stage::PeerAddress,
-            active: None,
-            retries: AUTH_RETRIES,
-            key: None,
-            nonce: None,
-            echo_payload: Vec::new(),
-            peer_out: Default::default(),
+            binding: None,
+            echo: None,
+            outbox: VecDeque::new(),
+            discarded: None,
             allocated: false,
             report: TurnReport::default(),
+            config,
         };
         if !p.config.discover_peer {
             p.stage = Stage::Allocate;
@@ -183,85 +184,45 @@ impl TurnProbe {
         }
     }
 
-    /// Encodes the current stage's request (or echo) and starts its timer.
+    /// Starts the current stage: its request, Binding or echo.
     fn start(&mut self, now: Instant) {
-        let tid = self.rng.tid();
-        let bytes = match self.stage {
+        self.discarded = None;
+        let peer = self.config.peer;
+        let request = match self.stage {
+            Stage::Done => return,
+            Stage::PeerAddress => {
+                let seed = self.rng.next_u64();
+                let b = BindingProbe::new(self.config.server, BindingRequest::default(), self.config.policy, now, seed);
+                self.binding = Some(b);
+                return;
+            }
             Stage::Echo(i) => {
                 let mut payload = b"turn-relay probe echo ".to_vec();
                 payload.extend_from_slice(&i.to_be_bytes());
                 payload.extend_from_slice(&self.rng.next_u64().to_be_bytes());
-                let mut out = vec![0u8; 4 + payload.len() + 3];
-                let n = channel_data::encode(&mut out, self.config.channel, &payload, false).unwrap_or(0);
-                out.truncate(n);
-                self.echo_payload = payload;
-                out
+                let mut frame = vec![0u8; CHANNEL_DATA_HEADER_LEN + payload.len() + 3];
+                let n = channel_data::encode(&mut frame, self.config.channel, &payload, false).unwrap_or(0);
+                frame.truncate(n);
+                self.echo = Some(Echo { tx: Transaction::new(self.rng.tid(), self.config.policy, now), frame });
+                return;
             }
-            Stage::Done => return,
-            Stage::PeerAddress => {
-                let mut out = vec![0u8; 64];
-                let n = encode_binding_request(&mut out, tid, &BindingRequest::default()).unwrap_or(0);
-                out.truncate(n);
-                out
-            }
-            stage => {
-                let peer = self.config.peer;
-                let mut attrs: Vec<Attribute<'_>> = Vec::new();
-                let method = match stage {
-                    Stage::Allocate => {
-                        attrs.push(Attribute::RequestedTransport(transport::UDP));
-                        Method::ALLOCATE
-                    }
-                    Stage::CreatePermission => {
-                        attrs.push(Attribute::XorPeerAddress(peer));
-                        Method::CREATE_PERMISSION
-                    }
-                    Stage::ChannelBind => {
-                        attrs.push(Attribute::ChannelNumber(self.config.channel));
-                        attrs.push(Attribute::XorPeerAddress(peer));
-                        Method::CHANNEL_BIND
-                    }
-                    _ => {
-                        attrs.push(Attribute::Lifetime(0));
-                        Method::REFRESH
-                    }
-                };
-                self.encode_request(method, tid, &attrs)
-            }
+            Stage::Allocate => Request::Allocate { lifetime: None },
+            Stage::CreatePermission => Request::CreatePermission { peers: vec![peer] },
+            Stage::ChannelBind => Request::ChannelBind { channel: self.config.channel, peer },
+            Stage::Release => Request::Refresh { lifetime: 0 },
         };
-        self.active = Some(Active { tx: Transaction::new(tid, self.config.policy, now), bytes });
+        match self.session.start(request, now) {
+            Ok(bytes) => self.outbox.push_back((0, self.config.server, bytes.to_vec())),
+            Err(e) => self.on_error(now, e, None),
+        }
     }
 
-    fn encode_request(&self, method: Method, tid: crate::wire::TransactionId, attrs: &[Attribute<'_>]) -> Vec<u8> {
-        let mut buf = vec![0u8; 1500];
-        let n = (|| {
-            let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid)?;
-            for a in attrs {
-                b.add(a)?;
-            }
-            if let (Some(key), Some(nonce), Some(realm)) = (&self.key, &self.nonce, &self.report.realm) {
-                b.add(&Attribute::Username(&self.config.username))?;
-                b.add(&Attribute::Realm(realm))?;
-                b.add(&Attribute::Nonce(nonce))?;
-                b.add_message_integrity(key.as_bytes())?;
-            }
-            b.add_fingerprint()?;
-            Ok::<usize, crate::wire::EncodeError>(b.finish())
-        })()
-        .unwrap_or(0);
-        buf.truncate(n);
-        buf
-    }
-
-    fn record_step(&mut self, now: Instant, error: Option<String>, answered: bool) {
-        let Some(a) = &self.active else { return };
-        let rtt = answered.then(|| a.tx.rtt(now));
-        self.report.steps.push(StepRecord { name: self.step_name(), rtt, transmissions: a.tx.transmissions(), error });
+    fn record_step(&mut self, rtt: Option<Duration>, transmissions: u32, error: Option<String>) {
+        self.report.steps.push(StepRecord { name: self.step_name(), rtt, transmissions, error });
     }
 
     /// Moves on after the current stage succeeded.
     fn advance(&mut self, now: Instant) {
-        self.retries = AUTH_RETRIES;
         self.stage = match self.stage {
             Stage::PeerAddress => Stage::Allocate,
             Stage::Allocate => Stage::CreatePermission,
@@ -269,7 +230,7 @@ impl TurnProbe {
             Stage::ChannelBind if self.config.echoes > 0 => {
                 // Open the peer's NAT (if any) to the relay.
                 if let Some(relayed) = self.report.relayed {
-                    self.peer_out.push_back((relayed, b"turn-relay probe: opening the peer's NAT".to_vec()));
+                    self.outbox.push_back((1, relayed, b"turn-relay probe: opening the peer's NAT".to_vec()));
                 }
                 Stage::Echo(0)
             }
@@ -281,7 +242,8 @@ impl TurnProbe {
         if self.stage == Stage::Release && !self.allocated {
             self.stage = Stage::Done;
         }
-        self.active = None;
+        self.binding = None;
+        self.echo = None;
         self.start(now);
     }
 
@@ -290,96 +252,54 @@ impl TurnProbe {
         if self.report.error.is_none() {
             self.report.error = Some(why);
         }
-        self.active = None;
-        self.retries = AUTH_RETRIES;
+        self.session.cancel();
+        self.binding = None;
+        self.echo = None;
         self.stage = if self.allocated && self.stage != Stage::Release { Stage::Release } else { Stage::Done };
         self.start(now);
     }
 
-    fn on_response(&mut self, now: Instant, msg: &Message<'_>) {
-        if self.stage == Stage::PeerAddress {
-            let r = parse_binding_response(msg);
-            let err = r.as_ref().and_then(|r| r.error.as_ref().map(|e| e.to_string()));
-            self.record_step(now, err.clone(), true);
-            match r.as_ref().and_then(|r| r.reflexive()) {
-                Some(a) if err.is_none() => {
-                    self.config.peer = a;
-                    self.report.peer = Some(a);
-                    return self.advance(now);
-                }
-                _ => {
-                    let why = err.unwrap_or_else(|| "no mapped address".into());
-                    return self.fail(now, format!("Binding (peer): {why}"));
-                }
+    /// The current request failed: `answered` holds the round-trip time
+    /// and requests sent when a response said so.
+    fn on_error(&mut self, now: Instant, e: ClientError, answered: Option<(Duration, u32)>) {
+        let step = self.step_name();
+        let (rtt, sent) = match (answered, &e) {
+            (Some((rtt, sent)), _) => (Some(rtt), sent),
+            (None, ClientError::Timeout { tries, .. }) => (None, *tries),
+            (None, _) => (None, 0),
+        };
+        let (record, why) = match &e {
+            ClientError::Timeout { tries, .. } => {
+                let discarded = self.discarded.map(|d| format!(" (a response was discarded: {d})")).unwrap_or_default();
+                ("timed out".to_owned(), format!("{step}: no answer after {tries} requests{discarded}"))
             }
+            // A 401 to a signed request: retrying will not help.
+            ClientError::Rejected { code, reason, .. } if *code == 401 && self.session.nonce().is_some() => {
+                let text = format!("{code} {reason}");
+                (text.clone(), format!("{step}: {text} (wrong user name or password?)"))
+            }
+            ClientError::Rejected { code, reason, .. } => {
+                let text = format!("{code} {reason}");
+                (text.clone(), format!("{step}: {text}"))
+            }
+            e => (e.to_string(), format!("{step}: {e}")),
+        };
+        self.record_step(rtt, sent, Some(record));
+        if self.stage == Stage::Release && matches!(e, ClientError::Timeout { .. }) {
+            self.allocated = false;
         }
-        let tid = msg.transaction_id();
-        let mut error = None;
-        let (mut realm, mut nonce) = (None, None);
-        for attr in msg.attributes() {
-            match attr.decode(&tid) {
-                Ok(Attribute::ErrorCode(e)) => error = Some((e.code, e.reason.to_owned())),
-                Ok(Attribute::Realm(r)) => realm = Some(r.to_owned()),
-                Ok(Attribute::Nonce(n)) => nonce = Some(n.to_owned()),
-                Ok(Attribute::Software(s)) => self.report.software = Some(s.to_owned()),
-                _ => {}
-            }
-        }
-        if msg.class() == Class::Error {
-            let (code, reason) = error.unwrap_or((0, "error response without ERROR-CODE".into()));
-            let text = format!("{code} {reason}");
-            self.record_step(now, Some(text.clone()), true);
-            // 401 with a realm and nonce: (re)try with credentials; 438:
-            // the nonce went stale, retry with the fresh one.
-            // A 401 to a request signed with the nonce it hands out again:
-            // the credentials are wrong, retrying will not help.
-            if code == 401 && self.key.is_some() && nonce.is_some() && nonce == self.nonce {
-                return self.fail(now, format!("{}: {text} (wrong user name or password?)", self.step_name()));
-            }
-            let challenge = (code == 401 && realm.is_some() && nonce.is_some()) || (code == 438 && nonce.is_some());
-            if challenge && self.retries > 0 {
-                self.retries -= 1;
-                if let Some(r) = realm {
-                    if self.report.realm.as_deref() != Some(&r) || self.key.is_none() {
-                        match Key::long_term(PasswordAlgorithm::Md5, &self.config.username, &r, &self.config.password) {
-                            Ok(k) => self.key = Some(k),
-                            Err(e) => return self.fail(now, format!("cannot derive the key: {e}")),
-                        }
-                    }
-                    self.report.realm = Some(r);
-                }
-                self.nonce = nonce;
-                if self.report.realm.is_none() {
-                    return self.fail(now, format!("{}: {text} without a realm", self.step_name()));
-                }
-                self.active = None;
-                return self.start(now);
-            }
-            return self.fail(now, format!("{}: {text}", self.step_name()));
-        }
-        if let Some(key) = &self.key {
-            if !msg.has_integrity() {
-                self.record_step(now, Some("no MESSAGE-INTEGRITY".into()), true);
-                return self.fail(now, format!("{}: response without MESSAGE-INTEGRITY", self.step_name()));
-            }
-            if msg.verify_integrity(key.as_bytes()).is_err() {
-                self.record_step(now, Some("MESSAGE-INTEGRITY does not verify".into()), true);
-                return self.fail(now, format!("{}: response MESSAGE-INTEGRITY does not verify", self.step_name()));
-            }
-        }
-        self.record_step(now, None, true);
+        self.fail(now, why);
+    }
+
+    /// The current request succeeded.
+    fn on_success(&mut self, now: Instant, s: Success, rtt: Duration, sent: u32) {
+        self.record_step(Some(rtt), sent, None);
         match self.stage {
             Stage::Allocate => {
-                for attr in msg.attributes() {
-                    match attr.decode(&tid) {
-                        Ok(Attribute::XorRelayedAddress(a)) if self.report.relayed.is_none() => {
-                            self.report.relayed = Some(a)
-                        }
-                        Ok(Attribute::XorMappedAddress(a)) => self.report.mapped = Some(a),
-                        Ok(Attribute::Lifetime(l)) => self.report.lifetime = Some(l),
-                        _ => {}
-                    }
-                }
+                self.report.realm = self.session.realm().map(str::to_owned);
+                self.report.relayed = s.relayed;
+                self.report.mapped = s.mapped;
+                self.report.lifetime = s.lifetime;
                 self.allocated = true;
                 if self.report.relayed.is_none() {
                     return self.fail(now, "Allocate: success without XOR-RELAYED-ADDRESS".into());
@@ -391,55 +311,124 @@ impl TurnProbe {
         self.advance(now);
     }
 
-    fn on_client_data(&mut self, now: Instant, packet: &[u8]) {
-        let Stage::Echo(_) = self.stage else { return };
-        let payload = match classify(packet[0]) {
-            PacketKind::ChannelData => match ChannelData::parse(packet) {
-                Ok(cd) if cd.channel == self.config.channel => cd.payload,
-                _ => return,
-            },
-            // Data indications count too (a server that has not yet made
-            // the channel effective).
-            PacketKind::Stun => {
-                let Ok(m) = Message::parse(packet) else { return };
-                if m.class() != Class::Indication || m.method() != Method::DATA {
-                    return;
-                }
-                match m.get(AttributeType::DATA) {
-                    Some(d) => d.value,
-                    None => return,
+    /// A STUN message from the server on socket 0, for the session.
+    fn on_response(&mut self, now: Instant, packet: &[u8]) {
+        let Ok(msg) = Message::parse(packet) else { return };
+        let answered = self.session.transaction().map(|t| (t.rtt(now), t.transmissions()));
+        let done = match self.session.handle(packet, now) {
+            Handled::Ignored => return,
+            Handled::Discarded(why) => {
+                self.discarded = Some(why);
+                return;
+            }
+            Handled::Transmit(retry) => {
+                self.outbox.push_back((0, self.config.server, retry.to_vec()));
+                None
+            }
+            Handled::Done(r) => Some(r),
+        };
+        if let Some(r) = self.session.realm() {
+            self.report.realm = Some(r.to_owned());
+        }
+        if let Some(Ok(Attribute::Software(s))) =
+            msg.get(AttributeType::SOFTWARE).map(|a| a.decode(&msg.transaction_id()))
+        {
+            self.report.software = Some(s.to_owned());
+        }
+        let (rtt, sent) = answered.unwrap_or_default();
+        match done {
+            // A challenge answered: the attempt is a step of its own.
+            None => self.record_step(Some(rtt), sent, error_code(&msg).map(|(code, why)| format!("{code} {why}"))),
+            Some(Ok(s)) => self.on_success(now, s, rtt, sent),
+            Some(Err(e)) => self.on_error(now, e, Some((rtt, sent))),
+        }
+    }
+
+    /// The Binding for the peer's address ended.
+    fn on_peer_address(&mut self, now: Instant, outcome: BindingOutcome) {
+        match outcome {
+            BindingOutcome::Response { response, rtt, transmissions, .. } => {
+                let err = response.error.as_ref().map(|e| e.to_string());
+                self.record_step(Some(rtt), transmissions, err.clone());
+                match response.reflexive() {
+                    Some(a) if err.is_none() => {
+                        self.config.peer = a;
+                        self.report.peer = Some(a);
+                        self.advance(now);
+                    }
+                    _ => {
+                        let why = err.unwrap_or_else(|| "no mapped address".into());
+                        self.fail(now, format!("Binding (peer): {why}"));
+                    }
                 }
             }
+            BindingOutcome::Timeout { transmissions } => {
+                self.record_step(None, transmissions, Some("timed out".into()));
+                self.fail(now, format!("Binding (peer): no answer after {transmissions} requests"));
+            }
+        }
+    }
+
+    /// ChannelData (or a Data indication) on socket 0: the echo?
+    fn on_client_data(&mut self, now: Instant, packet: &[u8]) {
+        let Some(e) = &self.echo else { return };
+        // Data indications count too (a server that has not yet made the
+        // channel effective).
+        let payload = match parse_data(packet) {
+            Some(Received::Channel(channel, r)) if channel == self.config.channel => &packet[r],
+            Some(Received::Indication(_, r)) => &packet[r],
             _ => return,
         };
-        if payload != self.echo_payload.as_slice() {
+        if payload != &e.frame[CHANNEL_DATA_HEADER_LEN..] {
             return;
         }
-        if let Some(a) = &self.active {
-            self.report.echo_rtts.push(a.tx.rtt(now));
-        }
+        self.report.echo_rtts.push(e.tx.rtt(now));
         self.advance(now);
+    }
+
+    /// Runs the timers of the current stage at `now`: what is due goes to
+    /// the outbox, what timed out moves the probe on.
+    fn drive(&mut self, now: Instant) {
+        match self.stage {
+            Stage::Done => {}
+            Stage::PeerAddress => {
+                let Some(b) = self.binding.as_mut() else { return };
+                let mut buf = [0u8; 128];
+                if let Some(t) = b.poll_transmit(now, &mut buf) {
+                    self.outbox.push_back((1, t.to, buf[..t.len].to_vec()));
+                }
+                b.handle_timeout(now);
+                if let Some(o) = b.outcome().cloned() {
+                    self.on_peer_address(now, o);
+                }
+            }
+            Stage::Echo(_) => {
+                let Some(e) = self.echo.as_mut() else { return };
+                if e.tx.poll_transmit(now) {
+                    self.outbox.push_back((0, self.config.server, e.frame.clone()));
+                } else if e.tx.is_timed_out(now) {
+                    self.report.echoes_lost += 1;
+                    self.advance(now);
+                }
+            }
+            _ => match self.session.poll(now) {
+                Poll::Transmit(bytes) => self.outbox.push_back((0, self.config.server, bytes.to_vec())),
+                Poll::Failed(e) => self.on_error(now, e, None),
+                Poll::Wait(_) | Poll::Idle => {}
+            },
+        }
     }
 }
 
 impl Probe for TurnProbe {
     fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
-        if let Some((to, data)) = self.peer_out.pop_front() {
-            let n = data.len().min(out.len());
-            out[..n].copy_from_slice(&data[..n]);
-            return Some(Transmit { socket: 1, to, len: n });
+        if self.outbox.is_empty() {
+            self.drive(now);
         }
-        if self.stage == Stage::Done {
-            return None;
-        }
-        let a = self.active.as_mut()?;
-        if !a.tx.poll_transmit(now) {
-            return None;
-        }
-        let n = a.bytes.len().min(out.len());
-        out[..n].copy_from_slice(&a.bytes[..n]);
-        let socket = if self.stage == Stage::PeerAddress { 1 } else { 0 };
-        Some(Transmit { socket, to: self.config.server, len: n })
+        let (socket, to, data) = self.outbox.pop_front()?;
+        let n = data.len().min(out.len());
+        out[..n].copy_from_slice(&data[..n]);
+        Some(Transmit { socket, to, len: n })
     }
 
     fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, packet: &[u8]) {
@@ -448,60 +437,45 @@ impl Probe for TurnProbe {
         }
         if socket == 1 && self.stage != Stage::PeerAddress {
             // The peer: echo what the relay sends.
-            if self.report.relayed.is_some() && self.peer_out.len() < 16 {
+            if self.report.relayed.is_some() && self.outbox.len() < 16 {
                 self.report.peer_saw = Some(from);
-                self.peer_out.push_back((from, packet.to_vec()));
+                self.outbox.push_back((1, from, packet.to_vec()));
             }
             return;
         }
         if from != self.config.server || (socket == 1) != (self.stage == Stage::PeerAddress) {
             return;
         }
-        if classify(packet[0]) == PacketKind::Stun
-            && let Ok(msg) = Message::parse(packet)
-            && msg.class().is_response()
-        {
-            if self.active.as_ref().is_some_and(|a| a.tx.tid() == msg.transaction_id()) {
-                self.on_response(now, &msg);
+        match self.stage {
+            Stage::PeerAddress => {
+                let Some(b) = self.binding.as_mut() else { return };
+                b.handle_input(now, 0, from, packet);
+                if let Some(o) = b.outcome().cloned() {
+                    self.on_peer_address(now, o);
+                }
             }
-            return;
+            Stage::Echo(_) => self.on_client_data(now, packet),
+            Stage::Done => {}
+            _ => self.on_response(now, packet),
         }
-        self.on_client_data(now, packet);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        // A pending echo leaves at the next poll_transmit, which a driver
-        // calls after every input.
+        // What waits in the outbox leaves at the next poll_transmit, which a
+        // driver calls after every input.
         match self.stage {
             Stage::Done => None,
-            _ => self.active.as_ref().map(|a| a.tx.poll_timeout()),
+            Stage::PeerAddress => self.binding.as_ref().and_then(BindingProbe::poll_timeout),
+            Stage::Echo(_) => self.echo.as_ref().map(|e| e.tx.poll_timeout()),
+            _ => self.session.transaction().map(Transaction::poll_timeout),
         }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        let Some(a) = &self.active else { return };
-        if !a.tx.is_timed_out(now) {
-            return;
-        }
-        let sent = a.tx.transmissions();
-        match self.stage {
-            Stage::Echo(_) => {
-                self.report.echoes_lost += 1;
-                self.advance(now);
-            }
-            Stage::Done => {}
-            _ => {
-                self.record_step(now, Some("timed out".into()), false);
-                let why = format!("{}: no answer after {sent} requests", self.step_name());
-                if self.stage == Stage::Release {
-                    self.allocated = false;
-                }
-                self.fail(now, why);
-            }
-        }
+        self.drive(now);
     }
 
     fn is_done(&self) -> bool {
-        self.stage == Stage::Done && self.peer_out.is_empty()
+        self.stage == Stage::Done && self.outbox.is_empty()
     }
 }

@@ -1,24 +1,38 @@
-//! The client's protocol state, sans IO: one request in flight at a time,
-//! the long-term credential dance (401 challenge, 438 stale nonce) and the
-//! RFC 8489 §6.2.1 retransmission timers, with MD5 or SHA-256 long-term
-//! keys (RFC 8489 §9.2). Bytes and time go in, bytes to
-//! transmit and outcomes come out; [`super::TurnClient`] drives it over a
-//! blocking transport, the allocation storm drives many over epoll.
+//! [`TurnSession`]: the client side of one TURN 5-tuple, sans IO. One
+//! request in flight at a time (Allocate, Refresh, CreatePermission,
+//! ChannelBind), with
+//!
+//! - RFC 8489 §6.2 timers ([`Transaction`]): retransmissions over UDP, one
+//!   request and Ti over TCP and TLS;
+//! - the long-term credential exchange (RFC 8489 §9.2): the 401 challenge
+//!   answered with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY, a 438
+//!   (stale nonce) with the fresh nonce, a 401 to a signed request taken as
+//!   wrong credentials; MD5 keys, or SHA-256 keys only when the server
+//!   offers them (no downgrade);
+//! - responses to signed requests checked: MESSAGE-INTEGRITY(-SHA256) must
+//!   verify with the key, and a success must carry it (RFC 8489 §9.2.5);
+//! - static long-term or TURN REST API [`Credentials`].
+//!
+//! Bytes and time go in; bytes to send and outcomes come out. The caller
+//! owns the socket: `turn-bench` drives thousands of sessions over epoll,
+//! [`super::turn::TurnProbe`] one over the probe's UDP socket.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use relay_core::wire::attr::transport as proto_transport;
-use relay_core::wire::attr::{PasswordAlgorithmEntry, password_algorithm};
-use relay_core::wire::integrity::{IntegrityAlgorithm, Key, PasswordAlgorithm};
-use relay_core::wire::{
+
+use super::credentials::Credentials;
+use super::error::ClientError;
+use super::{RetransmitPolicy, Rng, Transaction};
+use crate::server::auth::SECURITY_FEATURE_COOKIE;
+use crate::wire::attr::transport;
+use crate::wire::attr::{PasswordAlgorithmEntry, password_algorithm};
+use crate::wire::integrity::{IntegrityAlgorithm, Key, PasswordAlgorithm};
+use crate::wire::{
     Attribute, AttributeType, Class, HEADER_LEN, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
-
-use super::credentials::{Credentials, unix_now};
-use super::error::ClientError;
 
 /// Largest request the client writes.
 pub const MAX_REQUEST: usize = 1500;
@@ -32,15 +46,11 @@ pub struct ClientConfig {
     pub realm: Option<String>,
     /// SOFTWARE attribute sent with requests (`None`: none).
     pub software: Option<String>,
-    /// Initial retransmission timeout (RFC 8489: 500 ms).
-    pub rto: Duration,
-    /// Requests sent per transaction before giving up (RFC 8489 Rc: 7).
-    pub max_tries: u32,
-    /// After the last request, wait this many initial RTOs (RFC 8489 Rm: 16).
-    pub last_wait_factor: u32,
+    /// The request timers (RFC 8489: RTO 500 ms, Rc 7, Rm 16).
+    pub policy: RetransmitPolicy,
     /// Over a reliable transport (TCP, TLS) nothing is retransmitted and a
-    /// transaction times out after `rto * 2^(max_tries-1) + ...`, the same
-    /// total as over UDP (RFC 8489 Ti: 39.5 s).
+    /// transaction times out after Ti, the same total as over UDP
+    /// (RFC 8489: 39.5 s).
     pub reliable: bool,
     /// Authentication rounds (401/438 answered with a new request) allowed
     /// per request.
@@ -58,15 +68,14 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// RFC 8489 defaults for `credentials`.
+    /// RFC 8489 defaults for `credentials`: MD5 keys, FINGERPRINT, no
+    /// SOFTWARE, three authentication rounds per request.
     pub fn new(credentials: Credentials) -> ClientConfig {
         ClientConfig {
             credentials,
             realm: None,
-            software: Some(concat!("turn-bench ", env!("CARGO_PKG_VERSION")).to_owned()),
-            rto: Duration::from_millis(500),
-            max_tries: 7,
-            last_wait_factor: 16,
+            software: None,
+            policy: RetransmitPolicy::default(),
             reliable: false,
             max_auth_rounds: 3,
             fingerprint: true,
@@ -76,10 +85,7 @@ impl ClientConfig {
 
     /// The longest a transaction can take before it times out.
     pub fn transaction_timeout(&self) -> Duration {
-        let tries = self.max_tries.clamp(1, 20);
-        // Requests at 0, RTO, 3 RTO, 7 RTO, ...: the last at (2^(n-1) - 1) RTO.
-        let last = self.rto * ((1u32 << (tries - 1)) - 1);
-        last + self.rto * self.last_wait_factor
+        self.policy.timeout()
     }
 }
 
@@ -133,12 +139,16 @@ pub struct Success {
     pub lifetime: Option<u32>,
 }
 
-/// What [`ClientCore::handle`] made of a received message.
+/// What [`TurnSession::handle`] made of a received message.
 #[derive(Debug)]
 pub enum Handled<'a> {
-    /// Not a response to the pending request (another transaction, a stray
-    /// message, ChannelData, a Data indication).
+    /// Not a response to the request in flight (another transaction, a
+    /// stray message, ChannelData, a Data indication).
     Ignored,
+    /// A response to the request in flight that failed the integrity check
+    /// (the reason), dropped as if never received: the transaction goes on
+    /// (RFC 8489 §9.2.5, over UDP).
+    Discarded(&'static str),
     /// A challenge was answered: transmit this new request.
     Transmit(&'a [u8]),
     /// The transaction ended.
@@ -161,13 +171,7 @@ pub enum Poll<'a> {
 #[derive(Debug)]
 struct Pending {
     request: Request,
-    tid: TransactionId,
-    /// Requests sent in this transaction.
-    tries: u32,
-    /// The current RTO (doubles at each retransmission).
-    rto: Duration,
-    /// When to retransmit (or, after the last try, to give up).
-    next: Instant,
+    tx: Transaction,
     auth_rounds: u32,
     /// Sent with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY.
     authenticated: bool,
@@ -175,7 +179,7 @@ struct Pending {
 
 /// One client's protocol state. See the module documentation.
 #[derive(Debug)]
-pub struct ClientCore {
+pub struct TurnSession {
     cfg: ClientConfig,
     username: String,
     password: String,
@@ -186,25 +190,10 @@ pub struct ClientCore {
     offered_algorithms: Vec<u8>,
     /// The integrity the last success response was verified with.
     response_integrity: Option<IntegrityAlgorithm>,
-    rng: u64,
+    rng: Rng,
     pending: Option<Pending>,
     buf: Box<[u8; MAX_REQUEST]>,
     len: usize,
-}
-
-fn seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let c = COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    splitmix(t ^ c ^ u64::from(std::process::id()))
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The error code of a STUN error response, and its reason.
@@ -215,16 +204,11 @@ pub fn error_code<'a>(m: &Message<'a>) -> Option<(u16, &'a str)> {
     }
 }
 
-/// The RFC 8489 §9.2 security feature cookie a nonce starts with when the
-/// server announces features, followed by 4 base64 characters of the
-/// 24-bit feature set.
-pub const SECURITY_FEATURE_COOKIE: &str = "obMatJos2";
-
 /// Whether `nonce` announces the "password algorithms" security feature
 /// (RFC 8489 §9.2): the cookie, then a feature set with that bit set. The
-/// bit is counted from the right (erratum 6290, as relay-core and most
-/// servers do) or, as the RFC's original text reads, from the left; either
-/// is accepted.
+/// bit is counted from the right (erratum 6290, as relay-core's server and
+/// most servers do) or, as the RFC's original text reads, from the left;
+/// either is accepted.
 pub fn nonce_offers_password_algorithms(nonce: &str) -> bool {
     let Some(features) = nonce.strip_prefix(SECURITY_FEATURE_COOKIE).and_then(|r| r.get(..4)) else {
         return false;
@@ -264,13 +248,17 @@ fn text_attr<'a>(m: &Message<'a>, ty: AttributeType) -> Option<&'a str> {
     }
 }
 
-impl ClientCore {
-    /// A client with no transaction in flight. REST credentials are
-    /// resolved now.
-    pub fn new(cfg: ClientConfig) -> Result<ClientCore, ClientError> {
-        let (username, password) = cfg.credentials.resolve(unix_now());
+impl TurnSession {
+    /// A session with no transaction in flight. REST credentials are
+    /// resolved for `unix_now` (seconds since the epoch; long-term
+    /// credentials ignore it); `seed` seeds the transaction ids (take it
+    /// from the OS, or from a generator that was). The key for a configured
+    /// realm is derived with the first request (credentials it cannot use
+    /// fail that request).
+    pub fn new(cfg: ClientConfig, unix_now: u64, seed: u64) -> TurnSession {
+        let (username, password) = cfg.credentials.resolve(unix_now);
         let realm = cfg.realm.clone();
-        let mut c = ClientCore {
+        TurnSession {
             cfg,
             username,
             password,
@@ -279,15 +267,11 @@ impl ClientCore {
             key: None,
             offered_algorithms: Vec::new(),
             response_integrity: None,
-            rng: seed(),
+            rng: Rng(seed),
             pending: None,
             buf: Box::new([0u8; MAX_REQUEST]),
             len: 0,
-        };
-        if let Some(realm) = c.realm.clone() {
-            c.derive_key(&realm)?;
         }
-        Ok(c)
     }
 
     /// The settings.
@@ -321,6 +305,12 @@ impl ClientCore {
         self.pending.is_some()
     }
 
+    /// The timers of the transaction in flight (its deadline, requests
+    /// sent, round-trip time).
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.pending.as_ref().map(|p| &p.tx)
+    }
+
     /// Abandons the transaction in flight, if any.
     pub fn cancel(&mut self) {
         self.pending = None;
@@ -333,18 +323,8 @@ impl ClientCore {
         Ok(())
     }
 
-    fn next_tid(&mut self) -> TransactionId {
-        let a = splitmix(self.rng);
-        let b = splitmix(a);
-        self.rng = b;
-        let mut t = [0u8; 12];
-        t[..8].copy_from_slice(&a.to_le_bytes());
-        t[8..].copy_from_slice(&b.to_le_bytes()[..4]);
-        TransactionId(t)
-    }
-
-    /// Starts `request`; returns the bytes to transmit. Fails when another
-    /// transaction is in flight.
+    /// Starts `request` at `now`; returns the bytes to transmit. Fails when
+    /// another transaction is in flight.
     pub fn start(&mut self, request: Request, now: Instant) -> Result<&[u8], ClientError> {
         if self.pending.is_some() {
             return Err(ClientError::Busy);
@@ -354,22 +334,33 @@ impl ClientCore {
     }
 
     fn begin(&mut self, request: Request, now: Instant, auth_rounds: u32) -> Result<(), ClientError> {
-        let tid = self.next_tid();
+        if self.key.is_none()
+            && let Some(realm) = self.realm.clone()
+        {
+            self.derive_key(&realm)?;
+        }
+        let tid = self.rng.tid();
         self.len = self.encode(&request, tid)?;
-        let rto = self.cfg.rto;
-        let next = if self.cfg.reliable { now + self.cfg.transaction_timeout() } else { now + rto };
+        let policy = self.cfg.policy;
+        let mut tx = if self.cfg.reliable {
+            Transaction::reliable(tid, policy, now)
+        } else {
+            Transaction::new(tid, policy, now)
+        };
+        // The first request leaves now, with what this returns.
+        tx.poll_transmit(now);
         let authenticated = self.nonce.is_some() && self.key.is_some() && self.realm.is_some();
-        self.pending = Some(Pending { request, tid, tries: 1, rto, next, auth_rounds, authenticated });
+        self.pending = Some(Pending { request, tx, auth_rounds, authenticated });
         Ok(())
     }
 
     fn encode(&mut self, request: &Request, tid: TransactionId) -> Result<usize, ClientError> {
-        let ClientCore { cfg, username, realm, nonce, key, buf, offered_algorithms, .. } = self;
+        let TurnSession { cfg, username, realm, nonce, key, buf, offered_algorithms, .. } = self;
         let ty = MessageType::new(Class::Request, request.method());
         let mut b = MessageBuilder::new(&mut buf[..], ty, tid)?;
         match request {
             Request::Allocate { lifetime } => {
-                b.add(&Attribute::RequestedTransport(proto_transport::UDP))?;
+                b.add(&Attribute::RequestedTransport(transport::UDP))?;
                 if let Some(l) = lifetime {
                     b.add(&Attribute::Lifetime(*l))?;
                 }
@@ -413,35 +404,51 @@ impl ClientCore {
         Ok(b.finish())
     }
 
-    /// Feeds a received message; see [`Handled`].
+    /// A response to a signed request that does not authenticate: dropped
+    /// over UDP, the end of the transaction over a reliable transport.
+    fn unauthenticated(&mut self, why: &'static str) -> Handled<'_> {
+        if !self.cfg.reliable {
+            return Handled::Discarded(why);
+        }
+        self.pending = None;
+        Handled::Done(Err(ClientError::Unauthenticated(why)))
+    }
+
+    /// Feeds a message received at `now`; see [`Handled`].
     pub fn handle(&mut self, msg: &[u8], now: Instant) -> Handled<'_> {
         let Some(p) = &self.pending else { return Handled::Ignored };
         if msg.len() < HEADER_LEN || msg[0] & 0xC0 != 0 {
             return Handled::Ignored;
         }
         let Ok(m) = Message::parse(msg) else { return Handled::Ignored };
-        if m.transaction_id() != p.tid || !m.class().is_response() || m.method() != p.request.method() {
+        if m.transaction_id() != p.tx.tid() || !m.class().is_response() || m.method() != p.request.method() {
             return Handled::Ignored;
+        }
+        // A response to a signed request counts only if its integrity
+        // verifies with our key (MESSAGE-INTEGRITY-SHA256 when it carries
+        // that); a success must carry it. An error may go without: the
+        // server answers 400, 401 and 438 before it has authenticated.
+        let mut integrity = None;
+        if p.authenticated
+            && let Some(key) = &self.key
+        {
+            if m.has_integrity() {
+                match m.verify_integrity(key.as_bytes()) {
+                    Ok(i) => integrity = Some(i),
+                    Err(_) => return self.unauthenticated("MESSAGE-INTEGRITY does not verify"),
+                }
+            } else if m.class() == Class::Success {
+                return self.unauthenticated("success without MESSAGE-INTEGRITY");
+            }
         }
         let method = p.request.method().name();
         if m.class() == Class::Success {
-            // A response with integrity must verify with our key (with
-            // MESSAGE-INTEGRITY-SHA256 when it carries that).
-            let mut integrity = None;
-            if m.has_integrity()
-                && let Some(key) = &self.key
-            {
-                match m.verify_integrity(key.as_bytes()) {
-                    Ok(i) => integrity = Some(i),
-                    Err(_) => return Handled::Ignored,
-                }
-            }
             self.response_integrity = integrity;
             let tid = m.transaction_id();
             let mut s = Success::default();
             for a in m.attributes() {
                 match a.decode(&tid) {
-                    Ok(Attribute::XorRelayedAddress(x)) => s.relayed = Some(x),
+                    Ok(Attribute::XorRelayedAddress(x)) if s.relayed.is_none() => s.relayed = Some(x),
                     Ok(Attribute::XorMappedAddress(x)) => s.mapped = Some(x),
                     Ok(Attribute::Lifetime(l)) => s.lifetime = Some(l),
                     _ => {}
@@ -497,32 +504,25 @@ impl ClientCore {
         Handled::Done(Err(ClientError::Rejected { method, code, reason: reason.to_owned() }))
     }
 
-    /// Runs the timers; see [`Poll`].
+    /// Runs the timers at `now`; see [`Poll`].
     pub fn poll(&mut self, now: Instant) -> Poll<'_> {
-        let max_tries = self.cfg.max_tries.max(1);
-        let last_wait = self.cfg.rto * self.cfg.last_wait_factor;
-        let reliable = self.cfg.reliable;
         let Some(p) = &mut self.pending else { return Poll::Idle };
-        if now < p.next {
-            return Poll::Wait(p.next);
+        if p.tx.poll_transmit(now) {
+            return Poll::Transmit(&self.buf[..self.len]);
         }
-        if reliable || p.tries >= max_tries {
-            let (method, tries) = (p.request.method().name(), p.tries);
+        if p.tx.is_timed_out(now) {
+            let (method, tries) = (p.request.method().name(), p.tx.transmissions());
             self.pending = None;
             return Poll::Failed(ClientError::Timeout { method, tries });
         }
-        p.tries += 1;
-        p.rto *= 2;
-        p.next = if p.tries >= max_tries { now + last_wait } else { now + p.rto };
-        Poll::Transmit(&self.buf[..self.len])
+        Poll::Wait(p.tx.poll_timeout())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use relay_core::wire::ErrorCode;
-
     use super::*;
+    use crate::wire::ErrorCode;
 
     const USER: &str = "alice";
     const PASS: &str = "secret";
@@ -533,11 +533,15 @@ mod tests {
     /// PASSWORD-ALGORITHMS: SHA-256 then MD5, no parameters.
     const OFFERED: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
 
-    fn core(alg: PasswordAlgorithm) -> ClientCore {
+    fn session_with(alg: PasswordAlgorithm, reliable: bool) -> TurnSession {
         let mut cfg = ClientConfig::new(Credentials::long_term(USER, PASS));
         cfg.password_algorithm = alg;
-        cfg.software = None;
-        ClientCore::new(cfg).unwrap()
+        cfg.reliable = reliable;
+        TurnSession::new(cfg, 0, 7)
+    }
+
+    fn session(alg: PasswordAlgorithm) -> TurnSession {
+        session_with(alg, false)
     }
 
     fn tid_of(msg: &[u8]) -> TransactionId {
@@ -559,15 +563,16 @@ mod tests {
         out
     }
 
-    /// An Allocate success to `tid`, sealed with `key` by SHA-256 or SHA-1.
-    fn success(tid: TransactionId, key: &Key, sha256: bool) -> Vec<u8> {
+    /// An Allocate success to `tid`, sealed with `key` by SHA-256 or SHA-1,
+    /// or not at all.
+    fn success(tid: TransactionId, key: Option<&Key>, sha256: bool) -> Vec<u8> {
         let mut out = vec![0u8; 512];
         let mut b = MessageBuilder::new(&mut out, MessageType::new(Class::Success, Method::ALLOCATE), tid).unwrap();
         b.add(&Attribute::Lifetime(600)).unwrap();
-        if sha256 {
-            b.add_message_integrity_sha256(key.as_bytes()).unwrap();
-        } else {
-            b.add_message_integrity(key.as_bytes()).unwrap();
+        match key {
+            Some(k) if sha256 => drop(b.add_message_integrity_sha256(k.as_bytes()).unwrap()),
+            Some(k) => drop(b.add_message_integrity(k.as_bytes()).unwrap()),
+            None => {}
         }
         let n = b.finish();
         out.truncate(n);
@@ -578,8 +583,12 @@ mod tests {
         Key::long_term(PasswordAlgorithm::Sha256, USER, REALM, PASS).unwrap()
     }
 
+    fn md5_key() -> Key {
+        Key::long_term(PasswordAlgorithm::Md5, USER, REALM, PASS).unwrap()
+    }
+
     /// Starts an Allocate and answers the 401: the authenticated request.
-    fn challenged(c: &mut ClientCore, nonce: &str, offered: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+    fn challenged(c: &mut TurnSession, nonce: &str, offered: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
         let now = Instant::now();
         let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
         assert!(Message::parse(&first).unwrap().get(AttributeType::PASSWORD_ALGORITHM).is_none());
@@ -592,7 +601,7 @@ mod tests {
 
     #[test]
     fn sha256_request_carries_the_algorithms_and_integrity_sha256() {
-        let mut c = core(PasswordAlgorithm::Sha256);
+        let mut c = session(PasswordAlgorithm::Sha256);
         let req = challenged(&mut c, NONCE_SHA, Some(&OFFERED)).unwrap();
         let m = Message::parse(&req).unwrap();
         let tid = m.transaction_id();
@@ -610,22 +619,21 @@ mod tests {
         assert!(m.get(AttributeType::MESSAGE_INTEGRITY).is_none());
         assert!(m.get(AttributeType::MESSAGE_INTEGRITY_SHA256).is_some());
         m.verify_message_integrity_sha256(sha_key().as_bytes()).unwrap();
-        let md5 = Key::long_term(PasswordAlgorithm::Md5, USER, REALM, PASS).unwrap();
-        assert!(m.verify_message_integrity_sha256(md5.as_bytes()).is_err());
+        assert!(m.verify_message_integrity_sha256(md5_key().as_bytes()).is_err());
         m.verify_fingerprint().unwrap();
     }
 
     #[test]
     fn sha256_responses_are_verified() {
-        let mut c = core(PasswordAlgorithm::Sha256);
+        let mut c = session(PasswordAlgorithm::Sha256);
         let req = challenged(&mut c, NONCE_SHA, Some(&OFFERED)).unwrap();
         let tid = tid_of(&req);
         let now = Instant::now();
         // Sealed with another key: not the server's answer.
         let wrong = Key::long_term(PasswordAlgorithm::Sha256, USER, REALM, "other").unwrap();
-        assert!(matches!(c.handle(&success(tid, &wrong, true), now), Handled::Ignored));
+        assert!(matches!(c.handle(&success(tid, Some(&wrong), true), now), Handled::Discarded(_)));
         assert!(c.is_busy());
-        match c.handle(&success(tid, &sha_key(), true), now) {
+        match c.handle(&success(tid, Some(&sha_key()), true), now) {
             Handled::Done(Ok(s)) => assert_eq!(s.lifetime, Some(600)),
             other => panic!("{other:?}"),
         }
@@ -633,21 +641,46 @@ mod tests {
     }
 
     #[test]
+    fn a_success_to_a_signed_request_must_carry_integrity() {
+        // Over UDP it is dropped and the retransmissions go on.
+        let mut c = session(PasswordAlgorithm::Md5);
+        let tid = tid_of(&challenged(&mut c, NONCE_PLAIN, None).unwrap());
+        let now = Instant::now();
+        match c.handle(&success(tid, None, false), now) {
+            Handled::Discarded(why) => assert!(why.contains("without MESSAGE-INTEGRITY"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.is_busy());
+        // Over a reliable transport it ends the transaction.
+        let mut c = session_with(PasswordAlgorithm::Md5, true);
+        let tid = tid_of(&challenged(&mut c, NONCE_PLAIN, None).unwrap());
+        match c.handle(&success(tid, None, false), now) {
+            Handled::Done(Err(ClientError::Unauthenticated(_))) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(!c.is_busy());
+        // Before the challenge nothing is signed, so nothing is checked.
+        let mut c = session(PasswordAlgorithm::Md5);
+        let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
+        assert!(matches!(c.handle(&success(tid_of(&first), None, false), now), Handled::Done(Ok(_))));
+    }
+
+    #[test]
     fn sha256_is_not_downgraded() {
         // No PASSWORD-ALGORITHMS in the challenge.
-        let e = challenged(&mut core(PasswordAlgorithm::Sha256), NONCE_SHA, None).unwrap_err();
+        let e = challenged(&mut session(PasswordAlgorithm::Sha256), NONCE_SHA, None).unwrap_err();
         assert!(matches!(e, ClientError::PasswordAlgorithm(_)), "{e}");
         assert!(e.to_string().contains("no PASSWORD-ALGORITHMS"), "{e}");
         // A nonce without the security feature cookie.
-        let e = challenged(&mut core(PasswordAlgorithm::Sha256), NONCE_PLAIN, Some(&OFFERED)).unwrap_err();
+        let e = challenged(&mut session(PasswordAlgorithm::Sha256), NONCE_PLAIN, Some(&OFFERED)).unwrap_err();
         assert!(e.to_string().contains("obMatJos2"), "{e}");
         // The cookie without the password algorithms bit.
         let no_bit = NONCE_SHA.replace("AAAB", "AAAA");
-        let e = challenged(&mut core(PasswordAlgorithm::Sha256), &no_bit, Some(&OFFERED)).unwrap_err();
+        let e = challenged(&mut session(PasswordAlgorithm::Sha256), &no_bit, Some(&OFFERED)).unwrap_err();
         assert!(matches!(e, ClientError::PasswordAlgorithm(_)), "{e}");
         // Only MD5 offered.
         let md5_only = [0x00, 0x01, 0x00, 0x00];
-        let mut c = core(PasswordAlgorithm::Sha256);
+        let mut c = session(PasswordAlgorithm::Sha256);
         let e = challenged(&mut c, NONCE_SHA, Some(&md5_only)).unwrap_err();
         assert!(e.to_string().contains("offers only [1]"), "{e}");
         assert!(!c.is_busy());
@@ -655,19 +688,54 @@ mod tests {
 
     #[test]
     fn md5_requests_are_unchanged() {
-        let mut c = core(PasswordAlgorithm::Md5);
+        let mut c = session(PasswordAlgorithm::Md5);
         let req = challenged(&mut c, NONCE_SHA, Some(&OFFERED)).unwrap();
         let m = Message::parse(&req).unwrap();
         assert!(m.get(AttributeType::PASSWORD_ALGORITHMS).is_none());
         assert!(m.get(AttributeType::PASSWORD_ALGORITHM).is_none());
         assert!(m.get(AttributeType::MESSAGE_INTEGRITY_SHA256).is_none());
-        let md5 = Key::long_term(PasswordAlgorithm::Md5, USER, REALM, PASS).unwrap();
-        m.verify_message_integrity(md5.as_bytes()).unwrap();
-        match c.handle(&success(m.transaction_id(), &md5, false), Instant::now()) {
+        m.verify_message_integrity(md5_key().as_bytes()).unwrap();
+        match c.handle(&success(m.transaction_id(), Some(&md5_key()), false), Instant::now()) {
             Handled::Done(Ok(_)) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(c.response_integrity(), Some(IntegrityAlgorithm::Sha1));
+    }
+
+    #[test]
+    fn a_401_to_a_signed_request_is_final() {
+        let mut c = session(PasswordAlgorithm::Md5);
+        let req = challenged(&mut c, NONCE_PLAIN, None).unwrap();
+        match c.handle(&challenge(tid_of(&req), NONCE_PLAIN, None), Instant::now()) {
+            Handled::Done(Err(e)) => assert_eq!(e.code(), Some(401), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn timers_retransmit_over_udp_only() {
+        let t0 = Instant::now();
+        let rto = Duration::from_millis(10);
+        for (reliable, sends) in [(false, 3), (true, 1)] {
+            let mut cfg = ClientConfig::new(Credentials::long_term(USER, PASS));
+            cfg.policy = RetransmitPolicy { rto, rc: 3, rm: 2 };
+            cfg.reliable = reliable;
+            assert_eq!(cfg.transaction_timeout(), Duration::from_millis(50));
+            let mut c = TurnSession::new(cfg, 0, 1);
+            c.start(Request::Refresh { lifetime: 0 }, t0).unwrap();
+            let (mut sent, mut now) = (1, t0);
+            let end = loop {
+                match c.poll(now) {
+                    Poll::Transmit(_) => sent += 1,
+                    Poll::Wait(t) => now = t,
+                    Poll::Failed(e) => break (e, now - t0),
+                    Poll::Idle => panic!("idle"),
+                }
+            };
+            assert!(matches!(end.0, ClientError::Timeout { tries, .. } if tries == sends), "{:?}", end.0);
+            assert_eq!((sent, end.1), (sends, Duration::from_millis(50)));
+            assert!(matches!(c.poll(now), Poll::Idle));
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Client errors.
+//! Why a TURN transaction failed.
 
-use relay_core::wire::EncodeError;
+use crate::wire::EncodeError;
 
 /// Why a TURN transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,11 @@ pub enum ClientError {
     /// back to another.
     #[error("password algorithm: {0}")]
     PasswordAlgorithm(String),
+    /// Over a reliable transport, a response to an authenticated request
+    /// whose MESSAGE-INTEGRITY is missing or does not verify (RFC 8489
+    /// §9.2.5; over UDP such a response is discarded instead).
+    #[error("response not authenticated: {0}")]
+    Unauthenticated(&'static str),
     /// The server's answer lacked something the client needs.
     #[error("malformed response: {0}")]
     Malformed(String),
@@ -40,7 +45,8 @@ pub enum ClientError {
     /// A request was started while another was in flight.
     #[error("a transaction is already in flight")]
     Busy,
-    /// A socket error.
+    /// The driver's socket failed (the sans-IO machines never return this;
+    /// it lets a driver report its transport's errors in the same type).
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,7 +1,9 @@
-//! Client credentials: static long-term users and TURN REST API
-//! (time-limited) credentials derived from a shared secret.
+//! What a TURN client authenticates with: a long-term user name and
+//! password, or TURN REST API (time-limited) credentials derived from a
+//! secret shared with the server. The time REST credentials depend on is
+//! passed in.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -54,7 +56,7 @@ impl Credentials {
         }
     }
 
-    /// The user name as the report shows it (REST: the user part).
+    /// The user name as a report shows it (REST: the user part).
     pub fn display_user(&self) -> &str {
         match self {
             Credentials::LongTerm { username, .. } => username,
@@ -72,11 +74,6 @@ pub fn rest_credentials(secret: &[u8], user: &str, expiry_unix: u64) -> (String,
     mac.update(username.as_bytes());
     let password = BASE64.encode(mac.finalize().into_bytes());
     (username, password)
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
