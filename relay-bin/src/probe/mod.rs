@@ -222,7 +222,7 @@ fn seed() -> u64 {
     u64::from_le_bytes(crate::random_bytes::<8>()) ^ u64::from(std::process::id())
 }
 
-fn print(json: bool, r: (json::Json, String)) {
+fn print(json: bool, r: (String, String)) {
     if json {
         println!("{}", r.0);
     } else {

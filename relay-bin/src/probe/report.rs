@@ -10,7 +10,7 @@ use relay_core::client::nat::{Behavior, NatReport, Outcome};
 use relay_core::client::stun::BindingOutcome;
 use relay_core::client::turn::TurnReport;
 
-use super::json::Json;
+use super::json::{self, Ms, NatOutcome, NatTest, StunOutcome, TurnStep};
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
@@ -24,18 +24,17 @@ fn requests(n: u32) -> String {
     if n == 1 { "1 request".into() } else { format!("{n} requests") }
 }
 
-/// `probe stun`.
+/// `probe stun`: whether it passed, the JSON line, the text.
 pub fn stun(
     uri: &str,
     server: SocketAddr,
     local: SocketAddr,
     policy: RetransmitPolicy,
     outcome: &BindingOutcome,
-) -> (bool, Json, String) {
+) -> (bool, String, String) {
     let mut t = String::new();
     let _ = writeln!(t, "STUN Binding to {server} ({uri}) from {local}");
-    let mut j = Json::obj().with("probe", "stun").with("server", server).with("local", local);
-    let ok = match outcome {
+    let (ok, j) = match outcome {
         BindingOutcome::Timeout { transmissions } => {
             line(
                 &mut t,
@@ -46,8 +45,7 @@ pub fn stun(
                     policy.timeout().as_secs_f64()
                 ),
             );
-            j = j.with("ok", false).with("error", "no answer").with("transmissions", *transmissions);
-            false
+            (false, StunOutcome::Timeout { error: "no answer", transmissions: *transmissions })
         }
         BindingOutcome::Response { from, response: r, rtt, transmissions, .. } => {
             if let Some(e) = &r.error {
@@ -79,27 +77,23 @@ pub fn stun(
                 line(&mut t, "padding", format!("{p} bytes"));
             }
             let ok = r.error.is_none() && r.reflexive().is_some();
-            j = j
-                .with("ok", ok)
-                .with("error", r.error.as_ref().map(|e| e.to_string()))
-                .with("reflexive", r.reflexive())
-                .with("xor_mapped_address", r.xor_mapped)
-                .with("mapped_address", r.mapped)
-                .with("answered_from", *from)
-                .with("rtt_ms", *rtt)
-                .with("transmissions", *transmissions)
-                .with("response_origin", r.response_origin)
-                .with("other_address", r.other_address)
-                .with("software", r.software.clone())
-                .with("alg", r.alg_detected());
-            ok
+            let j = StunOutcome::Response {
+                error: r.error.as_ref().map(|e| e.to_string()),
+                reflexive: r.reflexive(),
+                xor_mapped_address: r.xor_mapped,
+                mapped_address: r.mapped,
+                answered_from: *from,
+                rtt_ms: Ms(*rtt),
+                transmissions: *transmissions,
+                response_origin: r.response_origin,
+                other_address: r.other_address,
+                software: r.software.as_deref(),
+                alg: r.alg_detected(),
+            };
+            (ok, j)
         }
     };
-    (ok, j, t)
-}
-
-fn behavior(b: Option<Behavior>) -> Json {
-    b.map_or(Json::Null, |b| Json::from(b.id()))
+    (ok, json::line(&json::Stun { probe: "stun", server, local, ok, outcome: j }), t)
 }
 
 fn yes_no(b: Option<bool>, none: &str) -> String {
@@ -110,8 +104,8 @@ fn yes_no(b: Option<bool>, none: &str) -> String {
     }
 }
 
-/// `probe nat`.
-pub fn nat(uri: &str, r: &NatReport) -> (bool, Json, String) {
+/// `probe nat`: whether it passed, the JSON line, the text.
+pub fn nat(uri: &str, r: &NatReport) -> (bool, String, String) {
     let mut t = String::new();
     let _ = writeln!(t, "NAT behaviour discovery against {} ({uri}) from {}", r.server, r.local);
     match (r.mapped, r.behind_nat) {
@@ -137,66 +131,62 @@ pub fn nat(uri: &str, r: &NatReport) -> (bool, Json, String) {
     let _ = writeln!(t, "  tests:");
     let mut tests = Vec::new();
     for x in &r.tests {
-        let (result, mut tj) = match &x.outcome {
+        let (result, outcome) = match &x.outcome {
             Outcome::Answer { from, response, rtt, transmissions } => {
                 let what = match (&response.error, response.reflexive()) {
                     (Some(e), _) => format!("error {e}"),
                     (None, Some(m)) => format!("mapped {m}"),
                     (None, None) => "no mapped address".into(),
                 };
-                let j = Json::obj()
-                    .with("result", "answer")
-                    .with("from", *from)
-                    .with("mapped", response.reflexive())
-                    .with("error", response.error.as_ref().map(|e| e.to_string()))
-                    .with("rtt_ms", *rtt)
-                    .with("transmissions", *transmissions);
+                let j = NatOutcome::Answer {
+                    from: *from,
+                    mapped: response.reflexive(),
+                    error: response.error.as_ref().map(|e| e.to_string()),
+                    rtt_ms: Ms(*rtt),
+                    transmissions: *transmissions,
+                };
                 (format!("answer from {from}, {what}, {}", ms(*rtt)), j)
             }
             Outcome::HairpinReceived { from, rtt, transmissions } => {
-                let j = Json::obj()
-                    .with("result", "received")
-                    .with("from", *from)
-                    .with("rtt_ms", *rtt)
-                    .with("transmissions", *transmissions);
+                let j = NatOutcome::Received { from: *from, rtt_ms: Ms(*rtt), transmissions: *transmissions };
                 (format!("came back from {from}, {}", ms(*rtt)), j)
             }
-            Outcome::NoAnswer { transmissions } => {
-                let j = Json::obj().with("result", "no_answer").with("transmissions", *transmissions);
-                (format!("nothing ({})", requests(*transmissions)), j)
-            }
+            Outcome::NoAnswer { transmissions } => (
+                format!("nothing ({})", requests(*transmissions)),
+                NatOutcome::NoAnswer { transmissions: *transmissions },
+            ),
         };
         let _ = writeln!(t, "    {:<50} to {:<22} {result}", x.test.describe(), x.to.to_string());
-        tj = Json::obj().with("test", x.test.id()).with("to", x.to).with("socket", x.socket as u32).with("outcome", tj);
-        tests.push(tj);
+        tests.push(NatTest { test: x.test.id(), to: x.to, socket: x.socket, outcome });
     }
     for n in &r.notes {
         let _ = writeln!(t, "  note: {n}");
     }
     let ok = !r.udp_blocked && r.mapped.is_some();
-    let j = Json::obj()
-        .with("probe", "nat")
-        .with("server", r.server)
-        .with("local", r.local)
-        .with("ok", ok)
-        .with("udp_blocked", r.udp_blocked)
-        .with("mapped", r.mapped)
-        .with("behind_nat", r.behind_nat)
-        .with("other_address", r.other_address)
-        .with("response_origin", r.response_origin)
-        .with("software", r.software.clone())
-        .with("rtt_ms", r.rtt)
-        .with("mapping", behavior(r.mapping))
-        .with("filtering", behavior(r.filtering))
-        .with("hairpinning", r.hairpinning)
-        .with("alg", r.alg)
-        .with("classic", r.classic.map(|c| c.id()))
-        .with("tests", Json::Arr(tests))
-        .with("notes", r.notes.clone());
-    (ok, j, t)
+    let j = json::Nat {
+        probe: "nat",
+        server: r.server,
+        local: r.local,
+        ok,
+        udp_blocked: r.udp_blocked,
+        mapped: r.mapped,
+        behind_nat: r.behind_nat,
+        other_address: r.other_address,
+        response_origin: r.response_origin,
+        software: r.software.as_deref(),
+        rtt_ms: r.rtt.map(Ms),
+        mapping: r.mapping.map(Behavior::id),
+        filtering: r.filtering.map(Behavior::id),
+        hairpinning: r.hairpinning,
+        alg: r.alg,
+        classic: r.classic.map(|c| c.id()),
+        tests,
+        notes: &r.notes,
+    };
+    (ok, json::line(&j), t)
 }
 
-/// `probe turn`.
+/// `probe turn`: whether it passed, the JSON line, the text.
 pub fn turn(
     uri: &str,
     server: SocketAddr,
@@ -204,7 +194,7 @@ pub fn turn(
     peer: SocketAddr,
     user: &str,
     r: &TurnReport,
-) -> (bool, Json, String) {
+) -> (bool, String, String) {
     let mut t = String::new();
     let _ = writeln!(t, "TURN probe of {server} ({uri}) as {user:?} from {local}, echo peer on {peer}");
     let mut steps = Vec::new();
@@ -220,13 +210,12 @@ pub fn turn(
         };
         let rtt = s.rtt.map(ms).unwrap_or_default();
         let _ = writeln!(t, "  {:<26}{result:<32}{rtt} ({})", s.name, requests(s.transmissions));
-        steps.push(
-            Json::obj()
-                .with("request", s.name)
-                .with("error", s.error.clone())
-                .with("rtt_ms", s.rtt)
-                .with("transmissions", s.transmissions),
-        );
+        steps.push(TurnStep {
+            request: s.name,
+            error: s.error.as_deref(),
+            rtt_ms: s.rtt.map(Ms),
+            transmissions: s.transmissions,
+        });
     }
     if let Some(realm) = &r.realm {
         line(&mut t, "realm", realm);
@@ -268,23 +257,24 @@ pub fn turn(
         None if ok => line(&mut t, "result", "OK"),
         None => line(&mut t, "result", "FAILED: echoes lost"),
     }
-    let j = Json::obj()
-        .with("probe", "turn")
-        .with("server", server)
-        .with("local", local)
-        .with("peer", peer)
-        .with("peer_reflexive", r.peer)
-        .with("ok", ok)
-        .with("error", r.error.clone())
-        .with("realm", r.realm.clone())
-        .with("software", r.software.clone())
-        .with("mapped", r.mapped)
-        .with("relayed", r.relayed)
-        .with("peer_saw", r.peer_saw)
-        .with("lifetime", r.lifetime)
-        .with("echo_rtt_ms", r.echo_rtts.clone())
-        .with("echoes_lost", r.echoes_lost)
-        .with("released", r.released)
-        .with("requests", Json::Arr(steps));
-    (ok, j, t)
+    let j = json::Turn {
+        probe: "turn",
+        server,
+        local,
+        peer,
+        peer_reflexive: r.peer,
+        ok,
+        error: r.error.as_deref(),
+        realm: r.realm.as_deref(),
+        software: r.software.as_deref(),
+        mapped: r.mapped,
+        relayed: r.relayed,
+        peer_saw: r.peer_saw,
+        lifetime: r.lifetime,
+        echo_rtt_ms: r.echo_rtts.iter().copied().map(Ms).collect(),
+        echoes_lost: r.echoes_lost,
+        released: r.released,
+        requests: steps,
+    };
+    (ok, json::line(&j), t)
 }
