@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
@@ -42,7 +42,7 @@ fn main() {
         relay_ports: RelayPorts::Ephemeral(ports),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0));
+    let quotas = Arc::new(Unlimited);
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let relay = Relay::start(&config, |k| {
         let mut credentials = Credentials::new("bench.local");

@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use relay_core::server::auth::{Credentials, NonceIssuer};
-use relay_core::server::quota::Quotas;
 use relay_core::server::{
     Client, ClientAction, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts, Transport,
 };
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
+
+// The tests' quota book: limits per user and in total, double releases panic.
+#[path = "../../relay-core/tests/support/quota_book.rs"]
+mod quota_book;
+use quota_book::TestQuotas;
 
 const REALM: &str = "fuzz";
 
@@ -74,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let parts = ServerParts::new(credentials)
         .with_config(config)
         .with_nonces(NonceIssuer::new([5; 32], 600))
-        .with_quotas(Arc::new(Quotas::new(4, 2)));
+        .with_quotas(Arc::new(TestQuotas::new(4, 2)));
     let mut server = Server::new(parts, t0, 1_800_000_000, 3);
     for port in 50000..50004 {
         server.add_relay(SocketAddr::from(([203, 0, 113, 1], port)));

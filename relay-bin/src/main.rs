@@ -7,6 +7,7 @@
 mod config;
 mod metrics;
 mod probe;
+mod quota;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,12 +20,12 @@ use clap::Parser;
 use ipnet::IpNet;
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_io::stream::StreamLimits;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
 use crate::config::{BackendName, Config, ConfigError, LogFormat};
+use crate::quota::Quotas;
 
 /// Command line. Every flag overrides the configuration file's key of the
 /// same meaning; repeatable flags replace the file's list.

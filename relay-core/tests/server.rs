@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
 use relay_core::server::stats::{AuthFailure, Drop, MethodLabel, Outcome};
 use relay_core::server::{
     Client, ClientAction, Event, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts, Transport,
@@ -18,6 +17,10 @@ use relay_core::wire::integrity::{Key, PasswordAlgorithm};
 use relay_core::wire::{
     Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
+
+#[path = "support/quota_book.rs"]
+mod quota_book;
+use quota_book::TestQuotas;
 
 const REALM: &str = "example.org";
 const UNIX_T0: u64 = 1_800_000_000;
@@ -44,7 +47,7 @@ struct H {
 struct Setup {
     config: ServerConfig,
     policy: PeerPolicy,
-    quotas: Quotas,
+    quotas: TestQuotas,
     relays: Vec<&'static str>,
 }
 
@@ -53,7 +56,7 @@ impl Default for Setup {
         Setup {
             config: ServerConfig::default(),
             policy: PeerPolicy::new(),
-            quotas: Quotas::new(0, 0),
+            quotas: TestQuotas::new(0, 0),
             relays: vec!["203.0.113.1:50000", "203.0.113.1:50001", "203.0.113.1:50002"],
         }
     }
@@ -691,7 +694,7 @@ fn refresh_extends_and_lifetimes_are_capped() {
 
 #[test]
 fn quotas_per_user_and_in_total() {
-    let mut h = H::with(Setup { quotas: Quotas::new(2, 1), ..Setup::default() });
+    let mut h = H::with(Setup { quotas: TestQuotas::new(2, 1), ..Setup::default() });
     let alloc = |h: &mut H| h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
     let as_bob = |h: &mut H| {
         h.user = "bob".into();
@@ -717,7 +720,7 @@ fn quotas_per_user_and_in_total() {
 
 #[test]
 fn total_quota_and_relay_exhaustion_are_508() {
-    let mut h = H::with(Setup { quotas: Quotas::new(1, 0), ..Setup::default() });
+    let mut h = H::with(Setup { quotas: TestQuotas::new(1, 0), ..Setup::default() });
     h.allocate();
     h.move_to("192.0.2.10:40001");
     let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
@@ -938,7 +941,7 @@ fn answers_to_unauthenticated_requests_are_budgeted_per_source() {
 fn rest_users_count_against_one_quota_whatever_their_credential() {
     use base64::Engine;
     use hmac::{Hmac, KeyInit, Mac};
-    let mut h = H::with(Setup { quotas: Quotas::new(0, 1), ..Setup::default() });
+    let mut h = H::with(Setup { quotas: TestQuotas::new(0, 1), ..Setup::default() });
     let as_rest = |h: &mut H, expiry: u64| {
         let username = format!("{expiry}:carol");
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"rest-secret").unwrap();

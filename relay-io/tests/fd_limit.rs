@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
@@ -30,7 +30,7 @@ fn make(_k: usize) -> Server {
         credentials,
         nonces: NonceIssuer::new([1; 32], 600),
         policy: PeerPolicy::new(),
-        quotas: Arc::new(Quotas::new(0, 0)),
+        quotas: Arc::new(Unlimited),
     };
     Server::new(parts, Instant::now(), 1_800_000_000, 1)
 }

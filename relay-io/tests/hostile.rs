@@ -13,7 +13,7 @@ mod common;
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_core::wire::attr::transport;
 use relay_core::wire::channel_data;
@@ -70,7 +70,7 @@ fn start(backend: Backend, o: &Options) -> Option<Relay> {
             credentials,
             nonces: NonceIssuer::new([8; 32], 600),
             policy: PeerPolicy::with_lists(allow.clone(), vec![]),
-            quotas: Arc::new(Quotas::new(0, 0)),
+            quotas: Arc::new(Unlimited),
         };
         Server::new(parts, Instant::now(), 1_800_000_000, 9)
     };

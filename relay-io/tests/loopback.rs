@@ -12,7 +12,7 @@ mod common;
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_core::wire::attr::transport;
 use relay_core::wire::channel_data;
@@ -49,7 +49,7 @@ fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Du
         relay_ports: RelayPorts::Ephemeral(ports_per_shard),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0));
+    let quotas = Arc::new(Unlimited);
     let make = |_k: usize| {
         let mut credentials = Credentials::new(REALM);
         credentials.add_user("alice", "secret").unwrap();
@@ -603,7 +603,7 @@ fn start_relays(backend: Backend, shards: usize, advertised: Option<&str>, slot:
             credentials,
             nonces: NonceIssuer::new([9; 32], 600),
             policy: PeerPolicy::new(),
-            quotas: Arc::new(Quotas::new(0, 0)),
+            quotas: Arc::new(Unlimited),
         };
         Server::new(parts, Instant::now(), 1_800_000_000, 7)
     };
@@ -806,7 +806,7 @@ fn a_second_instance_on_the_same_address_refuses_to_start_unless_handing_over() 
             credentials: Credentials::new(REALM),
             nonces: NonceIssuer::new([2; 32], 600),
             policy: PeerPolicy::new(),
-            quotas: Arc::new(Quotas::new(0, 0)),
+            quotas: Arc::new(Unlimited),
         };
         Server::new(parts, Instant::now(), 1_800_000_000, 3)
     };

@@ -12,7 +12,7 @@ mod common;
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Rfc5780, Server, ServerConfig, ServerParts};
 use relay_core::wire::attr::ChangeRequest;
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
@@ -44,7 +44,7 @@ fn start(backend: Backend, pair: Rfc5780) -> Option<Relay> {
         relay_ports: RelayPorts::Ephemeral(2),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0));
+    let quotas = Arc::new(Unlimited);
     let make = |_k: usize| {
         let parts = ServerParts {
             config: ServerConfig::default(),

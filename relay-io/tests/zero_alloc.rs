@@ -14,7 +14,7 @@ mod common;
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_core::wire::attr::transport;
 use relay_core::wire::channel_data;
@@ -115,7 +115,7 @@ fn relaying_allocates_nothing() {
                 credentials,
                 nonces: NonceIssuer::new([3; 32], 600),
                 policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
-                quotas: Arc::new(Quotas::new(0, 0)),
+                quotas: Arc::new(Unlimited),
             };
             Server::new(parts, Instant::now(), 1_800_000_000, 1)
         };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bench_harness::{Credentials, TurnServer};
 use relay_core::server::auth::{Credentials as ServerCredentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Quotas;
+use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
@@ -107,7 +107,7 @@ fn start_relay_io(
         relay_ports: RelayPorts::Ephemeral(relays),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Quotas::new(0, 0));
+    let quotas = Arc::new(Unlimited);
     let make = |_k: usize| {
         let mut credentials = ServerCredentials::new(REALM);
         credentials.add_user(USER, PASSWORD).unwrap();

@@ -9,11 +9,12 @@
 //! - [`rfc5780`]: NAT behaviour discovery (OTHER-ADDRESS, CHANGE-REQUEST,
 //!   RESPONSE-PORT, PADDING);
 //! - [`timer`]: the expiry wheel;
-//! - [`auth`]: credentials (static users, user files, TURN REST secrets) and
+//! - [`auth`]: credentials (static users, user file text, TURN REST secrets) and
 //!   stateless nonces;
 //! - [`policy`]: which peer addresses may be relayed to;
 //! - [`own`]: the server's own addresses (listeners, relay addresses);
-//! - [`quota`]: allocation quotas shared by all shards, bandwidth caps;
+//! - [`quota`]: the allocation quota book the caller injects (no lock here),
+//!   bandwidth caps;
 //! - [`stats`]: shard-local counters;
 //! - [`error`]: the error responses (code, reason phrase, metric label).
 

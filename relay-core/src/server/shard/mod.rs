@@ -23,7 +23,7 @@ pub use action::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
 use super::auth::{Credentials, NonceIssuer};
 use super::own::OwnAddresses;
 use super::policy::PeerPolicy;
-use super::quota::Quotas;
+use super::quota::{QuotaBook, Unlimited};
 use super::relays::{RelayId, RelayPool};
 use super::rfc5780::{Rfc5780, Rfc5780Error};
 use super::stats::{Drop, Stats};
@@ -103,8 +103,9 @@ pub struct ServerParts {
     pub nonces: NonceIssuer,
     /// Peer address policy.
     pub policy: PeerPolicy,
-    /// Allocation quotas shared by every shard.
-    pub quotas: Arc<Quotas>,
+    /// Allocation quotas shared by every shard: the book that counts them
+    /// (relay-core takes no lock; turn-relay's book is in relay-bin).
+    pub quotas: Arc<dyn QuotaBook>,
 }
 
 impl ServerParts {
@@ -119,20 +120,20 @@ impl ServerParts {
     /// - `nonces`: stale [`NONCE_LIFETIME_SECS`](Self::NONCE_LIFETIME_SECS)
     ///   after issue, keyed with a secret drawn once per process (below);
     /// - `policy`: [`PeerPolicy::new`], the default deny list only;
-    /// - `quotas`: none ([`Quotas::new(0, 0)`](Quotas::new)), fresh for
-    ///   these parts.
+    /// - `quotas`: none ([`Unlimited`]).
     ///
     /// The `with_` methods replace any of them; name only what differs:
     ///
     /// ```
     /// use std::sync::Arc;
     /// use relay_core::server::auth::Credentials;
-    /// use relay_core::server::quota::Quotas;
+    /// use relay_core::server::quota::{QuotaBook, Unlimited};
     /// use relay_core::server::{ServerConfig, ServerParts};
     ///
     /// let mut credentials = Credentials::new("example.org");
     /// credentials.add_user("alice", "secret").unwrap();
-    /// let quotas = Arc::new(Quotas::new(1000, 10)); // shared by the shards
+    /// // One book shared by the shards (turn-relay's counts per user).
+    /// let quotas: Arc<dyn QuotaBook> = Arc::new(Unlimited);
     /// let parts = ServerParts::new(credentials)
     ///     .with_config(ServerConfig { software: Some("relay".into()), ..ServerConfig::default() })
     ///     .with_quotas(quotas.clone());
@@ -153,7 +154,7 @@ impl ServerParts {
             credentials,
             nonces: NonceIssuer::new(Self::process_nonce_secret(), Self::NONCE_LIFETIME_SECS),
             policy: PeerPolicy::new(),
-            quotas: Arc::new(Quotas::new(0, 0)),
+            quotas: Arc::new(Unlimited),
         }
     }
 
@@ -178,7 +179,7 @@ impl ServerParts {
     /// These parts with `quotas` instead: pass one `Arc` to every shard's
     /// parts for limits that hold across the shards.
     #[must_use]
-    pub fn with_quotas(self, quotas: Arc<Quotas>) -> Self {
+    pub fn with_quotas(self, quotas: Arc<dyn QuotaBook>) -> Self {
         ServerParts { quotas, ..self }
     }
 
@@ -208,7 +209,7 @@ pub struct Server {
     credentials: Credentials,
     nonces: NonceIssuer,
     policy: PeerPolicy,
-    quotas: Arc<Quotas>,
+    quotas: Arc<dyn QuotaBook>,
     pool: RelayPool,
     table: Table,
     wheel: TimerWheel,
