@@ -1,5 +1,9 @@
 //! `turn-bench`: the command line of the load generator. See the library
-//! (`bench_harness`) for what each scenario measures.
+//! (`bench_harness`) for what each scenario measures, and [`demo`] for
+//! `turn-bench demo`, which starts turn-relay and drives a short load
+//! through it.
+
+mod demo;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -57,6 +61,11 @@ enum Command {
     /// One scenario against several targets in alternation (A B A B …),
     /// with medians, ranges and ratios to the first target.
     Compare(CompareCmd),
+    /// Start turn-relay (the binary next to turn-bench, on PATH, or
+    /// --relay) on loopback with an embedded configuration, run a short
+    /// throughput load through it, print the report and the relay's own
+    /// counters, and stop it.
+    Demo(demo::DemoCmd),
 }
 
 /// How to authenticate.
@@ -485,6 +494,7 @@ fn emit_traffic(report: &ThroughputReport, json: bool, html: Option<&Path>) -> R
 fn run(cli: Cli) -> Result<(), BenchError> {
     let live = !cli.quiet;
     match cli.command {
+        Command::Demo(c) => demo::run(&c, live, cli.json),
         Command::Throughput(c) => {
             let server = c.server.creds.server(c.server.server);
             let base = ThroughputConfig::new(server);

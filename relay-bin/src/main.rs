@@ -46,8 +46,9 @@ struct Cli {
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
-    /// Start the relay on loopback and drive the bundled load generator
-    /// (turn-bench) through it for a few seconds; print what it measured.
+    /// Run `turn-bench demo` (found next to turn-relay or on PATH): the
+    /// relay on loopback with a few seconds of load from the bundled load
+    /// generator, and what it measured.
     #[arg(long)]
     demo: bool,
     /// Length of the --demo load, seconds.
@@ -408,6 +409,10 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     let cli_keys = cli.apply(&mut config);
+    if cli.demo {
+        eprintln!("turn-relay --demo: {}", demo(&config, &cli));
+        return ExitCode::FAILURE;
+    }
     let (relay_addrs, (port_lo, port_hi)) = match config.validate(&cli_keys) {
         Ok(v) => v,
         Err(e) => {
@@ -427,15 +432,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    if cli.demo {
-        return match demo(&config, cli.demo_seconds) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("turn-relay --demo: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     match run(&cli, &config, relay_addrs, (port_lo, port_hi), creds, generated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -446,75 +442,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--demo`: the relay on loopback (kernel-chosen ports, loopback peers
-/// allowed for the generator's peers only in this mode), and turn-bench's
-/// throughput scenario through it.
-fn demo(config: &Config, seconds: u64) -> Result<(), String> {
-    use bench_harness::{Credentials as BenchCredentials, ThroughputConfig, TurnServer};
-    let password = {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>())
-    };
-    let mut creds = Credentials::new(&config.server.realm);
-    creds.add_user("demo", &password).map_err(|e| e.to_string())?;
-    let io = IoConfig {
-        shards: 1,
-        backend: match config.server.backend {
-            BackendName::Auto => Backend::Auto,
-            BackendName::IoUring => Backend::IoUring,
-            BackendName::Portable => Backend::Portable,
-        },
-        udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-        relay_ips: vec![RelayIp::same(IpAddr::from([127, 0, 0, 1]))],
-        relay_ports: RelayPorts::Ephemeral(64),
-        ..IoConfig::default()
-    };
-    let server_config = server_config(config);
-    let quotas = Arc::new(Quotas::new(0, 0));
-    let make = |_| {
-        let parts = ServerParts {
-            config: server_config.clone(),
-            credentials: creds.clone(),
-            nonces: NonceIssuer::new(random_bytes::<32>(), 600),
-            policy: PeerPolicy::with_lists(
-                vec![IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("valid prefix")],
-                vec![],
-            ),
-            quotas: quotas.clone(),
-        };
-        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Server::new(parts, Instant::now(), unix_now, u64::from_le_bytes(random_bytes::<8>()))
-    };
-    let relay = Relay::start(&io, make).map_err(|e| e.to_string())?;
-    let addr = relay.udp_addrs()[0];
-    println!(
-        "turn-relay --demo: relay on {addr} ({} backend: {}), user \"demo\"; {seconds} s of load from turn-bench",
-        relay.backend().name(),
-        relay.backend_reason()
-    );
-    let server = TurnServer::new(addr, BenchCredentials::long_term("demo", &password));
-    let load = ThroughputConfig {
-        allocations: 10,
-        size: 200,
-        window: 64,
-        duration: Duration::from_secs(seconds.max(1)),
-        live: true,
-        ..ThroughputConfig::new(server)
-    };
-    let report = bench_harness::run_throughput(&load).map_err(|e| e.to_string());
-    let stats = relay.stats(Duration::from_secs(1));
-    relay.stop().map_err(|e| e.to_string())?;
-    let report = report?;
-    println!("{report}");
-    if let Some(r) = stats.first() {
-        println!(
-            "relay counters: {} packets to peers, {} to clients, {} allocations created",
-            r.stats.relayed_packets_of(relay_core::server::stats::Direction::ToPeer),
-            r.stats.relayed_packets_of(relay_core::server::stats::Direction::ToClient),
-            r.stats.allocations_created
+/// `--demo`: hands over to the load generator, `turn-bench demo`, which
+/// starts this binary on an embedded loopback configuration and drives a
+/// short load through it (turn-relay itself holds no load generator).
+/// Looks for turn-bench next to this executable (cargo builds both into
+/// one directory), then on PATH; returns only when it cannot start it.
+fn demo(config: &Config, cli: &Cli) -> String {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().ok();
+    let beside = me.as_ref().and_then(|exe| Some(exe.parent()?.join("turn-bench")));
+    let bench = beside.clone().filter(|p| p.is_file()).or_else(|| {
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths).map(|d| d.join("turn-bench")).find(|p| p.is_file())
+    });
+    let Some(bench) = bench else {
+        let looked = beside.map_or_else(String::new, |p| format!(" (looked for {} and on PATH)", p.display()));
+        return format!(
+            "the demo is run by the load generator, turn-bench, which is not installed{looked}. \
+             From the source tree run `scripts/demo`, which builds both and starts it, or \
+             `cargo build --release -p relay-bin -p bench-harness && target/release/turn-bench demo`"
         );
+    };
+    let mut cmd = std::process::Command::new(&bench);
+    cmd.arg("demo").arg("--duration").arg(cli.demo_seconds.max(1).to_string());
+    if let Some(me) = &me {
+        cmd.arg("--relay").arg(me);
     }
-    Ok(())
+    // What the former in-process demo took from the configuration.
+    let mut relay_flags = Vec::new();
+    if config.server.backend != BackendName::Auto
+        && let Some(v) = clap::ValueEnum::to_possible_value(&config.server.backend)
+    {
+        relay_flags.extend(["--backend".to_owned(), v.get_name().to_owned()]);
+    }
+    if let Some(level) = &cli.log_level {
+        relay_flags.extend(["--log-level".to_owned(), level.clone()]);
+    }
+    if !relay_flags.is_empty() {
+        cmd.arg("--").args(relay_flags);
+    }
+    let e = cmd.exec();
+    format!("{}: {e}", bench.display())
 }
 
 fn run(

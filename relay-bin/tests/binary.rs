@@ -3,6 +3,8 @@
 //! SIGHUP credential reload without losing allocations, and SIGTERM drain.
 //! Every process started here is stopped by its pid; every wait is bounded.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -312,18 +314,45 @@ fn bad_configuration_is_refused_before_any_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `turn-relay --demo` hands over to `turn-bench demo`, found next to it,
+/// which starts this binary on loopback and drives a load through it
+/// (turn-relay holds no load generator). A workspace build (scripts/test)
+/// puts turn-bench there; a build of relay-bin alone may not.
 #[test]
 fn demo_relays_a_load_from_turn_bench() {
-    let out = Command::new(env!("CARGO_BIN_EXE_turn-relay"))
-        .args(["--demo", "--demo-seconds", "1", "--log-level", "warn"])
-        .output()
-        .unwrap();
+    let relay = std::path::Path::new(env!("CARGO_BIN_EXE_turn-relay"));
+    if !relay.with_file_name("turn-bench").is_file() {
+        return common::skip(
+            "demo_relays_a_load_from_turn_bench",
+            "turn-bench is not built next to turn-relay (cargo build -p bench-harness)",
+        );
+    }
+    let out = Command::new(relay).args(["--demo", "--demo-seconds", "1", "--log-level", "warn"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("turn-bench demo: {} (pid ", relay.display())), "{stdout}");
     assert!(stdout.contains("turn-bench throughput"), "{stdout}");
     let line = stdout.lines().find(|l| l.starts_with("relay counters:")).expect("relay counters line");
     let to_peers: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(to_peers > 1000, "the demo relayed only {to_peers} packets:\n{stdout}");
+}
+
+/// Without turn-bench beside it or on PATH, `--demo` says how to get it.
+#[test]
+fn demo_without_turn_bench_says_how_to_get_it() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("demo-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let alone = dir.join("turn-relay");
+    let _ = std::fs::remove_file(&alone);
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_turn-relay"), &alone).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_turn-relay"), &alone).unwrap();
+    }
+    let out = Command::new(&alone).arg("--demo").env("PATH", &dir).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("turn-relay --demo: the demo is run by the load generator, turn-bench"), "{err}");
+    assert!(err.contains("scripts/demo") && err.contains("turn-bench demo"), "{err}");
 }
 
 /// Every configuration key documented in docs/configuration.md has a
