@@ -5,34 +5,22 @@
 //! tests take most of its descriptors), one test at a time.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use relay_core::server::auth::{Credentials, NonceIssuer};
-use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Unlimited;
-use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_core::server::{Server, ServerParts};
+use relay_core::wire::Attribute;
 use relay_core::wire::attr::transport;
-use relay_core::wire::integrity::{Key, PasswordAlgorithm};
-use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+use test_kit::{Login, TurnClient};
 
-const REALM: &str = "fd.test";
+const LOGIN: Login<'static> = Login { user: "u", password: "p", realm: "fd.test" };
 
 /// One test at a time: each takes most of the process's descriptors.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn make(_k: usize) -> Server {
-    let mut credentials = Credentials::new(REALM);
-    credentials.add_user("u", "p").unwrap();
-    let parts = ServerParts {
-        config: ServerConfig::default(),
-        credentials,
-        nonces: NonceIssuer::new([1; 32], 600),
-        policy: PeerPolicy::new(),
-        quotas: Arc::new(Unlimited),
-    };
-    Server::new(parts, Instant::now(), 1_800_000_000, 1)
+    Server::new(ServerParts::new(LOGIN.credentials()), Instant::now(), 1_800_000_000, 1)
 }
 
 fn fd_limit() -> u64 {
@@ -68,45 +56,8 @@ fn a_port_range_beyond_the_descriptor_limit_is_capped_not_fatal() {
 /// Allocates over UDP, asking for `family` (1 IPv4, 2 IPv6): the relayed
 /// address or the error code.
 fn allocate(server: SocketAddr, family: u8) -> Result<SocketAddr, u16> {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let key = Key::long_term(PasswordAlgorithm::Md5, "u", REALM, "p").unwrap();
-    let mut nonce = String::new();
-    for round in 0..2u8 {
-        let tid = TransactionId([round + 1; 12]);
-        let mut buf = [0u8; 512];
-        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::ALLOCATE), tid).unwrap();
-        b.add(&Attribute::RequestedTransport(transport::UDP)).unwrap();
-        b.add(&Attribute::RequestedAddressFamily(family)).unwrap();
-        if !nonce.is_empty() {
-            b.add(&Attribute::Username("u")).unwrap();
-            b.add(&Attribute::Realm(REALM)).unwrap();
-            b.add(&Attribute::Nonce(&nonce)).unwrap();
-            b.add_message_integrity(key.as_bytes()).unwrap();
-        }
-        let n = b.finish();
-        sock.send_to(&buf[..n], server).unwrap();
-        let mut resp = [0u8; 1500];
-        let n = loop {
-            match sock.recv_from(&mut resp) {
-                Ok((n, _)) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => panic!("no answer: {e}"),
-            }
-        };
-        let m = Message::parse(&resp[..n]).unwrap();
-        let attr = |ty| m.get(ty).map(|a| a.decode(&tid));
-        if m.class() == Class::Success {
-            let Some(Ok(Attribute::XorRelayedAddress(a))) = attr(AttributeType::XOR_RELAYED_ADDRESS) else { panic!() };
-            return Ok(a);
-        }
-        let Some(Ok(Attribute::ErrorCode(e))) = attr(AttributeType::ERROR_CODE) else { panic!() };
-        match attr(AttributeType::NONCE) {
-            Some(Ok(Attribute::Nonce(n))) if e.code == 401 && nonce.is_empty() => nonce = n.to_owned(),
-            _ => return Err(e.code),
-        }
-    }
-    Err(0)
+    let attrs = [Attribute::RequestedTransport(transport::UDP), Attribute::RequestedAddressFamily(family)];
+    TurnClient::new(server, LOGIN).allocate_with(&attrs)
 }
 
 #[test]

@@ -6,36 +6,23 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Unlimited;
 use relay_core::server::{Server, ServerConfig, ServerParts};
-use relay_core::wire::attr::transport;
 use relay_core::wire::channel_data;
-use relay_core::wire::integrity::{Key, PasswordAlgorithm};
 use relay_core::wire::{
     Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
 use relay_io::stream::StreamLimits;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
-
-/// `recv_from`, retried when a signal interrupts it (io_uring task work can
-/// interrupt blocking calls of other threads of the process).
-fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    loop {
-        match sock.recv_from(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
+use test_kit::{
+    Login, TurnClient, allow_loopback, backends, error_code, peer, recv_from, send_indication, start_or_skip,
+    test_certificate,
+};
 
 const REALM: &str = "hostile.test";
+const LOGIN: Login<'static> = Login { user: "u", password: "p", realm: REALM };
 const WAIT: Duration = Duration::from_secs(2);
 
 struct Options {
@@ -45,116 +32,31 @@ struct Options {
 }
 
 fn start(backend: Backend, o: &Options) -> Option<Relay> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let tls = relay_io::tls::server_config(vec![ck.cert.der().clone()], key).unwrap();
     let config = IoConfig {
         shards: 1,
         backend,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(tls),
+        tls: Some(test_certificate().0),
         stream_limits: o.limits,
         relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
         relay_ports: RelayPorts::Ephemeral(8),
         ..IoConfig::default()
     };
-    let allow = if o.allow_loopback { vec!["127.0.0.0/8".parse().unwrap()] } else { vec![] };
+    let policy = if o.allow_loopback { allow_loopback() } else { PeerPolicy::new() };
     let bandwidth = o.bandwidth;
     let make = move |_| {
-        let mut credentials = Credentials::new(REALM);
-        credentials.add_user("u", "p").unwrap();
-        let parts = ServerParts {
-            config: ServerConfig { bandwidth_limit: bandwidth, bandwidth_burst: bandwidth, ..ServerConfig::default() },
-            credentials,
-            nonces: NonceIssuer::new([8; 32], 600),
-            policy: PeerPolicy::with_lists(allow.clone(), vec![]),
-            quotas: Arc::new(Unlimited),
-        };
+        let parts = ServerParts::new(LOGIN.credentials())
+            .with_config(ServerConfig {
+                bandwidth_limit: bandwidth,
+                bandwidth_burst: bandwidth,
+                ..ServerConfig::default()
+            })
+            .with_policy(policy.clone());
         Server::new(parts, Instant::now(), 1_800_000_000, 9)
     };
-    match Relay::start(&config, make) {
-        Ok(r) => Some(r),
-        Err(relay_io::StartError::IoUringUnavailable(why)) => {
-            common::skip_io_uring(&why);
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// A minimal blocking TURN client.
-struct Turn {
-    sock: UdpSocket,
-    server: SocketAddr,
-    nonce: String,
-    tid: u32,
-}
-
-impl Turn {
-    fn new(server: SocketAddr) -> Turn {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        Turn { sock, server, nonce: String::new(), tid: 0 }
-    }
-
-    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
-        let key = Key::long_term(PasswordAlgorithm::Md5, "u", REALM, "p").unwrap();
-        for _ in 0..2 {
-            self.tid += 1;
-            let tid = TransactionId([self.tid as u8; 12]);
-            let mut buf = [0u8; 1500];
-            let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid).unwrap();
-            for a in attrs {
-                b.add(a).unwrap();
-            }
-            if !self.nonce.is_empty() {
-                b.add(&Attribute::Username("u")).unwrap();
-                b.add(&Attribute::Realm(REALM)).unwrap();
-                b.add(&Attribute::Nonce(&self.nonce)).unwrap();
-                b.add_message_integrity(key.as_bytes()).unwrap();
-            }
-            let n = b.finish();
-            self.sock.send_to(&buf[..n], self.server).unwrap();
-            let resp = loop {
-                let (n, _) = recv(&self.sock, &mut buf).expect("response");
-                if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
-                    break buf[..n].to_vec();
-                }
-            };
-            if code(&resp) == Some(401) && self.nonce.is_empty() {
-                let m = Message::parse(&resp).unwrap();
-                if let Some(Ok(Attribute::Nonce(n))) = m.get(AttributeType::NONCE).map(|a| a.decode(&tid)) {
-                    self.nonce = n.to_owned();
-                    continue;
-                }
-            }
-            return resp;
-        }
-        unreachable!()
-    }
-
-    fn allocate(&mut self) -> SocketAddr {
-        let resp = self.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
-        let m = Message::parse(&resp).unwrap();
-        match m.get(AttributeType::XOR_RELAYED_ADDRESS).map(|a| a.decode(&m.transaction_id())) {
-            Some(Ok(Attribute::XorRelayedAddress(a))) => a,
-            _ => panic!("allocate failed: {:?}", code(&resp)),
-        }
-    }
-}
-
-fn code(resp: &[u8]) -> Option<u16> {
-    let m = Message::parse(resp).ok()?;
-    match m.get(AttributeType::ERROR_CODE)?.decode(&m.transaction_id()) {
-        Ok(Attribute::ErrorCode(e)) => Some(e.code),
-        _ => None,
-    }
-}
-
-fn backends() -> [Backend; 2] {
-    [Backend::Portable, Backend::IoUring]
+    start_or_skip(&config, make)
 }
 
 /// Valid messages broken in every way the issue lists.
@@ -211,26 +113,25 @@ fn malformed_input_is_dropped_while_a_healthy_client_relays() {
         let o = Options { allow_loopback: true, bandwidth: 0, limits: StreamLimits::default() };
         let Some(relay) = start(backend, &o) else { continue };
         let server = relay.udp_addrs()[0];
-        let mut healthy = Turn::new(server);
-        let relayed = healthy.allocate();
-        let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
-        peer.set_read_timeout(Some(WAIT)).unwrap();
+        let mut healthy = TurnClient::new(server, LOGIN);
+        let relayed = healthy.allocate().unwrap();
+        let peer = peer();
         let paddr = peer.local_addr().unwrap();
         let resp = healthy
             .request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(paddr)]);
-        assert_eq!(code(&resp), None);
+        assert_eq!(error_code(&resp), None);
 
         let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
         attacker.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let bad = malformed_datagrams();
         // Conflicting and duplicated attributes: answered 400, not crashed.
-        let mut dup = Turn::new(server);
-        dup.allocate();
+        let mut dup = TurnClient::new(server, LOGIN);
+        dup.allocate().unwrap();
         let resp = dup.request(
             Method::CHANNEL_BIND,
             &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(paddr), Attribute::XorPeerAddress(paddr)],
         );
-        assert_eq!(code(&resp), Some(400));
+        assert_eq!(error_code(&resp), Some(400));
 
         let mut buf = [0u8; 2048];
         for round in 0..20u32 {
@@ -244,18 +145,16 @@ fn malformed_input_is_dropped_while_a_healthy_client_relays() {
             if let Ok(mut t) = TcpStream::connect(relay.tls_addrs()[0]) {
                 let _ = t.write_all(b"\x16\x03\x01\x00\x05hello-not-tls");
             }
-            let mut frame = [0u8; 8];
-            channel_data::encode(&mut frame, 0x4000, &round.to_be_bytes(), false).unwrap();
-            healthy.sock.send_to(&frame, server).unwrap();
-            let (n, from) = recv(&peer, &mut buf).expect("healthy traffic lost");
+            healthy.send_channel_data(0x4000, &round.to_be_bytes());
+            let (n, from) = recv_from(&peer, &mut buf).expect("healthy traffic lost");
             assert_eq!((&buf[..n], from), (&round.to_be_bytes()[..], relayed));
             peer.send_to(&buf[..n], relayed).unwrap();
-            let (n, _) = recv(&healthy.sock, &mut buf).expect("healthy echo lost");
+            let (n, _) = recv_from(&healthy.sock, &mut buf).expect("healthy echo lost");
             assert_eq!(ChannelData::parse(&buf[..n]).unwrap().payload, &round.to_be_bytes());
         }
         // Nothing malformed got an answer except what deserves one: the
         // oversized USERNAME is answered 400 or 401, never a success.
-        while let Ok((n, _)) = recv(&attacker, &mut buf) {
+        while let Ok((n, _)) = recv_from(&attacker, &mut buf) {
             let m = Message::parse(&buf[..n]).expect("answers are well-formed");
             assert_eq!(m.class(), Class::Error, "{backend:?}: a malformed request succeeded");
         }
@@ -271,8 +170,8 @@ fn denied_peers_are_refused_and_never_sent_to() {
         let o = Options { allow_loopback: false, bandwidth: 0, limits: StreamLimits::default() };
         let Some(relay) = start(backend, &o) else { continue };
         let server = relay.udp_addrs()[0];
-        let mut c = Turn::new(server);
-        let relayed = c.allocate();
+        let mut c = TurnClient::new(server, LOGIN);
+        let relayed = c.allocate().unwrap();
         for denied in [
             "127.0.0.2:9",
             "127.0.0.1:9",
@@ -297,28 +196,21 @@ fn denied_peers_are_refused_and_never_sent_to() {
             // IPv6 peers on an IPv4-only allocation: 443 comes first; the
             // policy covers them as well (see relay-core's policy tests).
             let want = if addr.is_ipv6() { 443 } else { 403 };
-            assert_eq!(code(&resp), Some(want), "{backend:?}: {denied}");
+            assert_eq!(error_code(&resp), Some(want), "{backend:?}: {denied}");
         }
         // The server's listeners, on any transport, are never peers; its
         // relay addresses are (another allocation, here its own).
         for listener in [server, relay.tcp_addrs()[0], relay.tls_addrs()[0]] {
             let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(listener)]);
-            assert_eq!(code(&resp), Some(403), "{backend:?}: listener {listener}");
+            assert_eq!(error_code(&resp), Some(403), "{backend:?}: listener {listener}");
         }
         let resp = c.request(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(relayed)]);
-        assert_eq!(code(&resp), None, "{backend:?}: a relay address of the server is a peer");
+        assert_eq!(error_code(&resp), None, "{backend:?}: a relay address of the server is a peer");
         // A Send indication to a denied loopback peer is never delivered.
-        let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let peer = peer();
         peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        let mut buf = [0u8; 200];
-        let mut b =
-            MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), TransactionId([3; 12]))
-                .unwrap();
-        b.add(&Attribute::XorPeerAddress(peer.local_addr().unwrap())).unwrap();
-        b.add(&Attribute::Data(b"exfiltrate")).unwrap();
-        let n = b.finish();
-        c.sock.send_to(&buf[..n], server).unwrap();
-        assert!(recv(&peer, &mut buf).is_err(), "{backend:?}: a denied peer received data");
+        c.send(&send_indication(peer.local_addr().unwrap(), b"exfiltrate"));
+        assert!(recv_from(&peer, &mut [0u8; 200]).is_err(), "{backend:?}: a denied peer received data");
         relay.stop().unwrap();
     }
 }
@@ -401,9 +293,9 @@ fn bandwidth_cap_holds_within_ten_percent() {
         let o = Options { allow_loopback: true, bandwidth: rate, limits: StreamLimits::default() };
         let Some(relay) = start(backend, &o) else { continue };
         let server = relay.udp_addrs()[0];
-        let mut c = Turn::new(server);
-        let relayed = c.allocate();
-        let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let mut c = TurnClient::new(server, LOGIN);
+        let relayed = c.allocate().unwrap();
+        let peer = peer();
         peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         let paddr = peer.local_addr().unwrap();
         c.request(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(paddr)]);
@@ -414,7 +306,7 @@ fn bandwidth_cap_holds_within_ten_percent() {
         let receiver = std::thread::spawn(move || {
             let mut got = 0u64;
             let mut buf = [0u8; 2048];
-            while let Ok((n, from)) = recv(&peer, &mut buf) {
+            while let Ok((n, from)) = recv_from(&peer, &mut buf) {
                 assert_eq!(from, relayed);
                 got += n as u64;
             }

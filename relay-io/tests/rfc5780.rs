@@ -5,18 +5,14 @@
 //! client socket. Every wait is bounded.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use relay_core::server::auth::{Credentials, NonceIssuer};
-use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Unlimited;
-use relay_core::server::{Rfc5780, Server, ServerConfig, ServerParts};
+use relay_core::server::auth::Credentials;
+use relay_core::server::{Rfc5780, Server, ServerParts};
 use relay_core::wire::attr::ChangeRequest;
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+use test_kit::start_or_skip;
 
 /// A port P with P and P+1 free on both loopback addresses (bounded tries).
 fn port_pair() -> u16 {
@@ -44,27 +40,13 @@ fn start(backend: Backend, pair: Rfc5780) -> Option<Relay> {
         relay_ports: RelayPorts::Ephemeral(2),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Unlimited);
     let make = |_k: usize| {
-        let parts = ServerParts {
-            config: ServerConfig::default(),
-            credentials: Credentials::new("rfc5780.test"),
-            nonces: NonceIssuer::new([3; 32], 600),
-            policy: PeerPolicy::new(),
-            quotas: quotas.clone(),
-        };
+        let parts = ServerParts::new(Credentials::new("rfc5780.test"));
         let mut s = Server::new(parts, Instant::now(), 1_800_000_000, 11);
         s.set_rfc5780(pair.primary, pair.other).unwrap();
         s
     };
-    match Relay::start(&config, make) {
-        Ok(r) => Some(r),
-        Err(relay_io::StartError::IoUringUnavailable(why)) => {
-            common::skip_io_uring(&why);
-            None
-        }
-        Err(e) => panic!("start: {e}"),
-    }
+    start_or_skip(&config, make)
 }
 
 fn binding(tid: u8, attrs: &[Attribute<'_>]) -> Vec<u8> {
@@ -88,7 +70,7 @@ fn ask(sock: &UdpSocket, on: &UdpSocket, to: SocketAddr, req: &[u8]) -> (SocketA
     let mut buf = [0u8; 1500];
     for _ in 0..10 {
         sock.send_to(req, to).unwrap();
-        while let Ok((n, from)) = on.recv_from(&mut buf) {
+        while let Ok((n, from)) = test_kit::recv_from(on, &mut buf) {
             if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
                 return (from, buf[..n].to_vec());
             }

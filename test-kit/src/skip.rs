@@ -1,7 +1,5 @@
-//! Shared by relay-io's integration tests: the rule for tests that cannot
-//! run here (the same as relay-bin's tests): a skip is printed, or is a
-//! failure in CI.
-#![allow(dead_code)]
+//! The rule for tests that cannot run here: a skip is printed, or is a
+//! failure where every test must really run.
 
 /// True when the environment says every test must really run: CI
 /// (`CI=true`, as `.ci/run` is started) or `TURN_RELAY_REQUIRE_ALL=1`.
@@ -10,9 +8,10 @@ pub fn skips_fail() -> bool {
         || std::env::var("TURN_RELAY_REQUIRE_ALL").as_deref() == Ok("1")
 }
 
-/// A run that cannot happen here (io_uring unavailable): prints `SKIPPED
-/// test: why` and returns, or fails the test where skips are not allowed
-/// ([`skips_fail`]), so that CI proves what it claims.
+/// A test that cannot run here (no root, no namespaces, no io_uring, no
+/// Chromium): prints `SKIPPED test: why` and returns, or fails the test
+/// where skips are not allowed ([`skips_fail`]), so that CI proves what
+/// it claims.
 pub fn skip(test: &str, why: &str) {
     if skips_fail() {
         panic!("{test}: cannot run here and skipping is not allowed in CI: {why}");
