@@ -4,14 +4,22 @@
 //! Streams live in an epoll instance of their own, which either backend
 //! watches as one descriptor (the portable loop nests it in its epoll; the
 //! io_uring loop polls it with a multishot PollAdd), so both run this one
-//! implementation. Relaying to peers is always UDP. Each connection has a
-//! receive buffer cut into frames by relay-core's stream framer, and a
-//! bounded send queue: relayed data is shed when a client reads too
-//! slowly, control responses never are (a client that lets even those pile
-//! up past a hard limit is disconnected).
+//! implementation. Relaying to peers is always UDP.
+//!
+//! A connection's protocol state — the framing of its read buffer, its
+//! bounded send queue (relayed data shed when a client reads too slowly,
+//! control responses never: a client that lets even those pile up past a
+//! hard limit is disconnected), the batching of a loop turn's relayed
+//! data, the TLS session and its record budget — is the sans-IO
+//! [`conn::StreamConn`]. This module keeps the system calls around it:
+//! accepting, the epoll registration and its writability interest, the
+//! reads and writes on the socket, closing; and it carries the frames a
+//! client sends to the server and what [`crate::egress`] makes of them.
+
+pub mod conn;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,26 +27,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::server::{Client, Server, Transport};
-use relay_core::wire::demux::{self, Frame};
 use slab::Slab;
 
 use crate::egress::{self, Buf, Packet, REPLY_LEN, Transmit, Via};
 use crate::shard::UdpSockets;
 use crate::sys::{self, Batch, Epoll, empty_event};
+use conn::{Queued, ReadOutcome, StreamConn};
 
 const LISTENER: u64 = 1 << 40;
 /// Datagrams to peers gathered from client streams before one `sendmmsg`.
 const TO_PEERS: usize = 64;
 /// Largest payload gathered (larger ones are sent on their own).
 const TO_PEER_SLOT: usize = 2048;
-/// Plaintext pushed into rustls per write: its buffer of unsent records
-/// holds 64 KiB, and a full one takes nothing (`Ok(0)`).
-const TLS_PUSH_BUDGET: usize = 48 * 1024;
-/// Bytes a TLS record adds to its plaintext (header, tag, content type),
-/// with room to spare.
-const TLS_RECORD_OVERHEAD: usize = 32;
-const INITIAL_READ: usize = 4096;
-
 /// Stream settings.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamLimits {
@@ -71,123 +71,10 @@ impl Default for StreamLimits {
     }
 }
 
-/// A connection's byte stream: plain TCP, or TLS over it.
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<rustls::ServerConnection>, TcpStream),
-}
-
-impl Io {
-    fn fd(&self) -> RawFd {
-        match self {
-            Io::Plain(s) | Io::Tls(_, s) => s.as_raw_fd(),
-        }
-    }
-
-    /// Application bytes in; `Ok(0)` at the end of the stream.
-    fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf),
-            Io::Tls(tls, s) => loop {
-                match tls.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                if tls.read_tls(s)? == 0 {
-                    return Ok(0);
-                }
-                tls.process_new_packets().map_err(io::Error::other)?;
-                // Handshake replies, alerts: out as far as the socket takes.
-                flush_tls(tls, s)?;
-            },
-        }
-    }
-
-    /// Frames out (whole frames, back to back); `WouldBlock` while earlier
-    /// TLS records wait for the socket. Over TLS each frame
-    /// gets a record of its own, and the records go out together: clients
-    /// that read one message per TLS record (coturn's turnutils_uclient
-    /// does) see every frame. Returns the bytes taken.
-    fn write_frames(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.write(bytes),
-            Io::Tls(tls, s) => {
-                flush_tls(tls, s)?;
-                if tls.wants_write() || tls.is_handshaking() {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                // rustls holds at most 64 KiB of records: push frames while
-                // they fit with their record overhead (a larger frame goes
-                // alone, split as rustls must), then write them out.
-                let mut at = 0;
-                let mut budget = TLS_PUSH_BUDGET;
-                while at < bytes.len() {
-                    let n = match demux::next_frame(&bytes[at..]) {
-                        Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
-                        // Not whole frames (never queued): the rest at once.
-                        _ => bytes.len() - at,
-                    };
-                    if at > 0 && n + TLS_RECORD_OVERHEAD > budget {
-                        break;
-                    }
-                    budget = budget.saturating_sub(n + TLS_RECORD_OVERHEAD);
-                    let w = tls.writer().write(&bytes[at..at + n])?;
-                    at += w;
-                    if w < n {
-                        // rustls is full (a frame larger than its buffer).
-                        break;
-                    }
-                }
-                flush_tls(tls, s)?;
-                if at == 0 { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(at) }
-            }
-        }
-    }
-
-    /// Writes pending TLS records; Ok even when the socket is full.
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Io::Plain(_) => Ok(()),
-            Io::Tls(tls, s) => flush_tls(tls, s),
-        }
-    }
-
-    /// TLS records wait for the socket.
-    fn pending(&self) -> bool {
-        matches!(self, Io::Tls(tls, _) if tls.wants_write())
-    }
-
-    fn handshaking(&self) -> bool {
-        matches!(self, Io::Tls(tls, _) if tls.is_handshaking())
-    }
-}
-
-fn flush_tls(tls: &mut rustls::ServerConnection, s: &mut TcpStream) -> io::Result<()> {
-    while tls.wants_write() {
-        match tls.write_tls(s) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
+/// A client connection: its socket and its state.
 struct Conn {
-    io: Io,
-    client: Client,
-    opened: Instant,
-    rbuf: Vec<u8>,
-    rlen: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    writing: bool,
-    /// Relayed data waits in `wbuf` for the end of the loop turn.
-    dirty: bool,
-    last: Instant,
+    sock: TcpStream,
+    state: StreamConn,
 }
 
 /// Counters of the stream side.
@@ -376,10 +263,10 @@ impl Streams {
                 self.stats.refused += 1;
                 continue;
             }
-            let (io, transport) = match (is_tls, &self.tls) {
-                (false, _) => (Io::Plain(stream), Transport::Tcp),
+            let (tls, transport) = match (is_tls, &self.tls) {
+                (false, _) => (None, Transport::Tcp),
                 (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
-                    Ok(tls) => (Io::Tls(Box::new(tls), stream), Transport::Tls),
+                    Ok(tls) => (Some(Box::new(tls)), Transport::Tls),
                     Err(_) => {
                         let _ = self.epoll.delete(stream.as_raw_fd());
                         self.stats.refused += 1;
@@ -393,80 +280,41 @@ impl Streams {
                 }
             };
             let client = Client { transport, remote, local, conn: id as u32 };
-            entry.insert(Conn {
-                io,
-                client,
-                opened: now,
-                rbuf: vec![0u8; INITIAL_READ],
-                rlen: 0,
-                wbuf: Vec::new(),
-                wpos: 0,
-                writing: false,
-                dirty: false,
-                last: now,
-            });
+            entry.insert(Conn { sock: stream, state: StreamConn::new(client, tls, now) });
             *self.per_source.entry(remote.ip()).or_insert(0) += 1;
             self.stats.accepted += 1;
             self.stats.open += 1;
         }
     }
 
+    /// Reads what connection `id` has (until its socket would block) and
+    /// handles every complete frame.
     fn read(&mut self, id: usize, now: Instant, server: &mut Server, udp: &UdpSockets) {
         loop {
             let Some(c) = self.conns.get_mut(id) else { return };
-            if c.rlen == c.rbuf.len() {
-                // The framer asked for more than fits: grow, within bounds.
-                if c.rbuf.len() >= demux::MAX_FRAME_LEN {
-                    return self.close(id, now, server);
-                }
-                let n = (c.rbuf.len() * 2).min(demux::MAX_FRAME_LEN);
-                c.rbuf.resize(n, 0);
+            match c.state.read_from(&mut c.sock, now) {
+                ReadOutcome::Data => {}
+                ReadOutcome::Blocked => return self.watch(id),
+                ReadOutcome::Closed => return self.close(id, now, server),
             }
-            let got = match c.io.read_plain(&mut c.rbuf[c.rlen..]) {
-                Ok(0) => return self.close(id, now, server),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // TLS handshake records may be waiting for the socket.
-                    if c.io.pending() && !c.writing {
-                        c.writing = true;
-                        let _ = self.epoll.modify(c.io.fd(), id as u64, true);
-                    }
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.close(id, now, server),
-            };
-            c.rlen += got;
-            c.last = now;
             // Cut and handle every complete frame.
-            let mut start = 0;
             loop {
                 let Some(c) = self.conns.get_mut(id) else { return };
-                match demux::next_frame(&c.rbuf[start..c.rlen]) {
-                    Ok(Frame::Stun(n) | Frame::ChannelData(n)) => {
-                        let client = c.client;
-                        let frame = &c.rbuf[start..start + n];
-                        let action = server.handle_client(now, &client, frame, &mut self.reply);
-                        let packet = Packet::Framed { frame, handover: &mut self.handover };
-                        let reply_to = Via::Stream { conn: id as u32 };
-                        if let Some(tx) = egress::client(server, now, udp, reply_to, action, packet) {
-                            self.transmit(id, start..start + n, tx, now, server);
-                        }
-                        start += n;
-                    }
-                    Ok(Frame::NeedMore(need)) => {
-                        let c = &mut self.conns[id];
-                        c.rbuf.copy_within(start..c.rlen, 0);
-                        c.rlen -= start;
-                        if need > c.rbuf.len() {
-                            c.rbuf.resize(need.min(demux::MAX_FRAME_LEN), 0);
-                        }
-                        break;
-                    }
+                let frame = match c.state.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
                     Err(_) => {
                         self.stats.garbage += 1;
                         return self.close(id, now, server);
                     }
+                };
+                let client = *c.state.client();
+                let bytes = c.state.frame(frame.clone());
+                let action = server.handle_client(now, &client, bytes, &mut self.reply);
+                let packet = Packet::Framed { frame: bytes, handover: &mut self.handover };
+                let reply_to = Via::Stream { conn: id as u32 };
+                if let Some(tx) = egress::client(server, now, udp, reply_to, action, packet) {
+                    self.transmit(id, frame, tx, now, server);
                 }
             }
         }
@@ -481,7 +329,7 @@ impl Streams {
         match tx.via {
             Via::Udp { fd, dest } => {
                 let data = match tx.buf {
-                    Buf::Packet => &self.conns[id].rbuf[frame][tx.range],
+                    Buf::Packet => &self.conns[id].state.frame(frame)[tx.range],
                     Buf::Reply => &self.reply[tx.range],
                     Buf::Handover => &self.handover[tx.range],
                 };
@@ -509,7 +357,7 @@ impl Streams {
     /// Queues relayed data for a client connection, shed when the queue is
     /// over its limit (returns false then). It is written with the rest of
     /// the loop turn's data for that connection by [`Streams::flush_relayed`]
-    /// (one write, one TLS record, for a batch of peer datagrams).
+    /// (one write, one TLS record per frame, for a batch of peer datagrams).
     pub fn deliver(&mut self, conn: u32, bytes: &[u8], now: Instant, server: &mut Server) -> bool {
         self.queue(conn as usize, bytes, true, now, server)
     }
@@ -524,8 +372,7 @@ impl Streams {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
             let Some(c) = self.conns.get_mut(id) else { continue };
-            c.dirty = false;
-            if !c.writing {
+            if c.state.end_turn() {
                 self.write_out(id, now, server);
             }
         }
@@ -537,116 +384,67 @@ impl Streams {
     /// data); watches for writability while some is left.
     fn write_out(&mut self, id: usize, now: Instant, server: &mut Server) {
         let Some(c) = self.conns.get_mut(id) else { return };
-        // TLS records left from earlier writes go first.
-        if c.io.flush().is_err() {
-            return self.close(id, now, server);
-        }
-        while c.wpos < c.wbuf.len() {
-            match c.io.write_frames(&c.wbuf[c.wpos..]) {
-                Ok(0) => return self.close(id, now, server),
-                Ok(n) => c.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.close(id, now, server),
-            }
-        }
-        if c.wpos == c.wbuf.len() {
-            c.wbuf.clear();
-            c.wpos = 0;
-        }
-        // Watch for writability exactly while something waits.
-        let waiting = !c.wbuf.is_empty() || c.io.pending();
-        if waiting != c.writing {
-            c.writing = waiting;
-            let _ = self.epoll.modify(c.io.fd(), id as u64, waiting);
+        match c.state.write_out(&mut c.sock) {
+            Ok(()) => self.watch(id),
+            Err(_) => self.close(id, now, server),
         }
     }
 
+    /// Queues frames for connection `id` (see [`StreamConn::queue`]).
     fn queue(&mut self, id: usize, bytes: &[u8], relayed: bool, now: Instant, server: &mut Server) -> bool {
         let Some(c) = self.conns.get_mut(id) else { return false };
-        let pending = c.wbuf.len() - c.wpos;
-        if relayed && pending + bytes.len() > self.limits.send_queue {
-            self.stats.shed += 1;
-            return false;
-        }
-        if pending + bytes.len() > self.limits.send_queue_hard {
-            self.close(id, now, server);
-            return false;
-        }
-        if relayed {
-            // Written at the end of the loop turn, with the turn's other
-            // relayed data for this connection.
-            if pending == 0 {
-                c.wbuf.clear();
-                c.wpos = 0;
+        match c.state.queue(&mut c.sock, bytes, relayed, &self.limits) {
+            Queued::Taken => {
+                self.watch(id);
+                true
             }
-            c.wbuf.extend_from_slice(bytes);
-            if !c.dirty && !c.writing {
-                c.dirty = true;
+            Queued::Batched => {
                 self.dirty.push(id);
+                true
             }
-            return true;
-        }
-        if pending == 0 {
-            // A response, nothing waiting: write at once, queue only the rest.
-            match c.io.write_frames(bytes) {
-                // All taken, and (TLS) every record on the socket.
-                Ok(n) if n == bytes.len() && !c.io.pending() => return true,
-                // All taken; records wait for the socket to be writable.
-                Ok(n) if n == bytes.len() => {
-                    c.wbuf.clear();
-                    c.wpos = 0;
-                }
-                Ok(n) => {
-                    c.wbuf.clear();
-                    c.wpos = 0;
-                    c.wbuf.extend_from_slice(&bytes[n..]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.wbuf.clear();
-                    c.wpos = 0;
-                    c.wbuf.extend_from_slice(bytes);
-                }
-                Err(_) => {
-                    self.close(id, now, server);
-                    return false;
-                }
+            Queued::Shed => {
+                self.stats.shed += 1;
+                false
             }
-        } else {
-            c.wbuf.extend_from_slice(bytes);
+            Queued::Close => {
+                self.close(id, now, server);
+                false
+            }
         }
-        if !c.writing {
-            c.writing = true;
-            let _ = self.epoll.modify(c.io.fd(), id as u64, true);
+    }
+
+    /// Tells epoll whether connection `id` waits for writability, when its
+    /// state says that changed.
+    fn watch(&mut self, id: usize) {
+        if let Some(c) = self.conns.get_mut(id)
+            && let Some(write) = c.state.take_interest()
+        {
+            let _ = self.epoll.modify(c.sock.as_raw_fd(), id as u64, write);
         }
-        true
     }
 
     fn close(&mut self, id: usize, now: Instant, server: &mut Server) {
         if let Some(c) = self.conns.try_remove(id) {
-            let _ = self.epoll.delete(c.io.fd());
-            let ip = c.client.remote.ip();
+            let _ = self.epoll.delete(c.sock.as_raw_fd());
+            let client = *c.state.client();
+            let ip = client.remote.ip();
             if let Some(n) = self.per_source.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
                     self.per_source.remove(&ip);
                 }
             }
-            server.handle_client_closed(now, &c.client);
+            server.handle_client_closed(now, &client);
             self.stats.open -= 1;
         }
     }
 
     /// Closes connections idle past the limit that hold no allocation.
     pub fn expire(&mut self, now: Instant, server: &mut Server) {
-        let (idle, handshake) = (self.limits.idle_timeout, self.limits.handshake_timeout);
         let stale: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                (c.io.handshaking() && now.saturating_duration_since(c.opened) > handshake)
-                    || (now.saturating_duration_since(c.last) > idle && !server.has_allocation(&c.client))
-            })
+            .filter(|(_, c)| c.state.expired(now, &self.limits, |client| server.has_allocation(client)))
             .map(|(id, _)| id)
             .collect();
         for id in stale {
