@@ -94,6 +94,9 @@ pub struct StreamConn {
     interest_changed: bool,
     /// Relayed data waits in `wbuf` for the end of the loop turn.
     dirty: bool,
+    /// TLS: bytes of a frame larger than rustls's buffer still to push
+    /// (the rest of it leads the queue).
+    tls_split: usize,
 }
 
 impl StreamConn {
@@ -112,6 +115,7 @@ impl StreamConn {
             writing: false,
             interest_changed: false,
             dirty: false,
+            tls_split: 0,
         }
     }
 
@@ -212,7 +216,7 @@ impl StreamConn {
         }
         if pending == 0 {
             // A response, nothing waiting: write at once, queue only the rest.
-            match write_frames(self.tls.as_deref_mut(), sock, bytes) {
+            match write_frames(self.tls.as_deref_mut(), &mut self.tls_split, sock, bytes) {
                 // All taken, and (TLS) every record on the socket.
                 Ok(n) if n == bytes.len() && !self.tls_pending() => return Queued::Taken,
                 // All taken; records wait for the socket to be writable.
@@ -261,7 +265,7 @@ impl StreamConn {
             return Err(WriteFailed);
         }
         while self.wpos < self.wbuf.len() {
-            match write_frames(self.tls.as_deref_mut(), sock, &self.wbuf[self.wpos..]) {
+            match write_frames(self.tls.as_deref_mut(), &mut self.tls_split, sock, &self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(WriteFailed),
                 Ok(n) => self.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -338,18 +342,24 @@ fn read_plain<S: Read + Write>(
     }
 }
 
-/// Frames out (whole frames, back to back); `WouldBlock` while earlier
-/// TLS records wait for the socket. Over TLS each frame gets a record of
-/// its own, and the records go out together: clients that read one
-/// message per TLS record (coturn's turnutils_uclient does) see every
-/// frame. Returns the bytes taken.
-fn write_frames<S: Write>(tls: Option<&mut rustls::ServerConnection>, sock: &mut S, bytes: &[u8]) -> io::Result<usize> {
+/// Frames out (whole frames, back to back, or the rest of one `split`
+/// before them); `WouldBlock` while earlier TLS records wait for the
+/// socket. Over TLS each frame gets a record of its own, and the records
+/// go out together: clients that read one message per TLS record
+/// (coturn's turnutils_uclient does) see every frame. Returns the bytes
+/// taken.
+fn write_frames<S: Write>(
+    tls: Option<&mut rustls::ServerConnection>,
+    split: &mut usize,
+    sock: &mut S,
+    bytes: &[u8],
+) -> io::Result<usize> {
     let Some(tls) = tls else { return sock.write(bytes) };
     flush_tls(tls, sock)?;
     if tls.wants_write() || tls.is_handshaking() {
         return Err(io::ErrorKind::WouldBlock.into());
     }
-    let at = push_records(tls, bytes)?;
+    let at = push_records(tls, split, bytes)?;
     flush_tls(tls, sock)?;
     if at == 0 { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(at) }
 }
@@ -357,17 +367,22 @@ fn write_frames<S: Write>(tls: Option<&mut rustls::ServerConnection>, sock: &mut
 /// Pushes frames from the start of `bytes` into an idle rustls session,
 /// one record each, while they fit its buffer of unsent records
 /// ([`TLS_PUSH_BUDGET`] with [`TLS_RECORD_OVERHEAD`] each); a frame larger
-/// than that goes alone, split as rustls must. Returns the bytes taken:
-/// more than none whenever `bytes` is not empty and rustls's buffer was.
-fn push_records(tls: &mut rustls::ServerConnection, bytes: &[u8]) -> io::Result<usize> {
+/// than that goes alone, split as rustls must, and `split` keeps how much
+/// of it is left, so that the rest goes alone too (never in a record with
+/// the frames behind it). Returns the bytes taken: more than none
+/// whenever `bytes` is not empty and rustls's buffer was.
+fn push_records(tls: &mut rustls::ServerConnection, split: &mut usize, bytes: &[u8]) -> io::Result<usize> {
     let mut at = 0;
     let mut budget = TLS_PUSH_BUDGET;
     while at < bytes.len() {
-        let n = match demux::next_frame(&bytes[at..]) {
-            Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
-            // Not whole frames (the rest of a frame split above): the rest
-            // at once.
-            _ => bytes.len() - at,
+        let n = if *split > 0 {
+            (*split).min(bytes.len())
+        } else {
+            match demux::next_frame(&bytes[at..]) {
+                Ok(Frame::Stun(n) | Frame::ChannelData(n)) => n,
+                // Not whole frames (never queued): the rest at once.
+                _ => bytes.len() - at,
+            }
         };
         if at > 0 && n + TLS_RECORD_OVERHEAD > budget {
             break;
@@ -375,6 +390,7 @@ fn push_records(tls: &mut rustls::ServerConnection, bytes: &[u8]) -> io::Result<
         budget = budget.saturating_sub(n + TLS_RECORD_OVERHEAD);
         let w = tls.writer().write(&bytes[at..at + n])?;
         at += w;
+        *split = n - w;
         if w < n {
             // rustls is full (a frame larger than its buffer).
             break;
@@ -805,7 +821,9 @@ mod tests {
             let burst: Vec<u8> = (0..120).map(|i| channel(996, i as u8)).collect::<Vec<_>>().concat();
             let mut at = 0;
             while at < burst.len() {
-                let n = push_records(tls, &burst[at..]).unwrap();
+                let mut split = 0;
+                let n = push_records(tls, &mut split, &burst[at..]).unwrap();
+                assert_eq!(split, 0);
                 // Whole frames only, and no more than the budget.
                 assert!(n > 0 && n.is_multiple_of(1000) && n <= TLS_PUSH_BUDGET, "{n}");
                 let mut wire = Vec::new();
@@ -823,16 +841,23 @@ mod tests {
     fn a_frame_larger_than_rustls_holds_goes_alone_split_as_it_must() {
         let now = Instant::now();
         let (mut c, mut tc, mut pipe) = tls_pair(now);
-        let sent = [channel(8, 1), channel(0xffff, 2), channel(8, 3)];
+        let sent = [channel(8, 1), channel(0xffff, 2), channel(8, 3), channel(8, 4)];
         let l = StreamLimits::default();
         for d in &sent {
             c.queue(&mut pipe, d, true, &l);
         }
         assert!(c.end_turn());
-        within(Duration::from_secs(20), move || {
+        let wire = within(Duration::from_secs(20), move || {
             c.write_out(&mut pipe).unwrap();
             assert_eq!(c.queued(), 0);
             assert_eq!(client_reads(&mut tc, &pipe.output), sent.concat());
+            pipe.output
         });
+        // TLS 1.3 records: 17 bytes more than their plaintext. The large
+        // frame is several records; none holds bytes of another frame.
+        let plain: Vec<usize> = records(&wire).iter().map(|n| n - 17).collect();
+        let (first, last) = (plain[0], plain[plain.len() - 2..].to_vec());
+        assert_eq!((first, last), (12, vec![12, 12]));
+        assert_eq!(plain[1..plain.len() - 2].iter().sum::<usize>(), channel(0xffff, 2).len());
     }
 }
