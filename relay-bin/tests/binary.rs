@@ -10,12 +10,8 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relay_core::wire::attr::transport;
-use relay_core::wire::channel_data;
-use relay_core::wire::integrity::{Key, PasswordAlgorithm};
-use relay_core::wire::{
-    Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
-};
+use relay_core::wire::{Attribute, AttributeType, ChannelData, Class, Message, Method};
+use test_kit::{Login, StreamClient, TurnClient, recv_from};
 
 const REALM: &str = "bin.test";
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -129,98 +125,20 @@ fn metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
     body.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-struct Client {
-    sock: UdpSocket,
-    server: SocketAddr,
-    user: String,
-    key: Key,
-    nonce: String,
-    tid: u32,
-}
-
-impl Client {
-    fn new(server: SocketAddr, user: &str, password: &str) -> Client {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let key = Key::long_term(PasswordAlgorithm::Md5, user, REALM, password).unwrap();
-        Client { sock, server, user: user.into(), key, nonce: String::new(), tid: 0 }
-    }
-
-    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
-        for _ in 0..3 {
-            self.tid += 1;
-            let tid = TransactionId([self.tid as u8; 12]);
-            let mut buf = [0u8; 1500];
-            let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, method), tid).unwrap();
-            for a in attrs {
-                b.add(a).unwrap();
-            }
-            if !self.nonce.is_empty() {
-                b.add(&Attribute::Username(&self.user)).unwrap();
-                b.add(&Attribute::Realm(REALM)).unwrap();
-                b.add(&Attribute::Nonce(&self.nonce)).unwrap();
-                b.add_message_integrity(self.key.as_bytes()).unwrap();
-            }
-            let n = b.finish();
-            self.sock.send_to(&buf[..n], self.server).unwrap();
-            let resp = loop {
-                let (n, _) = self.sock.recv_from(&mut buf).expect("response");
-                if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
-                    break buf[..n].to_vec();
-                }
-            };
-            let m = Message::parse(&resp).unwrap();
-            let code = match m.get(AttributeType::ERROR_CODE).map(|a| a.decode(&tid)) {
-                Some(Ok(Attribute::ErrorCode(e))) => e.code,
-                _ => 0,
-            };
-            if ((code == 401 && self.nonce.is_empty()) || code == 438)
-                && let Some(Ok(Attribute::Nonce(n))) = m.get(AttributeType::NONCE).map(|a| a.decode(&tid))
-            {
-                self.nonce = n.to_owned();
-                continue;
-            }
-            return resp;
-        }
-        panic!("no final answer")
-    }
-
-    fn ok(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
-        let resp = self.request(method, attrs);
-        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{method:?}");
-        resp
-    }
-
-    fn code(&mut self, method: Method, attrs: &[Attribute<'_>]) -> u16 {
-        let resp = self.request(method, attrs);
-        let m = Message::parse(&resp).unwrap();
-        match m.get(AttributeType::ERROR_CODE).map(|a| a.decode(&m.transaction_id())) {
-            Some(Ok(Attribute::ErrorCode(e))) => e.code,
-            _ => 0,
-        }
-    }
-
-    fn allocate(&mut self) -> SocketAddr {
-        let resp = self.ok(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
-        let m = Message::parse(&resp).unwrap();
-        match m.get(AttributeType::XOR_RELAYED_ADDRESS).unwrap().decode(&m.transaction_id()).unwrap() {
-            Attribute::XorRelayedAddress(a) => a,
-            _ => unreachable!(),
-        }
-    }
+/// A client of the relay in realm [`REALM`], waiting [`TIMEOUT`] for answers.
+fn client(server: SocketAddr, user: &str, password: &str) -> TurnClient {
+    TurnClient::new(server, Login { user, password, realm: REALM }).with_timeout(TIMEOUT)
 }
 
 /// Sends ChannelData `n` times through the relay and checks the echo.
-fn round_trip(c: &Client, peer: &UdpSocket, relayed: SocketAddr, n: u32) {
+fn round_trip(c: &TurnClient, peer: &UdpSocket, relayed: SocketAddr, n: u32) {
     let mut buf = [0u8; 2048];
     for i in 0..n {
-        let mut frame = [0u8; 8];
-        channel_data::encode(&mut frame, 0x4000, &i.to_be_bytes(), false).unwrap();
-        c.sock.send_to(&frame, c.server).unwrap();
-        let (k, from) = peer.recv_from(&mut buf).expect("peer receives");
+        c.send_channel_data(0x4000, &i.to_be_bytes());
+        let (k, from) = recv_from(peer, &mut buf).expect("peer receives");
         assert_eq!((&buf[..k], from), (&i.to_be_bytes()[..], relayed));
         peer.send_to(&buf[..k], relayed).unwrap();
-        let (k, _) = c.sock.recv_from(&mut buf).expect("client receives");
+        let (k, _) = recv_from(&c.sock, &mut buf).expect("client receives");
         let cd = ChannelData::parse(&buf[..k]).unwrap();
         assert_eq!(cd.payload, &i.to_be_bytes());
     }
@@ -237,14 +155,14 @@ fn relays_reports_metrics_reloads_and_drains() {
     let mut relay = Relay::start(&["--config", config.to_str().unwrap()]);
 
     // Binding, no auth.
-    let mut c = Client::new(relay.server, "alice", "secret");
+    let mut c = client(relay.server, "alice", "secret");
     let resp = c.ok(Method::BINDING, &[]);
     let m = Message::parse(&resp).unwrap();
     let mapped = m.get(AttributeType::XOR_MAPPED_ADDRESS).unwrap().decode(&m.transaction_id()).unwrap();
     assert_eq!(mapped, Attribute::XorMappedAddress(c.sock.local_addr().unwrap()));
 
     // A relay round trip.
-    let relayed = c.allocate();
+    let relayed = c.allocate().unwrap();
     let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
     peer.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.ok(
@@ -266,14 +184,14 @@ fn relays_reports_metrics_reloads_and_drains() {
 
     // A user unknown to the file is refused; after editing the file and
     // SIGHUP, accepted, and alice's allocation still relays.
-    let mut bob = Client::new(relay.server, "bob", "builder");
-    assert_eq!(bob.code(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]), 401);
+    let mut bob = client(relay.server, "bob", "builder");
+    assert_eq!(bob.allocate(), Err(401));
     std::fs::write(&users, "alice:secret\nbob:builder\n").unwrap();
     relay.signal(1);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut bob = loop {
-        let mut b = Client::new(relay.server, "bob", "builder");
-        if b.code(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]) == 0 {
+        let mut b = client(relay.server, "bob", "builder");
+        if b.allocate().is_ok() {
             break b;
         }
         assert!(Instant::now() < deadline, "SIGHUP did not reload the user file");
@@ -285,8 +203,8 @@ fn relays_reports_metrics_reloads_and_drains() {
     relay.signal(15);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(http_get(relay.metrics, "/readyz").unwrap().0, 503);
-    let mut late = Client::new(relay.server, "alice", "secret");
-    assert_eq!(late.code(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]), 508);
+    let mut late = client(relay.server, "alice", "secret");
+    assert_eq!(late.allocate(), Err(508));
     round_trip(&c, &peer, relayed, 5);
     assert!(relay.wait_exit(Duration::from_millis(200)).is_none());
     // When the last allocations end, the process exits cleanly.
@@ -452,23 +370,10 @@ fn listen_serves_udp_and_tcp_on_that_address_only() {
     let _udp = UdpSocket::bind(("127.0.0.2", port)).expect("127.0.0.2 UDP is free");
 
     // Both transports answer a Binding.
-    let mut c = Client::new(server, "alice", "secret");
+    let mut c = client(server, "alice", "secret");
     assert_eq!(Message::parse(&c.ok(Method::BINDING, &[])).unwrap().class(), Class::Success);
-    let mut s = TcpStream::connect_timeout(&server, TIMEOUT).expect("TCP on the --listen address");
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut buf = [0u8; 512];
-    let tid = TransactionId([7; 12]);
-    let b = MessageBuilder::new(&mut buf, MessageType::new(Class::Request, Method::BINDING), tid).unwrap();
-    let n = b.finish();
-    s.write_all(&buf[..n]).unwrap();
-    let mut head = [0u8; 20];
-    s.read_exact(&mut head).unwrap();
-    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
-    let mut msg = head.to_vec();
-    msg.resize(20 + len, 0);
-    s.read_exact(&mut msg[20..]).unwrap();
-    let m = Message::parse(&msg).unwrap();
-    assert_eq!((m.class(), m.transaction_id()), (Class::Success, tid));
+    let mut s = StreamClient::tcp(server, Login { user: "alice", password: "secret", realm: REALM });
+    assert_eq!(Message::parse(&s.ok(Method::BINDING, &[])).unwrap().class(), Class::Success);
 }
 
 /// A second turn-relay on the same listen address refuses to start, naming

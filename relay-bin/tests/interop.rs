@@ -53,10 +53,10 @@ fn coturn_clients_relay_through_turn_relay() {
     let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("turn-relay-interop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let tls = test_kit::certificate(&["localhost"]);
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert, tls.cert_pem).unwrap();
+    std::fs::write(&key, tls.key_pem).unwrap();
     let peer_port = free_udp_port("127.0.0.2");
     // lo..lo+59; the client-to-client test has lo+60..lo+99.
     let lo = 21000 + (std::process::id() % 90) as u16 * 100;

@@ -229,12 +229,18 @@ impl StreamClient {
     }
 
     /// Sends a request until its answer is final (see the module docs) and
-    /// returns that answer, the next frame after each request.
+    /// returns that answer. Frames that are not its answer are dropped
+    /// while waiting; a read timeout fails the test.
     pub fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
         let (stream, rbuf) = (&mut self.stream, &mut self.rbuf);
-        self.session.request(method, attrs, |msg, _| {
+        self.session.request(method, attrs, |msg, tid| {
             stream.write_all(msg).expect("send a request");
-            read_frame(stream.as_mut(), rbuf)
+            loop {
+                let frame = read_frame(stream.as_mut(), rbuf);
+                if Message::parse(&frame).is_ok_and(|m| m.transaction_id() == tid) {
+                    return frame;
+                }
+            }
         })
     }
 

@@ -1,6 +1,6 @@
 //! Helpers shared by the tests that run processes: a guard that stops a
-//! child by its pid, a bounded run, and a tool lookup. Each test crate uses
-//! a subset.
+//! child by its pid, a bounded run, a tool lookup, and test-kit's skip
+//! rule. Each test crate uses a subset.
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Output, Stdio};
@@ -40,23 +40,7 @@ pub fn have(tool: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
 }
 
-/// True when the environment says every test must really run: CI
-/// (`CI=true`, as `.ci/run` is started) or `TURN_RELAY_REQUIRE_ALL=1`.
-pub fn skips_fail() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("TURN_RELAY_REQUIRE_ALL").as_deref() == Ok("1")
-}
-
-/// A test that cannot run here (no root, no namespaces, no io_uring, no
-/// Chromium): prints `SKIPPED test: why` and returns, or fails the test
-/// where skips are not allowed ([`skips_fail`]), so that CI proves what
-/// it claims.
-pub fn skip(test: &str, why: &str) {
-    if skips_fail() {
-        panic!("{test}: cannot run here and skipping is not allowed in CI: {why}");
-    }
-    // Written to the stream itself: the harness captures print!/eprint!,
-    // and a skip must show even when the test passes.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
+/// The skip rule (test-kit's, shared with the other crates' tests); not
+/// every test crate here uses it.
+#[allow(unused_imports)]
+pub use test_kit::skip;
