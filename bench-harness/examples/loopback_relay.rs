@@ -13,13 +13,11 @@
 //! backend `auto`, `uring` or `portable` (default auto).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Unlimited;
-use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_core::server::{Server, ServerParts};
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
 fn main() {
@@ -42,19 +40,14 @@ fn main() {
         relay_ports: RelayPorts::Ephemeral(ports),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Unlimited);
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let relay = Relay::start(&config, |k| {
         let mut credentials = Credentials::new("bench.local");
         credentials.add_user("test", "pass").expect("user");
         credentials.add_rest_secret(b"north");
-        let parts = ServerParts {
-            config: ServerConfig::default(),
-            credentials,
-            nonces: NonceIssuer::new([7; 32], 3600),
-            policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().expect("net")], vec![]),
-            quotas: quotas.clone(),
-        };
+        let parts = ServerParts::new(credentials)
+            .with_nonces(NonceIssuer::new([7; 32], 3600))
+            .with_policy(PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().expect("net")], vec![]));
         Server::new(parts, Instant::now(), unix, k as u64 + 1)
     })
     .expect("relay starts");

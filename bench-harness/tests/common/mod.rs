@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench_harness::{Credentials, TurnServer};
-use relay_core::server::auth::{Credentials as ServerCredentials, NonceIssuer};
-use relay_core::server::policy::PeerPolicy;
-use relay_core::server::quota::Unlimited;
+use relay_core::server::auth::NonceIssuer;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+use test_kit::{Login, allow_loopback};
 
 pub const REALM: &str = "bench.test";
 pub const USER: &str = "alice";
@@ -53,14 +52,12 @@ pub fn start_relay_tcp_config(relays: usize, server: ServerConfig) -> Relay {
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
 /// to a fresh file (the CA a client trusts); with the server's config.
 pub fn self_signed(tag: &str) -> (Arc<rustls::ServerConfig>, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let config = relay_io::tls::server_config(vec![ck.cert.der().clone()], key).unwrap();
+    let cert = test_kit::certificate(&["localhost", "127.0.0.1"]);
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("turn-bench-{}-{tag}-{n}.pem", std::process::id()));
-    std::fs::write(&path, ck.cert.pem()).unwrap();
-    (config, path)
+    std::fs::write(&path, cert.cert_pem).unwrap();
+    (cert.server_config, path)
 }
 
 /// A relay that also listens for TURN over TLS (see [`tls_addr`]) with a
@@ -107,18 +104,13 @@ fn start_relay_io(
         relay_ports: RelayPorts::Ephemeral(relays),
         ..IoConfig::default()
     };
-    let quotas = Arc::new(Unlimited);
     let make = |_k: usize| {
-        let mut credentials = ServerCredentials::new(REALM);
-        credentials.add_user(USER, PASSWORD).unwrap();
+        let mut credentials = Login { user: USER, password: PASSWORD, realm: REALM }.credentials();
         credentials.add_rest_secret(REST_SECRET.as_bytes());
-        let parts = ServerParts {
-            config: server.clone(),
-            credentials,
-            nonces: NonceIssuer::new([3; 32], nonce_secs),
-            policy: PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
-            quotas: quotas.clone(),
-        };
+        let parts = ServerParts::new(credentials)
+            .with_config(server.clone())
+            .with_nonces(NonceIssuer::new([3; 32], nonce_secs))
+            .with_policy(allow_loopback());
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         Server::new(parts, Instant::now(), unix, 11)
     };
