@@ -48,7 +48,7 @@ pub enum ClientAction {
         payload: Range<usize>,
     },
     /// The peer is another allocation's relay address on this shard:
-    /// hand `packet[payload]` to [`Server::handle_peer`] as a datagram from
+    /// hand `packet[payload]` to [`Server::handle_peer`](super::Server::handle_peer) as a datagram from
     /// `from` on relay `relay` (where the payload has the headroom that
     /// call needs) and carry out the [`PeerAction`] it returns, exactly as
     /// for a datagram from the network — with no kernel round trip.

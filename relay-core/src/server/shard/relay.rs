@@ -121,7 +121,7 @@ impl Server {
     /// Handles `buf[payload]`, a datagram from `peer` on relay `relay`. When
     /// the peer is permitted, the payload is framed for the client in place:
     /// the header goes into the [`PEER_HEADROOM`] bytes before
-    /// `payload.start` and up to [`PEER_TAILROOM`] padding bytes after it, so
+    /// `payload.start` and up to [`PEER_TAILROOM`](super::PEER_TAILROOM) padding bytes after it, so
     /// the caller receives at offset `PEER_HEADROOM` into a buffer with room
     /// to spare at the end.
     pub fn handle_peer(
