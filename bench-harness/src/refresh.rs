@@ -3,11 +3,11 @@
 //!
 //! Without it a run longer than the server's permission lifetime (RFC 8656:
 //! 300 s) or the allocation's lifetime silently turns into 100 % loss. Each
-//! flow's [`Refresher`] owns the flow's [`TurnSession`] for the run: the
-//! measuring worker calls [`Refresher::poll`] when its deadline comes (a
+//! flow's `Refresher` owns the flow's [`TurnSession`] for the run: the
+//! measuring worker calls `Refresher::poll` when its deadline comes (a
 //! Refresh before the allocation's lifetime is half over, the ChannelBind or
 //! CreatePermission again every refresh interval) and hands it the STUN
-//! messages that arrive on the flow's socket ([`Refresher::handle`]), so the
+//! messages that arrive on the flow's socket (`Refresher::handle`), so the
 //! requests are retransmitted per RFC 8489 and stale nonces answered, and
 //! none of it is counted as data. Requests are sent on the flow's own
 //! socket (the same 5-tuple): one send per refresh, nothing per packet.
@@ -197,7 +197,7 @@ impl Refresher {
 
     /// Feeds a STUN message that arrived on the flow's socket. Returns
     /// whether it was the answer to this flow's refresh; `wake` is set when
-    /// the refresher wants [`Refresher::poll`] called now (a transaction
+    /// the refresher wants `Refresher::poll` called now (a transaction
     /// ended, and another may be due).
     pub fn handle(
         &mut self,
