@@ -160,7 +160,7 @@ impl ShardState {
     /// handles it (a client's packet, or a peer's) and [`egress`] says what
     /// to send, from `buf` or from `reply` (a client's response; unused for
     /// peer data). Both UDP backends receive through here.
-    #[inline]
+    #[inline(always)]
     pub fn on_datagram(&mut self, now: Instant, d: Datagram, buf: &mut [u8], reply: &mut [u8]) -> Option<Transmit> {
         let Datagram { fd, kind, from, len } = d;
         let packet = PEER_HEADROOM..PEER_HEADROOM + len;
