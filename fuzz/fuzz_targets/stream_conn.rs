@@ -57,56 +57,7 @@ impl Input<'_> {
 
 /// The socket: what the client sent (then it would block, or the stream
 /// ends), and what the server wrote, with room for `room` bytes more.
-#[derive(Default)]
-struct Socket {
-    input: Vec<u8>,
-    at: usize,
-    eof: bool,
-    output: Vec<u8>,
-    room: usize,
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.input.len() {
-            return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
-        }
-        let n = buf.len().min(self.input.len() - self.at);
-        buf[..n].copy_from_slice(&self.input[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[io::IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Ok(0);
-        }
-        if self.room == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let mut n = 0;
-        for b in bufs {
-            let k = b.len().min(self.room);
-            self.output.extend_from_slice(&b[..k]);
-            self.room -= k;
-            n += k;
-            if k < b.len() {
-                break;
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use test_kit::MemSocket as Socket;
 
 /// The client's end: plain bytes, or a rustls client session.
 struct Peer {
@@ -213,7 +164,7 @@ fuzz_target!(|data: &[u8]| {
     let local: SocketAddr = "192.0.2.2:3478".parse().unwrap();
     let transport = if mode & 1 == 1 { Transport::Tls } else { Transport::Tcp };
     let client = Client { transport, remote, local, conn: 0 };
-    let mut sock = Socket { room: usize::MAX, ..Socket::default() };
+    let mut sock = Socket::open();
     let (mut conn, mut peer) = if transport == Transport::Tls {
         let (server, root) = test_kit::test_certificate();
         let tls = Box::new(rustls::ServerConnection::new(server).unwrap());

@@ -20,6 +20,7 @@
 
 mod cert;
 mod client;
+mod mem;
 mod skip;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -34,6 +35,7 @@ use relay_io::{Backend, IoConfig, Relay, StartError};
 
 pub use cert::{TestCert, certificate, client_config, test_certificate};
 pub use client::{Stream, StreamClient, TurnClient};
+pub use mem::MemSocket;
 pub use skip::{skip, skip_io_uring, skips_fail};
 
 /// How long a client waits for an answer, and a [`peer`] for a datagram,

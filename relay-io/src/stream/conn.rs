@@ -424,80 +424,8 @@ mod tests {
 
     use super::*;
 
-    /// An in-memory socket: `input` is what the client sent (then it would
-    /// block, or the stream ends with `eof`); writes go to `output`, at
-    /// most `room` bytes more before it would block.
-    #[derive(Default)]
-    struct Pipe {
-        input: Vec<u8>,
-        at: usize,
-        eof: bool,
-        output: Vec<u8>,
-        room: usize,
-        writes: usize,
-    }
-
-    impl Pipe {
-        fn open() -> Pipe {
-            Pipe { room: usize::MAX, ..Pipe::default() }
-        }
-    }
-
-    impl Read for Pipe {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.at == self.input.len() {
-                return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
-            }
-            let n = buf.len().min(self.input.len() - self.at);
-            buf[..n].copy_from_slice(&self.input[self.at..self.at + n]);
-            self.at += n;
-            Ok(n)
-        }
-    }
-
-    impl Write for Pipe {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if buf.is_empty() {
-                return Ok(0);
-            }
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            self.output.extend_from_slice(&buf[..n]);
-            self.writes += 1;
-            Ok(n)
-        }
-
-        /// As writev: as much of every buffer as there is room for, in one
-        /// call (rustls writes its records so).
-        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-            let total: usize = bufs.iter().map(|b| b.len()).sum();
-            if total == 0 {
-                return Ok(0);
-            }
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let mut n = 0;
-            for b in bufs {
-                let k = b.len().min(self.room);
-                self.output.extend_from_slice(&b[..k]);
-                self.room -= k;
-                n += k;
-                if k < b.len() {
-                    break;
-                }
-            }
-            self.writes += 1;
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    /// The in-memory socket the tests drive a connection over.
+    use test_kit::MemSocket as Pipe;
 
     fn client(transport: Transport) -> Client {
         Client {
