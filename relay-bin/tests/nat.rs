@@ -26,19 +26,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{have, run_bounded, skip};
+use common::{have, run_bounded, sh, skip};
 
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
 const SERVER: &str = "stun:203.0.113.1:3478";
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = run_bounded(Command::new(args[0]).args(&args[1..]), Duration::from_secs(10));
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
 
 /// The namespaces and processes of one test; removed on drop.
 struct Lab {

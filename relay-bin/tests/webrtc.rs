@@ -53,7 +53,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, have, run_bounded, skip};
+use common::{Killed, have, run_bounded, sh, skip};
 
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
 /// turn-relay's metrics, inside the namespace.
@@ -100,15 +100,6 @@ impl Transport {
             Transport::Tcp => format!("turn:{ip}:3478?transport=tcp"),
             Transport::Tls => format!("turns:{ip}:5349?transport=tcp"),
         }
-    }
-}
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = run_bounded(Command::new(args[0]).args(&args[1..]), Duration::from_secs(10));
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 

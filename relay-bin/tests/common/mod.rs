@@ -44,3 +44,14 @@ pub fn have(tool: &str) -> bool {
 /// every test crate here uses it.
 #[allow(unused_imports)]
 pub use test_kit::skip;
+
+/// Runs a short system command (`ip`, `nft`, …) bounded to 10 s; its
+/// stderr is the error when it fails.
+pub fn sh(args: &[&str]) -> Result<(), String> {
+    let out = run_bounded(Command::new(args[0]).args(&args[1..]), Duration::from_secs(10));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
