@@ -255,6 +255,7 @@ impl Relay {
                  the descriptors are shared equally between the relay addresses"
             );
         }
+        own_forms(&mut own, config, &udp_addrs, &tcp_addrs, &tls_addrs);
         let own = Arc::new(own);
 
         let mut shards = Vec::with_capacity(n);
@@ -426,6 +427,26 @@ impl Drop for Relay {
                 let _ = s.control.send(Control::Stop);
                 s.wake.notify();
                 let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Completes the set of own addresses beyond the sockets bound: every
+/// address of the host's interfaces (a wildcard listener answers on all of
+/// them, and a second address of the host is the host all the same), and
+/// each listener under the advertised address of a relay IP it shares
+/// (behind a 1:1 NAT a hairpinned datagram to the public address reaches
+/// the listener).
+fn own_forms(own: &mut OwnAddresses, config: &IoConfig, udp: &[SocketAddr], tcp: &[SocketAddr], tls: &[SocketAddr]) {
+    match sys::host_addresses() {
+        Ok(ips) => ips.into_iter().for_each(|ip| own.add_ip(ip)),
+        Err(e) => tracing::warn!("cannot list the host's addresses ({e}): only the configured ones count as own"),
+    }
+    for l in udp.iter().chain(tcp).chain(tls) {
+        for rip in &config.relay_ips {
+            if rip.bind != rip.advertised && (l.ip() == rip.bind || l.ip().is_unspecified()) {
+                own.add_listener(SocketAddr::new(rip.advertised, l.port()));
             }
         }
     }

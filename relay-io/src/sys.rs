@@ -5,7 +5,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Converts a socket address to its C form; returns the length used.
@@ -55,6 +55,53 @@ pub fn from_sockaddr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             let port = u16::from_be(sin6.sin6_port);
             Some(SocketAddr::V6(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+/// The IP addresses of this host's interfaces (getifaddrs), so that the
+/// peer policy knows every address of the host as its own, not only the
+/// configured ones: with a wildcard listener or a second address on the
+/// host, a peer at one of them would otherwise reach the host's services.
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head`, freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, which
+        // stays valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if let Some(ip) = ifaddr_ip(ifa.ifa_addr) {
+            out.push(ip);
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The IP of an interface address, if it is IPv4 or IPv6.
+fn ifaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: getifaddrs gives a valid sockaddr or null (checked).
+    match i32::from(unsafe { (*addr).sa_family }) {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in.
+            let sin = unsafe { &*addr.cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6.
+            let sin6 = unsafe { &*addr.cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
         }
         _ => None,
     }
@@ -425,6 +472,13 @@ pub fn set_dont_fragment(fd: RawFd, ipv6: bool, on: bool) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn host_addresses_include_loopback() {
+        let ips = host_addresses().unwrap();
+        assert!(ips.contains(&IpAddr::from([127, 0, 0, 1])), "{ips:?}");
+    }
+
     use super::*;
 
     #[test]

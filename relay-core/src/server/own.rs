@@ -178,8 +178,17 @@ impl OwnAddresses {
     }
 }
 
+/// `addr` with an IPv4 address in any of its IPv6 forms (mapped,
+/// compatible, NAT64) written as IPv4.
 fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+    let ip = match addr.ip() {
+        IpAddr::V6(a) => match super::policy::embedded_v4(u128::from(a)) {
+            Some(v4) => IpAddr::V4(v4.into()),
+            None => IpAddr::V6(a),
+        },
+        v4 => v4,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 #[cfg(test)]
@@ -220,6 +229,8 @@ mod tests {
         let none = |_: IpAddr| false;
         assert!(own.is_listener(sa("192.0.2.1:3478"), none));
         assert!(own.is_listener(sa("[::ffff:192.0.2.1]:3478"), none));
+        assert!(own.is_listener(sa("[64:ff9b::c000:201]:3478"), none), "NAT64 form");
+        assert!(own.is_listener(sa("[::c000:201]:3478"), none), "IPv4-compatible form");
         assert!(!own.is_listener(sa("192.0.2.1:3479"), none));
         assert!(own.is_listener(sa("192.0.2.1:5349"), none), "wildcard listener on an own IP");
         assert!(!own.is_listener(sa("198.51.100.1:5349"), none), "another host's port 5349");

@@ -102,9 +102,10 @@ impl Server {
             self.stats.drop(Drop::NoPermission);
             return ClientAction::None;
         };
-        // Permissions are by IP: on one of our own IPs, the port decides
-        // (only relay addresses, or what the operator allows).
-        if self.policy.own().is_own_ip(peer.ip()) && !self.policy.permits(peer) {
+        // Permissions are by IP, the policy by address: the port decides on
+        // our own IPs (relay addresses, or what the operator allows) and
+        // for listener ports (a host address the server did not know of).
+        if !self.policy.permits(peer) {
             self.stats.drop(Drop::DeniedPeer);
             return ClientAction::None;
         }
