@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::server::auth::{Credentials, NonceIssuer};
+use relay_core::server::own::OwnAddresses;
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::stats::{AuthFailure, Drop, MethodLabel, Outcome};
 use relay_core::server::{
@@ -958,4 +959,60 @@ fn rest_users_count_against_one_quota_whatever_their_credential() {
     as_rest(&mut h, UNIX_T0 + 7200);
     let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
     assert_eq!(error_code(&resp), Some(486));
+}
+
+/// A Send indication from the harness's client to `peer`.
+fn send_to(h: &mut H, peer: &str, data: &[u8]) -> ClientAction {
+    let tid = h.next_tid();
+    let mut buf = vec![0u8; 200];
+    let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), tid).unwrap();
+    b.add(&Attribute::XorPeerAddress(addr(peer))).unwrap();
+    b.add(&Attribute::Data(data)).unwrap();
+    let n = b.finish();
+    buf.truncate(n);
+    h.send(&buf)
+}
+
+#[test]
+fn own_addresses_relay_to_relay_and_the_hosts_other_addresses() {
+    // The process-wide set as relay-io builds it: this shard's relays, a
+    // relay of another shard (50009), a wildcard listener, and another
+    // address of the host (198.51.100.99) that is neither.
+    let mut own = OwnAddresses::new();
+    for port in [50000, 50001, 50002, 50009] {
+        own.add_relay(addr(&format!("203.0.113.1:{port}")), "203.0.113.1".parse().unwrap());
+    }
+    own.add_listener(addr("0.0.0.0:3478"));
+    own.add_ip("198.51.100.99".parse().unwrap());
+    let mut h = H::new();
+    h.server.set_own_addresses(Arc::new(own));
+    let mine = h.allocate();
+    // Another allocation of this shard, and one of another shard.
+    assert_eq!(class(&h.permit("203.0.113.1:50001")), Class::Success);
+    assert_eq!(class(&h.bind(0x4001, "203.0.113.1:50009")), Class::Success);
+    // Not relay addresses: another port of an own IP, a listener, an
+    // address of the host the server was not configured with.
+    for denied in ["203.0.113.1:22", "203.0.113.1:3478", "198.51.100.99:53", "198.51.100.99:3478"] {
+        assert_eq!(error_code(&h.permit(denied)), Some(403), "{denied}");
+    }
+    // The permission for 203.0.113.1 (by IP) does not open its other
+    // ports to Send indications.
+    assert_eq!(send_to(&mut h, "203.0.113.1:3478", b"loop"), ClientAction::None);
+    assert_eq!(send_to(&mut h, "203.0.113.1:22", b"ssh"), ClientAction::None);
+    // To this shard's relay: handed over in-process, from our relayed address.
+    match send_to(&mut h, "203.0.113.1:50001", b"hi") {
+        ClientAction::Deliver { from, .. } => assert_eq!(from, mine),
+        other => panic!("{other:?}"),
+    }
+    // To another shard's: out through the kernel to its (bound) address.
+    match send_to(&mut h, "203.0.113.1:50009", b"hi") {
+        ClientAction::Forward { peer, .. } => assert_eq!(peer, addr("203.0.113.1:50009")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((h.server.stats().relayed_in_shard, h.server.stats().relayed_to_own), (1, 1));
+    // Data from an own IP that is not a relay address is dropped even with
+    // a permission for the IP.
+    let relay = relay_of(&h, mine);
+    assert!(h.peer_sends(relay, "203.0.113.1:22", b"x").is_none());
+    assert!(h.peer_sends(relay, "203.0.113.1:50009", b"x").is_some());
 }
