@@ -156,6 +156,10 @@ pub fn client(
             }
             Packet::Framed { frame, handover } => {
                 let data = &frame[payload];
+                // As from the network: a relay socket takes no more.
+                if data.len() > udp.max_datagram {
+                    return None;
+                }
                 handover.resize(PEER_HEADROOM + data.len() + PEER_TAILROOM + 1, 0);
                 handover[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
                 let range = PEER_HEADROOM..PEER_HEADROOM + data.len();

@@ -277,7 +277,7 @@ impl Relay {
             let state = ShardState {
                 index: k,
                 server,
-                udp: UdpSockets { socks, relay_sock },
+                udp: UdpSockets { socks, relay_sock, max_datagram: config.max_datagram },
                 control: rx,
                 wake: wake.clone(),
                 draining: None,

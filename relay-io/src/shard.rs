@@ -98,6 +98,10 @@ pub struct UdpSockets {
     pub socks: Vec<Sock>,
     /// Socket index of each relay id.
     pub relay_sock: Vec<usize>,
+    /// Largest datagram relayed (`IoConfig::max_datagram`): what a relay
+    /// socket receives at most, and so the most a stream frame handed to
+    /// another allocation in-process may carry.
+    pub max_datagram: usize,
 }
 
 impl UdpSockets {
