@@ -564,17 +564,7 @@ fn send_and_data_indications() {
     let mut h = H::new();
     let relayed_addr = h.allocate();
     let relay = relay_of(&h, relayed_addr);
-    let send = |h: &mut H, peer: &str, data: &[u8]| {
-        let tid = h.next_tid();
-        let mut buf = vec![0u8; 200];
-        let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), tid).unwrap();
-        b.add(&Attribute::XorPeerAddress(addr(peer))).unwrap();
-        b.add(&Attribute::Data(data)).unwrap();
-        let n = b.finish();
-        buf.truncate(n);
-        let action = h.send(&buf);
-        (buf, action)
-    };
+    let send = send_to;
     // No permission: silently dropped.
     let (_, action) = send(&mut h, PEER, b"early");
     assert_eq!(action, ClientAction::None);
@@ -961,8 +951,9 @@ fn rest_users_count_against_one_quota_whatever_their_credential() {
     assert_eq!(error_code(&resp), Some(486));
 }
 
-/// A Send indication from the harness's client to `peer`.
-fn send_to(h: &mut H, peer: &str, data: &[u8]) -> ClientAction {
+/// A Send indication from the harness's client to `peer`: the message and
+/// the server's action.
+fn send_to(h: &mut H, peer: &str, data: &[u8]) -> (Vec<u8>, ClientAction) {
     let tid = h.next_tid();
     let mut buf = vec![0u8; 200];
     let mut b = MessageBuilder::new(&mut buf, MessageType::new(Class::Indication, Method::SEND), tid).unwrap();
@@ -970,7 +961,8 @@ fn send_to(h: &mut H, peer: &str, data: &[u8]) -> ClientAction {
     b.add(&Attribute::Data(data)).unwrap();
     let n = b.finish();
     buf.truncate(n);
-    h.send(&buf)
+    let action = h.send(&buf);
+    (buf, action)
 }
 
 #[test]
@@ -997,15 +989,15 @@ fn own_addresses_relay_to_relay_and_the_hosts_other_addresses() {
     }
     // The permission for 203.0.113.1 (by IP) does not open its other
     // ports to Send indications.
-    assert_eq!(send_to(&mut h, "203.0.113.1:3478", b"loop"), ClientAction::None);
-    assert_eq!(send_to(&mut h, "203.0.113.1:22", b"ssh"), ClientAction::None);
+    assert_eq!(send_to(&mut h, "203.0.113.1:3478", b"loop").1, ClientAction::None);
+    assert_eq!(send_to(&mut h, "203.0.113.1:22", b"ssh").1, ClientAction::None);
     // To this shard's relay: handed over in-process, from our relayed address.
-    match send_to(&mut h, "203.0.113.1:50001", b"hi") {
+    match send_to(&mut h, "203.0.113.1:50001", b"hi").1 {
         ClientAction::Deliver { from, .. } => assert_eq!(from, mine),
         other => panic!("{other:?}"),
     }
     // To another shard's: out through the kernel to its (bound) address.
-    match send_to(&mut h, "203.0.113.1:50009", b"hi") {
+    match send_to(&mut h, "203.0.113.1:50009", b"hi").1 {
         ClientAction::Forward { peer, .. } => assert_eq!(peer, addr("203.0.113.1:50009")),
         other => panic!("{other:?}"),
     }

@@ -165,17 +165,6 @@ impl OwnAddresses {
                     || (l.ip().is_unspecified() && (self.is_own_ip(addr.ip()) || local_ip(addr.ip()))))
         })
     }
-
-    /// True when some relay IP is advertised under another address than it
-    /// is bound to (a 1:1 NAT), so that sources need translating.
-    pub fn translates(&self) -> bool {
-        self.relays.iter().any(|r| r.bind != r.advertised)
-    }
-
-    /// The relay IPs, as (bound, advertised) pairs.
-    pub fn relay_ips(&self) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
-        self.relays.iter().map(|r| (r.bind, r.advertised))
-    }
 }
 
 /// `addr` with an IPv4 address in any of its IPv6 forms (mapped,
@@ -217,7 +206,6 @@ mod tests {
         assert!(own.is_own_ip("::ffff:10.0.0.5".parse().unwrap()));
         assert!(own.is_own_ip("64:ff9b::a00:5".parse().unwrap()));
         assert!(!own.is_own_ip("203.0.113.6".parse().unwrap()));
-        assert!(own.translates());
     }
 
     #[test]
@@ -235,6 +223,5 @@ mod tests {
         assert!(own.is_listener(sa("192.0.2.1:5349"), none), "wildcard listener on an own IP");
         assert!(!own.is_listener(sa("198.51.100.1:5349"), none), "another host's port 5349");
         assert!(own.is_listener(sa("127.0.0.1:5349"), |ip: IpAddr| ip.is_loopback()));
-        assert!(!own.translates());
     }
 }

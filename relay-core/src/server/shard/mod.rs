@@ -309,11 +309,6 @@ impl Server {
         self.rfc5780.as_ref()
     }
 
-    /// Denies a server address (a listener) as a peer.
-    pub fn deny_own_address(&mut self, ip: IpAddr) {
-        self.policy.deny_own(ip);
-    }
-
     /// The address of a relay.
     pub fn relay_addr(&self, relay: RelayId) -> Option<SocketAddr> {
         self.pool.addr(relay)

@@ -109,7 +109,6 @@ impl Server {
             self.stats.drop(Drop::DeniedPeer);
             return ClientAction::None;
         }
-        let Some(a) = self.table.allocs.get_mut(id as usize) else { return ClientAction::None };
         if !a.bucket.allow(now, data.value.len()) {
             self.stats.drop(Drop::Bandwidth);
             return ClientAction::None;
