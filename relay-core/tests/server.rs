@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::own::OwnAddresses;
 use relay_core::server::policy::PeerPolicy;
-use relay_core::server::stats::{AuthFailure, Drop, MethodLabel, Outcome};
+use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome};
 use relay_core::server::{
-    Client, ClientAction, Event, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts, Transport,
+    Client, ClientAction, Event, PEER_HEADROOM, PeerAction, PeerSegment, RelayId, Server, ServerConfig, ServerParts,
+    Transport,
 };
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
@@ -208,6 +209,21 @@ impl H {
         match self.server.handle_peer(self.now, relay, addr(peer), &mut buf, range) {
             PeerAction::Forward { client, frame } => Some((client, buf[frame].to_vec())),
             PeerAction::None => None,
+        }
+    }
+
+    /// As [`H::peer_sends`], through `handle_peer_segment` (no headroom):
+    /// the frame assembled from the header, the payload and the padding.
+    fn peer_segment(&mut self, relay: RelayId, peer: &str, payload: &[u8]) -> Option<(Client, Vec<u8>)> {
+        let mut head = [0xeeu8; PEER_HEADROOM];
+        match self.server.handle_peer_segment(self.now, relay, addr(peer), payload.len(), &mut head) {
+            PeerSegment::Forward { client, head: h, pad } => {
+                let mut frame = head[h].to_vec();
+                frame.extend_from_slice(payload);
+                frame.resize(frame.len() + usize::from(pad), 0);
+                Some((client, frame))
+            }
+            PeerSegment::None => None,
         }
     }
 
@@ -586,6 +602,42 @@ fn send_and_data_indications() {
     assert!(h.peer_sends(relay, PEER2, b"x").is_none());
     // The same IP on another port does (permissions are by IP).
     assert!(h.peer_sends(relay, "198.51.100.7:9999", b"x").is_some());
+}
+
+/// A coalesced (GRO) segment has no headroom: framed out of place, it is
+/// byte for byte what the in-place framing makes, and is checked and
+/// counted the same.
+#[test]
+fn a_segment_without_headroom_is_framed_as_in_place() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let mut h = H::new();
+        h.client = Client { transport, conn: 3, ..h.client };
+        let relayed_addr = h.allocate();
+        let relay = relay_of(&h, relayed_addr);
+        // No permission: dropped by both, counted by both.
+        assert!(h.peer_segment(relay, PEER, b"x").is_none());
+        assert_eq!(h.server.stats().drops_of(Drop::NoPermission), 1);
+        h.permit(PEER);
+        // A Data indication (no channel): equal but for the random
+        // transaction id.
+        for payload in [&b"odd size"[..], b"abcd", b"", &[7u8; 1200]] {
+            let (c1, mut a) = h.peer_sends(relay, PEER, payload).unwrap();
+            let (c2, mut b) = h.peer_segment(relay, PEER, payload).unwrap();
+            assert_eq!(c1, c2);
+            a[8..20].fill(0);
+            b[8..20].fill(0);
+            assert_eq!(a, b, "{transport:?} {}", payload.len());
+        }
+        h.bind(0x4001, PEER);
+        for payload in [&b"12345"[..], b"abcd", &[9u8; 1199]] {
+            let (_, a) = h.peer_sends(relay, PEER, payload).unwrap();
+            let (_, b) = h.peer_segment(relay, PEER, payload).unwrap();
+            assert_eq!(a, b, "{transport:?} {}", payload.len());
+            assert_eq!(&b[..2], &[0x40, 0x01]);
+        }
+        let relayed = h.server.stats().relayed_packets_of(Direction::ToClient);
+        assert_eq!(relayed, 14, "every framed datagram counted once");
+    }
 }
 
 #[test]

@@ -33,5 +33,7 @@ pub mod timer;
 pub use error::StunError;
 pub use relays::{RelayId, RelayPool};
 pub use rfc5780::{Rfc5780, Rfc5780Error};
-pub use shard::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server, ServerConfig, ServerParts};
+pub use shard::{
+    ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerSegment, Server, ServerConfig, ServerParts,
+};
 pub use table::{Client, Transport};

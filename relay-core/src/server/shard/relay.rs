@@ -132,9 +132,76 @@ impl Server {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> PeerAction {
+        if payload.end > buf.len() {
+            self.stats.drop(Drop::TooLarge);
+            return PeerAction::None;
+        }
+        let Some((client, framing)) = self.peer_target(now, relay, peer, payload.len()) else {
+            return PeerAction::None;
+        };
+        let stream = client.transport.is_stream();
+        let frame = match framing {
+            Framing::Channel(number) => frame_channel_data(buf, payload.clone(), number, stream),
+            Framing::Indication(peer) => frame_data_indication(buf, payload.clone(), peer, self.rng.tid()),
+        };
+        self.framed(client, framing, payload.len(), frame.map(|frame| PeerAction::Forward { client, frame }))
+            .unwrap_or(PeerAction::None)
+    }
+
+    /// [`Server::handle_peer`] for a datagram of `len` bytes that has no
+    /// headroom of its own — a segment after the first of a buffer the
+    /// kernel coalesced (UDP GRO), whose bytes in front belong to the
+    /// segment before it. The same checks and counting; the header is
+    /// written at the end of `head` (where [`PEER_HEADROOM`] in front of
+    /// the payload would have held it), and the frame is `head[head]`, the
+    /// payload where it lies, then `pad` zero bytes.
+    pub fn handle_peer_segment(
+        &mut self,
+        now: Instant,
+        relay: RelayId,
+        peer: SocketAddr,
+        len: usize,
+        head: &mut [u8; PEER_HEADROOM],
+    ) -> PeerSegment {
+        let Some((client, framing)) = self.peer_target(now, relay, peer, len) else {
+            return PeerSegment::None;
+        };
+        let stream = client.transport.is_stream();
+        let header = match framing {
+            Framing::Channel(number) => channel_data_header(head, number, len, stream),
+            Framing::Indication(peer) => data_indication_header(head, len, peer, self.rng.tid()),
+        };
+        let segment =
+            header.map(|(start, pad)| PeerSegment::Forward { client, head: start..PEER_HEADROOM, pad: pad as u8 });
+        self.framed(client, framing, len, segment).unwrap_or_default()
+    }
+
+    /// Counts a framed peer datagram (or one too large to frame).
+    #[inline]
+    fn framed<T>(&mut self, client: Client, framing: Framing, len: usize, framed: Option<T>) -> Option<T> {
+        match framed {
+            Some(t) => {
+                if matches!(framing, Framing::Indication(_)) {
+                    self.stats.data_indications += 1;
+                }
+                self.stats.relayed(Direction::ToClient, client.transport, len);
+                Some(t)
+            }
+            None => {
+                self.stats.drop(Drop::TooLarge);
+                None
+            }
+        }
+    }
+
+    /// The checks every peer datagram passes (an owner, an own-address
+    /// source mapped to what permissions name, a permission, the bandwidth
+    /// cap): the client it goes to, and how it is framed.
+    #[inline]
+    fn peer_target(&mut self, now: Instant, relay: RelayId, peer: SocketAddr, len: usize) -> Option<(Client, Framing)> {
         let Some(id) = self.pool.owner(relay) else {
             self.stats.drop(Drop::NoAllocation);
-            return PeerAction::None;
+            return None;
         };
         // From one of our own IPs: another allocation's relay (seen as its
         // advertised address, which is what a permission names), or a port
@@ -146,49 +213,55 @@ impl Server {
                 None if self.policy.permits(peer) => peer,
                 None => {
                     self.stats.drop(Drop::DeniedPeer);
-                    return PeerAction::None;
+                    return None;
                 }
             }
         } else {
             peer
         };
-        let Some(a) = self.table.allocs.get_mut(id as usize) else { return PeerAction::None };
+        let a = self.table.allocs.get_mut(id as usize)?;
         if !a.permits(peer.ip(), now) {
             self.stats.drop(Drop::NoPermission);
-            return PeerAction::None;
-        }
-        let len = payload.len();
-        if payload.end > buf.len() {
-            self.stats.drop(Drop::TooLarge);
-            return PeerAction::None;
+            return None;
         }
         if !a.bucket.allow(now, len) {
             self.stats.drop(Drop::Bandwidth);
-            return PeerAction::None;
+            return None;
         }
-        let client = a.client;
-        let stream = client.transport.is_stream();
-        let frame = if let Some(number) = a.channel_of(&peer, now) {
-            frame_channel_data(buf, payload, number, stream)
-        } else {
-            let tid = self.rng.tid();
-            let f = frame_data_indication(buf, payload, peer, tid);
-            if f.is_some() {
-                self.stats.data_indications += 1;
-            }
-            f
+        let framing = match a.channel_of(&peer, now) {
+            Some(number) => Framing::Channel(number),
+            None => Framing::Indication(peer),
         };
-        match frame {
-            Some(frame) => {
-                self.stats.relayed(Direction::ToClient, client.transport, len);
-                PeerAction::Forward { client, frame }
-            }
-            None => {
-                self.stats.drop(Drop::TooLarge);
-                PeerAction::None
-            }
-        }
+        Some((a.client, framing))
     }
+}
+
+/// How a peer's datagram is framed for its client.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// ChannelData on this channel.
+    Channel(u16),
+    /// A Data indication from this peer.
+    Indication(SocketAddr),
+}
+
+/// What to do with a peer's datagram that has no headroom of its own (see
+/// [`Server::handle_peer_segment`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PeerSegment {
+    /// Nothing (dropped).
+    #[default]
+    None,
+    /// Send `head[head]`, the payload, then `pad` zero bytes to `client`.
+    Forward {
+        /// The client to send to.
+        client: Client,
+        /// The header's range within the `head` array.
+        head: Range<usize>,
+        /// Zero bytes after the payload (a Data indication's padding, or
+        /// ChannelData's on streams).
+        pad: u8,
+    },
 }
 
 /// Writes the ChannelData header in the 4 bytes before `payload` (and zero
@@ -203,6 +276,48 @@ fn frame_channel_data(buf: &mut [u8], payload: Range<usize>, number: u16, stream
     Some(start..end)
 }
 
+/// The ChannelData header for a `len`-byte payload, at the end of `head`:
+/// where it starts, and the padding that follows the payload.
+#[inline]
+fn channel_data_header(
+    head: &mut [u8; PEER_HEADROOM],
+    number: u16,
+    len: usize,
+    stream: bool,
+) -> Option<(usize, usize)> {
+    let start = PEER_HEADROOM - CHANNEL_DATA_HEADER_LEN;
+    let n = u16::try_from(len).ok()?;
+    channel_data::write_header(&mut head[start..], number, n).ok()?;
+    let pad = if stream { channel_data::stream_len(len) - CHANNEL_DATA_HEADER_LEN - len } else { 0 };
+    Some((start, pad))
+}
+
+/// A Data indication's header (XOR-PEER-ADDRESS, DATA) for a `len`-byte
+/// payload, at the end of `head`: where it starts, and the padding that
+/// follows the payload.
+fn data_indication_header(
+    head: &mut [u8; PEER_HEADROOM],
+    len: usize,
+    peer: SocketAddr,
+    tid: TransactionId,
+) -> Option<(usize, usize)> {
+    let mut msg = [0u8; PEER_HEADROOM];
+    let ty = MessageType::new(Class::Indication, Method::DATA);
+    let mut b = MessageBuilder::new(&mut msg, ty, tid).ok()?;
+    b.add(&Attribute::XorPeerAddress(peer)).ok()?;
+    let hlen = b.finish();
+    let total_head = hlen + 4;
+    let start = PEER_HEADROOM.checked_sub(total_head)?;
+    let padded = len.next_multiple_of(4);
+    let body_len = u16::try_from(total_head + padded - HEADER_LEN).ok()?;
+    let data_len = u16::try_from(len).ok()?;
+    head[start..start + hlen].copy_from_slice(&msg[..hlen]);
+    head[start + 2..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    head[start + hlen..start + hlen + 2].copy_from_slice(&AttributeType::DATA.0.to_be_bytes());
+    head[start + hlen + 2..PEER_HEADROOM].copy_from_slice(&data_len.to_be_bytes());
+    Some((start, padded - len))
+}
+
 /// Writes a Data indication header (XOR-PEER-ADDRESS, DATA) before
 /// `payload` and its padding after; returns the message's range.
 fn frame_data_indication(
@@ -212,19 +327,11 @@ fn frame_data_indication(
     tid: TransactionId,
 ) -> Option<Range<usize>> {
     let mut head = [0u8; PEER_HEADROOM];
-    let ty = MessageType::new(Class::Indication, Method::DATA);
-    let mut b = MessageBuilder::new(&mut head, ty, tid).ok()?;
-    b.add(&Attribute::XorPeerAddress(peer)).ok()?;
-    let hlen = b.finish();
-    let total_head = hlen + 4;
-    let start = payload.start.checked_sub(total_head)?;
-    let padded = payload.len().next_multiple_of(4);
-    let end = payload.start + padded;
-    let body_len = u16::try_from(end - start - HEADER_LEN).ok()?;
+    let (hstart, pad) = data_indication_header(&mut head, payload.len(), peer, tid)?;
+    let hlen = PEER_HEADROOM - hstart;
+    let start = payload.start.checked_sub(hlen)?;
+    let end = payload.end + pad;
     buf.get_mut(payload.end..end)?.fill(0);
-    buf[start..start + hlen].copy_from_slice(&head[..hlen]);
-    buf[start + 2..start + 4].copy_from_slice(&body_len.to_be_bytes());
-    buf[start + hlen..start + hlen + 2].copy_from_slice(&AttributeType::DATA.0.to_be_bytes());
-    buf[start + hlen + 2..start + hlen + 4].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    buf[start..payload.start].copy_from_slice(&head[hstart..]);
     Some(start..end)
 }
