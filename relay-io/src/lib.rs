@@ -25,6 +25,7 @@ use relay_core::server::{RelayId, Server};
 
 pub mod egress;
 pub mod event_loop;
+pub mod gso;
 pub mod portable;
 pub mod shard;
 pub mod socket;
