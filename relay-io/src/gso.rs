@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn control_message_parsing() {
         let hdr = size_of::<libc::cmsghdr>();
-        let mut c = vec![0u8; 64];
+        let mut c = [0u8; 64];
         c[..8].copy_from_slice(&((hdr + 4) as u64).to_ne_bytes());
         c[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
         c[12..16].copy_from_slice(&UDP_GRO.to_ne_bytes());
@@ -590,7 +590,7 @@ mod tests {
         c[..8].copy_from_slice(&3u64.to_ne_bytes());
         assert_eq!(gro_segment(&c[..24]), None);
         let m = SegmentCmsg::new(1200);
-        assert_eq!(m.hdr.cmsg_len as usize, hdr + 2);
+        assert_eq!(m.hdr.cmsg_len, hdr + 2);
         assert_eq!(SegmentCmsg::space(), hdr + 8);
     }
 }
