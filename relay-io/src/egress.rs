@@ -28,7 +28,7 @@ use std::ops::Range;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use relay_core::server::{ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server};
+use relay_core::server::{ClientAction, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerSegment, Server};
 
 use crate::shard::UdpSockets;
 
@@ -76,9 +76,21 @@ pub struct Transmit {
     pub buf: Buf,
     /// Its bytes within that buffer.
     pub range: Range<usize>,
+    /// Header bytes that go in front of `range`, from the end of the
+    /// segment's side header area (a coalesced segment framed out of
+    /// place: [`Packet::Segment`]); 0 when the frame lies whole in `range`.
+    pub head: u8,
+    /// Zero bytes that follow `range` (with `head`).
+    pub pad: u8,
 }
 
 impl Transmit {
+    /// A transmit of `buf[range]`, whole.
+    #[inline]
+    pub fn new(via: Via, buf: Buf, range: Range<usize>) -> Transmit {
+        Transmit { via, buf, range, head: 0, pad: 0 }
+    }
+
     /// Relayed data (shed when a stream client reads too slowly) rather
     /// than a control response (never shed).
     #[inline]
@@ -108,6 +120,17 @@ pub enum Packet<'b> {
         /// The hand-over buffer.
         handover: &'b mut Vec<u8>,
     },
+    /// A segment of a coalesced (GRO) receive at `at` of its buffer, with
+    /// no headroom of its own (the bytes in front are the segment before
+    /// it): a hand-over is framed out of place
+    /// ([`Server::handle_peer_segment`]), its header written into `head`
+    /// (the transmit's [`Transmit::head`]), its payload sent where it lies.
+    Segment {
+        /// Where the segment starts in its buffer.
+        at: usize,
+        /// The segment's side header area.
+        head: &'b mut [u8; PEER_HEADROOM],
+    },
 }
 
 /// Carries out `action`, the server's answer to a client's packet: returns
@@ -127,26 +150,22 @@ pub fn client(
 ) -> Option<Transmit> {
     match action {
         ClientAction::None => None,
-        ClientAction::Reply { len } => Some(Transmit { via: reply_to, buf: Buf::Reply, range: 0..len }),
+        ClientAction::Reply { len } => Some(Transmit::new(reply_to, Buf::Reply, 0..len)),
         // RFC 5780: from the listener that owns `local`. The server returns
         // it for UDP clients only (a stream client's address change is
         // answered with 420).
         ClientAction::ReplyFrom { local, to, len } => match reply_to {
-            Via::Udp { .. } => Some(Transmit {
-                via: Via::Udp { fd: udp.listener_fd(local)?, dest: to },
-                buf: Buf::Reply,
-                range: 0..len,
-            }),
+            Via::Udp { .. } => Some(Transmit::new(Via::Udp { fd: udp.listener_fd(local)?, dest: to }, Buf::Reply, 0..len)),
             Via::Stream { .. } => None,
         },
         // The payload leaves from where it arrived, uncopied.
         ClientAction::Forward { relay, peer, payload } => {
             let at = match packet {
-                Packet::InPlace { at, .. } => at,
+                Packet::InPlace { at, .. } | Packet::Segment { at, .. } => at,
                 Packet::Framed { .. } => 0,
             };
             let via = Via::Udp { fd: udp.relay_fd(relay)?, dest: peer };
-            Some(Transmit { via, buf: Buf::Packet, range: at + payload.start..at + payload.end })
+            Some(Transmit::new(via, Buf::Packet, at + payload.start..at + payload.end))
         }
         // Another allocation of this shard: on as peer data.
         ClientAction::Deliver { relay, from, payload } => match packet {
@@ -166,6 +185,10 @@ pub fn client(
                 let action = server.handle_peer(now, relay, from, handover, range);
                 self::peer(udp, action, Buf::Handover)
             }
+            Packet::Segment { at, head } => {
+                let segment = server.handle_peer_segment(now, relay, from, payload.len(), head);
+                peer_segment(udp, segment, at + payload.start..at + payload.end)
+            }
         },
     }
 }
@@ -177,13 +200,34 @@ pub fn client(
 pub fn peer(udp: &UdpSockets, action: PeerAction, buf: Buf) -> Option<Transmit> {
     match action {
         PeerAction::None => None,
-        PeerAction::Forward { client, frame } => {
-            let via = if client.transport.is_stream() {
-                Via::Stream { conn: client.conn }
-            } else {
-                Via::Udp { fd: udp.listener_fd(client.local)?, dest: client.remote }
-            };
-            Some(Transmit { via, buf, range: frame })
-        }
+        PeerAction::Forward { client, frame } => Some(Transmit::new(to_client(udp, &client)?, buf, frame)),
     }
+}
+
+/// Carries out `segment`, the server's answer to peer data `payload` of a
+/// coalesced segment framed out of place ([`Server::handle_peer_segment`]):
+/// the header from the segment's side area, the payload where it lies.
+#[inline(always)]
+pub fn peer_segment(udp: &UdpSockets, segment: PeerSegment, payload: Range<usize>) -> Option<Transmit> {
+    match segment {
+        PeerSegment::None => None,
+        PeerSegment::Forward { client, head, pad } => Some(Transmit {
+            via: to_client(udp, &client)?,
+            buf: Buf::Packet,
+            range: payload,
+            head: head.len() as u8,
+            pad,
+        }),
+    }
+}
+
+/// How data reaches a client: its listener for UDP, its connection's
+/// send queue for a stream.
+#[inline(always)]
+fn to_client(udp: &UdpSockets, client: &relay_core::server::Client) -> Option<Via> {
+    Some(if client.transport.is_stream() {
+        Via::Stream { conn: client.conn }
+    } else {
+        Via::Udp { fd: udp.listener_fd(client.local)?, dest: client.remote }
+    })
 }

@@ -145,7 +145,7 @@ pub fn segments(len: usize, segment: usize) -> impl Iterator<Item = std::ops::Ra
 /// One queued datagram: where it goes, and its bytes as up to
 /// [`MAX_PARTS`] iovecs.
 #[derive(Clone, Copy, Debug)]
-pub struct Datagram {
+pub struct Outgoing {
     /// The socket it leaves from.
     pub fd: RawFd,
     /// Where it goes.
@@ -161,10 +161,10 @@ pub struct Datagram {
     pub owner: u32,
 }
 
-impl Datagram {
+impl Outgoing {
     /// A datagram of one part.
-    pub fn new(fd: RawFd, dest: SocketAddr, bytes: &[u8], owner: u32) -> Datagram {
-        let mut d = Datagram { fd, dest, iov: [EMPTY_IOV; MAX_PARTS], parts: 0, len: 0, owner };
+    pub fn new(fd: RawFd, dest: SocketAddr, bytes: &[u8], owner: u32) -> Outgoing {
+        let mut d = Outgoing { fd, dest, iov: [EMPTY_IOV; MAX_PARTS], parts: 0, len: 0, owner };
         d.push(bytes);
         d
     }
@@ -270,7 +270,7 @@ impl GsoStats {
 /// The datagrams of one loop turn, grouped into sends. Allocated once:
 /// queuing, planning and clearing allocate nothing.
 pub struct Coalescer {
-    queue: Vec<Datagram>,
+    queue: Vec<Outgoing>,
     /// Sort keys: socket, flow hash, then queue index (so that a flow's
     /// datagrams keep their order).
     keys: Vec<u128>,
@@ -343,7 +343,7 @@ impl Coalescer {
 
     /// Queues a datagram; false (and nothing queued) when full.
     #[inline]
-    pub fn push(&mut self, d: Datagram) -> bool {
+    pub fn push(&mut self, d: Outgoing) -> bool {
         if self.is_full() {
             return false;
         }
@@ -410,7 +410,7 @@ impl Coalescer {
     }
 
     /// Plan `p`'s datagrams, in order.
-    pub fn members<'a>(&'a self, p: &Plan) -> impl Iterator<Item = &'a Datagram> + 'a {
+    pub fn members<'a>(&'a self, p: &Plan) -> impl Iterator<Item = &'a Outgoing> + 'a {
         self.members[p.first..p.first + p.count].iter().map(|&i| &self.queue[i as usize])
     }
 
@@ -467,8 +467,8 @@ fn flow_hash(a: &SocketAddr) -> u32 {
 mod tests {
     use super::*;
 
-    fn dg(fd: RawFd, dest: &str, bytes: &'static [u8], owner: u32) -> Datagram {
-        Datagram::new(fd, dest.parse().unwrap(), bytes, owner)
+    fn dg(fd: RawFd, dest: &str, bytes: &'static [u8], owner: u32) -> Outgoing {
+        Outgoing::new(fd, dest.parse().unwrap(), bytes, owner)
     }
 
     static A: [u8; 100] = [1; 100];
@@ -551,7 +551,7 @@ mod tests {
         static H: [u8; 4] = [0x40, 0, 0, 100];
         let mut c = Coalescer::new(8, true);
         for i in 0..3 {
-            let mut d = Datagram::new(5, "192.0.2.1:1".parse().unwrap(), &H, i);
+            let mut d = Outgoing::new(5, "192.0.2.1:1".parse().unwrap(), &H, i);
             d.push(&A);
             d.push(&[]);
             c.push(d);

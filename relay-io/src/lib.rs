@@ -34,7 +34,7 @@ pub mod sys;
 pub mod tls;
 pub mod uring;
 
-pub use shard::{BackendKind, Control, ShardReport};
+pub use shard::{BackendKind, Batching, Control, ShardReport};
 pub use socket::{RelayIp, RelayPorts};
 
 use shard::{ShardState, Sock, SockKind, UdpSockets};
@@ -94,6 +94,12 @@ pub struct IoConfig {
     /// new process with it, then drains the old one. Without it, an
     /// address another process listens on is a start-up error.
     pub handover: bool,
+    /// Send a loop turn's datagrams of one flow and size together, as one
+    /// GSO send (`UDP_SEGMENT`); off: one datagram per message.
+    pub gso: bool,
+    /// Let the kernel coalesce received datagrams of a flow (`UDP_GRO`);
+    /// each is still handled as the datagram it was.
+    pub gro: bool,
 }
 
 impl Default for IoConfig {
@@ -114,6 +120,8 @@ impl Default for IoConfig {
             listener_buffer: 8 << 20,
             relay_buffer: 256 << 10,
             handover: false,
+            gso: true,
+            gro: true,
         }
     }
 }
@@ -160,6 +168,36 @@ pub enum StartError {
     /// Spawning a shard thread failed.
     #[error("cannot start shard thread: {0}")]
     Spawn(io::Error),
+}
+
+/// What batched UDP the shards use: GSO where asked for and the kernel
+/// knows `UDP_SEGMENT` (whether a device can do it is learnt per socket
+/// from its first GSO send), GRO where asked for, turned on for every UDP
+/// socket (one the kernel refuses simply receives datagram by datagram).
+fn udp_batching(config: &IoConfig, bound: &[(Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSocket)>)]) -> Batching {
+    use std::os::fd::AsRawFd;
+    let first = bound.iter().flat_map(|b| b.0.iter().map(|s| s.socket.as_raw_fd())).next();
+    let gso = config.gso && first.is_some_and(gso::gso_supported);
+    if config.gso && !gso {
+        tracing::warn!("UDP GSO unavailable (the kernel lacks UDP_SEGMENT): datagrams are sent one by one");
+    }
+    let mut gro = config.gro;
+    if gro {
+        let fds = bound.iter().flat_map(|b| {
+            b.0.iter().map(|s| s.socket.as_raw_fd()).chain(b.2.iter().map(|(_, _, s)| s.as_raw_fd()))
+        });
+        let mut refused = 0usize;
+        for fd in fds {
+            if gso::enable_gro(fd).is_err() {
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            tracing::warn!(sockets = refused, "UDP GRO refused by the kernel on some sockets: they receive datagram by datagram");
+            gro = refused < bound.iter().map(|b| b.0.len() + b.2.len()).sum::<usize>();
+        }
+    }
+    Batching { gso, gro }
 }
 
 struct ShardHandle {
@@ -259,6 +297,8 @@ impl Relay {
         own_forms(&mut own, config, &udp_addrs, &tcp_addrs, &tls_addrs);
         let own = Arc::new(own);
 
+        let batching = udp_batching(config, &bound);
+
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;
         for (k, (mut socks, streams, relays)) in bound.into_iter().enumerate() {
@@ -288,6 +328,9 @@ impl Relay {
                 streams,
                 last_housekeeping: Instant::now(),
                 loop_turns: 0,
+                batching,
+                udp_stats: Default::default(),
+                scratch: Vec::new(),
             };
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[k % cores.len()]);
             let (batch, max_datagram) = (config.batch.max(1), config.max_datagram);
@@ -306,7 +349,15 @@ impl Relay {
                 .map_err(StartError::Spawn)?;
             shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
         }
-        tracing::info!(backend = backend.name(), reason = %backend_reason, shards = n, relays = relay_count, "data plane started");
+        tracing::info!(
+            backend = backend.name(),
+            reason = %backend_reason,
+            shards = n,
+            relays = relay_count,
+            gso = batching.gso,
+            gro = batching.gro,
+            "data plane started"
+        );
         Ok(Relay {
             shards,
             backend,

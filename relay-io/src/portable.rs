@@ -19,7 +19,8 @@ use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::egress::{Buf, REPLY_LEN, Via};
 use crate::event_loop::{self, Driver, Ready};
 use crate::shard::{BackendKind, Datagram, ShardState};
-use crate::sys::{Batch, Epoll, empty_event};
+use crate::gso::{MAX_SEGMENTS, segments};
+use crate::sys::{self, Batch, Epoll, empty_event};
 
 /// Token of the shard's wake-up eventfd.
 const WAKE: u64 = u64::MAX;
@@ -37,7 +38,13 @@ struct Portable {
     batch: Batch,
     events: Vec<libc::epoll_event>,
     ready: usize,
+    /// A response to a request in a coalesced segment after the first
+    /// (the slot's reply area serves the first): sent at once.
+    reply: Box<[u8]>,
 }
+
+/// Largest buffer a coalesced (GRO) receive fills.
+pub const GRO_BUFFER: usize = 1 << 16;
 
 /// Runs a shard until it is stopped or has drained.
 pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::Result<()> {
@@ -49,9 +56,13 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
     if !st.streams.is_empty() {
         ep.add(st.streams.fd(), STREAMS)?;
     }
-    let slot_len = PEER_HEADROOM + max_datagram + PEER_TAILROOM + 1;
-    let batch = Batch::new(batch_size, slot_len, REPLY_LEN);
-    let mut p = Portable { ep, batch, events: vec![empty_event(); 256], ready: 0 };
+    let payload = if st.batching.gro { GRO_BUFFER.max(max_datagram) } else { max_datagram };
+    let slot_len = PEER_HEADROOM + payload + PEER_TAILROOM + 1;
+    let mut batch = Batch::new(batch_size, slot_len, REPLY_LEN);
+    batch.set_gso(st.batching.gso);
+    batch.set_gro(st.batching.gro);
+    let reply = vec![0u8; REPLY_LEN].into_boxed_slice();
+    let mut p = Portable { ep, batch, events: vec![empty_event(); 256], ready: 0, reply };
     event_loop::run(st, &mut p)
 }
 
@@ -71,16 +82,17 @@ impl Driver for Portable {
             match self.events[k].u64 {
                 WAKE => ready.control = true,
                 STREAMS => ready.streams = true,
-                token => drain_socket(st, token as usize, &mut self.batch, now),
+                token => drain_socket(st, token as usize, &mut self.batch, &mut self.reply, now),
             }
         }
+        st.udp_stats = self.batch.gso_stats();
         ready
     }
 }
 
 /// Receives from a ready socket in batches (at most [`ROUNDS_PER_WAKE`]) and
-/// sends what each batch leads to in `sendmmsg` calls.
-fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Instant) {
+/// sends what each batch leads to (grouped into GSO sends where allowed).
+fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, scratch: &mut [u8], now: Instant) {
     let sock = &st.udp.socks[index];
     let (fd, kind) = (sock.socket.as_raw_fd(), sock.kind);
     for _ in 0..ROUNDS_PER_WAKE {
@@ -98,13 +110,41 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, now: Insta
                 // Larger than the configured maximum datagram: dropped.
                 continue;
             }
-            let (slot, reply) = batch.slot_and_reply(i);
-            let d = Datagram { fd, kind, from, len: r.len };
-            let Some(tx) = st.on_datagram(now, d, slot, reply) else { continue };
-            match (tx.via, tx.buf) {
-                (Via::Udp { fd, dest }, Buf::Reply) => batch.send_reply(fd, dest, i, tx.range.len()),
-                (Via::Udp { fd, dest }, _) => batch.send_slot(fd, dest, i, tx.range),
-                (Via::Stream { conn }, _) => st.deliver_stream(conn, &slot[tx.range], now),
+            if r.segment == 0 || r.segment >= r.len {
+                let (slot, reply) = batch.slot_and_reply(i);
+                let d = Datagram { fd, kind, from, len: r.len };
+                let Some(tx) = st.on_datagram(now, d, slot, reply) else { continue };
+                match (tx.via, tx.buf) {
+                    (Via::Udp { fd, dest }, Buf::Reply) => batch.send_reply(fd, dest, i, tx.range.len()),
+                    (Via::Udp { fd, dest }, _) => batch.send_slot(fd, dest, i, tx.range),
+                    (Via::Stream { conn }, _) => st.deliver_stream(conn, &slot[tx.range], now),
+                }
+                continue;
+            }
+            // Coalesced: every segment as the datagram it was.
+            let count = segments(r.len, r.segment).count();
+            batch.coalescer().stats.received(count);
+            for (j, seg) in segments(r.len, r.segment).enumerate().take(MAX_SEGMENTS) {
+                let d = Datagram { fd, kind, from, len: seg.len() };
+                let at = PEER_HEADROOM + seg.start;
+                let (slot, reply, head) = batch.segment(i, j);
+                let reply = if j == 0 { reply } else { &mut *scratch };
+                let Some(tx) = st.on_segment(now, d, slot, at, reply, head) else { continue };
+                match (tx.via, tx.buf) {
+                    (Via::Udp { fd, dest }, Buf::Reply) if j == 0 => batch.send_reply(fd, dest, i, tx.range.len()),
+                    (Via::Udp { fd, dest }, Buf::Reply) => {
+                        if sys::send_to(fd, &scratch[tx.range], dest).is_err() {
+                            st.send_failures += 1;
+                        }
+                    }
+                    (Via::Udp { fd, dest }, _) => {
+                        batch.send_segment(fd, dest, (i, j), usize::from(tx.head), tx.range, usize::from(tx.pad))
+                    }
+                    (Via::Stream { conn }, _) => {
+                        let (slot, _, head) = batch.segment(i, j);
+                        st.deliver_stream_segment(conn, &tx, slot, head, now);
+                    }
+                }
             }
         }
         let (_, failed) = batch.flush();

@@ -11,6 +11,7 @@ use relay_core::server::stats::Stats;
 use relay_core::server::{Client, Event, PEER_HEADROOM, RelayId, Server};
 
 use crate::egress::{self, Buf, Packet, Transmit, Via};
+use crate::gso::GsoStats;
 use crate::stream::Streams;
 use crate::sys::{self, EventFd};
 
@@ -55,6 +56,8 @@ pub struct ShardReport {
     /// Turns of the shard's event loop so far (a stalled shard stops
     /// counting).
     pub loop_turns: u64,
+    /// Batched UDP counters (GSO sends, GRO receives, fallbacks).
+    pub udp: GsoStats,
 }
 
 /// Messages to a shard from other threads.
@@ -157,6 +160,23 @@ pub struct ShardState {
     pub last_housekeeping: Instant,
     /// Event loop turns (see [`ShardReport::loop_turns`]).
     pub loop_turns: u64,
+    /// Batched UDP: what the shard's sockets may use.
+    pub batching: Batching,
+    /// Batched UDP counters, as the backend last left them.
+    pub udp_stats: GsoStats,
+    /// Scratch for a coalesced segment's frame to a stream client (the
+    /// stream path copies the frame anyway).
+    pub scratch: Vec<u8>,
+}
+
+/// Batched UDP settings of a shard (`IoConfig::gso`, `IoConfig::gro`, as
+/// the kernel allowed them at start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batching {
+    /// Send datagrams of one flow and size together, with `UDP_SEGMENT`.
+    pub gso: bool,
+    /// Receive coalesced datagrams (`UDP_GRO` on every UDP socket).
+    pub gro: bool,
 }
 
 impl ShardState {
@@ -189,6 +209,54 @@ impl ShardState {
         }
     }
 
+    /// Segment `d` (of `d.len` bytes at `at` of `buf`) of a buffer the
+    /// kernel coalesced (UDP GRO): handled as the datagram it was, but
+    /// with no headroom of its own, so what is framed for a client is
+    /// framed out of place — its header into `head`, its payload sent
+    /// where it lies ([`Transmit::head`]). `reply` takes a response to a
+    /// client's request.
+    #[inline(always)]
+    pub fn on_segment(
+        &mut self,
+        now: Instant,
+        d: Datagram,
+        buf: &[u8],
+        at: usize,
+        reply: &mut [u8],
+        head: &mut [u8; PEER_HEADROOM],
+    ) -> Option<Transmit> {
+        let Datagram { fd, kind, from, len } = d;
+        // As a datagram larger than the configured maximum: dropped.
+        if len > self.udp.max_datagram {
+            return None;
+        }
+        let bytes = buf.get(at..at + len)?;
+        match kind {
+            SockKind::Listener(local) => {
+                let client = Client::udp(from, local);
+                let action = self.server.handle_client(now, &client, bytes, reply);
+                let reply_to = Via::Udp { fd, dest: from };
+                egress::client(&mut self.server, now, &self.udp, reply_to, action, Packet::Segment { at, head })
+            }
+            SockKind::Relay(relay) => {
+                let segment = self.server.handle_peer_segment(now, relay, from, len, head);
+                egress::peer_segment(&self.udp, segment, at..at + len)
+            }
+        }
+    }
+
+    /// Queues a segment's frame — `head`'s last `tx.head` bytes, `buf[tx.range]`,
+    /// `tx.pad` zeros — for stream connection `conn`.
+    pub fn deliver_stream_segment(&mut self, conn: u32, tx: &Transmit, buf: &[u8], head: &[u8; PEER_HEADROOM], now: Instant) {
+        let mut frame = std::mem::take(&mut self.scratch);
+        frame.clear();
+        frame.extend_from_slice(&head[PEER_HEADROOM - usize::from(tx.head)..]);
+        frame.extend_from_slice(&buf[tx.range.clone()]);
+        frame.resize(frame.len() + usize::from(tx.pad), 0);
+        self.streams.deliver(conn, &frame, now, &mut self.server);
+        self.scratch = frame;
+    }
+
     /// Handles pending control messages.
     pub fn handle_control(&mut self, backend: BackendKind) {
         while let Ok(c) = self.control.try_recv() {
@@ -204,6 +272,7 @@ impl ShardState {
                         send_failures: self.send_failures + self.streams.stats.send_failures,
                         streams: self.streams.stats,
                         loop_turns: self.loop_turns,
+                        udp: self.udp_stats,
                         backend,
                     });
                 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::gso::{
-    Coalescer, Datagram, EMPTY_IOV, GRO_CONTROL_LEN, GsoStats, MAX_PARTS, MAX_SEGMENTS, Plan, SegmentCmsg, ZEROS,
+    Coalescer, EMPTY_IOV, Outgoing, GRO_CONTROL_LEN, GsoStats, MAX_PARTS, MAX_SEGMENTS, Plan, SegmentCmsg, ZEROS,
     gro_segment,
 };
 
@@ -374,7 +374,7 @@ impl Batch {
         pad: usize,
     ) {
         debug_assert!(range.end <= self.slot_len && head <= SIDE_HEAD && pad <= ZEROS.len());
-        let mut d = Datagram::new(fd, dest, &[], 0);
+        let mut d = Outgoing::new(fd, dest, &[], 0);
         if let Some(h) = self.heads.get(i * MAX_SEGMENTS + j) {
             d.push(&h[SIDE_HEAD - head.min(SIDE_HEAD)..]);
         }
@@ -387,7 +387,7 @@ impl Batch {
     /// Queues up to three parts: `(None, len)` is skipped, `(Some(at), len)`
     /// is `data[at..at + len]`.
     fn queue(&mut self, fd: RawFd, dest: SocketAddr, parts: [(Option<usize>, usize); 3]) {
-        let mut d = Datagram::new(fd, dest, &[], 0);
+        let mut d = Outgoing::new(fd, dest, &[], 0);
         for (at, len) in parts {
             if let Some(at) = at {
                 d.push_raw(self.data.as_mut_ptr().wrapping_add(at), len);
@@ -396,7 +396,7 @@ impl Batch {
         self.push(d);
     }
 
-    fn push(&mut self, d: Datagram) {
+    fn push(&mut self, d: Outgoing) {
         if self.out.is_full() {
             let (_, failed) = self.flush();
             self.pending_failed += failed;

@@ -30,6 +30,10 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
 use crate::egress::{Buf, REPLY_LEN, Transmit, Via};
+use crate::gso::{
+    Coalescer, EMPTY_IOV, Outgoing, GRO_CONTROL_LEN, MAX_PARTS, MAX_SEGMENTS, Plan, SegmentCmsg, ZEROS, gro_segment,
+    segments,
+};
 use crate::event_loop::{self, Driver, Ready};
 use crate::shard::{BackendKind, Datagram, ShardState, SockKind};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_msghdr, zeroed_storage};
@@ -167,6 +171,16 @@ impl BufRing {
     }
 }
 
+impl BufRing {
+    /// Buffer `bid`, read-only (see [`BufRing::buf`]).
+    fn buf_ref(&self, bid: u16) -> &[u8] {
+        assert!(bid < self.count);
+        // SAFETY: as for `buf`; `&self` keeps it from being written
+        // meanwhile on our side.
+        unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(usize::from(bid) * self.len), self.len) }
+    }
+}
+
 impl Drop for BufRing {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with these layouts.
@@ -177,53 +191,87 @@ impl Drop for BufRing {
     }
 }
 
-/// Where a send's bytes live.
-#[derive(Clone, Copy, Debug)]
-enum SendBuf {
-    Ring(u16),
-    Reply(usize),
-}
+/// What a queued datagram's memory is (a [`Datagram::owner`]): a ring
+/// buffer, which goes back to the kernel when the last send from it
+/// completes, or a reply buffer.
+const OWN_RING: u32 = 0;
+const OWN_REPLY: u32 = 1 << 31;
 
-/// Everything a SendMsg SQE points at, kept in place until it completes.
+/// Everything a SendMsg SQE points at, kept in place until it completes:
+/// one datagram (a single slot), or up to [`MAX_SEGMENTS`] of one flow
+/// sent with `UDP_SEGMENT` (a GSO slot).
 struct SendSlot {
     hdr: libc::msghdr,
-    iov: libc::iovec,
     name: libc::sockaddr_storage,
-    buf: SendBuf,
+    cmsg: SegmentCmsg,
+    fd: i32,
+    /// The datagrams' parts, in order.
+    iov: Box<[libc::iovec]>,
+    /// Per datagram: its owner and how many of `iov` it has.
+    owners: Box<[(u32, u8)]>,
+    count: usize,
+}
+
+impl SendSlot {
+    fn new(datagrams: usize) -> SendSlot {
+        SendSlot {
+            hdr: zeroed_msghdr(),
+            name: zeroed_storage(),
+            cmsg: SegmentCmsg::new(0),
+            fd: -1,
+            iov: vec![EMPTY_IOV; datagrams * MAX_PARTS].into_boxed_slice(),
+            owners: vec![(0, 0); datagrams].into_boxed_slice(),
+            count: 0,
+        }
+    }
 }
 
 /// Fixed pools for in-flight sends and reply buffers.
 struct Sends {
+    /// Single slots first, then GSO slots.
     slots: Box<[SendSlot]>,
     free: Vec<u32>,
+    free_gso: Vec<u32>,
+    singles: usize,
     replies: Box<[u8]>,
     free_replies: Vec<usize>,
 }
 
 impl Sends {
-    fn new(n: usize, replies: usize) -> Sends {
-        let slots = (0..n)
-            .map(|_| SendSlot {
-                hdr: zeroed_msghdr(),
-                iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
-                name: zeroed_storage(),
-                buf: SendBuf::Reply(0),
-            })
-            .collect();
+    fn new(singles: usize, gso: usize, replies: usize) -> Sends {
+        let slots = (0..singles).map(|_| SendSlot::new(1)).chain((0..gso).map(|_| SendSlot::new(MAX_SEGMENTS))).collect();
         Sends {
             slots,
-            free: (0..n as u32).rev().collect(),
+            free: (0..singles as u32).rev().collect(),
+            free_gso: (singles as u32..(singles + gso) as u32).rev().collect(),
+            singles,
             replies: vec![0u8; replies * REPLY_LEN].into_boxed_slice(),
             free_replies: (0..replies).rev().collect(),
         }
+    }
+
+    fn idle(&self) -> bool {
+        self.free.len() + self.free_gso.len() == self.slots.len()
     }
 }
 
 struct Uring {
     ring: IoUring,
     bufs: BufRing,
+    /// Sends in flight (and the dispatch itself, while it works on a
+    /// buffer) that hold each ring buffer.
+    refs: Box<[u16]>,
+    /// With GRO: a side header area per segment of each buffer (the
+    /// header of a coalesced segment framed out of place).
+    heads: Box<[[u8; PEER_HEADROOM]]>,
     sends: Sends,
+    /// The turn's datagrams, grouped into sends at its end.
+    out: Coalescer,
     msg_template: Box<libc::msghdr>,
+    /// Where a received payload starts in its buffer: after the
+    /// `io_uring_recvmsg_out`, the name area and (with GRO) the control
+    /// area; at least [`PEER_HEADROOM`].
+    payload_at: usize,
     rearm: Vec<usize>,
     /// Scratch for `rearm`, swapped each turn so neither reallocates.
     rearm_now: Vec<usize>,
@@ -236,18 +284,40 @@ struct Uring {
 
 /// Runs a shard on io_uring until it is stopped or has drained.
 pub fn run(st: &mut ShardState, batch: usize, max_datagram: usize) -> io::Result<()> {
-    let buf_len = PEER_HEADROOM + max_datagram + PEER_TAILROOM + 1;
-    let buffers: u16 = 4096;
+    let gro = st.batching.gro;
+    let control = if gro { GRO_CONTROL_LEN } else { 0 };
+    let payload_at = RECVMSG_OUT + NAME_LEN + control;
+    // With GRO a buffer may hold a whole coalesced burst (up to 64 KiB);
+    // fewer of them, since one holds many datagrams. Their memory is
+    // touched (resident) only as far as traffic fills it.
+    let (payload, buffers): (usize, u16) =
+        if gro { (crate::portable::GRO_BUFFER.max(max_datagram), 512) } else { (max_datagram, 4096) };
+    let buf_len = payload_at + payload + PEER_TAILROOM + 1;
     let ring = build_ring(4096)?;
     let bufs = BufRing::new(buffers, buf_len)?;
     bufs.register(&ring)?;
     let mut msg_template = Box::new(zeroed_msghdr());
     msg_template.msg_namelen = NAME_LEN as libc::socklen_t;
+    msg_template.msg_controllen = control as _;
+    let mut out = Coalescer::new(batch.max(1) * 8, st.batching.gso);
+    if !st.batching.gso {
+        for s in &st.udp.socks {
+            out.set_gso(s.socket.as_raw_fd(), false);
+        }
+    }
     let mut u = Uring {
         ring,
         bufs,
-        sends: Sends::new(usize::from(buffers) + 1024, 1024),
+        refs: vec![0u16; usize::from(buffers)].into_boxed_slice(),
+        heads: if gro {
+            vec![[0u8; PEER_HEADROOM]; usize::from(buffers) * MAX_SEGMENTS].into_boxed_slice()
+        } else {
+            Box::new([])
+        },
+        sends: Sends::new(usize::from(buffers) + 1024, 256, 1024),
+        out,
         msg_template,
+        payload_at,
         rearm: (0..st.udp.socks.len()).collect(),
         rearm_now: Vec::with_capacity(st.udp.socks.len()),
         timer_armed: false,
@@ -321,10 +391,13 @@ impl Driver for Uring {
                 }
             }
         }
+        self.flush_out(st);
+        st.udp_stats = self.out.stats;
         ready
     }
 
     fn finish(&mut self, st: &mut ShardState) {
+        self.flush_out(st);
         self.flush_sends(st);
     }
 }
@@ -370,7 +443,7 @@ impl Uring {
     /// waiting at most 100 ms.
     fn flush_sends(&mut self, st: &mut ShardState) {
         let deadline = Instant::now() + Duration::from_millis(100);
-        while self.sends.free.len() < self.sends.slots.len() && Instant::now() < deadline {
+        while !self.sends.idle() && Instant::now() < deadline {
             let ts = Timespec::new().nsec(10_000_000);
             let args = io_uring::types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
@@ -395,18 +468,83 @@ impl Uring {
     }
 
     fn on_send(&mut self, slot: u32, res: i32, st: &mut ShardState) {
-        if res < 0 {
-            st.send_failures += 1;
+        let i = slot as usize;
+        let count = self.sends.slots[i].count;
+        if res < 0 && count > 1 && matches!(-res, libc::EIO | libc::EINVAL) {
+            // The device cannot segment (EIO: no checksum offload), or the
+            // size is not allowed on this path (EINVAL: a segment larger
+            // than the MTU): the datagrams go one by one, from where they
+            // lie; the slot's holds pass to the single sends.
+            let fd = self.sends.slots[i].fd;
+            if -res == libc::EIO {
+                self.out.fall_back(fd);
+            }
+            self.out.stats.gso_sends -= 1;
+            self.out.stats.batched -= count as u64;
+            self.out.stats.single += count as u64;
+            self.resend_one_by_one(slot, st);
+            return;
         }
-        let buf = self.sends.slots[slot as usize].buf;
-        self.release(buf);
-        self.sends.free.push(slot);
+        if res < 0 {
+            st.send_failures += count as u64;
+        }
+        for k in 0..count {
+            let (owner, _) = self.sends.slots[i].owners[k];
+            self.release(owner);
+        }
+        self.free_slot(slot);
     }
 
-    fn release(&mut self, buf: SendBuf) {
-        match buf {
-            SendBuf::Ring(bid) => self.bufs.give(bid),
-            SendBuf::Reply(i) => self.sends.free_replies.push(i),
+    fn free_slot(&mut self, slot: u32) {
+        if (slot as usize) < self.sends.singles {
+            self.sends.free.push(slot);
+        } else {
+            self.sends.free_gso.push(slot);
+        }
+    }
+
+    /// Sends GSO slot `slot`'s datagrams one SendMsg each.
+    fn resend_one_by_one(&mut self, slot: u32, st: &mut ShardState) {
+        let i = slot as usize;
+        let (fd, count) = (self.sends.slots[i].fd, self.sends.slots[i].count);
+        let dest = from_sockaddr(&self.sends.slots[i].name, self.sends.slots[i].hdr.msg_namelen);
+        let mut first = 0;
+        for k in 0..count {
+            let (owner, parts) = self.sends.slots[i].owners[k];
+            let parts = usize::from(parts);
+            let mut d = match dest {
+                Some(dest) => Outgoing::new(fd, dest, &[], owner),
+                None => {
+                    st.send_failures += 1;
+                    self.release(owner);
+                    first += parts;
+                    continue;
+                }
+            };
+            for v in &self.sends.slots[i].iov[first..first + parts] {
+                d.push_raw(v.iov_base.cast(), v.iov_len);
+            }
+            first += parts;
+            self.submit_single(&d, st);
+        }
+        self.free_slot(slot);
+    }
+
+    /// Drops one hold on a datagram's memory.
+    fn release(&mut self, owner: u32) {
+        if owner & OWN_REPLY != 0 {
+            self.sends.free_replies.push((owner & !OWN_REPLY) as usize);
+        } else {
+            self.unhold(owner as u16);
+        }
+    }
+
+    /// Drops one hold on ring buffer `bid`; the last gives it back.
+    fn unhold(&mut self, bid: u16) {
+        let r = &mut self.refs[usize::from(bid)];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.bufs.give(bid);
         }
     }
 
@@ -421,19 +559,24 @@ impl Uring {
             self.bufs.give(bid);
             return;
         }
-        let len = res as usize;
+        // The dispatch's own hold, dropped at the end: every send queued
+        // from the buffer adds one.
+        self.refs[usize::from(bid)] = 1;
+        self.on_buffer(st, index, bid, res as usize, now);
+        self.unhold(bid);
+    }
+
+    /// Handles the datagram (or, coalesced, the datagrams) in buffer `bid`.
+    fn on_buffer(&mut self, st: &mut ShardState, index: usize, bid: u16, len: usize, now: Instant) {
         let kind = st.udp.socks[index].kind;
         let fd = st.udp.socks[index].socket.as_raw_fd();
         let buf = self.bufs.buf(bid);
-        let Ok(out) = io_uring::types::RecvMsgOut::parse(&buf[..len], &self.msg_template) else {
-            self.bufs.give(bid);
-            return;
-        };
+        let Ok(out) = io_uring::types::RecvMsgOut::parse(&buf[..len], &self.msg_template) else { return };
         let payload_len = out.payload_data().len();
         if out.is_payload_truncated() || out.is_name_data_truncated() {
-            self.bufs.give(bid);
             return;
         }
+        let segment = gro_segment(out.control_data()).unwrap_or(0);
         let mut name = zeroed_storage();
         let name_len = out.incoming_name_len() as usize;
         // Copy the peer address out of the buffer into a sockaddr_storage.
@@ -442,36 +585,61 @@ impl Uring {
             let n = src.len().min(std::mem::size_of::<libc::sockaddr_storage>());
             copy_into_storage(&mut name, &src[..n]);
         }
-        let Some(from) = from_sockaddr(&name, name_len as libc::socklen_t) else {
-            self.bufs.give(bid);
+        let Some(from) = from_sockaddr(&name, name_len as libc::socklen_t) else { return };
+        // The server sees the buffer from PEER_HEADROOM in front of the
+        // payload (the control area, read above, is free to overwrite).
+        let base = self.payload_at - PEER_HEADROOM;
+        if segment == 0 || segment >= payload_len {
+            let Some(reply) = self.take_reply(kind) else { return };
+            let reply_buf = match reply {
+                Some(r) => &mut self.sends.replies[r * REPLY_LEN..(r + 1) * REPLY_LEN],
+                None => &mut [][..],
+            };
+            let buf = &mut self.bufs.buf(bid)[base..];
+            let tx = st.on_datagram(now, Datagram { fd, kind, from, len: payload_len }, buf, reply_buf);
+            self.transmit(st, (bid, 0), reply, tx, now);
             return;
-        };
-        // A client's packet may be answered: it needs a reply buffer (none
-        // free: dropped, as a full socket buffer would).
-        let reply = match kind {
-            SockKind::Listener(_) => match self.sends.free_replies.pop() {
-                Some(r) => Some(r),
-                None => {
-                    self.bufs.give(bid);
-                    return;
-                }
-            },
-            SockKind::Relay(_) => None,
-        };
-        let reply_buf = match reply {
-            Some(r) => &mut self.sends.replies[r * REPLY_LEN..(r + 1) * REPLY_LEN],
-            None => &mut [][..],
-        };
-        let buf = self.bufs.buf(bid);
-        let tx = st.on_datagram(now, Datagram { fd, kind, from, len: payload_len }, buf, reply_buf);
-        self.transmit(st, bid, reply, tx, now);
+        }
+        // Coalesced: every segment as the datagram it was.
+        let mut count = 0;
+        for (j, seg) in segments(payload_len, segment).enumerate().take(MAX_SEGMENTS) {
+            count += 1;
+            let Some(reply) = self.take_reply(kind) else { continue };
+            let reply_buf = match reply {
+                Some(r) => &mut self.sends.replies[r * REPLY_LEN..(r + 1) * REPLY_LEN],
+                None => &mut [][..],
+            };
+            let buf = &self.bufs.buf_ref(bid)[base..];
+            let head = &mut self.heads[usize::from(bid) * MAX_SEGMENTS + j];
+            let d = Datagram { fd, kind, from, len: seg.len() };
+            let tx = st.on_segment(now, d, buf, PEER_HEADROOM + seg.start, reply_buf, head);
+            self.transmit(st, (bid, j), reply, tx, now);
+        }
+        self.out.stats.received(count);
     }
 
-    /// Carries out what a datagram in buffer `bid` led to: a SendMsg from
-    /// that buffer (which goes back to the ring when the send completes)
-    /// or from reply buffer `reply`, or a copy onto a stream's send queue;
-    /// the buffers not sent from go back at once.
-    fn transmit(&mut self, st: &mut ShardState, bid: u16, reply: Option<usize>, tx: Option<Transmit>, now: Instant) {
+    /// A reply buffer for a client's datagram (`Some(None)` for a peer's,
+    /// which is never answered); `None` when none is free: the datagram is
+    /// dropped, as a full socket buffer would.
+    fn take_reply(&mut self, kind: SockKind) -> Option<Option<usize>> {
+        match kind {
+            SockKind::Listener(_) => self.sends.free_replies.pop().map(Some),
+            SockKind::Relay(_) => Some(None),
+        }
+    }
+
+    /// Carries out what datagram (or segment) `seg` of buffer `bid` led
+    /// to: a datagram queued from that buffer (held until its send
+    /// completes) or from reply buffer `reply`, or a copy onto a stream's
+    /// send queue; an unused reply buffer goes back at once.
+    fn transmit(
+        &mut self,
+        st: &mut ShardState,
+        (bid, seg): (u16, usize),
+        reply: Option<usize>,
+        tx: Option<Transmit>,
+        now: Instant,
+    ) {
         let reply_unused = |u: &mut Uring| {
             if let Some(r) = reply {
                 u.sends.free_replies.push(r);
@@ -479,63 +647,118 @@ impl Uring {
         };
         let Some(tx) = tx else {
             reply_unused(self);
-            self.bufs.give(bid);
             return;
         };
+        let base = self.payload_at - PEER_HEADROOM;
         match (tx.via, tx.buf, reply) {
             (Via::Udp { fd, dest }, Buf::Reply, Some(r)) => {
-                self.bufs.give(bid);
-                self.send(fd, dest, SendBuf::Reply(r), r * REPLY_LEN + tx.range.start, tx.range.len(), st);
+                let bytes = &self.sends.replies[r * REPLY_LEN + tx.range.start..r * REPLY_LEN + tx.range.end];
+                self.queue(Outgoing::new(fd, dest, bytes, OWN_REPLY | r as u32), st);
             }
             (Via::Udp { fd, dest }, Buf::Packet, _) => {
                 reply_unused(self);
-                self.send(fd, dest, SendBuf::Ring(bid), tx.range.start, tx.range.len(), st);
+                let mut d = Outgoing::new(fd, dest, &[], OWN_RING | u32::from(bid));
+                if let Some(head) = self.heads.get(usize::from(bid) * MAX_SEGMENTS + seg).filter(|_| tx.head > 0) {
+                    d.push(&head[PEER_HEADROOM - usize::from(tx.head).min(PEER_HEADROOM)..]);
+                }
+                d.push(&self.bufs.buf_ref(bid)[base + tx.range.start..base + tx.range.end]);
+                d.push(&ZEROS[..usize::from(tx.pad).min(ZEROS.len())]);
+                self.refs[usize::from(bid)] += 1;
+                self.queue(d, st);
             }
             (Via::Stream { conn }, Buf::Packet, _) => {
                 reply_unused(self);
-                st.deliver_stream(conn, &self.bufs.buf(bid)[tx.range], now);
-                self.bufs.give(bid);
+                let buf = &self.bufs.buf_ref(bid)[base..];
+                if let Some(head) = self.heads.get(usize::from(bid) * MAX_SEGMENTS + seg).filter(|_| tx.head > 0) {
+                    st.deliver_stream_segment(conn, &tx, buf, head, now);
+                } else {
+                    st.deliver_stream(conn, &buf[tx.range], now);
+                }
             }
             // Not produced for datagrams (replies go to UDP clients; no
             // hand-over copy is made).
-            _ => {
-                reply_unused(self);
-                self.bufs.give(bid);
-            }
+            _ => reply_unused(self),
         }
     }
 
-    /// Queues a SendMsg of `len` bytes at `offset` of `buf` to `dest`.
-    fn send(
-        &mut self,
-        fd: i32,
-        dest: std::net::SocketAddr,
-        buf: SendBuf,
-        offset: usize,
-        len: usize,
-        st: &mut ShardState,
-    ) {
+    /// Queues a datagram for the end of the turn (sending what is queued
+    /// first when the queue is full).
+    fn queue(&mut self, d: Outgoing, st: &mut ShardState) {
+        if self.out.is_full() {
+            self.flush_out(st);
+        }
+        self.out.push(d);
+    }
+
+    /// Turns the queued datagrams into SendMsg SQEs: a plan of several
+    /// datagrams into one with `UDP_SEGMENT` (one by one when no GSO slot
+    /// is free), a single datagram into a plain one.
+    fn flush_out(&mut self, st: &mut ShardState) {
+        if self.out.is_empty() {
+            return;
+        }
+        let n = self.out.plan();
+        for k in 0..n {
+            let p = self.out.plans()[k];
+            match (p.is_gso(), self.sends.free_gso.pop()) {
+                (true, Some(slot)) => self.submit_gso(slot, &p),
+                (true, None) => {
+                    self.out.count_resent(&p);
+                    for m in 0..p.count {
+                        let d = *self.out.members(&p).nth(m).expect("plan member");
+                        self.submit_single(&d, st);
+                    }
+                }
+                (false, _) => {
+                    let d = *self.out.members(&p).next().expect("plan member");
+                    self.submit_single(&d, st);
+                }
+            }
+        }
+        self.out.clear();
+    }
+
+    /// Queues a SendMsg of one datagram (its holds pass to the send).
+    fn submit_single(&mut self, d: &Outgoing, st: &mut ShardState) {
         let Some(slot) = self.sends.free.pop() else {
             st.send_failures += 1;
-            self.release(buf);
+            self.release(d.owner);
             return;
         };
-        let base = match buf {
-            SendBuf::Ring(bid) => self.bufs.buf(bid).as_mut_ptr(),
-            SendBuf::Reply(_) => self.sends.replies.as_mut_ptr(),
-        };
         let s = &mut self.sends.slots[slot as usize];
-        s.buf = buf;
-        let name_len = to_sockaddr(&dest, &mut s.name);
-        // SAFETY: offset + len lies within the buffer (a receive buffer of
-        // `len` bytes or the reply area), checked by the callers' ranges.
-        s.iov = libc::iovec { iov_base: unsafe { base.add(offset) }.cast(), iov_len: len };
+        s.fd = d.fd;
+        s.count = 1;
+        s.owners[0] = (d.owner, d.parts);
+        s.iov[..d.iov().len()].copy_from_slice(d.iov());
+        let name_len = to_sockaddr(&d.dest, &mut s.name);
         s.hdr = zeroed_msghdr();
         s.hdr.msg_name = (&mut s.name as *mut libc::sockaddr_storage).cast();
         s.hdr.msg_namelen = name_len;
-        s.hdr.msg_iov = &mut s.iov;
-        s.hdr.msg_iovlen = 1;
-        let e = opcode::SendMsg::new(Fd(fd), &s.hdr).build().user_data(SEND | u64::from(slot));
+        s.hdr.msg_iov = s.iov.as_mut_ptr();
+        s.hdr.msg_iovlen = d.iov().len() as _;
+        let e = opcode::SendMsg::new(Fd(d.fd), &s.hdr).build().user_data(SEND | u64::from(slot));
+        self.push(e);
+    }
+
+    /// Queues a SendMsg of plan `p` with `UDP_SEGMENT` from GSO slot `slot`.
+    fn submit_gso(&mut self, slot: u32, p: &Plan) {
+        let s = &mut self.sends.slots[slot as usize];
+        s.fd = p.fd;
+        s.count = p.count;
+        for (k, d) in self.out.members(p).enumerate() {
+            s.owners[k] = (d.owner, d.parts);
+        }
+        let n = self.out.fill_iov(p, &mut s.iov);
+        s.cmsg = SegmentCmsg::new(p.size as u16);
+        let name_len = to_sockaddr(&p.dest, &mut s.name);
+        s.hdr = zeroed_msghdr();
+        s.hdr.msg_name = (&mut s.name as *mut libc::sockaddr_storage).cast();
+        s.hdr.msg_namelen = name_len;
+        s.hdr.msg_iov = s.iov.as_mut_ptr();
+        s.hdr.msg_iovlen = n as _;
+        s.hdr.msg_control = (&mut s.cmsg as *mut SegmentCmsg).cast();
+        s.hdr.msg_controllen = SegmentCmsg::space() as _;
+        let e = opcode::SendMsg::new(Fd(p.fd), &s.hdr).build().user_data(SEND | u64::from(slot));
         self.push(e);
     }
 }
