@@ -155,7 +155,9 @@ pub fn client(
         // it for UDP clients only (a stream client's address change is
         // answered with 420).
         ClientAction::ReplyFrom { local, to, len } => match reply_to {
-            Via::Udp { .. } => Some(Transmit::new(Via::Udp { fd: udp.listener_fd(local)?, dest: to }, Buf::Reply, 0..len)),
+            Via::Udp { .. } => {
+                Some(Transmit::new(Via::Udp { fd: udp.listener_fd(local)?, dest: to }, Buf::Reply, 0..len))
+            }
             Via::Stream { .. } => None,
         },
         // The payload leaves from where it arrived, uncopied.

@@ -15,11 +15,11 @@
 //! against each other (UDP never promised that). A plan holds at most
 //! [`MAX_SEGMENTS`] datagrams and [`MAX_BYTES`] bytes, the kernel's limits.
 //!
-//! **Fallback.** A socket whose sends with `UDP_SEGMENT` fail with `EIO`
-//! (a device without checksum offload) or that the kernel does not let
-//! use it is marked with [`Coalescer::set_gso`] and sends one datagram per
-//! message from then on; the backends re-send a refused plan's datagrams
-//! one by one and count the fallback.
+//! **Fallback.** A GSO send the kernel refuses (see [`refused`]) is sent
+//! again one datagram per message from where it lies; a socket whose GSO
+//! sends fail with `EIO` (a device that cannot segment) is marked with
+//! [`Coalescer::fall_back`] and sends one datagram per message from then
+//! on, counted; a kernel without `UDP_SEGMENT` turns GSO off at start.
 //!
 //! **Receiving.** With [`enable_gro`] the kernel may deliver several
 //! datagrams of one flow in one buffer, all of [`gro_segment`]'s size but
@@ -107,6 +107,22 @@ impl SegmentCmsg {
     /// length).
     pub fn space() -> usize {
         size_of::<SegmentCmsg>()
+    }
+}
+
+/// What a GSO send refused with `errno` means: `Some(fall_back)` when its
+/// datagrams should go again one by one — `EIO`: the device cannot
+/// segment (no checksum offload, on kernels that do not segment in
+/// software; IPsec), so the socket falls back for good (`true`);
+/// `EMSGSIZE` or `EINVAL`: a segment larger than the path's MTU, which a
+/// single send may still fragment (`false`: only this send) — and `None`
+/// when the datagrams are lost as any datagram would be (a full buffer,
+/// an unreachable destination).
+pub fn refused(errno: i32) -> Option<bool> {
+    match errno {
+        libc::EIO => Some(true),
+        libc::EMSGSIZE | libc::EINVAL => Some(false),
+        _ => None,
     }
 }
 
@@ -563,6 +579,15 @@ mod tests {
         assert_eq!(c.fill_iov(&p, &mut iov), 6);
         assert_eq!(iov[0].iov_len, 4);
         assert_eq!(iov[1].iov_len, 100);
+    }
+
+    #[test]
+    fn refused_sends() {
+        assert_eq!(refused(libc::EIO), Some(true));
+        assert_eq!(refused(libc::EMSGSIZE), Some(false));
+        assert_eq!(refused(libc::EINVAL), Some(false));
+        assert_eq!(refused(libc::EAGAIN), None);
+        assert_eq!(refused(libc::ECONNREFUSED), None);
     }
 
     #[test]

@@ -174,7 +174,10 @@ pub enum StartError {
 /// knows `UDP_SEGMENT` (whether a device can do it is learnt per socket
 /// from its first GSO send), GRO where asked for, turned on for every UDP
 /// socket (one the kernel refuses simply receives datagram by datagram).
-fn udp_batching(config: &IoConfig, bound: &[(Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSocket)>)]) -> Batching {
+fn udp_batching(
+    config: &IoConfig,
+    bound: &[(Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSocket)>)],
+) -> Batching {
     use std::os::fd::AsRawFd;
     let first = bound.iter().flat_map(|b| b.0.iter().map(|s| s.socket.as_raw_fd())).next();
     let gso = config.gso && first.is_some_and(gso::gso_supported);
@@ -183,9 +186,9 @@ fn udp_batching(config: &IoConfig, bound: &[(Vec<Sock>, stream::Streams, Vec<(us
     }
     let mut gro = config.gro;
     if gro {
-        let fds = bound.iter().flat_map(|b| {
-            b.0.iter().map(|s| s.socket.as_raw_fd()).chain(b.2.iter().map(|(_, _, s)| s.as_raw_fd()))
-        });
+        let fds = bound
+            .iter()
+            .flat_map(|b| b.0.iter().map(|s| s.socket.as_raw_fd()).chain(b.2.iter().map(|(_, _, s)| s.as_raw_fd())));
         let mut refused = 0usize;
         for fd in fds {
             if gso::enable_gro(fd).is_err() {
@@ -193,7 +196,10 @@ fn udp_batching(config: &IoConfig, bound: &[(Vec<Sock>, stream::Streams, Vec<(us
             }
         }
         if refused > 0 {
-            tracing::warn!(sockets = refused, "UDP GRO refused by the kernel on some sockets: they receive datagram by datagram");
+            tracing::warn!(
+                sockets = refused,
+                "UDP GRO refused by the kernel on some sockets: they receive datagram by datagram"
+            );
             gro = refused < bound.iter().map(|b| b.0.len() + b.2.len()).sum::<usize>();
         }
     }

@@ -18,8 +18,8 @@ use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
 use crate::egress::{Buf, REPLY_LEN, Via};
 use crate::event_loop::{self, Driver, Ready};
-use crate::shard::{BackendKind, Datagram, ShardState};
 use crate::gso::{MAX_SEGMENTS, segments};
+use crate::shard::{BackendKind, Datagram, ShardState};
 use crate::sys::{self, Batch, Epoll, empty_event};
 
 /// Token of the shard's wake-up eventfd.

@@ -247,7 +247,14 @@ impl ShardState {
 
     /// Queues a segment's frame — `head`'s last `tx.head` bytes, `buf[tx.range]`,
     /// `tx.pad` zeros — for stream connection `conn`.
-    pub fn deliver_stream_segment(&mut self, conn: u32, tx: &Transmit, buf: &[u8], head: &[u8; PEER_HEADROOM], now: Instant) {
+    pub fn deliver_stream_segment(
+        &mut self,
+        conn: u32,
+        tx: &Transmit,
+        buf: &[u8],
+        head: &[u8; PEER_HEADROOM],
+        now: Instant,
+    ) {
         let mut frame = std::mem::take(&mut self.scratch);
         frame.clear();
         frame.extend_from_slice(&head[PEER_HEADROOM - usize::from(tx.head)..]);

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::gso::{
-    Coalescer, EMPTY_IOV, Outgoing, GRO_CONTROL_LEN, GsoStats, MAX_PARTS, MAX_SEGMENTS, Plan, SegmentCmsg, ZEROS,
-    gro_segment,
+    Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, GsoStats, MAX_PARTS, MAX_SEGMENTS, Outgoing, Plan, SegmentCmsg, ZEROS,
+    gro_segment, refused,
 };
 
 /// Converts a socket address to its C form; returns the length used.
@@ -461,11 +461,10 @@ impl Batch {
                         done += k;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if plan.is_gso() && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
-                        // The device cannot segment (EIO: no checksum
-                        // offload) or the size is not allowed here (EINVAL:
-                        // a segment larger than the path MTU): one by one.
-                        if e.raw_os_error() == Some(libc::EIO) {
+                    Err(e) if plan.is_gso() && e.raw_os_error().and_then(refused).is_some() => {
+                        // Refused as a GSO send (see gso::refused): one by
+                        // one, and for good on this socket after EIO.
+                        if e.raw_os_error().and_then(refused) == Some(true) {
                             self.out.fall_back(fd);
                         }
                         self.out.count_resent(&plan);

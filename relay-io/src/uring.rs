@@ -30,11 +30,11 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
 use crate::egress::{Buf, REPLY_LEN, Transmit, Via};
-use crate::gso::{
-    Coalescer, EMPTY_IOV, Outgoing, GRO_CONTROL_LEN, MAX_PARTS, MAX_SEGMENTS, Plan, SegmentCmsg, ZEROS, gro_segment,
-    segments,
-};
 use crate::event_loop::{self, Driver, Ready};
+use crate::gso::{
+    Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, MAX_PARTS, MAX_SEGMENTS, Outgoing, Plan, SegmentCmsg, ZEROS, gro_segment,
+    refused, segments,
+};
 use crate::shard::{BackendKind, Datagram, ShardState, SockKind};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_msghdr, zeroed_storage};
 
@@ -239,7 +239,8 @@ struct Sends {
 
 impl Sends {
     fn new(singles: usize, gso: usize, replies: usize) -> Sends {
-        let slots = (0..singles).map(|_| SendSlot::new(1)).chain((0..gso).map(|_| SendSlot::new(MAX_SEGMENTS))).collect();
+        let slots =
+            (0..singles).map(|_| SendSlot::new(1)).chain((0..gso).map(|_| SendSlot::new(MAX_SEGMENTS))).collect();
         Sends {
             slots,
             free: (0..singles as u32).rev().collect(),
@@ -470,13 +471,13 @@ impl Uring {
     fn on_send(&mut self, slot: u32, res: i32, st: &mut ShardState) {
         let i = slot as usize;
         let count = self.sends.slots[i].count;
-        if res < 0 && count > 1 && matches!(-res, libc::EIO | libc::EINVAL) {
-            // The device cannot segment (EIO: no checksum offload), or the
-            // size is not allowed on this path (EINVAL: a segment larger
-            // than the MTU): the datagrams go one by one, from where they
-            // lie; the slot's holds pass to the single sends.
+        let refusal = if res < 0 && count > 1 { refused(-res) } else { None };
+        if let Some(fall_back) = refusal {
+            // Refused as a GSO send (see gso::refused): the datagrams go
+            // one by one, from where they lie (the slot's holds pass to
+            // the single sends), and for good on this socket after EIO.
             let fd = self.sends.slots[i].fd;
-            if -res == libc::EIO {
+            if fall_back {
                 self.out.fall_back(fd);
             }
             self.out.stats.gso_sends -= 1;
