@@ -701,7 +701,8 @@ impl Uring {
         let n = self.out.plan();
         for k in 0..n {
             let p = self.out.plans()[k];
-            match (p.is_gso(), self.sends.free_gso.pop()) {
+            let gso_slot = if p.is_gso() { self.sends.free_gso.pop() } else { None };
+            match (p.is_gso(), gso_slot) {
                 (true, Some(slot)) => self.submit_gso(slot, &p),
                 (true, None) => {
                     self.out.count_resent(&p);
