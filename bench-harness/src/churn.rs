@@ -23,6 +23,7 @@ use relay_io::sys::{Epoll, empty_event};
 use serde::Serialize;
 
 use crate::BenchError;
+use crate::batching::Batching;
 use crate::client::conn::Conn;
 use crate::client::{
     ClientError, Handled, Poll, Received, Request, TlsConnector, TransportKind, TurnServer, TurnSession, parse_data,
@@ -339,7 +340,8 @@ pub fn run_churn(cfg: &ChurnConfig) -> Result<ChurnReport, BenchError> {
         return Err(BenchError::Config("concurrency and duration must be positive".into()));
     }
     let epoch = Instant::now();
-    let peer = Peer::start(cfg.peer_ip, PeerMode::Echo, epoch)
+    // Round trips one at a time: nothing for GSO or GRO to batch either way.
+    let peer = Peer::start(cfg.peer_ip, PeerMode::Echo, epoch, Batching::default())
         .map_err(|e| BenchError::Setup(format!("peer on {}: {e}", cfg.peer_ip)))?;
     let local = match cfg.client_ip {
         Some(ip) => SocketAddr::new(ip, 0),

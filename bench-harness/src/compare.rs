@@ -2,6 +2,12 @@
 //! alternation (A B C A B C …, so that drift of the machine hits every
 //! target alike), with the median, range and ratio to the first target of
 //! each key figure.
+//!
+//! The baseline forwarder is a target like a server: `baseline` (one
+//! datagram per message) and `baseline-gso` (GSO/GRO) can be compared side
+//! by side, with each other and with servers. Whether turn-bench itself
+//! batches is the scenario's setting (`--per-packet`), the same for every
+//! target of a comparison; each run's report records it.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::BenchError;
+use crate::batching::Batching;
 use crate::allocate::{AllocateConfig, AllocateReport, run_allocate};
 use crate::churn::{ChurnConfig, ChurnReport, run_churn};
 use crate::stats::median;
@@ -78,12 +85,17 @@ const fn m(key: &'static str, unit: &'static str, higher_is_better: bool) -> Met
     Metric { key, unit, higher_is_better }
 }
 
-const TRAFFIC_METRICS: [Metric; 5] = [
+/// Throughput and latency: the server's own CPU per relayed packet (its
+/// pid's, or the baseline forwarder thread's) and the whole machine's (all
+/// cores from /proc/stat: what the server left to the kernel on another
+/// core, and turn-bench, count too).
+const TRAFFIC_METRICS: [Metric; 6] = [
     m("received_pps", "packets/s", true),
     m("loss_pct", "%", false),
     m("latency_p50_us", "µs", false),
     m("latency_p99_us", "µs", false),
     m("server_cpu_us_per_packet", "µs", false),
+    m("machine_cpu_us_per_packet", "µs", false),
 ];
 
 const ALLOCATE_METRICS: [Metric; 5] = [
@@ -145,6 +157,9 @@ pub struct CompareReport {
     pub scenario: &'static str,
     /// Runs per target.
     pub rounds: usize,
+    /// Throughput and latency: whether turn-bench's own sockets (senders
+    /// and peers) used GSO/GRO or sent per packet, in every run.
+    pub batching: Option<Batching>,
     /// The figures compared.
     pub metrics: Vec<Metric>,
     /// Per target, in the order given.
@@ -164,6 +179,7 @@ fn traffic_values(r: &ThroughputReport) -> Vec<f64> {
         r.latency.p50_us,
         r.latency.p99_us,
         opt(r.server.as_ref().and_then(|s| s.cpu_us_per_packet)),
+        opt(r.machine_cpu.as_ref().and_then(|m| m.cpu_us_per_packet)),
     ]
 }
 
@@ -276,7 +292,11 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport, BenchError> {
     for t in &mut targets {
         t.ratio = t.median.iter().zip(&reference).map(|(a, b)| if *b != 0.0 { a / b } else { f64::NAN }).collect();
     }
-    Ok(CompareReport { scenario: cfg.scenario.name(), rounds: cfg.rounds, metrics, targets, runs })
+    let batching = match &cfg.scenario {
+        CompareScenario::Throughput(c) | CompareScenario::Latency(c) => Some(c.batching),
+        _ => None,
+    };
+    Ok(CompareReport { scenario: cfg.scenario.name(), rounds: cfg.rounds, batching, metrics, targets, runs })
 }
 
 /// A figure for the table: grouped thousands, fewer decimals for larger
@@ -299,10 +319,15 @@ impl fmt::Display for CompareReport {
         let names: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
         writeln!(
             f,
-            "turn-bench compare: {}, {} round(s), alternating {} …",
+            "turn-bench compare: {}, {} round(s), alternating {} …{}",
             self.scenario,
             self.rounds,
-            names.iter().chain(names.iter()).copied().collect::<Vec<_>>().join(" ")
+            names.iter().chain(names.iter()).copied().collect::<Vec<_>>().join(" "),
+            match self.batching {
+                Some(Batching::PerPacket) => "; turn-bench per packet",
+                Some(Batching::GsoGro) => "; turn-bench GSO/GRO",
+                None => "",
+            }
         )?;
         for t in &self.targets {
             writeln!(f, "  {:<12} {}", t.name, t.target)?;

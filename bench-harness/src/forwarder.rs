@@ -11,6 +11,18 @@
 //! client → forwarder → peer → forwarder → client, like the relay. One
 //! thread, epoll and recvmmsg/sendmmsg batches; a lookup in a hash map per
 //! client datagram, as the relay does.
+//!
+//! Two modes ([`Batching`]): per packet (compare target `baseline`: one
+//! datagram per receive and per message sent, as before batching), and
+//! GSO/GRO (`baseline-gso`): `UDP_GRO` on the listener and every relay
+//! socket, each segment of a coalesced receive forwarded as the datagram it
+//! was, and the forwarded datagrams of one flow leave as one GSO send. Both
+//! stay zero-copy: towards the peer each segment is queued as the iovec of
+//! its payload inside the receive buffer (its 4-byte header skipped), so a
+//! GSO send's iovecs skip every header; towards the client the first
+//! segment's header is written into the headroom before it, as per packet,
+//! and the later segments' into the batch's side header areas
+//! ([`Batch::send_segment`]), each followed by its payload where it lies.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,14 +33,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use relay_core::wire::channel_data::{CHANNEL_DATA_HEADER_LEN, parse_header, write_header};
-use relay_io::sys::{Batch, Epoll, empty_event};
+use relay_io::gso::{GsoStats, MAX_SEGMENTS, segments};
+use relay_io::sys::{Batch, Epoll, SIDE_HEAD, empty_event};
 
+use crate::batching::{self, BatchCounters, Batching};
 use crate::procfs;
 
 /// The channel number the forwarder puts on what it sends back.
 pub const BASELINE_CHANNEL: u16 = 0x4000;
 
+/// Receives per recvmmsg (each a datagram, or with GRO a buffer of several).
 const BATCH: usize = 32;
+/// Room for a whole GRO buffer.
 const SLOT: usize = 65_536;
 /// Batches read from one ready socket per wake-up.
 const ROUNDS: usize = 8;
@@ -47,6 +63,10 @@ pub struct ForwarderStats {
     pub clients: u64,
     /// The forwarder thread's CPU time, microseconds.
     pub cpu_us: u64,
+    /// Its mode.
+    pub batching: Batching,
+    /// What it batched (GSO sends, GRO receives).
+    pub batch: BatchCounters,
 }
 
 /// A running forwarder.
@@ -59,8 +79,15 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Binds a listening socket and `clients` relay sockets on `ip`, and
-    /// starts forwarding to and from `peer`; `cpu` pins the thread.
-    pub fn start(ip: IpAddr, peer: SocketAddr, clients: usize, cpu: Option<usize>) -> io::Result<Forwarder> {
+    /// starts forwarding to and from `peer` per packet or with GSO/GRO;
+    /// `cpu` pins the thread.
+    pub fn start(
+        ip: IpAddr,
+        peer: SocketAddr,
+        clients: usize,
+        cpu: Option<usize>,
+        batching: Batching,
+    ) -> io::Result<Forwarder> {
         let listener = crate::net::data_socket(SocketAddr::new(ip, 0))?;
         let addr = listener.local_addr()?;
         let relays = (0..clients.max(1))
@@ -72,7 +99,7 @@ impl Forwarder {
             if let Some(c) = cpu {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
-            run(listener, relays, peer, &s)
+            run(listener, relays, peer, batching, &s)
         })?;
         Ok(Forwarder { addr, stop, thread: Some(thread) })
     }
@@ -101,10 +128,20 @@ impl Drop for Forwarder {
     }
 }
 
-fn run(listener: UdpSocket, relays: Vec<UdpSocket>, peer: SocketAddr, stop: &AtomicBool) -> io::Result<ForwarderStats> {
+fn run(
+    listener: UdpSocket,
+    relays: Vec<UdpSocket>,
+    peer: SocketAddr,
+    batching: Batching,
+    stop: &AtomicBool,
+) -> io::Result<ForwarderStats> {
     let cpu0 = procfs::thread_cpu().unwrap_or_default();
     let lfd = listener.as_raw_fd();
     let rfds: Vec<RawFd> = relays.iter().map(|s| s.as_raw_fd()).collect();
+    let mut batch = batching::batch(BATCH, SLOT, 0, batching, true);
+    for fd in std::iter::once(lfd).chain(rfds.iter().copied()) {
+        batching::prepare(fd, batching, Some(&mut batch));
+    }
     let ep = Epoll::new()?;
     let listen_token = rfds.len() as u64;
     ep.add(lfd, listen_token)?;
@@ -113,19 +150,19 @@ fn run(listener: UdpSocket, relays: Vec<UdpSocket>, peer: SocketAddr, stop: &Ato
     }
     let mut by_client: HashMap<SocketAddr, usize> = HashMap::with_capacity(rfds.len());
     let mut client_of: Vec<Option<SocketAddr>> = vec![None; rfds.len()];
-    let mut batch = Batch::new(BATCH, SLOT, 0);
     let mut events = vec![empty_event(); 256];
-    let mut st = ForwarderStats::default();
+    let mut st = ForwarderStats { batching, ..ForwarderStats::default() };
+    let mut gro = GsoStats::default();
     while !stop.load(Ordering::Relaxed) {
         let n = ep.wait(&mut events, 5)?;
         for ev in &events[..n] {
             let token = ev.u64;
             for _ in 0..ROUNDS {
                 let got = if token == listen_token {
-                    from_clients(lfd, &rfds, peer, &mut by_client, &mut client_of, &mut batch, &mut st)?
+                    from_clients(lfd, &rfds, peer, &mut by_client, &mut client_of, &mut batch, &mut st, &mut gro)?
                 } else {
                     let i = token as usize;
-                    from_peer(rfds[i], lfd, peer, client_of[i], &mut batch, &mut st)?
+                    from_peer(rfds[i], lfd, peer, client_of[i], &mut batch, &mut st, &mut gro)?
                 };
                 if got < BATCH {
                     break;
@@ -134,9 +171,13 @@ fn run(listener: UdpSocket, relays: Vec<UdpSocket>, peer: SocketAddr, stop: &Ato
         }
     }
     st.cpu_us = procfs::thread_cpu().unwrap_or_default().saturating_sub(cpu0).as_micros() as u64;
+    let mut counters = batch.gso_stats();
+    counters.add(&gro);
+    st.batch = counters.into();
     Ok(st)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn from_clients(
     lfd: RawFd,
     rfds: &[RawFd],
@@ -145,34 +186,46 @@ fn from_clients(
     client_of: &mut [Option<SocketAddr>],
     batch: &mut Batch,
     st: &mut ForwarderStats,
+    gro: &mut GsoStats,
 ) -> io::Result<usize> {
     let n = batch.recv(lfd, 0)?;
     for i in 0..n {
         let r = batch.received(i);
         let Some(from) = r.from else { continue };
-        let (slot, _) = batch.slot_and_reply(i);
-        let len = match parse_header(&slot[..r.len]) {
-            Ok((_, len)) if usize::from(len) + CHANNEL_DATA_HEADER_LEN <= r.len => usize::from(len),
-            _ => {
-                st.dropped += 1;
-                continue;
-            }
-        };
-        let next = by_client.len();
-        let idx = match by_client.get(&from) {
-            Some(&i) => i,
-            None if next < rfds.len() => {
-                by_client.insert(from, next);
-                client_of[next] = Some(from);
-                st.clients += 1;
-                next
-            }
-            None => {
-                st.dropped += 1;
-                continue;
-            }
-        };
-        batch.send_slot(rfds[idx], peer, i, CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len);
+        // Every segment of a GRO buffer is a ChannelData datagram of its own.
+        let mut k = 0;
+        for seg in segments(r.len, r.segment) {
+            k += 1;
+            let (slot, _) = batch.slot_and_reply(i);
+            let frame = &slot[seg.clone()];
+            let len = match parse_header(frame) {
+                Ok((_, len)) if usize::from(len) + CHANNEL_DATA_HEADER_LEN <= frame.len() => usize::from(len),
+                _ => {
+                    st.dropped += 1;
+                    continue;
+                }
+            };
+            let next = by_client.len();
+            let idx = match by_client.get(&from) {
+                Some(&i) => i,
+                None if next < rfds.len() => {
+                    by_client.insert(from, next);
+                    client_of[next] = Some(from);
+                    st.clients += 1;
+                    next
+                }
+                None => {
+                    st.dropped += 1;
+                    continue;
+                }
+            };
+            // The payload where it lies, without its header: with GSO the
+            // segments of one buffer leave as one send whose iovecs skip
+            // the headers.
+            let payload = seg.start + CHANNEL_DATA_HEADER_LEN;
+            batch.send_slot(rfds[idx], peer, i, payload..payload + len);
+        }
+        gro.received(k);
     }
     let (sent, failed) = batch.flush();
     st.to_peer += sent as u64;
@@ -187,26 +240,47 @@ fn from_peer(
     client: Option<SocketAddr>,
     batch: &mut Batch,
     st: &mut ForwarderStats,
+    gro: &mut GsoStats,
 ) -> io::Result<usize> {
-    let n = batch.recv(rfd, CHANNEL_DATA_HEADER_LEN)?;
+    const H: usize = CHANNEL_DATA_HEADER_LEN;
+    let n = batch.recv(rfd, H)?;
     for i in 0..n {
         let r = batch.received(i);
-        // Only the peer may answer (the relay's permission check), and only
-        // to a relay socket that has a client.
-        let (Some(client), true) = (client, r.from == Some(peer)) else {
-            st.dropped += 1;
-            continue;
-        };
-        let Ok(len) = u16::try_from(r.len) else {
-            st.dropped += 1;
-            continue;
-        };
-        let (slot, _) = batch.slot_and_reply(i);
-        if write_header(slot, BASELINE_CHANNEL, len).is_err() {
-            st.dropped += 1;
-            continue;
+        let mut k = 0;
+        for (j, seg) in segments(r.len, r.segment).enumerate() {
+            k += 1;
+            // Only the peer may answer (the relay's permission check), and
+            // only to a relay socket that has a client.
+            let (Some(client), true) = (client, r.from == Some(peer)) else {
+                st.dropped += 1;
+                continue;
+            };
+            let Ok(len) = u16::try_from(seg.len()) else {
+                st.dropped += 1;
+                continue;
+            };
+            if j == 0 {
+                // The headroom in front of the first (or only) datagram.
+                let (slot, _) = batch.slot_and_reply(i);
+                if write_header(slot, BASELINE_CHANNEL, len).is_err() {
+                    st.dropped += 1;
+                    continue;
+                }
+                batch.send_slot(lfd, client, i, 0..H + seg.end);
+            } else if j < MAX_SEGMENTS {
+                // A later GRO segment has no headroom: its header goes into
+                // the side area, its payload stays where it lies.
+                let (_, _, head) = batch.segment(i, j);
+                if write_header(&mut head[SIDE_HEAD - H..], BASELINE_CHANNEL, len).is_err() {
+                    st.dropped += 1;
+                    continue;
+                }
+                batch.send_segment(lfd, client, (i, j), H, H + seg.start..H + seg.end, 0);
+            } else {
+                st.dropped += 1;
+            }
         }
-        batch.send_slot(lfd, client, i, 0..CHANNEL_DATA_HEADER_LEN + r.len);
+        gro.received(k);
     }
     let (sent, failed) = batch.flush();
     st.to_client += sent as u64;

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod allocate;
+pub mod batching;
 pub mod churn;
 pub mod client;
 pub mod compare;
@@ -37,11 +38,12 @@ pub mod throughput;
 pub mod traffic;
 
 pub use allocate::{AllocateConfig, AllocateReport, run_allocate};
+pub use batching::Batching;
 pub use churn::{ChurnConfig, ChurnReport, run_churn};
 pub use client::{ClientConfig, ClientError, Credentials, TurnClient, TurnServer};
 pub use compare::{CompareConfig, CompareReport, CompareScenario, NamedTarget, run_compare};
 pub use throughput::{
-    ServerCost, Target, ThroughputConfig, ThroughputReport, run_baseline, run_latency, run_throughput,
+    MachineCost, ServerCost, Target, ThroughputConfig, ThroughputReport, run_baseline, run_latency, run_throughput,
 };
 
 /// Why a run failed.

@@ -15,7 +15,7 @@ use bench_harness::client::{PasswordAlgorithm, TlsOptions, TransportKind};
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::report::{write_compare_html, write_throughput_html};
 use bench_harness::{
-    BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, ThroughputReport, TurnServer, run_allocate,
+    Batching, BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, ThroughputReport, TurnServer, run_allocate,
     run_baseline, run_churn, run_compare, run_latency, run_throughput,
 };
 use clap::{Args, Parser, Subcommand};
@@ -56,7 +56,8 @@ enum Command {
     /// and end.
     Churn(ChurnCmd),
     /// The same traffic through a trivial UDP forwarder the harness runs
-    /// (same hops as a relay, no TURN): the kernel's own per-packet cost.
+    /// (same hops as a relay, no TURN): the kernel's own per-packet cost;
+    /// per packet, or with --forwarder-gso batched with GSO/GRO.
     Baseline(BaselineCmd),
     /// One scenario against several targets in alternation (A B A B …),
     /// with medians, ranges and ratios to the first target.
@@ -218,6 +219,14 @@ struct TrafficArgs {
     /// often or at half its lifetime, whichever is sooner. 0: never.
     #[arg(long, default_value_t = 120.0)]
     refresh_s: f64,
+    /// turn-bench's own UDP sockets (senders and peers) send and receive
+    /// one datagram per message, as a browser does: no GSO, no GRO. By
+    /// default a burst to one allocation leaves as GSO sends and receives
+    /// use GRO (each segment still counted and timed as its own packet),
+    /// so that turn-bench is not the bottleneck of a batching server. The
+    /// report says which mode ran (`batching.mode`).
+    #[arg(long)]
+    per_packet: bool,
 }
 
 impl TrafficArgs {
@@ -247,6 +256,7 @@ impl TrafficArgs {
         c.drain = Duration::from_millis(self.drain_ms);
         c.release = !self.no_release;
         c.refresh_interval = Duration::from_secs_f64(self.refresh_s.clamp(0.0, 86_400.0));
+        c.batching = if self.per_packet { Batching::PerPacket } else { Batching::GsoGro };
         c
     }
 }
@@ -267,6 +277,11 @@ struct TrafficCmd {
 struct BaselineCmd {
     #[command(flatten)]
     traffic: TrafficArgs,
+    /// The forwarder batches: GRO on its sockets, the segments it forwards
+    /// leave as GSO sends (compare's `baseline-gso` target); default: one
+    /// datagram per message (`baseline`).
+    #[arg(long)]
+    forwarder_gso: bool,
 }
 
 /// How to storm.
@@ -373,10 +388,11 @@ impl ChurnArgs {
 
 #[derive(Args, Debug)]
 struct CompareCmd {
-    /// A target, `NAME=HOST:PORT[,pid=PID][,user=U][,password=P][,secret=S][,realm=R]`
-    /// or `NAME=baseline` (the harness's forwarder); repeat for each. The
-    /// first is the reference of the ratios. Unset credentials come from
-    /// --user/--password/--secret/--realm.
+    /// A target, `NAME=HOST:PORT[,pid=PID][,user=U][,password=P][,secret=S][,realm=R]`,
+    /// or `NAME=baseline` (the harness's forwarder, one datagram per
+    /// message) or `NAME=baseline-gso` (the forwarder with GSO/GRO); repeat
+    /// for each. The first is the reference of the ratios. Unset
+    /// credentials come from --user/--password/--secret/--realm.
     #[arg(long = "target", short = 't', required = true)]
     targets: Vec<String>,
     /// Runs per target (alternating A B A B …).
@@ -441,10 +457,14 @@ fn secs(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_target(spec: &str, creds: &CredArgs) -> Result<NamedTarget, String> {
-    let (name, rest) =
-        spec.split_once('=').ok_or_else(|| format!("{spec}: expected NAME=HOST:PORT or NAME=baseline"))?;
-    if rest == "baseline" {
-        return Ok(NamedTarget { name: name.to_owned(), target: Target::Baseline, server_pid: None });
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec}: expected NAME=HOST:PORT, NAME=baseline or NAME=baseline-gso"))?;
+    let baseline = |mode| Ok(NamedTarget { name: name.to_owned(), target: Target::Baseline(mode), server_pid: None });
+    match rest {
+        "baseline" => return baseline(Batching::PerPacket),
+        "baseline-gso" => return baseline(Batching::GsoGro),
+        _ => {}
     }
     let mut parts = rest.split(',');
     let addr = resolve(parts.next().unwrap_or_default())?;
@@ -514,7 +534,8 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 Credentials::long_term("", ""),
             ));
-            let cfg = ThroughputConfig { live, ..c.traffic.apply(base) };
+            let mode = if c.forwarder_gso { Batching::GsoGro } else { Batching::PerPacket };
+            let cfg = ThroughputConfig { live, target: Target::Baseline(mode), ..c.traffic.apply(base) };
             emit(&run_baseline(&cfg)?, cli.json)
         }
         Command::Allocate(c) => {
@@ -599,7 +620,8 @@ mod tests {
         let Target::Turn(s) = t.target else { panic!() };
         assert_eq!(s.credentials, Credentials::long_term("x", "p"));
         assert_eq!(s.realm.as_deref(), Some("r"));
-        assert_eq!(parse_target("b=baseline", &creds).unwrap().target, Target::Baseline);
+        assert_eq!(parse_target("b=baseline", &creds).unwrap().target, Target::Baseline(Batching::PerPacket));
+        assert_eq!(parse_target("g=baseline-gso", &creds).unwrap().target, Target::Baseline(Batching::GsoGro));
         assert!(parse_target("nope", &creds).is_err());
         assert!(parse_target("c=127.0.0.1:1,color=red", &creds).is_err());
     }

@@ -2,6 +2,13 @@
 //! that echoes every datagram back to where it came from or sinks it
 //! (recording one-way latency from the probe's send time). Batched with
 //! recvmmsg/sendmmsg; nothing allocated per packet.
+//!
+//! With [`Batching::GsoGro`] (the default) the socket has `UDP_GRO`: a
+//! receive may hold several datagrams of one flow, and each segment counts,
+//! is timed and is echoed as the datagram it was; the echoes of one buffer
+//! (equal sizes, one destination) leave as one GSO send, each segment
+//! queued from where it lies in the receive slot. [`Batching::PerPacket`]:
+//! one datagram per receive and per send.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -12,8 +19,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use relay_io::sys::{Batch, Epoll, empty_event};
+use relay_io::gso::segments;
+use relay_io::sys::{Epoll, empty_event};
 
+use crate::batching::{self, BatchCounters, Batching};
 use crate::payload::Probe;
 use crate::procfs;
 use crate::stats::{latency_histogram, record};
@@ -28,7 +37,7 @@ pub enum PeerMode {
     Sink,
 }
 
-/// Datagrams per recvmmsg.
+/// Receives per recvmmsg (each a datagram, or a GRO buffer of several).
 const BATCH: usize = 64;
 /// Largest datagram handled.
 const SLOT: usize = 65_536;
@@ -48,6 +57,8 @@ pub struct PeerStats {
     pub one_way: Histogram<u64>,
     /// The peer thread's CPU time.
     pub cpu: Duration,
+    /// What its socket batched.
+    pub batching: BatchCounters,
 }
 
 impl PeerStats {
@@ -59,6 +70,7 @@ impl PeerStats {
         self.echo_failed += o.echo_failed;
         self.one_way.add(&o.one_way).map_err(|e| io::Error::other(e.to_string()))?;
         self.cpu += o.cpu;
+        self.batching.add(&o.batching);
         Ok(())
     }
 }
@@ -74,15 +86,17 @@ pub struct Peer {
 
 impl Peer {
     /// Binds `ip:0` and starts the peer thread; probes' send times are read
-    /// relative to `epoch`.
-    pub fn start(ip: IpAddr, mode: PeerMode, epoch: Instant) -> io::Result<Peer> {
+    /// relative to `epoch`; `batching` says whether its socket uses GSO and
+    /// GRO.
+    pub fn start(ip: IpAddr, mode: PeerMode, epoch: Instant, batching: Batching) -> io::Result<Peer> {
         let sock = crate::net::data_socket(SocketAddr::new(ip, 0))?;
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let (s, r) = (stop.clone(), received.clone());
-        let thread =
-            std::thread::Builder::new().name("turn-bench-peer".into()).spawn(move || run(sock, mode, epoch, &s, &r))?;
+        let thread = std::thread::Builder::new()
+            .name("turn-bench-peer".into())
+            .spawn(move || run(sock, mode, epoch, batching, &s, &r))?;
         Ok(Peer { addr, stop, received, thread: Some(thread) })
     }
 
@@ -115,13 +129,22 @@ impl Drop for Peer {
     }
 }
 
-fn run(sock: UdpSocket, mode: PeerMode, epoch: Instant, stop: &AtomicBool, count: &AtomicU64) -> io::Result<PeerStats> {
+fn run(
+    sock: UdpSocket,
+    mode: PeerMode,
+    epoch: Instant,
+    batching: Batching,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+) -> io::Result<PeerStats> {
     let cpu0 = procfs::thread_cpu().unwrap_or_default();
     let fd = sock.as_raw_fd();
     let ep = Epoll::new()?;
     ep.add(fd, 0)?;
     let mut events = [empty_event(); 4];
-    let mut batch = Batch::new(BATCH, SLOT, 0);
+    let mut batch = batching::batch(BATCH, SLOT, 0, batching, true);
+    batching::prepare(fd, batching, Some(&mut batch));
+    let mut gro = relay_io::gso::GsoStats::default();
     let mut st = PeerStats {
         received: 0,
         bytes: 0,
@@ -129,6 +152,7 @@ fn run(sock: UdpSocket, mode: PeerMode, epoch: Instant, stop: &AtomicBool, count
         echo_failed: 0,
         one_way: latency_histogram(),
         cpu: Duration::ZERO,
+        batching: BatchCounters::default(),
     };
     while !stop.load(Ordering::Relaxed) {
         if ep.wait(&mut events, 5)? == 0 {
@@ -144,17 +168,24 @@ fn run(sock: UdpSocket, mode: PeerMode, epoch: Instant, stop: &AtomicBool, count
             for i in 0..n {
                 let r = batch.received(i);
                 let Some(from) = r.from else { continue };
-                st.received += 1;
-                st.bytes += r.len as u64;
-                match mode {
-                    PeerMode::Echo => batch.send_slot(fd, from, i, 0..r.len),
-                    PeerMode::Sink => {
-                        let (slot, _) = batch.slot_and_reply(i);
-                        if let Some(p) = Probe::read(&slot[..r.len]) {
-                            record(&mut st.one_way, now_ns.saturating_sub(p.sent_ns));
+                // Each segment of a GRO buffer is a datagram of its own
+                // (one segment, the whole buffer, without GRO).
+                let mut k = 0;
+                for seg in segments(r.len, r.segment) {
+                    k += 1;
+                    st.received += 1;
+                    st.bytes += seg.len() as u64;
+                    match mode {
+                        PeerMode::Echo => batch.send_slot(fd, from, i, seg),
+                        PeerMode::Sink => {
+                            let (slot, _) = batch.slot_and_reply(i);
+                            if let Some(p) = Probe::read(&slot[seg]) {
+                                record(&mut st.one_way, now_ns.saturating_sub(p.sent_ns));
+                            }
                         }
                     }
                 }
+                gro.received(k);
             }
             if mode == PeerMode::Echo {
                 let (sent, failed) = batch.flush();
@@ -165,5 +196,8 @@ fn run(sock: UdpSocket, mode: PeerMode, epoch: Instant, stop: &AtomicBool, count
         }
     }
     st.cpu = procfs::thread_cpu().unwrap_or_default().saturating_sub(cpu0);
+    let mut counters = batch.gso_stats();
+    counters.add(&gro);
+    st.batching = counters.into();
     Ok(st)
 }

@@ -138,6 +138,19 @@ fn summary_table(h: &mut String, r: &ThroughputReport) {
     if let Some(s) = &r.server {
         row(h, "server", &[s.to_string()]);
     }
+    if let Some(m) = &r.machine_cpu {
+        row(h, "machine", &[m.to_string()]);
+    }
+    let b = &r.batching;
+    row(h, "turn-bench batching", &[b.mode.to_string()]);
+    if b.mode.is_on() {
+        row(h, "generator sockets", &[b.generator.to_string()]);
+        row(h, "peer sockets", &[b.peers.to_string()]);
+    }
+    if let (Some(mode), Some(c)) = (b.forwarder_mode, &b.forwarder) {
+        let text = if mode.is_on() { format!("{mode}: {c}") } else { mode.to_string() };
+        row(h, "forwarder batching", &[text]);
+    }
     h.push_str("</table>\n");
 }
 

@@ -5,7 +5,16 @@
 //! drives the flows with the measuring loop of [`crate::traffic`] for the
 //! configured duration, and reports rates, loss, reordering, latency
 //! percentiles, the generator's own CPU use and, when asked, the server's
-//! CPU time per relayed packet and memory per allocation.
+//! CPU time per relayed packet and memory per allocation; and always the
+//! whole machine's CPU time per relayed packet (every core, from
+//! `/proc/stat`: the server, the kernel's work on other cores and
+//! turn-bench itself), so that no target's cost hides on another core.
+//!
+//! turn-bench's own sockets (senders and peers) batch with GSO and GRO by
+//! default ([`ThroughputConfig::batching`]; `--per-packet` sends and
+//! receives one datagram per message, as a browser does); the baseline
+//! forwarder runs per packet (`baseline`) or with GSO/GRO (`baseline-gso`)
+//! as its target says. The report says which ([`BatchingReport`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::BenchError;
+use crate::batching::{BatchCounters, Batching};
 use crate::client::{
     Request, TcpTransport, TlsTransport, Transport, TransportKind, TurnClient, TurnServer, TurnSession, UdpTransport,
 };
@@ -41,15 +51,17 @@ pub const SATURATION_PERCENT: f64 = 90.0;
 pub enum Target {
     /// A TURN server.
     Turn(TurnServer),
-    /// The harness's own forwarder (the kernel-only baseline).
-    Baseline,
+    /// The harness's own forwarder (the kernel-only baseline): per packet
+    /// (compare target `baseline`) or with GSO/GRO (`baseline-gso`).
+    Baseline(Batching),
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Turn(s) => write!(f, "TURN server {} over {}", s.addr, s.transport.name()),
-            Target::Baseline => write!(f, "baseline forwarder"),
+            Target::Baseline(Batching::PerPacket) => write!(f, "baseline forwarder"),
+            Target::Baseline(b) => write!(f, "baseline forwarder ({b})"),
         }
     }
 }
@@ -105,6 +117,11 @@ pub struct ThroughputConfig {
     /// lifetime, whichever comes first; zero: never (runs longer than the
     /// server's permission lifetime, 300 s, then lose everything).
     pub refresh_interval: Duration,
+    /// turn-bench's own UDP sockets — the generator's client sockets and
+    /// the peers' — send with GSO and receive with GRO (the default), or
+    /// one datagram per message (`--per-packet`). The baseline forwarder's
+    /// mode is its target's.
+    pub batching: Batching,
 }
 
 impl ThroughputConfig {
@@ -132,6 +149,7 @@ impl ThroughputConfig {
             live: false,
             release: true,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            batching: Batching::default(),
         }
     }
 
@@ -141,9 +159,15 @@ impl ThroughputConfig {
         ThroughputConfig { allocations: 1, size: 100, rate: 100, burst: 1, ..ThroughputConfig::new(server) }
     }
 
-    /// A baseline run with the same traffic settings as `self`.
+    /// A baseline run with the same traffic settings as `self` (the
+    /// forwarder in the mode `self`'s target has when it is a baseline,
+    /// else per packet).
     pub fn baseline(&self) -> ThroughputConfig {
-        ThroughputConfig { target: Target::Baseline, indications: false, ..self.clone() }
+        let mode = match self.target {
+            Target::Baseline(m) => m,
+            Target::Turn(_) => Batching::PerPacket,
+        };
+        ThroughputConfig { target: Target::Baseline(mode), indications: false, ..self.clone() }
     }
 }
 
@@ -196,6 +220,68 @@ impl ServerCost {
             bytes_per_allocation: per_alloc,
         }
     }
+}
+
+/// The whole machine's CPU over the measuring window: every core's busy
+/// time (`/proc/stat`: user, nice, system, irq, softirq), whoever spent it
+/// — the server, the kernel's softirq work for loopback wherever it ran,
+/// turn-bench itself, and anything else the machine ran meanwhile.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MachineCost {
+    /// Where it was read: `/proc/stat, N cores`.
+    pub source: String,
+    /// Cores of the machine.
+    pub cores: usize,
+    /// Busy CPU time of all cores together, seconds.
+    pub cpu_s: f64,
+    /// Busy share of all cores over the window, percent (100: every core
+    /// busy all the time).
+    pub busy_pct: f64,
+    /// Packets relayed (both directions, as the server's cost counts them).
+    pub relayed_packets: u64,
+    /// Busy CPU microseconds of the whole machine per relayed packet: the
+    /// `machine_cpu_us_per_packet` of `compare`.
+    pub cpu_us_per_packet: Option<f64>,
+}
+
+impl MachineCost {
+    fn from_samples(start: procfs::MachineSample, end: procfs::MachineSample, relayed: u64) -> MachineCost {
+        let cpu = end.busy_since(&start).as_secs_f64();
+        MachineCost {
+            source: format!("/proc/stat, {} cores", end.cores),
+            cores: end.cores,
+            cpu_s: cpu,
+            busy_pct: end.busy_percent_since(&start),
+            relayed_packets: relayed,
+            cpu_us_per_packet: (relayed > 0).then(|| cpu * 1e6 / relayed as f64),
+        }
+    }
+}
+
+impl fmt::Display for MachineCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "all {} cores: {:.3} s CPU ({:.0} % busy)", self.cores, self.cpu_s, self.busy_pct)?;
+        if let Some(us) = self.cpu_us_per_packet {
+            write!(f, ", {us:.2} µs CPU per relayed packet ({} relayed)", group(self.relayed_packets))?;
+        }
+        Ok(())
+    }
+}
+
+/// How turn-bench's sockets and the baseline forwarder batched.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BatchingReport {
+    /// turn-bench's own sockets (generator and peers): `gso-gro` or
+    /// `per-packet`.
+    pub mode: Batching,
+    /// The generator's client sockets (UDP only).
+    pub generator: BatchCounters,
+    /// The peers' sockets.
+    pub peers: BatchCounters,
+    /// The baseline forwarder's mode (baseline targets only).
+    pub forwarder_mode: Option<Batching>,
+    /// What the forwarder batched (baseline targets only).
+    pub forwarder: Option<BatchCounters>,
 }
 
 /// CPU use of the load generator.
@@ -330,6 +416,11 @@ pub struct ThroughputReport {
     pub generator: GeneratorCpu,
     /// The server's cost, when its pid was given (or the forwarder's).
     pub server: Option<ServerCost>,
+    /// The whole machine's CPU per relayed packet (all cores; `None` when
+    /// /proc/stat could not be read).
+    pub machine_cpu: Option<MachineCost>,
+    /// Whether turn-bench and the forwarder batched, and how much.
+    pub batching: BatchingReport,
     /// Refreshes of allocations, permissions and channels during the run.
     pub refreshes: RefreshStats,
     /// Allocations released at the end.
@@ -552,7 +643,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
     let epoch = Instant::now();
     let mode = if cfg.echo { PeerMode::Echo } else { PeerMode::Sink };
     let peers = (0..cfg.peers)
-        .map(|_| Peer::start(cfg.peer_ip, mode, epoch))
+        .map(|_| Peer::start(cfg.peer_ip, mode, epoch, cfg.batching))
         .collect::<Result<Vec<Peer>, _>>()
         .map_err(|e| BenchError::Setup(format!("peer on {}: {e}", cfg.peer_ip)))?;
     let peer_addrs: Vec<SocketAddr> = peers.iter().map(Peer::addr).collect();
@@ -574,12 +665,12 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
             let framing = if cfg.indications { Framing::Indication(peer_addr) } else { Framing::Channel(CHANNEL) };
             (format!("TURN {} (user {})", server.addr, server.credentials.display_user()), framing, server.addr)
         }
-        Target::Baseline => {
+        Target::Baseline(fw_batching) => {
             let ip = match cfg.peer_ip {
                 IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
                 IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
             };
-            let fw = Forwarder::start(ip, peer_addr, cfg.allocations, cfg.forwarder_cpu)?;
+            let fw = Forwarder::start(ip, peer_addr, cfg.allocations, cfg.forwarder_cpu, *fw_batching)?;
             let addr = fw.addr();
             for _ in 0..cfg.allocations {
                 let s = crate::net::data_socket(client_local(cfg, addr))?;
@@ -587,7 +678,11 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
                 plain_socks.push(s);
             }
             forwarder = Some(fw);
-            (format!("baseline forwarder {addr}"), Framing::Channel(BASELINE_CHANNEL), addr)
+            let name = match fw_batching {
+                Batching::PerPacket => format!("baseline forwarder {addr}"),
+                b => format!("baseline forwarder ({b}) {addr}"),
+            };
+            (name, Framing::Channel(BASELINE_CHANNEL), addr)
         }
     };
     let setup_s = setup_start.elapsed().as_secs_f64();
@@ -607,7 +702,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
                 Flow { io, refresh }
             })
             .collect(),
-        Target::Baseline => {
+        Target::Baseline(_) => {
             plain_socks.iter().map(|s| Flow { io: FlowIo::Datagram { sock: s, dest }, refresh: None }).collect()
         }
     };
@@ -624,10 +719,15 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         drain: cfg.drain,
         live: cfg.live,
         label: scenario,
+        batching: cfg.batching,
     };
+    // The measuring window: the server's CPU and every core's, read at the
+    // same two moments.
+    let machine_start = procfs::machine().ok();
     let server_start = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
     let result = traffic::run(&mut flows, &ecfg, epoch, &|| peers.iter().map(Peer::received).sum());
     let server_end = cfg.server_pid.and_then(|p| procfs::sample(p).ok());
+    let machine_end = procfs::machine().ok();
     let cores: Vec<Option<TurnSession>> = flows.into_iter().map(|f| f.refresh.map(Refresher::into_core)).collect();
     for (f, core) in turn_flows.iter_mut().zip(cores) {
         if core.is_some() {
@@ -678,6 +778,18 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         }
         (None, None) => None,
     };
+    let machine_relayed = server.as_ref().map_or(relayed, |s| s.relayed_packets);
+    let machine_cpu = match (machine_start, machine_end) {
+        (Some(a), Some(b)) => Some(MachineCost::from_samples(a, b, machine_relayed)),
+        _ => None,
+    };
+    let batching = BatchingReport {
+        mode: cfg.batching,
+        generator: r.batch,
+        peers: peer_stats.batching,
+        forwarder_mode: fw_stats.map(|f| f.batching),
+        forwarder: fw_stats.map(|f| f.batch),
+    };
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let generator = GeneratorCpu::judge(r.workers, &peer_cpus, secs, cores, r.process_cpu);
     Ok(ThroughputReport {
@@ -685,7 +797,7 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         target: target_name,
         transport: match &cfg.target {
             Target::Turn(server) => server.transport,
-            Target::Baseline => TransportKind::Udp,
+            Target::Baseline(_) => TransportKind::Udp,
         },
         framing: if matches!(framing, Framing::Indication(_)) { "send-indication" } else { "channel-data" },
         mode,
@@ -720,6 +832,8 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
         },
         generator,
         server,
+        machine_cpu,
+        batching,
         refreshes: r.refresh,
         released,
         release_failed,
@@ -804,6 +918,23 @@ impl fmt::Display for ThroughputReport {
         )?;
         if let Some(s) = &self.server {
             writeln!(f, "  server       {s}")?;
+        }
+        if let Some(m) = &self.machine_cpu {
+            writeln!(f, "  machine      {m}")?;
+        }
+        let b = &self.batching;
+        match b.mode {
+            Batching::PerPacket => writeln!(f, "  batching     turn-bench per packet (no GSO, no GRO)")?,
+            mode => {
+                writeln!(f, "  batching     turn-bench {mode}: generator {}", b.generator)?;
+                writeln!(f, "  {:<12} peers {}", "", b.peers)?;
+            }
+        }
+        if let (Some(mode), Some(c)) = (b.forwarder_mode, &b.forwarder) {
+            match mode {
+                Batching::PerPacket => writeln!(f, "  forwarder    per packet")?,
+                mode => writeln!(f, "  forwarder    {mode}: {c}")?,
+            }
         }
         let rf = &self.refreshes;
         if rf.started > 0 {

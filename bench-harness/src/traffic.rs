@@ -9,6 +9,13 @@
 //! allocated per packet. The calling thread prints a live line per second
 //! and ends the run: after `duration` workers stop sending, and the drain
 //! waits for the last replies (bounded).
+//!
+//! With [`Batching::GsoGro`] (the default; `--per-packet` turns it off) a
+//! burst to one flow — equal-size frames to one server address — leaves as
+//! GSO sends, and the client sockets have `UDP_GRO`: every segment of a
+//! coalesced receive is taken as the datagram it was, so packets are still
+//! counted one by one and each gets its own RTT (the segments of one
+//! buffer arrived together, so they share the receive time).
 
 use std::io::{self, Write as _};
 use std::net::{SocketAddr, UdpSocket};
@@ -19,9 +26,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use relay_core::wire::TransactionId;
 use relay_core::wire::channel_data::{CHANNEL_DATA_HEADER_LEN, parse_header};
+use relay_io::gso::{GsoStats, segments};
 use relay_io::sys::{Batch, Epoll, empty_event};
 use serde::Serialize;
 
+use crate::batching::{self, BatchCounters, Batching};
 use crate::client::{Received, encode_send_indication, parse_data};
 use crate::payload::{PROBE_LEN, Probe, fill};
 use crate::procfs;
@@ -32,11 +41,12 @@ use crate::stream::StreamConn;
 /// Largest payload the harness sends (fits any STUN message, leaves room
 /// for the ChannelData or Send indication header).
 pub const MAX_PAYLOAD: usize = 65_000;
-/// Datagrams per recvmmsg.
+/// Receives per recvmmsg (each a datagram, or with GRO a buffer of
+/// several).
 const RECV_BATCH: usize = 64;
 /// recvmmsg calls per ready socket per wake-up.
 const RECV_ROUNDS: usize = 4;
-/// Receive slot size.
+/// Receive slot size: room for a whole GRO buffer.
 const RECV_SLOT: usize = 65_536;
 
 /// How a flow reaches the target.
@@ -88,6 +98,8 @@ pub(crate) struct EngineConfig {
     pub drain: Duration,
     pub live: bool,
     pub label: &'static str,
+    /// GSO sends and GRO receives on the client sockets, or per packet.
+    pub batching: Batching,
 }
 
 /// One second of the run.
@@ -146,6 +158,8 @@ pub(crate) struct EngineResult {
     pub process_cpu: Duration,
     pub timeline: Vec<Sample>,
     pub refresh: RefreshStats,
+    /// What the client sockets batched, all workers together.
+    pub batch: BatchCounters,
 }
 
 #[repr(align(64))]
@@ -168,6 +182,7 @@ struct WorkerOut {
     rtt: Histogram<u64>,
     cpu: WorkerCpu,
     refresh: RefreshStats,
+    batch: GsoStats,
 }
 
 /// Builds the frame every packet of a run starts from; returns it and the
@@ -314,6 +329,7 @@ pub(crate) fn run(
         process_cpu,
         timeline,
         refresh: RefreshStats::default(),
+        batch: BatchCounters::default(),
     };
     for o in outs {
         let o = o?;
@@ -328,6 +344,7 @@ pub(crate) fn run(
         r.send_wall = r.send_wall.max(Duration::from_secs_f64(o.cpu.wall_s));
         r.workers.push(o.cpu);
         r.refresh.add(&o.refresh);
+        r.batch.add(&o.batch.into());
     }
     Ok(r)
 }
@@ -423,14 +440,25 @@ fn worker(
     let burst = cfg.burst.clamp(1, 1024);
     let (frame, payload_off) = template(cfg.framing, cfg.size)?;
     let flen = frame.len();
-    // Every send slot holds the template; only the probe changes.
-    let mut tx = Batch::new(burst, 0, flen);
+    // Every send slot holds the template; only the probe changes. A burst
+    // goes to one flow: with GSO, one send (or a few: 64 segments at most).
+    let mut tx = batching::batch(burst, 0, flen, cfg.batching, false);
     for j in 0..burst {
         tx.slot_and_reply(j).1.copy_from_slice(&frame);
     }
     let datagrams = flows.iter().any(|f| matches!(f.io, FlowIo::Datagram { .. }));
     // Stream flows read into their own buffers.
-    let mut rx = if datagrams { Batch::new(RECV_BATCH, RECV_SLOT, 0) } else { Batch::new(1, 0, 0) };
+    let mut rx = if datagrams {
+        batching::batch(RECV_BATCH, RECV_SLOT, 0, cfg.batching, true)
+    } else {
+        Batch::new(1, 0, 0)
+    };
+    for f in flows.iter() {
+        if let FlowIo::Datagram { sock, .. } = &f.io {
+            batching::prepare(sock.as_raw_fd(), cfg.batching, Some(&mut tx));
+        }
+    }
+    let mut gro = GsoStats::default();
     let mut control = [0u8; MAX_CONTROL];
     let ep = Epoll::new()?;
     for (i, f) in flows.iter().enumerate() {
@@ -450,6 +478,7 @@ fn worker(
         rtt: latency_histogram(),
         cpu: WorkerCpu::default(),
         refresh: RefreshStats::default(),
+        batch: GsoStats::default(),
     };
     let refreshing = flows.iter().any(|f| f.refresh.is_some());
     // When the refreshers next need polling (a sweep over this worker's
@@ -624,31 +653,38 @@ fn worker(
                         let now = Instant::now();
                         let now_ns = now.duration_since(epoch).as_nanos() as u64;
                         for k in 0..got {
-                            let len = rx.received(k).len;
+                            let rcv = rx.received(k);
                             let (slot, _) = rx.slot_and_reply(k);
-                            let dgram = &slot[..len];
-                            match payload_of(cfg.framing, dgram) {
-                                Some(payload) => {
-                                    if tally.probe(&mut o, payload, now_ns) {
-                                        last_progress = now;
+                            // Each segment of a GRO buffer is a datagram of
+                            // its own (without GRO: the one datagram).
+                            let mut segs = 0;
+                            for seg in segments(rcv.len, rcv.segment) {
+                                segs += 1;
+                                let dgram = &slot[seg];
+                                match payload_of(cfg.framing, dgram) {
+                                    Some(payload) => {
+                                        if tally.probe(&mut o, payload, now_ns) {
+                                            last_progress = now;
+                                        }
                                     }
-                                }
-                                None => {
-                                    // A response to a refresh is the
-                                    // refresher's; the rest is foreign.
-                                    let mut wake = false;
-                                    let mine = match flow.refresh.as_mut() {
-                                        Some(r) => r.handle(sock, dgram, now, &mut o.refresh, &mut wake),
-                                        None => false,
-                                    };
-                                    if wake {
-                                        next_refresh = now;
-                                    }
-                                    if !mine {
-                                        o.foreign += 1;
+                                    None => {
+                                        // A response to a refresh is the
+                                        // refresher's; the rest is foreign.
+                                        let mut wake = false;
+                                        let mine = match flow.refresh.as_mut() {
+                                            Some(r) => r.handle(sock, dgram, now, &mut o.refresh, &mut wake),
+                                            None => false,
+                                        };
+                                        if wake {
+                                            next_refresh = now;
+                                        }
+                                        if !mine {
+                                            o.foreign += 1;
+                                        }
                                     }
                                 }
                             }
+                            gro.received(segs);
                         }
                         if got < RECV_BATCH {
                             break;
@@ -729,6 +765,8 @@ fn worker(
         };
         sh.done_sending.store(true, Ordering::Relaxed);
     }
+    o.batch = tx.gso_stats();
+    o.batch.add(&gro);
     Ok(o)
 }
 

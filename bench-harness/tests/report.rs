@@ -106,6 +106,7 @@ fn synthetic(scenario: &'static str, names: [&str; 2]) -> CompareReport {
     CompareReport {
         scenario,
         rounds: 2,
+        batching: None,
         metrics: vec![metric("received_pps", "packets/s", true), metric("loss_pct", "%", false)],
         targets: vec![summary(names[0], 1000.0, 1.0), summary(names[1], 500.0, 0.5)],
         runs: vec![run(0, names[0], 999.0), run(0, names[1], 499.0), run(1, names[0], 1001.0), run(1, names[1], 501.0)],

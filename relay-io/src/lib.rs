@@ -170,6 +170,10 @@ pub enum StartError {
     Spawn(io::Error),
 }
 
+/// A shard's sockets, bound before any shard starts: UDP listeners, the
+/// stream listeners, and relay sockets (relay IP index, port, socket).
+type BoundShard = (Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSocket)>);
+
 /// What batched UDP the shards use: GSO where asked for and the kernel
 /// knows `UDP_SEGMENT` (whether a device can do it is learnt per socket
 /// from its first GSO send), GRO where asked for, turned on for every UDP
