@@ -178,10 +178,7 @@ type BoundShard = (Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSoc
 /// knows `UDP_SEGMENT` (whether a device can do it is learnt per socket
 /// from its first GSO send), GRO where asked for, turned on for every UDP
 /// socket (one the kernel refuses simply receives datagram by datagram).
-fn udp_batching(
-    config: &IoConfig,
-    bound: &[(Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSocket)>)],
-) -> Batching {
+fn udp_batching(config: &IoConfig, bound: &[BoundShard]) -> Batching {
     use std::os::fd::AsRawFd;
     let first = bound.iter().flat_map(|b| b.0.iter().map(|s| s.socket.as_raw_fd())).next();
     let gso = config.gso && first.is_some_and(gso::gso_supported);
