@@ -215,6 +215,11 @@ pub struct RelaySection {
     pub quarantine: u64,
     /// Largest datagram relayed, bytes.
     pub max_datagram: usize,
+    /// Send a loop turn's datagrams of one flow and size as one GSO send
+    /// (`UDP_SEGMENT`).
+    pub gso: bool,
+    /// Receive coalesced datagrams (`UDP_GRO`).
+    pub gro: bool,
 }
 
 impl Default for RelaySection {
@@ -225,6 +230,8 @@ impl Default for RelaySection {
             ports: "49152-65535".into(),
             quarantine: 60,
             max_datagram: 2048,
+            gso: true,
+            gro: true,
         }
     }
 }
@@ -649,6 +656,16 @@ mod tests {
         let e =
             Config::parse("relay.toml", "[listen]\ntls = [\"127.0.0.1:5349\"]\n").unwrap().validate(&[]).unwrap_err();
         assert_eq!(e.key, "listen.tls", "{e}");
+    }
+
+    #[test]
+    fn batching_keys() {
+        let c = Config::parse("r", "").unwrap();
+        assert!(c.relay.gso && c.relay.gro);
+        let c = Config::parse("r", "[relay]\ngso = false\ngro = false\n").unwrap();
+        assert!(!c.relay.gso && !c.relay.gro);
+        let e = Config::parse("r", "[relay]\ngso = \"no\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "relay.gso"), "{e}");
     }
 
     #[test]

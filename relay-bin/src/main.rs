@@ -117,6 +117,12 @@ struct Cli {
     /// Largest datagram relayed, bytes [relay.max_datagram].
     #[arg(long)]
     max_datagram: Option<usize>,
+    /// Send every UDP datagram alone: no GSO batches [relay.gso = false].
+    #[arg(long)]
+    no_gso: bool,
+    /// Receive every UDP datagram alone: no GRO [relay.gro = false].
+    #[arg(long)]
+    no_gro: bool,
     /// Seconds a nonce stays valid [auth.nonce_lifetime].
     #[arg(long)]
     nonce_lifetime: Option<u64>,
@@ -230,6 +236,8 @@ impl Cli {
         set!("server.software", self.software.is_some(), c.server.software = self.software.clone().unwrap_or_default());
         set!("server.shards", self.shards.is_some(), c.server.shards = self.shards.unwrap_or(0));
         set!("server.pin_cores", self.no_pin, c.server.pin_cores = false);
+        set!("relay.gso", self.no_gso, c.relay.gso = false);
+        set!("relay.gro", self.no_gro, c.relay.gro = false);
         set!("server.drain_timeout", self.drain_timeout.is_some(), {
             c.server.drain_timeout = self.drain_timeout.unwrap_or(30)
         });
@@ -529,6 +537,8 @@ fn run(
             ..StreamLimits::default()
         },
         handover: config.listen.handover,
+        gso: config.relay.gso,
+        gro: config.relay.gro,
         ..IoConfig::default()
     };
     let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user));

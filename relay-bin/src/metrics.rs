@@ -39,9 +39,17 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
         streams.garbage += r.streams.garbage;
         streams.shed += r.streams.shed;
     }
+    let mut udp = relay_io::gso::GsoStats::default();
     for r in reports {
         counter!("turn_shard_loop_turns_total", "shard" => r.shard.to_string()).absolute(r.loop_turns);
+        udp.add(&r.udp);
     }
+    counter!("turn_udp_sent_datagrams_total", "batched" => "yes").absolute(udp.batched);
+    counter!("turn_udp_sent_datagrams_total", "batched" => "no").absolute(udp.single);
+    counter!("turn_udp_gso_sends_total").absolute(udp.gso_sends);
+    counter!("turn_udp_gso_fallbacks_total").absolute(udp.fallbacks);
+    counter!("turn_udp_gro_datagrams_total").absolute(udp.gro_segments);
+    counter!("turn_udp_gro_buffers_total").absolute(udp.gro_buffers);
     gauge!("turn_tcp_connections_open").set(streams.open as f64);
     counter!("turn_tcp_connections_accepted_total").absolute(streams.accepted);
     counter!("turn_tcp_connections_refused_total").absolute(streams.refused);

@@ -179,6 +179,35 @@ fn relays_reports_metrics_reloads_and_drains() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(relay.metrics, "turn_allocations_active"), Some(1.0));
+
+    // Batched UDP: a peer's burst, sent as one GSO message, arrives
+    // coalesced and leaves for the client as one GSO send; the counters
+    // say so.
+    {
+        use std::os::fd::AsRawFd;
+        let mut b = relay_io::sys::Batch::new(10, 0, 8);
+        b.set_gso(true);
+        for j in 0..10 {
+            b.slot_and_reply(j).1.copy_from_slice(&(1000 + j as u64).to_be_bytes());
+            b.send_reply(peer.as_raw_fd(), relayed, j, 8);
+        }
+        assert_eq!(b.flush(), (10, 0));
+        let mut buf = [0u8; 2048];
+        for j in 0..10u64 {
+            let (k, _) = recv_from(&c.sock, &mut buf).expect("client receives the burst");
+            assert_eq!(ChannelData::parse(&buf[..k]).unwrap().payload, &(1000 + j).to_be_bytes());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(relay.metrics, "turn_udp_gro_datagrams_total").unwrap_or(0.0) < 10.0
+        || metric(relay.metrics, "turn_udp_gso_sends_total").unwrap_or(0.0) < 1.0
+    {
+        assert!(Instant::now() < deadline, "metrics never showed the batched burst");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(relay.metrics, r#"turn_udp_sent_datagrams_total{batched="yes"}"#).unwrap() >= 10.0);
+    assert!(metric(relay.metrics, r#"turn_udp_sent_datagrams_total{batched="no"}"#).unwrap() >= 20.0);
+    assert_eq!(metric(relay.metrics, "turn_udp_gso_fallbacks_total"), Some(0.0));
     assert!(metric(relay.metrics, r#"turn_requests_total{method="allocate",result="success"}"#) == Some(1.0));
     assert_eq!(http_get(relay.metrics, "/readyz").unwrap().0, 200);
 
