@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::{
-    Client, ClientAction, PEER_HEADROOM, PeerAction, RelayId, Server, ServerConfig, ServerParts, Transport,
+    Client, ClientAction, PEER_HEADROOM, PeerAction, PeerSegment, RelayId, Server, ServerConfig, ServerParts, Transport,
 };
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
@@ -191,8 +191,20 @@ fuzz_target!(|data: &[u8]| {
                 let p = peer(input.byte());
                 let len = input.byte() as usize % 256;
                 let range = PEER_HEADROOM..PEER_HEADROOM + len;
-                if let PeerAction::Forward { frame, .. } = server.handle_peer(now, relay, p, &mut buf, range) {
-                    assert!(frame.end <= buf.len() && frame.start < PEER_HEADROOM, "frame outside the buffer");
+                // Framed in place, or out of place as a coalesced (GRO)
+                // segment after the first is.
+                if input.byte() & 1 == 0 {
+                    if let PeerAction::Forward { frame, .. } = server.handle_peer(now, relay, p, &mut buf, range) {
+                        assert!(frame.end <= buf.len() && frame.start < PEER_HEADROOM, "frame outside the buffer");
+                    }
+                } else {
+                    let mut head = [0u8; PEER_HEADROOM];
+                    if let PeerSegment::Forward { head: h, pad, .. } =
+                        server.handle_peer_segment(now, relay, p, len, &mut head)
+                    {
+                        assert!(h.end == PEER_HEADROOM && h.start < PEER_HEADROOM, "header outside its area");
+                        assert!(pad <= 3, "more padding than a 4-byte boundary needs");
+                    }
                 }
             }
             // Time passes.
