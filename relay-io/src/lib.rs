@@ -308,7 +308,8 @@ impl Relay {
 
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;
-        for (k, (mut socks, streams, relays)) in bound.into_iter().enumerate() {
+        for (k, (mut socks, mut streams, relays)) in bound.into_iter().enumerate() {
+            streams.set_gso(batching.gso);
             let mut server = make_server(k);
             let mut relay_sock = Vec::with_capacity(relays.len());
             for (ip, port, s) in relays {

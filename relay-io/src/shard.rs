@@ -279,7 +279,11 @@ impl ShardState {
                         send_failures: self.send_failures + self.streams.stats.send_failures,
                         streams: self.streams.stats,
                         loop_turns: self.loop_turns,
-                        udp: self.udp_stats,
+                        udp: {
+                            let mut u = self.udp_stats;
+                            u.add(&self.streams.udp_stats());
+                            u
+                        },
                         backend,
                     });
                 }

@@ -183,6 +183,17 @@ impl Streams {
         })
     }
 
+    /// Lets the datagrams stream clients send to peers leave as GSO sends
+    /// (a turn's frames from one connection to one peer, equal in size).
+    pub fn set_gso(&mut self, on: bool) {
+        self.to_peers.set_gso(on);
+    }
+
+    /// Batched UDP counters of those datagrams.
+    pub fn udp_stats(&self) -> crate::gso::GsoStats {
+        self.to_peers.gso_stats()
+    }
+
     /// Replaces the TLS certificate for new connections (a reload).
     pub fn set_tls_config(&mut self, config: Arc<rustls::ServerConfig>) {
         self.tls = Some(config);
