@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::batching::Batching;
 use crate::allocate::{AllocateConfig, AllocateReport, run_allocate};
+use crate::batching::Batching;
 use crate::churn::{ChurnConfig, ChurnReport, run_churn};
 use crate::stats::median;
 use crate::throughput::{Target, ThroughputConfig, ThroughputReport, run_latency, run_throughput};

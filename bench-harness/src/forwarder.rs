@@ -93,6 +93,10 @@ impl Forwarder {
         let relays = (0..clients.max(1))
             .map(|_| crate::net::data_socket(SocketAddr::new(ip, 0)))
             .collect::<io::Result<Vec<_>>>()?;
+        // GRO before anything can arrive (the kernel coalesces at enqueue).
+        for s in std::iter::once(&listener).chain(&relays) {
+            batching::enable(s.as_raw_fd(), batching);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new().name("turn-bench-forwarder".into()).spawn(move || {
@@ -140,7 +144,7 @@ fn run(
     let rfds: Vec<RawFd> = relays.iter().map(|s| s.as_raw_fd()).collect();
     let mut batch = batching::batch(BATCH, SLOT, 0, batching, true);
     for fd in std::iter::once(lfd).chain(rfds.iter().copied()) {
-        batching::prepare(fd, batching, Some(&mut batch));
+        batching::allow_gso(fd, batching, &mut batch);
     }
     let ep = Epoll::new()?;
     let listen_token = rfds.len() as u64;
@@ -189,6 +193,7 @@ fn from_clients(
     gro: &mut GsoStats,
 ) -> io::Result<usize> {
     let n = batch.recv(lfd, 0)?;
+    let mut queued = 0;
     for i in 0..n {
         let r = batch.received(i);
         let Some(from) = r.from else { continue };
@@ -224,10 +229,11 @@ fn from_clients(
             // the headers.
             let payload = seg.start + CHANNEL_DATA_HEADER_LEN;
             batch.send_slot(rfds[idx], peer, i, payload..payload + len);
+            queued += 1;
         }
         gro.received(k);
     }
-    let (sent, failed) = batch.flush();
+    let (sent, failed) = batching::flush(batch, queued);
     st.to_peer += sent as u64;
     st.dropped += failed as u64;
     Ok(n)
@@ -244,6 +250,7 @@ fn from_peer(
 ) -> io::Result<usize> {
     const H: usize = CHANNEL_DATA_HEADER_LEN;
     let n = batch.recv(rfd, H)?;
+    let mut queued = 0;
     for i in 0..n {
         let r = batch.received(i);
         let mut k = 0;
@@ -267,6 +274,7 @@ fn from_peer(
                     continue;
                 }
                 batch.send_slot(lfd, client, i, 0..H + seg.end);
+                queued += 1;
             } else if j < MAX_SEGMENTS {
                 // A later GRO segment has no headroom: its header goes into
                 // the side area, its payload stays where it lies.
@@ -276,14 +284,111 @@ fn from_peer(
                     continue;
                 }
                 batch.send_segment(lfd, client, (i, j), H, H + seg.start..H + seg.end, 0);
+                queued += 1;
             } else {
                 st.dropped += 1;
             }
         }
         gro.received(k);
     }
-    let (sent, failed) = batch.flush();
+    let (sent, failed) = batching::flush(batch, queued);
     st.to_client += sent as u64;
     st.dropped += failed as u64;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    /// Ten 100-byte payloads and a 40-byte one, the way a GSO send cuts
+    /// them: equal sizes, the last shorter.
+    fn len_of(j: usize) -> usize {
+        if j == 10 { 40 } else { 100 }
+    }
+
+    /// Sends the eleven datagrams from `from` to `to` as one GSO send,
+    /// each `head` bytes of ChannelData header (or none) then `j` repeated.
+    fn gso_burst(from: &UdpSocket, to: SocketAddr, head: bool) {
+        let h = if head { CHANNEL_DATA_HEADER_LEN } else { 0 };
+        let mut b = Batch::new(16, 0, h + 100);
+        b.set_gso(true);
+        for j in 0..11 {
+            let len = len_of(j);
+            let reply = b.slot_and_reply(j).1;
+            if head {
+                write_header(reply, 0x4001, len as u16).unwrap();
+            }
+            reply[h..h + len].fill(j as u8);
+            b.send_reply(from.as_raw_fd(), to, j, h + len);
+        }
+        assert_eq!(b.flush(), (11, 0));
+        assert_eq!(b.gso_stats().gso_sends, 1);
+    }
+
+    /// The GSO/GRO forwarder over loopback: a client's GSO burst arrives
+    /// coalesced, leaves to the peer without its headers (the peer, without
+    /// GRO, gets the eleven payloads one by one, in order); the peer's GSO
+    /// burst back arrives coalesced and reaches the client as eleven
+    /// ChannelData frames, headers written in place and in the side areas.
+    #[test]
+    fn gso_mode_forwards_every_segment_of_a_coalesced_receive() {
+        let timeout = Some(Duration::from_secs(2));
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !relay_io::gso::gso_supported(client.as_raw_fd()) {
+            return test_kit::skip("gso_mode_forwards_every_segment_of_a_coalesced_receive", "no UDP_SEGMENT");
+        }
+        peer.set_read_timeout(timeout).unwrap();
+        client.set_read_timeout(timeout).unwrap();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let fw = Forwarder::start(ip, peer.local_addr().unwrap(), 1, None, Batching::GsoGro).unwrap();
+        gso_burst(&client, fw.addr(), true);
+        let mut buf = [0u8; 2048];
+        let mut relay = None;
+        for j in 0..11 {
+            let (n, from) = peer.recv_from(&mut buf).unwrap();
+            assert_eq!(n, len_of(j), "datagram {j}: the payload alone");
+            assert!(buf[..n].iter().all(|&x| x == j as u8), "datagram {j} in order");
+            assert!(relay.is_none_or(|r| r == from));
+            relay = Some(from);
+        }
+        gso_burst(&peer, relay.unwrap(), false);
+        for j in 0..11 {
+            let n = client.recv(&mut buf).unwrap();
+            assert_eq!(parse_header(&buf[..n]).unwrap(), (BASELINE_CHANNEL, len_of(j) as u16), "frame {j}");
+            assert_eq!(n, CHANNEL_DATA_HEADER_LEN + len_of(j));
+            assert!(buf[CHANNEL_DATA_HEADER_LEN..n].iter().all(|&x| x == j as u8), "frame {j} in order");
+        }
+        let st = fw.stop().unwrap();
+        assert_eq!((st.to_peer, st.to_client, st.dropped, st.clients), (11, 11, 0, 1), "{st:?}");
+        assert_eq!(st.batching, Batching::GsoGro);
+        // Both bursts arrived coalesced and left as one GSO send each.
+        assert_eq!((st.batch.gro_buffers, st.batch.gro_datagrams), (2, 22), "{st:?}");
+        assert_eq!((st.batch.gso_sends, st.batch.gso_datagrams, st.batch.single_datagrams), (2, 22, 0), "{st:?}");
+    }
+
+    /// Per packet, the same bursts are forwarded one datagram per message.
+    #[test]
+    fn per_packet_mode_sends_one_datagram_per_message() {
+        let timeout = Some(Duration::from_secs(2));
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !relay_io::gso::gso_supported(client.as_raw_fd()) {
+            return test_kit::skip("per_packet_mode_sends_one_datagram_per_message", "no UDP_SEGMENT");
+        }
+        peer.set_read_timeout(timeout).unwrap();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let fw = Forwarder::start(ip, peer.local_addr().unwrap(), 1, None, Batching::PerPacket).unwrap();
+        gso_burst(&client, fw.addr(), true);
+        let mut buf = [0u8; 2048];
+        for j in 0..11 {
+            assert_eq!(peer.recv(&mut buf).unwrap(), len_of(j));
+        }
+        let st = fw.stop().unwrap();
+        assert_eq!((st.to_peer, st.dropped), (11, 0));
+        assert_eq!((st.batch.gro_buffers, st.batch.gso_sends, st.batch.single_datagrams), (0, 0, 11), "{st:?}");
+    }
 }

@@ -12,6 +12,13 @@
 //! - [`run_churn`] ([`ChurnConfig`] → [`ChurnReport`]);
 //! - [`run_compare`] ([`CompareConfig`] → [`CompareReport`]).
 //!
+//! The data-plane scenarios report the server's CPU per relayed packet
+//! (with its pid) and the whole machine's (every core, from `/proc/stat`),
+//! and say whether turn-bench's own sockets batched: GSO sends and GRO
+//! receives by default, one datagram per message with
+//! [`Batching::PerPacket`] ([`batching`]). The baseline forwarder runs in
+//! either mode ([`Target::Baseline`]).
+//!
 //! ```no_run
 //! use bench_harness::{Credentials, ThroughputConfig, TurnServer, run_throughput};
 //! let server = TurnServer::new("127.0.0.1:3478".parse().unwrap(), Credentials::long_term("test", "pass"));

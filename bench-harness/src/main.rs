@@ -15,8 +15,8 @@ use bench_harness::client::{PasswordAlgorithm, TlsOptions, TransportKind};
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::report::{write_compare_html, write_throughput_html};
 use bench_harness::{
-    Batching, BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, ThroughputReport, TurnServer, run_allocate,
-    run_baseline, run_churn, run_compare, run_latency, run_throughput,
+    Batching, BenchError, ChurnConfig, Credentials, Target, ThroughputConfig, ThroughputReport, TurnServer,
+    run_allocate, run_baseline, run_churn, run_compare, run_latency, run_throughput,
 };
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -42,7 +42,9 @@ struct Cli {
 enum Command {
     /// N allocations, each with a channel to a peer on loopback; ChannelData
     /// at --rate (or as fast as possible): packets/s, Mbit/s, loss,
-    /// reordering, RTT percentiles.
+    /// reordering, RTT percentiles, the whole machine's CPU per relayed
+    /// packet (all cores, /proc/stat) and with --server-pid the server's.
+    /// turn-bench batches with GSO/GRO unless --per-packet.
     Throughput(TrafficCmd),
     /// One allocation at a low fixed rate, packets sent one at a time: the
     /// RTT distribution.

@@ -90,6 +90,8 @@ impl Peer {
     /// GRO.
     pub fn start(ip: IpAddr, mode: PeerMode, epoch: Instant, batching: Batching) -> io::Result<Peer> {
         let sock = crate::net::data_socket(SocketAddr::new(ip, 0))?;
+        // GRO before anything can arrive (the kernel coalesces at enqueue).
+        batching::enable(sock.as_raw_fd(), batching);
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
@@ -143,7 +145,7 @@ fn run(
     ep.add(fd, 0)?;
     let mut events = [empty_event(); 4];
     let mut batch = batching::batch(BATCH, SLOT, 0, batching, true);
-    batching::prepare(fd, batching, Some(&mut batch));
+    batching::allow_gso(fd, batching, &mut batch);
     let mut gro = relay_io::gso::GsoStats::default();
     let mut st = PeerStats {
         received: 0,
@@ -165,6 +167,7 @@ fn run(
                 break;
             }
             let now_ns = epoch.elapsed().as_nanos() as u64;
+            let mut queued = 0;
             for i in 0..n {
                 let r = batch.received(i);
                 let Some(from) = r.from else { continue };
@@ -176,7 +179,10 @@ fn run(
                     st.received += 1;
                     st.bytes += seg.len() as u64;
                     match mode {
-                        PeerMode::Echo => batch.send_slot(fd, from, i, seg),
+                        PeerMode::Echo => {
+                            batch.send_slot(fd, from, i, seg);
+                            queued += 1;
+                        }
                         PeerMode::Sink => {
                             let (slot, _) = batch.slot_and_reply(i);
                             if let Some(p) = Probe::read(&slot[seg]) {
@@ -188,7 +194,7 @@ fn run(
                 gro.received(k);
             }
             if mode == PeerMode::Echo {
-                let (sent, failed) = batch.flush();
+                let (sent, failed) = batching::flush(&mut batch, queued);
                 st.echoed += sent as u64;
                 st.echo_failed += failed as u64;
             }
@@ -200,4 +206,46 @@ fn run(
     counters.add(&gro);
     st.batching = counters.into();
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GSO burst to a batching echo peer arrives as one GRO buffer; each
+    /// segment is counted and echoed (as one GSO send) as its own datagram.
+    #[test]
+    fn a_batching_peer_echoes_every_segment_of_a_gro_buffer() {
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !relay_io::gso::gso_supported(client.as_raw_fd()) {
+            return test_kit::skip("a_batching_peer_echoes_every_segment_of_a_gro_buffer", "no UDP_SEGMENT");
+        }
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        for batching in [Batching::GsoGro, Batching::PerPacket] {
+            let peer = Peer::start(ip, PeerMode::Echo, Instant::now(), batching).unwrap();
+            let mut b = relay_io::sys::Batch::new(8, 0, 64);
+            b.set_gso(true);
+            for j in 0..8 {
+                let len = if j == 7 { 10 } else { 64 };
+                b.slot_and_reply(j).1[..len].fill(j as u8);
+                b.send_reply(client.as_raw_fd(), peer.addr(), j, len);
+            }
+            assert_eq!(b.flush(), (8, 0));
+            let mut buf = [0u8; 256];
+            for j in 0..8u8 {
+                let n = client.recv(&mut buf).unwrap();
+                assert_eq!((n, buf[0]), (if j == 7 { 10 } else { 64 }, j), "{batching:?}");
+            }
+            let st = peer.stop().unwrap();
+            assert_eq!((st.received, st.echoed, st.echo_failed, st.bytes), (8, 8, 0, 7 * 64 + 10), "{batching:?}");
+            let c = st.batching;
+            match batching {
+                Batching::GsoGro => {
+                    assert_eq!((c.gro_buffers, c.gro_datagrams, c.gso_sends, c.gso_datagrams), (1, 8, 1, 8))
+                }
+                Batching::PerPacket => assert_eq!((c.gro_buffers, c.gso_sends, c.single_datagrams), (0, 0, 8)),
+            }
+        }
+    }
 }

@@ -121,7 +121,11 @@ fn parse_proc_stat(text: &str) -> io::Result<MachineSample> {
     let bad = || io::Error::other("malformed /proc/stat");
     let line = text.lines().find(|l| l.starts_with("cpu ")).ok_or_else(bad)?;
     // user nice system idle iowait irq softirq steal [guest guest_nice]
-    let f: Vec<u64> = line.split_ascii_whitespace().skip(1).map(|v| v.parse::<u64>().map_err(|_| bad())).collect::<io::Result<_>>()?;
+    let f: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<u64>().map_err(|_| bad()))
+        .collect::<io::Result<_>>()?;
     if f.len() < 7 {
         return Err(bad());
     }

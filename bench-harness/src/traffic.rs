@@ -448,14 +448,13 @@ fn worker(
     }
     let datagrams = flows.iter().any(|f| matches!(f.io, FlowIo::Datagram { .. }));
     // Stream flows read into their own buffers.
-    let mut rx = if datagrams {
-        batching::batch(RECV_BATCH, RECV_SLOT, 0, cfg.batching, true)
-    } else {
-        Batch::new(1, 0, 0)
-    };
+    let mut rx =
+        if datagrams { batching::batch(RECV_BATCH, RECV_SLOT, 0, cfg.batching, true) } else { Batch::new(1, 0, 0) };
     for f in flows.iter() {
         if let FlowIo::Datagram { sock, .. } = &f.io {
-            batching::prepare(sock.as_raw_fd(), cfg.batching, Some(&mut tx));
+            // Nothing comes back before this worker sends.
+            batching::enable(sock.as_raw_fd(), cfg.batching);
+            batching::allow_gso(sock.as_raw_fd(), cfg.batching, &mut tx);
         }
     }
     let mut gro = GsoStats::default();
@@ -544,7 +543,7 @@ fn worker(
                             tx.send_reply(fd, *dest, j, flen);
                         }
                         next_seq[cursor] += b as u64;
-                        let (ok, failed) = tx.flush();
+                        let (ok, failed) = batching::flush(&mut tx, b);
                         o.sent += ok as u64;
                         o.send_failed += failed as u64;
                         o.bytes_sent += (ok * cfg.size) as u64;

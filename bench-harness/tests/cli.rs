@@ -234,3 +234,50 @@ fn churn_and_refresh_flags_from_the_command_line() {
     assert_eq!(j["refreshes"]["failed"], 0);
     relay.stop().unwrap();
 }
+
+#[test]
+fn batching_flags_and_both_baselines_in_compare() {
+    // turn-bench per packet, the forwarder with GSO/GRO.
+    #[rustfmt::skip]
+    let o = turn_bench(&[
+        "baseline", "--json", "-q", "-n", "2", "--rate", "5000", "-d", "0.5", "--drain-ms", "1000",
+        "--per-packet", "--forwarder-gso",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stdout is JSON");
+    assert_eq!((&v["batching"]["mode"], &v["batching"]["forwarder_mode"]), (&"per-packet".into(), &"gso-gro".into()));
+    assert_eq!(v["received"], v["sent"], "{v}");
+    assert_eq!(v["batching"]["generator"]["gso_sends"], 0, "{v}");
+    assert!(v["machine_cpu"]["cpu_us_per_packet"].as_f64().is_some_and(|us| us > 0.0), "{v}");
+
+    // Both forwarders side by side; turn-bench batching (the default).
+    #[rustfmt::skip]
+    let o = turn_bench(&[
+        "compare", "--json", "-q", "-t", "pp=baseline", "-t", "gso=baseline-gso", "--rounds", "1",
+        "--pause-ms", "10", "throughput", "-n", "2", "--rate", "5000", "-d", "0.5", "--drain-ms", "1000",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["batching"], "gso-gro");
+    let keys: Vec<&str> = v["metrics"].as_array().unwrap().iter().map(|m| m["key"].as_str().unwrap()).collect();
+    assert_eq!(&keys[4..], ["server_cpu_us_per_packet", "machine_cpu_us_per_packet"]);
+    assert!(v["targets"][1]["target"].as_str().unwrap().contains("GSO/GRO"), "{v}");
+    for (run, mode) in v["runs"].as_array().unwrap().iter().zip(["per-packet", "gso-gro"]) {
+        assert_eq!(run["report"]["batching"]["mode"], "gso-gro");
+        assert_eq!(run["report"]["batching"]["forwarder_mode"], mode);
+        assert_eq!(run["report"]["received"], run["report"]["sent"], "{run}");
+        // Server (forwarder) and machine CPU per packet, both measured.
+        assert!(run["values"][4].as_f64().is_some() && run["values"][5].as_f64().is_some(), "{run}");
+    }
+
+    // Latency per packet against the in-process relay: the table says so.
+    let relay = common::start_relay(4);
+    let addr = common::addr(&relay).to_string();
+    let c = creds(&addr);
+    let o = turn_bench(&args(&c, &["latency", "-q", "--rate", "200", "-d", "0.5", "--per-packet"]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stdout.contains("turn-bench per packet") && o.stdout.contains("machine"), "{}", o.stdout);
+    relay.stop().unwrap();
+    let o = turn_bench(&["compare", "-q", "-t", "x=baseline-fast", "throughput", "-d", "0.2"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
 use bench_harness::report::{compare_html, write_compare_html};
-use bench_harness::{BenchError, ChurnConfig, Target, ThroughputConfig, run_compare};
+use bench_harness::{Batching, BenchError, ChurnConfig, Target, ThroughputConfig, run_compare};
 
 /// The `points` attribute of each `<polyline` in `html`, with its stroke.
 fn polylines(html: &str) -> Vec<(String, usize)> {
@@ -89,7 +89,7 @@ fn compare_churn_between_two_relays_gives_cycles_success_and_resources() {
 
     // A baseline cannot churn.
     let mut bad = cfg.clone();
-    bad.targets[1] = NamedTarget { name: "k".into(), target: Target::Baseline, server_pid: None };
+    bad.targets[1] = NamedTarget { name: "k".into(), target: Target::Baseline(Batching::PerPacket), server_pid: None };
     bad.rounds = 1;
     bad.scenario = CompareScenario::Churn(ChurnConfig { duration: Duration::from_millis(100), ..churn });
     assert!(matches!(run_compare(&bad), Err(BenchError::Config(e)) if e.contains("churn")));
@@ -112,7 +112,7 @@ fn compare_report_has_a_plot_each_the_table_and_escaped_names() {
     let cfg = CompareConfig {
         targets: vec![
             NamedTarget { name: "relay".into(), target: Target::Turn(common::target(&relay)), server_pid: None },
-            NamedTarget { name: odd.into(), target: Target::Baseline, server_pid: None },
+            NamedTarget { name: odd.into(), target: Target::Baseline(Batching::PerPacket), server_pid: None },
         ],
         rounds: 1,
         scenario: CompareScenario::Throughput(base),

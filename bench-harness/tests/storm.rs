@@ -10,7 +10,7 @@ use std::time::Duration;
 use bench_harness::allocate::AllocateConfig;
 use bench_harness::client::TransportKind;
 use bench_harness::compare::{CompareConfig, CompareScenario, NamedTarget};
-use bench_harness::{BenchError, Credentials, Target, ThroughputConfig, run_allocate, run_compare};
+use bench_harness::{Batching, BenchError, Credentials, Target, ThroughputConfig, run_allocate, run_compare};
 
 #[test]
 fn allocation_storm_with_release() {
@@ -85,7 +85,7 @@ fn compare_alternates_targets_and_prints_ratios() {
     let cfg = CompareConfig {
         targets: vec![
             NamedTarget { name: "relay".into(), target: Target::Turn(common::target(&relay)), server_pid: None },
-            NamedTarget { name: "kernel".into(), target: Target::Baseline, server_pid: None },
+            NamedTarget { name: "kernel".into(), target: Target::Baseline(Batching::PerPacket), server_pid: None },
         ],
         rounds: 2,
         scenario: CompareScenario::Throughput(base),
@@ -103,7 +103,11 @@ fn compare_alternates_targets_and_prints_ratios() {
     assert_eq!(json["runs"].as_array().unwrap().len(), 4);
 
     let storm = CompareConfig {
-        targets: vec![NamedTarget { name: "k".into(), target: Target::Baseline, server_pid: None }],
+        targets: vec![NamedTarget {
+            name: "k".into(),
+            target: Target::Baseline(Batching::PerPacket),
+            server_pid: None,
+        }],
         rounds: 1,
         scenario: CompareScenario::Allocate(AllocateConfig::new(common::target(&relay))),
         pause: Duration::ZERO,

@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use bench_harness::peer::PeerMode;
-use bench_harness::{BenchError, Credentials, ThroughputConfig, run_baseline, run_latency, run_throughput};
+use bench_harness::{
+    Batching, BenchError, Credentials, Target, ThroughputConfig, TurnServer, run_baseline, run_latency, run_throughput,
+};
 
 fn small(server: bench_harness::TurnServer) -> ThroughputConfig {
     ThroughputConfig {
@@ -38,14 +40,24 @@ fn throughput_at_a_low_rate_loses_nothing() {
     let s = r.server.as_ref().expect("server cost");
     assert_eq!(s.relayed_packets, 2 * r.sent);
     assert!(s.cpu_us_per_packet.is_some() && s.memory_after.is_some_and(|m| m.rss_kib > 0));
+    // The whole machine's CPU over the same window and packets: at least
+    // this process's (the relay, the generator and the peer are in it).
+    let m = r.machine_cpu.as_ref().expect("machine cost");
+    assert_eq!(m.relayed_packets, s.relayed_packets);
+    assert!(m.cores >= 1 && m.cpu_us_per_packet.is_some_and(|us| us > 0.0), "{m:?}");
+    // turn-bench batches by default.
+    assert_eq!((r.batching.mode, r.batching.forwarder_mode), (Batching::GsoGro, None));
     assert!(!r.generator.threads.is_empty());
     let table = r.to_string();
-    for needle in ["packets/s", "Mbit/s", "loss", "RTT", "p99.9", "generator", "µs CPU per relayed packet"] {
+    for needle in ["packets/s", "Mbit/s", "loss", "RTT", "p99.9", "generator", "µs CPU per relayed packet", "machine"]
+    {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }
     let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert_eq!(json["scenario"], "throughput");
     assert_eq!(json["received"], r.received);
+    assert_eq!(json["batching"]["mode"], "gso-gro");
+    assert!(json["machine_cpu"]["cpu_us_per_packet"].as_f64().is_some(), "{json}");
     assert!(json["latency"]["p999_us"].as_f64().unwrap() > 0.0);
     relay.stop().unwrap();
 }
@@ -201,4 +213,78 @@ fn several_peers_share_the_allocations() {
     let e = run_throughput(&ThroughputConfig { peers: 0, ..cfg }).unwrap_err();
     assert!(e.to_string().contains("peers"), "{e}");
     relay.stop().unwrap();
+}
+
+/// A baseline run at 20,000 packets/s (bursts of about 20 per flow and
+/// millisecond) in the given modes.
+fn batched(generator: Batching, forwarder: Batching) -> ThroughputConfig {
+    let nowhere = TurnServer::new("127.0.0.1:9".parse().unwrap(), Credentials::long_term("", ""));
+    ThroughputConfig {
+        target: Target::Baseline(forwarder),
+        allocations: 2,
+        rate: 20_000,
+        batching: generator,
+        ..small(nowhere)
+    }
+}
+
+#[test]
+fn the_gso_baseline_relays_every_packet_between_a_batching_generator_and_peer() {
+    let r = run_baseline(&batched(Batching::GsoGro, Batching::GsoGro)).unwrap();
+    assert!(r.target.starts_with("baseline forwarder (GSO/GRO)"), "{r}");
+    assert!(r.sent >= 15_000, "{r}");
+    // Every segment of every GRO buffer counted, in order, each timed.
+    assert_eq!((r.received, r.lost, r.foreign, r.reordered), (r.sent, 0, 0, 0), "{r}");
+    assert_eq!((r.peer.received, r.peer.echoed), (r.sent, r.sent), "{r}");
+    assert_eq!(r.latency.count, r.received);
+    let s = r.server.as_ref().expect("forwarder cost");
+    assert_eq!(s.relayed_packets, 2 * r.sent, "{r}");
+    let m = r.machine_cpu.as_ref().expect("machine cost");
+    assert_eq!(m.relayed_packets, s.relayed_packets);
+    // Batched everywhere: bursts left as GSO sends and arrived coalesced
+    // at the forwarder, the peer and back at the client sockets.
+    let b = &r.batching;
+    assert_eq!((b.mode, b.forwarder_mode), (Batching::GsoGro, Some(Batching::GsoGro)));
+    let fw = b.forwarder.expect("forwarder counters");
+    for (who, c) in [("generator", b.generator), ("peer", b.peers), ("forwarder", fw)] {
+        assert!(c.gso_sends > 0 && c.gro_buffers > 0 && c.gso_fallbacks == 0, "{who}: {c:?}");
+    }
+    let table = r.to_string();
+    for needle in ["batching     turn-bench GSO/GRO", "GSO sends of", "forwarder    GSO/GRO", "machine      all"] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(
+        (&json["batching"]["mode"], &json["batching"]["forwarder_mode"]),
+        (&"gso-gro".into(), &"gso-gro".into())
+    );
+}
+
+#[test]
+fn per_packet_sends_and_receives_one_datagram_per_message() {
+    let r = run_baseline(&batched(Batching::PerPacket, Batching::PerPacket)).unwrap();
+    assert!(r.target.starts_with("baseline forwarder 127.0.0.1:"), "{r}");
+    assert!(r.sent >= 15_000, "{r}");
+    assert_eq!((r.received, r.lost, r.foreign), (r.sent, 0, 0), "{r}");
+    let b = &r.batching;
+    assert_eq!((b.mode, b.forwarder_mode), (Batching::PerPacket, Some(Batching::PerPacket)));
+    let fw = b.forwarder.expect("forwarder counters");
+    for (who, c) in [("generator", b.generator), ("peer", b.peers), ("forwarder", fw)] {
+        assert_eq!((c.gso_sends, c.gro_buffers), (0, 0), "{who}: {c:?}");
+    }
+    // Every datagram left alone: the generator's, the peer's echoes and
+    // the forwarder's both ways.
+    assert_eq!(b.generator.single_datagrams, r.sent);
+    assert_eq!(b.peers.single_datagrams, r.peer.echoed);
+    assert_eq!(fw.single_datagrams, 2 * r.sent);
+    assert!(r.to_string().contains("turn-bench per packet (no GSO, no GRO)"), "{r}");
+
+    // A batching generator through the per-packet forwarder: the
+    // forwarder's sockets get one datagram per receive (the kernel cuts
+    // GSO sends for sockets without GRO) and nothing is lost or miscounted.
+    let r = run_baseline(&batched(Batching::GsoGro, Batching::PerPacket)).unwrap();
+    assert_eq!((r.received, r.lost, r.foreign), (r.sent, 0, 0), "{r}");
+    let fw = r.batching.forwarder.expect("forwarder counters");
+    assert_eq!((fw.gro_buffers, fw.gso_sends, fw.single_datagrams), (0, 0, 2 * r.sent), "{fw:?}");
+    assert!(r.batching.generator.gso_sends > 0, "{r}");
 }
