@@ -200,9 +200,9 @@ pub struct Batch {
     send_iovs: Box<[libc::iovec]>,
     send_hdrs: Box<[libc::mmsghdr]>,
     cmsgs: Box<[SegmentCmsg]>,
-    /// Datagrams that failed in a flush made to free the queue, reported
-    /// by the next [`Batch::flush`].
-    pending_failed: usize,
+    /// Datagrams sent and failed in flushes made to free the queue,
+    /// reported by the next [`Batch::flush`].
+    pending: (usize, usize),
 }
 
 // SAFETY: the raw pointers inside the header arrays and the queued iovecs
@@ -231,7 +231,7 @@ impl Batch {
             send_iovs: (0..cap * MAX_PARTS).map(|_| EMPTY_IOV).collect(),
             send_hdrs: (0..cap).map(|_| zeroed_mmsghdr()).collect(),
             cmsgs: (0..cap).map(|_| SegmentCmsg::new(0)).collect(),
-            pending_failed: 0,
+            pending: (0, 0),
         }
     }
 
@@ -276,6 +276,8 @@ impl Batch {
 
     /// Receives up to `n` datagrams from `fd` without blocking, each into its
     /// slot at `offset`. Returns how many arrived (0 when none is waiting).
+    /// With GRO a slot may hold several ([`Received::segment`]); counting
+    /// them ([`GsoStats::received`]) is the caller's.
     pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
         let n = self.n;
         let base = self.data.as_mut_ptr();
@@ -398,8 +400,8 @@ impl Batch {
 
     fn push(&mut self, d: Outgoing) {
         if self.out.is_full() {
-            let (_, failed) = self.flush();
-            self.pending_failed += failed;
+            let (sent, failed) = self.flush();
+            self.pending = (sent, failed);
         }
         self.out.push(d);
     }
@@ -410,7 +412,7 @@ impl Batch {
     /// UDP does. A GSO message the socket refuses is re-sent one datagram
     /// at a time, and on `EIO` the socket falls back to single sends.
     pub fn flush(&mut self) -> (usize, usize) {
-        let (mut sent, mut failed) = (0, std::mem::take(&mut self.pending_failed));
+        let (mut sent, mut failed) = std::mem::take(&mut self.pending);
         let total = self.out.plan();
         let mut i = 0;
         while i < total {
@@ -734,6 +736,19 @@ mod tests {
             assert!(slot[seg.clone()].iter().all(|&x| x == j as u8), "segment {j}");
             assert_eq!(seg.len(), if j == 10 { 40 } else { 100 });
         }
+    }
+
+    /// A flush made to free a full queue is counted in the next flush.
+    #[test]
+    fn a_full_queue_flushes_and_the_counts_are_kept() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut b = Batch::new(2, 0, 10);
+        // Room for 4 × 2 queued datagrams: 20 queued flush twice on the way.
+        for k in 0..20 {
+            b.send_reply(tx.as_raw_fd(), rx.local_addr().unwrap(), k % 2, 10);
+        }
+        assert_eq!(b.flush(), (20, 0));
     }
 
     /// A batch with GSO off sends every datagram alone, as before.
