@@ -640,6 +640,32 @@ fn a_segment_without_headroom_is_framed_as_in_place() {
     }
 }
 
+/// The table remembers the last client it found (the datagrams of a
+/// coalesced receive share one): an allocation that ends is forgotten,
+/// and a new one in its slot serves only its own client.
+#[test]
+fn a_deleted_allocation_is_not_found_through_the_last_lookup() {
+    let mut h = H::new();
+    h.allocate();
+    h.bind(0x4000, PEER);
+    let mut cd = vec![0u8; 8];
+    relay_core::wire::channel_data::encode(&mut cd, 0x4000, b"ping", false).unwrap();
+    assert!(matches!(h.send(&cd), ClientAction::Forward { peer, .. } if peer == addr(PEER)));
+    assert_eq!(lifetime(&h.refresh(0)), Some(0));
+    let a = h.client;
+    h.client = Client { remote: addr("192.0.2.99:5555"), ..a };
+    h.allocate();
+    h.bind(0x4000, PEER2);
+    h.client = a;
+    assert_eq!(h.send(&cd), ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoAllocation), 1);
+    h.client = Client { remote: addr("192.0.2.99:5555"), ..a };
+    assert!(matches!(h.send(&cd), ClientAction::Forward { peer, .. } if peer == addr(PEER2)));
+    h.client = a;
+    assert_eq!(h.send(&cd), ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoAllocation), 2);
+}
+
 #[test]
 fn channel_bind_rules() {
     let mut h = H::new();

@@ -14,6 +14,7 @@
 //! (there can be no more allocations than relay addresses), so they never
 //! grow, rehash or carry doubling slack while the server runs.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -172,11 +173,25 @@ impl Allocation {
 pub(crate) struct Table {
     pub allocs: Slab<Allocation>,
     by_client: HashMap<FiveTuple, u32, foldhash::fast::RandomState>,
+    /// The last client found and its allocation: the datagrams of a
+    /// coalesced (GRO) receive all come from one client, and a comparison
+    /// is cheaper than hashing the 5-tuple again. Cleared when that
+    /// allocation goes.
+    last: Cell<Option<(FiveTuple, u32)>>,
 }
 
 impl Table {
+    #[inline]
     pub fn lookup(&self, client: &Client) -> Option<u32> {
-        self.by_client.get(&client.key()).copied()
+        let key = client.key();
+        if let Some((k, id)) = self.last.get()
+            && k == key
+        {
+            return Some(id);
+        }
+        let id = self.by_client.get(&key).copied()?;
+        self.last.set(Some((key, id)));
+        Some(id)
     }
 
     pub fn insert(&mut self, alloc: Allocation) -> u32 {
@@ -194,6 +209,9 @@ impl Table {
     pub fn remove(&mut self, id: u32) -> Option<Allocation> {
         let a = self.allocs.try_remove(id as usize)?;
         self.by_client.remove(&a.client.key());
+        if self.last.get().is_some_and(|(_, last)| last == id) {
+            self.last.set(None);
+        }
         Some(a)
     }
 
