@@ -38,8 +38,13 @@ pub const UDP_SEGMENT: libc::c_int = 103;
 /// segment size in a control message.
 pub const UDP_GRO: libc::c_int = 104;
 
-/// Most datagrams one GSO send may carry (the kernel's `UDP_MAX_SEGMENTS`).
+/// Most datagrams one GSO send carries: the kernel's `UDP_MAX_SEGMENTS`
+/// as it long was (newer kernels take 128; 64 is accepted by all).
 pub const MAX_SEGMENTS: usize = 64;
+/// Most datagrams a coalesced (GRO) receive may hold: a sender on a newer
+/// kernel may have sent 128 in one GSO message (`UDP_MAX_SEGMENTS` was
+/// raised to 128), which reaches a GRO socket on the same host whole.
+pub const MAX_GRO_SEGMENTS: usize = 128;
 /// Most payload bytes one GSO send may carry: an IP datagram's 65,535
 /// bytes less the UDP header and the larger (IPv6) IP header.
 pub const MAX_BYTES: usize = u16::MAX as usize - 8 - 40;
@@ -254,7 +259,8 @@ pub struct GsoStats {
     /// GSO sends (each carrying two or more datagrams).
     pub gso_sends: u64,
     /// Sockets that fell back to single sends (a GSO send failed with
-    /// `EIO`, or the kernel lacks `UDP_SEGMENT`).
+    /// `EIO`; a kernel without `UDP_SEGMENT` turns GSO off at start, with
+    /// a log line, and is not counted here).
     pub fallbacks: u64,
     /// Datagrams received coalesced (each segment of a GRO buffer).
     pub gro_segments: u64,
@@ -413,14 +419,6 @@ impl Coalescer {
             }
             self.members.push(i);
         }
-        for p in &self.plans {
-            if p.count > 1 {
-                self.stats.gso_sends += 1;
-                self.stats.batched += p.count as u64;
-            } else {
-                self.stats.single += 1;
-            }
-        }
         self.plans.len()
     }
 
@@ -458,12 +456,17 @@ impl Coalescer {
         self.keys.clear();
     }
 
-    /// Moves the counters of sends that a backend re-sent one by one.
-    pub fn count_resent(&mut self, p: &Plan) {
-        if p.count > 1 {
-            self.stats.gso_sends -= 1;
-            self.stats.batched -= p.count as u64;
-            self.stats.single += p.count as u64;
+    /// Counts a send the kernel took: `datagrams` in one message (a GSO
+    /// send when more than one). Backends count on success only, so that
+    /// the counters never go back (a refused GSO send is counted as the
+    /// single sends it became).
+    #[inline]
+    pub fn count_sent(&mut self, datagrams: usize) {
+        if datagrams > 1 {
+            self.stats.gso_sends += 1;
+            self.stats.batched += datagrams as u64;
+        } else {
+            self.stats.single += datagrams as u64;
         }
     }
 }
@@ -511,9 +514,11 @@ mod tests {
         let mut p = plans(&mut c);
         p.sort();
         assert_eq!(p, vec![(5, 100, vec![0, 2, 4]), (5, 100, vec![3]), (5, 100, vec![5]), (6, 100, vec![1])]);
-        assert_eq!(c.stats.gso_sends, 1);
-        assert_eq!(c.stats.batched, 3);
-        assert_eq!(c.stats.single, 3);
+        // Counted when sent, not when planned.
+        assert_eq!(c.stats, GsoStats::default());
+        c.count_sent(3);
+        c.count_sent(1);
+        assert_eq!((c.stats.gso_sends, c.stats.batched, c.stats.single), (1, 3, 1));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 
 use crate::egress::{Buf, REPLY_LEN, Via};
 use crate::event_loop::{self, Driver, Ready};
-use crate::gso::{MAX_SEGMENTS, segments};
+use crate::gso::{MAX_GRO_SEGMENTS, segments};
 use crate::shard::{BackendKind, Datagram, ShardState};
 use crate::sys::{self, Batch, Epoll, empty_event};
 
@@ -43,7 +43,8 @@ struct Portable {
     reply: Box<[u8]>,
 }
 
-/// Largest buffer a coalesced (GRO) receive fills.
+/// Largest buffer a coalesced (GRO) receive fills: a UDP datagram's
+/// most, which is what the kernel coalesces up to.
 pub const GRO_BUFFER: usize = 1 << 16;
 
 /// Runs a shard until it is stopped or has drained.
@@ -61,6 +62,10 @@ pub fn run(st: &mut ShardState, batch_size: usize, max_datagram: usize) -> io::R
     let mut batch = Batch::new(batch_size, slot_len, REPLY_LEN);
     batch.set_gso(st.batching.gso);
     batch.set_gro(st.batching.gro);
+    // Every socket's entry now, so that a fallback later allocates nothing.
+    for s in &st.udp.socks {
+        batch.coalescer().set_gso(s.socket.as_raw_fd(), st.batching.gso);
+    }
     let reply = vec![0u8; REPLY_LEN].into_boxed_slice();
     let mut p = Portable { ep, batch, events: vec![empty_event(); 256], ready: 0, reply };
     event_loop::run(st, &mut p)
@@ -121,10 +126,16 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, scratch: &
                 }
                 continue;
             }
-            // Coalesced: every segment as the datagram it was.
+            // Coalesced: every segment as the datagram it was (a sender's
+            // GSO message holds at most MAX_GRO_SEGMENTS; any beyond are
+            // dropped, counted, rather than framed without a side header
+            // area).
             let count = segments(r.len, r.segment).count();
             batch.coalescer().stats.received(count);
-            for (j, seg) in segments(r.len, r.segment).enumerate().take(MAX_SEGMENTS) {
+            for _ in MAX_GRO_SEGMENTS..count {
+                st.server.count_drop(relay_core::server::stats::Drop::TooLarge);
+            }
+            for (j, seg) in segments(r.len, r.segment).enumerate().take(MAX_GRO_SEGMENTS) {
                 let d = Datagram { fd, kind, from, len: seg.len() };
                 let at = PEER_HEADROOM + seg.start;
                 let (slot, reply, head) = batch.segment(i, j);
@@ -132,11 +143,12 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, scratch: &
                 let Some(tx) = st.on_segment(now, d, slot, at, reply, head) else { continue };
                 match (tx.via, tx.buf) {
                     (Via::Udp { fd, dest }, Buf::Reply) if j == 0 => batch.send_reply(fd, dest, i, tx.range.len()),
-                    (Via::Udp { fd, dest }, Buf::Reply) => {
-                        if sys::send_to(fd, &scratch[tx.range], dest).is_err() {
-                            st.send_failures += 1;
-                        }
-                    }
+                    // Sent at once (the slot's one reply area serves the
+                    // first segment): it may leave before that one's.
+                    (Via::Udp { fd, dest }, Buf::Reply) => match sys::send_to(fd, &scratch[tx.range], dest) {
+                        Ok(_) => batch.coalescer().count_sent(1),
+                        Err(_) => st.send_failures += 1,
+                    },
                     (Via::Udp { fd, dest }, _) => {
                         batch.send_segment(fd, dest, (i, j), usize::from(tx.head), tx.range, usize::from(tx.pad))
                     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use relay_core::server::stats::Stats;
+use relay_core::server::stats::{Drop, Stats};
 use relay_core::server::{Client, Event, PEER_HEADROOM, RelayId, Server};
 
 use crate::egress::{self, Buf, Packet, Transmit, Via};
@@ -187,6 +187,12 @@ impl ShardState {
     #[inline(always)]
     pub fn on_datagram(&mut self, now: Instant, d: Datagram, buf: &mut [u8], reply: &mut [u8]) -> Option<Transmit> {
         let Datagram { fd, kind, from, len } = d;
+        // With GRO the buffers hold far more than the configured maximum:
+        // larger datagrams are dropped here, as a smaller buffer cut them.
+        if len > self.udp.max_datagram {
+            self.server.count_drop(Drop::TooLarge);
+            return None;
+        }
         let packet = PEER_HEADROOM..PEER_HEADROOM + len;
         match kind {
             SockKind::Listener(local) => {
@@ -228,6 +234,7 @@ impl ShardState {
         let Datagram { fd, kind, from, len } = d;
         // As a datagram larger than the configured maximum: dropped.
         if len > self.udp.max_datagram {
+            self.server.count_drop(Drop::TooLarge);
             return None;
         }
         let bytes = buf.get(at..at + len)?;

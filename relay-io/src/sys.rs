@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::gso::{
-    Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, GsoStats, MAX_PARTS, MAX_SEGMENTS, Outgoing, Plan, SegmentCmsg, ZEROS,
+    Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, GsoStats, MAX_GRO_SEGMENTS, MAX_PARTS, Outgoing, Plan, SegmentCmsg, ZEROS,
     gro_segment, refused,
 };
 
@@ -191,8 +191,8 @@ pub struct Batch {
     hdrs: Box<[libc::mmsghdr]>,
     /// Receive control areas (`GRO_CONTROL_LEN` per slot) with GRO on.
     control: Box<[u8]>,
-    /// Side header areas, `MAX_SEGMENTS` of [`SIDE_HEAD`] bytes per slot,
-    /// with GRO on.
+    /// Side header areas, `MAX_GRO_SEGMENTS` of [`SIDE_HEAD`] bytes per
+    /// slot, with GRO on.
     heads: Box<[[u8; SIDE_HEAD]]>,
     received: Box<[Received]>,
     out: Coalescer,
@@ -252,7 +252,7 @@ impl Batch {
     pub fn set_gro(&mut self, on: bool) {
         if on {
             self.control = vec![0u8; self.n * GRO_CONTROL_LEN].into_boxed_slice();
-            self.heads = vec![[0u8; SIDE_HEAD]; self.n * MAX_SEGMENTS].into_boxed_slice();
+            self.heads = vec![[0u8; SIDE_HEAD]; self.n * MAX_GRO_SEGMENTS].into_boxed_slice();
         } else {
             self.control = Box::new([]);
             self.heads = Box::new([]);
@@ -320,7 +320,9 @@ impl Batch {
             self.received[i] = Received {
                 from: from_sockaddr(&self.names[i], h.msg_hdr.msg_namelen),
                 len: h.msg_len as usize,
-                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                // A cut control area could hide a coalesced buffer's
+                // segment size: dropped as a cut datagram is.
+                truncated: h.msg_hdr.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
                 segment,
             };
         }
@@ -341,12 +343,12 @@ impl Batch {
     }
 
     /// Slot `i` (whole, read-only), reply area `i`, and the side header area
-    /// of its coalesced segment `j` (GRO on; `j` < [`MAX_SEGMENTS`]).
+    /// of its coalesced segment `j` (GRO on; `j` < [`MAX_GRO_SEGMENTS`]).
     pub fn segment(&mut self, i: usize, j: usize) -> (&[u8], &mut [u8], &mut [u8; SIDE_HEAD]) {
         let (slots, replies) = self.data.split_at_mut(self.n * self.slot_len);
         let s = &slots[i * self.slot_len..(i + 1) * self.slot_len];
         let r = &mut replies[i * self.reply_len..(i + 1) * self.reply_len];
-        (s, r, &mut self.heads[i * MAX_SEGMENTS + j])
+        (s, r, &mut self.heads[i * MAX_GRO_SEGMENTS + j])
     }
 
     /// Queues `range` of slot `i` to `dest` from `fd`.
@@ -377,7 +379,7 @@ impl Batch {
     ) {
         debug_assert!(range.end <= self.slot_len && head <= SIDE_HEAD && pad <= ZEROS.len());
         let mut d = Outgoing::new(fd, dest, &[], 0);
-        if let Some(h) = self.heads.get(i * MAX_SEGMENTS + j) {
+        if let Some(h) = self.heads.get(i * MAX_GRO_SEGMENTS + j) {
             d.push(&h[SIDE_HEAD - head.min(SIDE_HEAD)..]);
         }
         let at = i * self.slot_len + range.start;
@@ -459,7 +461,11 @@ impl Batch {
                         break;
                     }
                     Ok(k) => {
-                        sent += self.out.plans()[i + done..i + done + k].iter().map(|p| p.count).sum::<usize>();
+                        for m in i + done..i + done + k {
+                            let n = self.out.plans()[m].count;
+                            self.out.count_sent(n);
+                            sent += n;
+                        }
                         done += k;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -469,7 +475,6 @@ impl Batch {
                         if e.raw_os_error().and_then(refused) == Some(true) {
                             self.out.fall_back(fd);
                         }
-                        self.out.count_resent(&plan);
                         let (s, f) = self.send_one_by_one(&plan);
                         sent += s;
                         failed += f;
@@ -506,6 +511,9 @@ impl Batch {
             // memory the batch owns (queued from it) for the call.
             let r = unsafe { libc::sendmsg(p.fd, &h, libc::MSG_DONTWAIT) };
             if r < 0 { failed += 1 } else { sent += 1 }
+        }
+        for _ in 0..sent {
+            self.out.count_sent(1);
         }
         (sent, failed)
     }

@@ -32,8 +32,8 @@ use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::egress::{Buf, REPLY_LEN, Transmit, Via};
 use crate::event_loop::{self, Driver, Ready};
 use crate::gso::{
-    Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, MAX_PARTS, MAX_SEGMENTS, Outgoing, Plan, SegmentCmsg, ZEROS, gro_segment,
-    refused, segments,
+    Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, MAX_GRO_SEGMENTS, MAX_PARTS, MAX_SEGMENTS, Outgoing, Plan, SegmentCmsg,
+    ZEROS, gro_segment, refused, segments,
 };
 use crate::shard::{BackendKind, Datagram, ShardState, SockKind};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_msghdr, zeroed_storage};
@@ -301,21 +301,26 @@ pub fn run(st: &mut ShardState, batch: usize, max_datagram: usize) -> io::Result
     msg_template.msg_namelen = NAME_LEN as libc::socklen_t;
     msg_template.msg_controllen = control as _;
     let mut out = Coalescer::new(batch.max(1) * 8, st.batching.gso);
-    if !st.batching.gso {
-        for s in &st.udp.socks {
-            out.set_gso(s.socket.as_raw_fd(), false);
-        }
+    // Every socket's entry now, so that a fallback later allocates nothing.
+    for s in &st.udp.socks {
+        out.set_gso(s.socket.as_raw_fd(), st.batching.gso);
     }
     let mut u = Uring {
         ring,
         bufs,
         refs: vec![0u16; usize::from(buffers)].into_boxed_slice(),
         heads: if gro {
-            vec![[0u8; PEER_HEADROOM]; usize::from(buffers) * MAX_SEGMENTS].into_boxed_slice()
+            vec![[0u8; PEER_HEADROOM]; usize::from(buffers) * MAX_GRO_SEGMENTS].into_boxed_slice()
         } else {
             Box::new([])
         },
-        sends: Sends::new(usize::from(buffers) + 1024, 256, 1024),
+        // Single sends: one per buffer and more (with GRO a buffer feeds
+        // several); GSO slots: with GRO most sends are plans.
+        sends: if gro {
+            Sends::new(4096 + 1024, 1024, 1024)
+        } else {
+            Sends::new(usize::from(buffers) + 1024, 256, 1024)
+        },
         out,
         msg_template,
         payload_at,
@@ -404,23 +409,42 @@ impl Driver for Uring {
 }
 
 impl Uring {
-    fn push(&mut self, e: squeue::Entry) {
+    /// Queues an SQE; false when it could not be (the submission queue
+    /// full and the kernel not taking it), so that the caller undoes what
+    /// the entry would have released on completion.
+    fn push(&mut self, e: squeue::Entry) -> bool {
         // SAFETY: every entry pushed points at memory owned by `self` (the
         // msghdr template, send slots, buffers, timespec) that stays in
         // place until its completion is reaped.
         while unsafe { self.ring.submission().push(&e) }.is_err() {
             // Queue full: hand what is queued to the kernel first.
             if self.ring.submit().is_err() {
-                break;
+                return false;
             }
         }
+        true
+    }
+
+    /// A send SQE of `slot` could not be queued: its datagrams are lost
+    /// (counted), its holds released and the slot freed.
+    fn unsent(&mut self, slot: u32, st: &mut ShardState) {
+        let i = slot as usize;
+        let count = self.sends.slots[i].count;
+        st.send_failures += count as u64;
+        for k in 0..count {
+            let (owner, _) = self.sends.slots[i].owners[k];
+            self.release(owner);
+        }
+        self.free_slot(slot);
     }
 
     fn arm_recv(&mut self, st: &ShardState, index: usize) {
         let fd = st.udp.socks[index].socket.as_raw_fd();
         let e =
             opcode::RecvMsgMulti::new(Fd(fd), &*self.msg_template, BUF_GROUP).build().user_data(RECV | index as u64);
-        self.push(e);
+        if !self.push(e) {
+            self.rearm.push(index);
+        }
     }
 
     fn arm_wake(&mut self, st: &ShardState) {
@@ -436,8 +460,7 @@ impl Uring {
     fn arm_timer(&mut self, d: Duration) {
         *self.timespec = Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
         let e = opcode::Timeout::new(&*self.timespec).build().user_data(TIMER);
-        self.push(e);
-        self.timer_armed = true;
+        self.timer_armed = self.push(e);
     }
 
     /// Before exiting: lets queued sends (the last responses) complete,
@@ -475,19 +498,19 @@ impl Uring {
         if let Some(fall_back) = refusal {
             // Refused as a GSO send (see gso::refused): the datagrams go
             // one by one, from where they lie (the slot's holds pass to
-            // the single sends), and for good on this socket after EIO.
+            // the single sends, counted when they complete), and for good
+            // on this socket after EIO.
             let fd = self.sends.slots[i].fd;
             if fall_back {
                 self.out.fall_back(fd);
             }
-            self.out.stats.gso_sends -= 1;
-            self.out.stats.batched -= count as u64;
-            self.out.stats.single += count as u64;
             self.resend_one_by_one(slot, st);
             return;
         }
         if res < 0 {
             st.send_failures += count as u64;
+        } else {
+            self.out.count_sent(count);
         }
         for k in 0..count {
             let (owner, _) = self.sends.slots[i].owners[k];
@@ -543,6 +566,7 @@ impl Uring {
     /// Drops one hold on ring buffer `bid`; the last gives it back.
     fn unhold(&mut self, bid: u16) {
         let r = &mut self.refs[usize::from(bid)];
+        debug_assert!(*r > 0, "buffer {bid} released more often than held");
         *r = r.saturating_sub(1);
         if *r == 0 {
             self.bufs.give(bid);
@@ -562,6 +586,7 @@ impl Uring {
         }
         // The dispatch's own hold, dropped at the end: every send queued
         // from the buffer adds one.
+        debug_assert_eq!(self.refs[usize::from(bid)], 0, "buffer {bid} handed over while held");
         self.refs[usize::from(bid)] = 1;
         self.on_buffer(st, index, bid, res as usize, now);
         self.unhold(bid);
@@ -574,7 +599,9 @@ impl Uring {
         let buf = self.bufs.buf(bid);
         let Ok(out) = io_uring::types::RecvMsgOut::parse(&buf[..len], &self.msg_template) else { return };
         let payload_len = out.payload_data().len();
-        if out.is_payload_truncated() || out.is_name_data_truncated() {
+        // A cut control area could hide a coalesced buffer's segment size:
+        // dropped, as a cut datagram is.
+        if out.is_payload_truncated() || out.is_name_data_truncated() || out.is_control_data_truncated() {
             return;
         }
         let segment = gro_segment(out.control_data()).unwrap_or(0);
@@ -601,17 +628,23 @@ impl Uring {
             self.transmit(st, (bid, 0), reply, tx, now);
             return;
         }
-        // Coalesced: every segment as the datagram it was.
+        // Coalesced: every segment as the datagram it was (a sender's GSO
+        // message holds at most MAX_GRO_SEGMENTS; any beyond are dropped,
+        // counted, rather than framed without a side header area).
         let mut count = 0;
-        for (j, seg) in segments(payload_len, segment).enumerate().take(MAX_SEGMENTS) {
+        for (j, seg) in segments(payload_len, segment).enumerate() {
             count += 1;
+            if j >= MAX_GRO_SEGMENTS {
+                st.server.count_drop(relay_core::server::stats::Drop::TooLarge);
+                continue;
+            }
             let Some(reply) = self.take_reply(kind) else { continue };
             let reply_buf = match reply {
                 Some(r) => &mut self.sends.replies[r * REPLY_LEN..(r + 1) * REPLY_LEN],
                 None => &mut [][..],
             };
             let buf = &self.bufs.buf_ref(bid)[base..];
-            let head = &mut self.heads[usize::from(bid) * MAX_SEGMENTS + j];
+            let head = &mut self.heads[usize::from(bid) * MAX_GRO_SEGMENTS + j];
             let d = Datagram { fd, kind, from, len: seg.len() };
             let tx = st.on_segment(now, d, buf, PEER_HEADROOM + seg.start, reply_buf, head);
             self.transmit(st, (bid, j), reply, tx, now);
@@ -659,7 +692,7 @@ impl Uring {
             (Via::Udp { fd, dest }, Buf::Packet, _) => {
                 reply_unused(self);
                 let mut d = Outgoing::new(fd, dest, &[], OWN_RING | u32::from(bid));
-                if let Some(head) = self.heads.get(usize::from(bid) * MAX_SEGMENTS + seg).filter(|_| tx.head > 0) {
+                if let Some(head) = self.heads.get(usize::from(bid) * MAX_GRO_SEGMENTS + seg).filter(|_| tx.head > 0) {
                     d.push(&head[PEER_HEADROOM - usize::from(tx.head).min(PEER_HEADROOM)..]);
                 }
                 d.push(&self.bufs.buf_ref(bid)[base + tx.range.start..base + tx.range.end]);
@@ -670,7 +703,7 @@ impl Uring {
             (Via::Stream { conn }, Buf::Packet, _) => {
                 reply_unused(self);
                 let buf = &self.bufs.buf_ref(bid)[base..];
-                if let Some(head) = self.heads.get(usize::from(bid) * MAX_SEGMENTS + seg).filter(|_| tx.head > 0) {
+                if let Some(head) = self.heads.get(usize::from(bid) * MAX_GRO_SEGMENTS + seg).filter(|_| tx.head > 0) {
                     st.deliver_stream_segment(conn, &tx, buf, head, now);
                 } else {
                     st.deliver_stream(conn, &buf[tx.range], now);
@@ -703,9 +736,8 @@ impl Uring {
             let p = self.out.plans()[k];
             let gso_slot = if p.is_gso() { self.sends.free_gso.pop() } else { None };
             match (p.is_gso(), gso_slot) {
-                (true, Some(slot)) => self.submit_gso(slot, &p),
+                (true, Some(slot)) => self.submit_gso(slot, &p, st),
                 (true, None) => {
-                    self.out.count_resent(&p);
                     for m in 0..p.count {
                         let d = *self.out.members(&p).nth(m).expect("plan member");
                         self.submit_single(&d, st);
@@ -739,11 +771,13 @@ impl Uring {
         s.hdr.msg_iov = s.iov.as_mut_ptr();
         s.hdr.msg_iovlen = d.iov().len() as _;
         let e = opcode::SendMsg::new(Fd(d.fd), &s.hdr).build().user_data(SEND | u64::from(slot));
-        self.push(e);
+        if !self.push(e) {
+            self.unsent(slot, st);
+        }
     }
 
     /// Queues a SendMsg of plan `p` with `UDP_SEGMENT` from GSO slot `slot`.
-    fn submit_gso(&mut self, slot: u32, p: &Plan) {
+    fn submit_gso(&mut self, slot: u32, p: &Plan, st: &mut ShardState) {
         let s = &mut self.sends.slots[slot as usize];
         s.fd = p.fd;
         s.count = p.count;
@@ -761,7 +795,9 @@ impl Uring {
         s.hdr.msg_control = (&mut s.cmsg as *mut SegmentCmsg).cast();
         s.hdr.msg_controllen = SegmentCmsg::space() as _;
         let e = opcode::SendMsg::new(Fd(p.fd), &s.hdr).build().user_data(SEND | u64::from(slot));
-        self.push(e);
+        if !self.push(e) {
+            self.unsent(slot, st);
+        }
     }
 }
 

@@ -192,6 +192,46 @@ fn with_batching_off_every_datagram_goes_alone() {
     }
 }
 
+/// With GRO the receive buffers hold 64 KiB: a datagram (or a coalesced
+/// segment) larger than `max_datagram` is still dropped and counted, as
+/// when a smaller buffer cut it.
+#[test]
+fn datagrams_larger_than_the_maximum_are_dropped_with_gro_on() {
+    for backend in backends() {
+        let config = IoConfig {
+            shards: 1,
+            backend,
+            udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+            relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+            relay_ports: RelayPorts::Ephemeral(2),
+            max_datagram: 600,
+            ..IoConfig::default()
+        };
+        let make = |_k: usize| {
+            let parts = ServerParts::new(LOGIN.credentials()).with_policy(allow_loopback());
+            Server::new(parts, Instant::now(), 1_800_000_000, 7)
+        };
+        let Some(relay) = start_or_skip(&config, make) else { continue };
+        let server = relay.udp_addrs()[0];
+        let mut c = TurnClient::new(server, LOGIN);
+        let relayed = c.allocate().unwrap();
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(paddr)]);
+        // One too large, then a coalesced burst of too-large segments
+        // (each segment 704 bytes), then one that fits: only it arrives.
+        c.send_channel_data(0x4001, &payload(0, 1000));
+        let frames: Vec<Vec<u8>> = (0..5).map(|i| channel_frame(0x4001, &payload(i, 700), false)).collect();
+        gso_send(&c.sock, server, &frames);
+        c.send_channel_data(0x4001, &payload(9, 500));
+        let (got, from) = recv_datagram(&p).expect("the datagram that fits arrives");
+        assert_eq!((got, from), (payload(9, 500), relayed), "{backend:?}: only the one that fits");
+        let too_large = relay.stats(TIMEOUT)[0].stats.drops_of(relay_core::server::stats::Drop::TooLarge);
+        assert_eq!(too_large, 6, "{backend:?}: one datagram and five segments dropped as too large");
+        relay.stop().unwrap();
+    }
+}
+
 /// Two network namespaces, `a` (the relay's) and `b` (the peer's), joined
 /// by a veth pair 10.99.0.1 ↔ 10.99.0.2 with a 1,280-byte MTU: a GSO send
 /// of larger segments is refused (EMSGSIZE), where single sends of them

@@ -339,6 +339,13 @@ impl Server {
         &self.stats
     }
 
+    /// Counts a datagram the I/O layer dropped before handing it over (one
+    /// larger than the configured maximum), so that every drop shows in
+    /// the same counters.
+    pub fn count_drop(&mut self, reason: super::stats::Drop) {
+        self.stats.drop(reason);
+    }
+
     /// True when this client has an allocation.
     pub fn has_allocation(&self, client: &Client) -> bool {
         self.table.lookup(client).is_some()
