@@ -192,14 +192,7 @@ impl Outgoing {
 
     /// Appends a part (an empty one is skipped; a fourth is a bug).
     pub fn push(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        debug_assert!(usize::from(self.parts) < MAX_PARTS);
-        let i = usize::from(self.parts).min(MAX_PARTS - 1);
-        self.iov[i] = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
-        self.parts = (i + 1) as u8;
-        self.len += bytes.len();
+        self.push_raw(bytes.as_ptr().cast_mut(), bytes.len());
     }
 
     /// Appends `len` bytes at `ptr` as a part (for memory the caller owns
