@@ -373,12 +373,26 @@ impl Coalescer {
         self.keys.clear();
         self.members.clear();
         self.plans.clear();
-        for (i, d) in self.queue.iter().enumerate() {
-            let key = (u128::from(d.fd as u32) << 96) | (u128::from(flow_hash(&d.dest)) << 64) | i as u128;
+        // Runs of consecutive datagrams of one flow (a coalesced receive's
+        // segments come as one): the sort is over runs, not datagrams, and
+        // each flow is compared once per run.
+        let n = self.queue.len();
+        let mut i = 0;
+        while i < n {
+            let (fd, dest) = (self.queue[i].fd, self.queue[i].dest);
+            let mut j = i + 1;
+            while j < n && self.queue[j].fd == fd && self.queue[j].dest == dest {
+                j += 1;
+            }
+            // Socket, flow hash, then the run's start: runs of one flow keep
+            // their order.
+            let key = (u128::from(fd as u32) << 96)
+                | (u128::from(flow_hash(&dest)) << 64)
+                | ((i as u128) << 32)
+                | (j - i) as u128;
             self.keys.push(key);
+            i = j;
         }
-        // A turn's datagrams mostly come flow by flow already (the segments
-        // of one coalesced receive): sort only when they do not.
         if !self.keys.is_sorted() {
             self.keys.sort_unstable();
         }
@@ -386,31 +400,37 @@ impl Coalescer {
         // ends it: GSO cuts every segment at the first one's size).
         let mut open = false;
         for k in 0..self.keys.len() {
-            let i = self.keys[k] as u32;
-            let d = &self.queue[i as usize];
-            let gso = self.gso_allowed(d.fd);
-            match self.plans.last_mut() {
-                Some(p)
-                    if open
-                        && gso
-                        && d.len > 0
-                        && p.fd == d.fd
-                        && p.dest == d.dest
-                        && d.len <= p.size
-                        && p.count < MAX_SEGMENTS
-                        && p.bytes + d.len <= MAX_BYTES =>
-                {
-                    p.count += 1;
-                    p.bytes += d.len;
-                    open = d.len == p.size;
+            let start = (self.keys[k] >> 32) as u32 as usize;
+            let len = self.keys[k] as u32 as usize;
+            let (fd, dest) = (self.queue[start].fd, self.queue[start].dest);
+            let gso = self.gso_allowed(fd);
+            // The last plan is this flow's: it may go on.
+            let mut same_flow = self.plans.last().is_some_and(|p| p.fd == fd && p.dest == dest);
+            for idx in start..start + len {
+                let dlen = self.queue[idx].len;
+                match self.plans.last_mut() {
+                    Some(p)
+                        if open
+                            && same_flow
+                            && gso
+                            && dlen > 0
+                            && dlen <= p.size
+                            && p.count < MAX_SEGMENTS
+                            && p.bytes + dlen <= MAX_BYTES =>
+                    {
+                        p.count += 1;
+                        p.bytes += dlen;
+                        open = dlen == p.size;
+                    }
+                    _ => {
+                        let first = self.members.len();
+                        self.plans.push(Plan { fd, dest, size: dlen, first, count: 1, bytes: dlen });
+                        open = true;
+                        same_flow = true;
+                    }
                 }
-                _ => {
-                    let first = self.members.len();
-                    self.plans.push(Plan { fd: d.fd, dest: d.dest, size: d.len, first, count: 1, bytes: d.len });
-                    open = true;
-                }
+                self.members.push(idx as u32);
             }
-            self.members.push(i);
         }
         self.plans.len()
     }
@@ -512,6 +532,20 @@ mod tests {
         c.count_sent(3);
         c.count_sent(1);
         assert_eq!((c.stats.gso_sends, c.stats.batched, c.stats.single), (1, 3, 1));
+    }
+
+    #[test]
+    fn runs_of_one_flow_split_by_another_join_one_plan() {
+        let mut c = Coalescer::new(64, true);
+        for (i, dest) in ["192.0.2.1:1", "192.0.2.1:1", "192.0.2.2:1", "192.0.2.2:1", "192.0.2.1:1", "192.0.2.1:1"]
+            .iter()
+            .enumerate()
+        {
+            c.push(dg(5, dest, &A, i as u32));
+        }
+        let mut p = plans(&mut c);
+        p.sort();
+        assert_eq!(p, vec![(5, 100, vec![0, 1, 4, 5]), (5, 100, vec![2, 3])]);
     }
 
     #[test]
