@@ -701,10 +701,24 @@ mod tests {
     /// without, as eleven datagrams.
     #[test]
     fn gso_sends_and_gro_receives_over_loopback() {
+        gso_and_gro_on("127.0.0.1:0");
+    }
+
+    /// The same over IPv6 (`::1`): the control messages and limits hold
+    /// for both families.
+    #[test]
+    fn gso_sends_and_gro_receives_over_ipv6_loopback() {
+        if std::net::UdpSocket::bind("[::1]:0").is_err() {
+            return test_kit::skip("gso_sends_and_gro_receives_over_ipv6_loopback", "no IPv6 loopback here");
+        }
+        gso_and_gro_on("[::1]:0");
+    }
+
+    fn gso_and_gro_on(local: &str) {
         let timeout = Some(std::time::Duration::from_secs(2));
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let gro = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind(local).unwrap();
+        let plain = std::net::UdpSocket::bind(local).unwrap();
+        let gro = std::net::UdpSocket::bind(local).unwrap();
         plain.set_read_timeout(timeout).unwrap();
         if !crate::gso::gso_supported(tx.as_raw_fd()) {
             return test_kit::skip("gso_sends_and_gro_receives_over_loopback", "the kernel lacks UDP_SEGMENT");
