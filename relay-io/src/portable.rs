@@ -135,12 +135,13 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, scratch: &
             for _ in MAX_GRO_SEGMENTS..count {
                 st.server.count_drop(relay_core::server::stats::Drop::TooLarge);
             }
+            let mut route = None;
             for (j, seg) in segments(r.len, r.segment).enumerate().take(MAX_GRO_SEGMENTS) {
                 let d = Datagram { fd, kind, from, len: seg.len() };
                 let at = PEER_HEADROOM + seg.start;
                 let (slot, reply, head) = batch.segment(i, j);
                 let reply = if j == 0 { reply } else { &mut *scratch };
-                let Some(tx) = st.on_segment(now, d, slot, at, reply, head) else { continue };
+                let Some(tx) = st.on_segment(now, d, slot, at, reply, head, &mut route) else { continue };
                 match (tx.via, tx.buf) {
                     (Via::Udp { fd, dest }, Buf::Reply) if j == 0 => batch.send_reply(fd, dest, i, tx.range.len()),
                     // Sent at once (the slot's one reply area serves the

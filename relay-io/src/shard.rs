@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use relay_core::server::stats::{Drop, Stats};
-use relay_core::server::{Client, Event, PEER_HEADROOM, RelayId, Server};
+use relay_core::server::{Client, Event, PEER_HEADROOM, PeerRoute, RelayId, Server};
 
 use crate::egress::{self, Buf, Packet, Transmit, Via};
 use crate::gso::GsoStats;
@@ -220,8 +220,12 @@ impl ShardState {
     /// with no headroom of its own, so what is framed for a client is
     /// framed out of place — its header into `head`, its payload sent
     /// where it lies ([`Transmit::head`]). `reply` takes a response to a
-    /// client's request.
+    /// client's request. `route` is the buffer's: `None` for its first
+    /// segment; a peer's burst is routed once
+    /// ([`relay_core::server::Server::route_peer`]), since every segment
+    /// of it shares peer, relay and allocation.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub fn on_segment(
         &mut self,
         now: Instant,
@@ -230,6 +234,7 @@ impl ShardState {
         at: usize,
         reply: &mut [u8],
         head: &mut [u8; PEER_HEADROOM],
+        route: &mut Option<Result<PeerRoute, Drop>>,
     ) -> Option<Transmit> {
         let Datagram { fd, kind, from, len } = d;
         // As a datagram larger than the configured maximum: dropped.
@@ -246,7 +251,17 @@ impl ShardState {
                 egress::client(&mut self.server, now, &self.udp, reply_to, action, Packet::Segment { at, head })
             }
             SockKind::Relay(relay) => {
-                let segment = self.server.handle_peer_segment(now, relay, from, len, head);
+                let routed = match *route {
+                    Some(r) => {
+                        if let Err(reason) = r {
+                            // Refused for the burst: counted per datagram.
+                            self.server.count_drop(reason);
+                        }
+                        r
+                    }
+                    None => *route.insert(self.server.route_peer(now, relay, from)),
+                };
+                let segment = self.server.frame_routed(now, &routed.ok()?, len, head);
                 egress::peer_segment(&self.udp, segment, at..at + len)
             }
         }

@@ -632,6 +632,7 @@ impl Uring {
         // message holds at most MAX_GRO_SEGMENTS; any beyond are dropped,
         // counted, rather than framed without a side header area).
         let mut count = 0;
+        let mut route = None;
         for (j, seg) in segments(payload_len, segment).enumerate() {
             count += 1;
             if j >= MAX_GRO_SEGMENTS {
@@ -646,7 +647,7 @@ impl Uring {
             let buf = &self.bufs.buf_ref(bid)[base..];
             let head = &mut self.heads[usize::from(bid) * MAX_GRO_SEGMENTS + j];
             let d = Datagram { fd, kind, from, len: seg.len() };
-            let tx = st.on_segment(now, d, buf, PEER_HEADROOM + seg.start, reply_buf, head);
+            let tx = st.on_segment(now, d, buf, PEER_HEADROOM + seg.start, reply_buf, head, &mut route);
             self.transmit(st, (bid, j), reply, tx, now);
         }
         self.out.stats.received(count);

@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use relay_core::server::policy::PeerPolicy;
+use relay_core::server::stats::Drop;
 use relay_core::server::{Server, ServerParts};
 use relay_core::wire::{Attribute, ChannelData, Class, Message, MessageBuilder, MessageType, Method};
 use relay_io::gso::GsoStats;
@@ -134,6 +135,18 @@ fn suite(backend: Backend, batching: bool) -> Option<GsoStats> {
         assert_eq!((&data, from), (want, p2addr), "{backend:?} indication {i}");
     }
 
+    // A peer without a permission: its whole burst is refused, each
+    // datagram counted (the burst is routed once).
+    let stranger = UdpSocket::bind("127.0.0.5:0").unwrap();
+    let before = relay.stats(TIMEOUT)[0].stats.drops_of(Drop::NoPermission);
+    gso_send(&stranger, relayed, &burst);
+    let deadline = Instant::now() + TIMEOUT;
+    while relay.stats(TIMEOUT)[0].stats.drops_of(Drop::NoPermission) < before + BURST as u64 {
+        assert!(Instant::now() < deadline, "{backend:?}: the stranger's burst not counted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(relay.stats(TIMEOUT)[0].stats.drops_of(Drop::NoPermission), before + BURST as u64);
+
     // A TCP client's allocation: a peer's burst reaches it as padded
     // ChannelData frames on its stream.
     let mut t = StreamClient::tcp(relay.tcp_addrs()[0], LOGIN);
@@ -226,7 +239,7 @@ fn datagrams_larger_than_the_maximum_are_dropped_with_gro_on() {
         c.send_channel_data(0x4001, &payload(9, 500));
         let (got, from) = recv_datagram(&p).expect("the datagram that fits arrives");
         assert_eq!((got, from), (payload(9, 500), relayed), "{backend:?}: only the one that fits");
-        let too_large = relay.stats(TIMEOUT)[0].stats.drops_of(relay_core::server::stats::Drop::TooLarge);
+        let too_large = relay.stats(TIMEOUT)[0].stats.drops_of(Drop::TooLarge);
         assert_eq!(too_large, 6, "{backend:?}: one datagram and five segments dropped as too large");
         relay.stop().unwrap();
     }
@@ -294,7 +307,7 @@ impl Namespaces {
     }
 }
 
-impl Drop for Namespaces {
+impl std::ops::Drop for Namespaces {
     fn drop(&mut self) {
         for n in [&self.a, &self.b] {
             let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();

@@ -34,6 +34,7 @@ pub use error::StunError;
 pub use relays::{RelayId, RelayPool};
 pub use rfc5780::{Rfc5780, Rfc5780Error};
 pub use shard::{
-    ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerSegment, Server, ServerConfig, ServerParts,
+    ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerRoute, PeerSegment, Server, ServerConfig,
+    ServerParts,
 };
 pub use table::{Client, Transport};

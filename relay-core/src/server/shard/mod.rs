@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use action::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
-pub use relay::PeerSegment;
+pub use relay::{PeerRoute, PeerSegment};
 
 use super::auth::{Credentials, NonceIssuer};
 use super::own::OwnAddresses;

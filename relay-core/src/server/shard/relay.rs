@@ -163,9 +163,44 @@ impl Server {
         len: usize,
         head: &mut [u8; PEER_HEADROOM],
     ) -> PeerSegment {
-        let Some((client, framing)) = self.peer_target(now, relay, peer, len) else {
+        match self.route_peer(now, relay, peer) {
+            Ok(route) => self.frame_routed(now, &route, len, head),
+            Err(_) => PeerSegment::None,
+        }
+    }
+
+    /// The part of [`Server::handle_peer_segment`] that every datagram of
+    /// one coalesced receive on `relay` from `peer` shares — the owner, the
+    /// own-address mapping, the permission, the channel — done once for
+    /// the burst; each datagram then goes through
+    /// [`Server::frame_routed`]. A refusal is counted once, here: the
+    /// caller counts it for the burst's other datagrams
+    /// ([`Server::count_drop`]).
+    pub fn route_peer(&mut self, now: Instant, relay: RelayId, peer: SocketAddr) -> Result<PeerRoute, Drop> {
+        let (id, client, framing) = self.peer_route(now, relay, peer)?;
+        Ok(PeerRoute { id, client, framing })
+    }
+
+    /// One datagram of `len` bytes of a burst routed by
+    /// [`Server::route_peer`] (at the same `now`, with nothing else handled
+    /// in between): the bandwidth cap, the header into `head`, the
+    /// counting — as [`Server::handle_peer_segment`] does.
+    pub fn frame_routed(
+        &mut self,
+        now: Instant,
+        route: &PeerRoute,
+        len: usize,
+        head: &mut [u8; PEER_HEADROOM],
+    ) -> PeerSegment {
+        let PeerRoute { id, client, framing } = *route;
+        let Some(a) = self.table.allocs.get_mut(id as usize).filter(|a| a.client == client) else {
+            self.stats.drop(Drop::NoAllocation);
             return PeerSegment::None;
         };
+        if !a.bucket.allow(now, len) {
+            self.stats.drop(Drop::Bandwidth);
+            return PeerSegment::None;
+        }
         let stream = client.transport.is_stream();
         let header = match framing {
             Framing::Channel(number) => channel_data_header(head, number, len, stream),
@@ -199,9 +234,27 @@ impl Server {
     /// cap): the client it goes to, and how it is framed.
     #[inline]
     fn peer_target(&mut self, now: Instant, relay: RelayId, peer: SocketAddr, len: usize) -> Option<(Client, Framing)> {
-        let Some(id) = self.pool.owner(relay) else {
-            self.stats.drop(Drop::NoAllocation);
+        let (id, client, framing) = self.peer_route(now, relay, peer).ok()?;
+        let a = self.table.allocs.get_mut(id as usize)?;
+        if !a.bucket.allow(now, len) {
+            self.stats.drop(Drop::Bandwidth);
             return None;
+        }
+        Some((client, framing))
+    }
+
+    /// The checks that do not depend on the datagram's size (an owner, an
+    /// own-address source mapped to what permissions name, a permission),
+    /// counting a refusal: the allocation, its client, and how the
+    /// datagram is framed.
+    #[inline]
+    fn peer_route(&mut self, now: Instant, relay: RelayId, peer: SocketAddr) -> Result<(u32, Client, Framing), Drop> {
+        let refuse = |s: &mut Self, d: Drop| {
+            s.stats.drop(d);
+            Err(d)
+        };
+        let Some(id) = self.pool.owner(relay) else {
+            return refuse(self, Drop::NoAllocation);
         };
         // From one of our own IPs: another allocation's relay (seen as its
         // advertised address, which is what a permission names), or a port
@@ -211,33 +264,37 @@ impl Server {
             match own.relay(peer) {
                 Some(r) => r.advertised,
                 None if self.policy.permits(peer) => peer,
-                None => {
-                    self.stats.drop(Drop::DeniedPeer);
-                    return None;
-                }
+                None => return refuse(self, Drop::DeniedPeer),
             }
         } else {
             peer
         };
-        let a = self.table.allocs.get_mut(id as usize)?;
+        let Some(a) = self.table.allocs.get_mut(id as usize) else {
+            return refuse(self, Drop::NoAllocation);
+        };
         if !a.permits(peer.ip(), now) {
-            self.stats.drop(Drop::NoPermission);
-            return None;
-        }
-        if !a.bucket.allow(now, len) {
-            self.stats.drop(Drop::Bandwidth);
-            return None;
+            return refuse(self, Drop::NoPermission);
         }
         let framing = match a.channel_of(&peer, now) {
             Some(number) => Framing::Channel(number),
             None => Framing::Indication(peer),
         };
-        Some((a.client, framing))
+        Ok((id, a.client, framing))
     }
 }
 
+/// What every datagram of a peer's coalesced burst shares, found once by
+/// [`Server::route_peer`]: the allocation, its client, and how the
+/// datagrams are framed.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerRoute {
+    id: u32,
+    client: Client,
+    framing: Framing,
+}
+
 /// How a peer's datagram is framed for its client.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Framing {
     /// ChannelData on this channel.
     Channel(u16),
