@@ -753,4 +753,16 @@ mod tests {
         assert_eq!(cli.apply(&mut c), ["listen.handover"]);
         assert!(c.listen.handover);
     }
+
+    #[test]
+    fn batching_flags() {
+        let mut c = Config::default();
+        assert!(c.relay.gso && c.relay.gro);
+        let cli = Cli::try_parse_from(["turn-relay", "--no-gso"]).unwrap();
+        assert_eq!(cli.apply(&mut c), ["relay.gso"]);
+        assert!(!c.relay.gso && c.relay.gro);
+        let cli = Cli::try_parse_from(["turn-relay", "--no-gro"]).unwrap();
+        assert_eq!(cli.apply(&mut c), ["relay.gro"]);
+        assert!(!c.relay.gro);
+    }
 }

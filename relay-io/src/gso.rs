@@ -315,11 +315,6 @@ impl Coalescer {
         }
     }
 
-    /// Whether GSO is on at all.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Allows or forbids GSO on socket `fd` (called at start for every
     /// socket, and when a socket falls back).
     pub fn set_gso(&mut self, fd: RawFd, on: bool) {

@@ -19,7 +19,7 @@ use relay_core::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::egress::{Buf, REPLY_LEN, Via};
 use crate::event_loop::{self, Driver, Ready};
 use crate::gso::{MAX_GRO_SEGMENTS, segments};
-use crate::shard::{BackendKind, Datagram, ShardState};
+use crate::shard::{BackendKind, Datagram, Segment, ShardState};
 use crate::sys::{self, Batch, Epoll, empty_event};
 
 /// Token of the shard's wake-up eventfd.
@@ -141,7 +141,9 @@ fn drain_socket(st: &mut ShardState, index: usize, batch: &mut Batch, scratch: &
                 let at = PEER_HEADROOM + seg.start;
                 let (slot, reply, head) = batch.segment(i, j);
                 let reply = if j == 0 { reply } else { &mut *scratch };
-                let Some(tx) = st.on_segment(now, d, slot, at, reply, head, &mut route) else { continue };
+                let Some(tx) = st.on_segment(now, d, Segment { buf: slot, at, head }, reply, &mut route) else {
+                    continue;
+                };
                 match (tx.via, tx.buf) {
                     (Via::Udp { fd, dest }, Buf::Reply) if j == 0 => batch.send_reply(fd, dest, i, tx.range.len()),
                     // Sent at once (the slot's one reply area serves the

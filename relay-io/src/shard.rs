@@ -134,6 +134,18 @@ pub struct Datagram {
     pub len: usize,
 }
 
+/// Where a segment of a coalesced receive lies (see
+/// [`ShardState::on_segment`]).
+pub struct Segment<'b> {
+    /// The whole receive buffer.
+    pub buf: &'b [u8],
+    /// Where the segment starts in it.
+    pub at: usize,
+    /// The segment's side header area: a header framed out of place goes
+    /// there.
+    pub head: &'b mut [u8; PEER_HEADROOM],
+}
+
 /// A shard's state, shared by both backends.
 pub struct ShardState {
     /// The shard's index.
@@ -215,7 +227,7 @@ impl ShardState {
         }
     }
 
-    /// Segment `d` (of `d.len` bytes at `at` of `buf`) of a buffer the
+    /// Segment `d` (of `d.len` bytes at `seg.at` of `seg.buf`) of a buffer the
     /// kernel coalesced (UDP GRO): handled as the datagram it was, but
     /// with no headroom of its own, so what is framed for a client is
     /// framed out of place — its header into `head`, its payload sent
@@ -225,18 +237,16 @@ impl ShardState {
     /// ([`relay_core::server::Server::route_peer`]), since every segment
     /// of it shares peer, relay and allocation.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     pub fn on_segment(
         &mut self,
         now: Instant,
         d: Datagram,
-        buf: &[u8],
-        at: usize,
+        seg: Segment<'_>,
         reply: &mut [u8],
-        head: &mut [u8; PEER_HEADROOM],
         route: &mut Option<Result<PeerRoute, Drop>>,
     ) -> Option<Transmit> {
         let Datagram { fd, kind, from, len } = d;
+        let Segment { buf, at, head } = seg;
         // As a datagram larger than the configured maximum: dropped.
         if len > self.udp.max_datagram {
             self.server.count_drop(Drop::TooLarge);

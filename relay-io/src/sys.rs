@@ -354,15 +354,13 @@ impl Batch {
     /// Queues `range` of slot `i` to `dest` from `fd`.
     pub fn send_slot(&mut self, fd: RawFd, dest: SocketAddr, i: usize, range: std::ops::Range<usize>) {
         debug_assert!(range.end <= self.slot_len);
-        let at = i * self.slot_len + range.start;
-        self.queue(fd, dest, [(None, 0), (Some(at), range.len()), (None, 0)]);
+        self.queue(fd, dest, i * self.slot_len + range.start, range.len());
     }
 
     /// Queues the first `len` bytes of reply area `i` to `dest` from `fd`.
     pub fn send_reply(&mut self, fd: RawFd, dest: SocketAddr, i: usize, len: usize) {
         debug_assert!(len <= self.reply_len);
-        let at = self.n * self.slot_len + i * self.reply_len;
-        self.queue(fd, dest, [(None, 0), (Some(at), len), (None, 0)]);
+        self.queue(fd, dest, self.n * self.slot_len + i * self.reply_len, len);
     }
 
     /// Queues a coalesced segment of slot `i`: the last `head` bytes of
@@ -388,15 +386,10 @@ impl Batch {
         self.push(d);
     }
 
-    /// Queues up to three parts: `(None, len)` is skipped, `(Some(at), len)`
-    /// is `data[at..at + len]`.
-    fn queue(&mut self, fd: RawFd, dest: SocketAddr, parts: [(Option<usize>, usize); 3]) {
+    /// Queues `data[at..at + len]` as one datagram.
+    fn queue(&mut self, fd: RawFd, dest: SocketAddr, at: usize, len: usize) {
         let mut d = Outgoing::new(fd, dest, &[], 0);
-        for (at, len) in parts {
-            if let Some(at) = at {
-                d.push_raw(self.data.as_mut_ptr().wrapping_add(at), len);
-            }
-        }
+        d.push_raw(self.data.as_mut_ptr().wrapping_add(at), len);
         self.push(d);
     }
 

@@ -35,7 +35,7 @@ use crate::gso::{
     Coalescer, EMPTY_IOV, GRO_CONTROL_LEN, MAX_GRO_SEGMENTS, MAX_PARTS, MAX_SEGMENTS, Outgoing, Plan, SegmentCmsg,
     ZEROS, gro_segment, refused, segments,
 };
-use crate::shard::{BackendKind, Datagram, ShardState, SockKind};
+use crate::shard::{BackendKind, Datagram, Segment, ShardState, SockKind};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_msghdr, zeroed_storage};
 
 /// Size of `struct io_uring_recvmsg_out`.
@@ -647,7 +647,8 @@ impl Uring {
             let buf = &self.bufs.buf_ref(bid)[base..];
             let head = &mut self.heads[usize::from(bid) * MAX_GRO_SEGMENTS + j];
             let d = Datagram { fd, kind, from, len: seg.len() };
-            let tx = st.on_segment(now, d, buf, PEER_HEADROOM + seg.start, reply_buf, head, &mut route);
+            let at = PEER_HEADROOM + seg.start;
+            let tx = st.on_segment(now, d, Segment { buf, at, head }, reply_buf, &mut route);
             self.transmit(st, (bid, j), reply, tx, now);
         }
         self.out.stats.received(count);

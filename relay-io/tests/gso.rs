@@ -28,19 +28,33 @@ use test_kit::{
 const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: "gso.test" };
 
 fn start(backend: Backend, batching: bool) -> Option<Relay> {
-    let config = IoConfig {
+    start_with(backend, "127.0.0.1", allow_loopback(), |c| {
+        c.tcp_listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.relay_ports = RelayPorts::Ephemeral(4);
+        c.gso = batching;
+        c.gro = batching;
+    })
+}
+
+/// One shard on `backend` listening on 127.0.0.1, relaying from
+/// `relay_ip` under `policy`; `tweak` adjusts the rest.
+fn start_with(
+    backend: Backend,
+    relay_ip: &str,
+    policy: PeerPolicy,
+    tweak: impl FnOnce(&mut IoConfig),
+) -> Option<Relay> {
+    let mut config = IoConfig {
         shards: 1,
         backend,
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(4),
-        gso: batching,
-        gro: batching,
+        relay_ips: vec![RelayIp::same(relay_ip.parse().unwrap())],
+        relay_ports: RelayPorts::Ephemeral(2),
         ..IoConfig::default()
     };
+    tweak(&mut config);
     let make = |_k: usize| {
-        let parts = ServerParts::new(LOGIN.credentials()).with_policy(allow_loopback());
+        let parts = ServerParts::new(LOGIN.credentials()).with_policy(policy.clone());
         Server::new(parts, Instant::now(), 1_800_000_000, 7)
     };
     start_or_skip(&config, make)
@@ -211,20 +225,9 @@ fn with_batching_off_every_datagram_goes_alone() {
 #[test]
 fn datagrams_larger_than_the_maximum_are_dropped_with_gro_on() {
     for backend in backends() {
-        let config = IoConfig {
-            shards: 1,
-            backend,
-            udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-            relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-            relay_ports: RelayPorts::Ephemeral(2),
-            max_datagram: 600,
-            ..IoConfig::default()
+        let Some(relay) = start_with(backend, "127.0.0.1", allow_loopback(), |c| c.max_datagram = 600) else {
+            continue;
         };
-        let make = |_k: usize| {
-            let parts = ServerParts::new(LOGIN.credentials()).with_policy(allow_loopback());
-            Server::new(parts, Instant::now(), 1_800_000_000, 7)
-        };
-        let Some(relay) = start_or_skip(&config, make) else { continue };
         let server = relay.udp_addrs()[0];
         let mut c = TurnClient::new(server, LOGIN);
         let relayed = c.allocate().unwrap();
@@ -340,19 +343,8 @@ fn a_gso_send_the_kernel_refuses_goes_one_by_one() {
             assert_eq!(recv_datagram(&rx).expect("every datagram arrives").0, payload(i, LARGE));
         }
         for backend in backends() {
-            let config = IoConfig {
-                shards: 1,
-                backend,
-                udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-                relay_ips: vec![RelayIp::same("10.99.0.1".parse().unwrap())],
-                relay_ports: RelayPorts::Ephemeral(2),
-                ..IoConfig::default()
-            };
-            let make = |_k: usize| {
-                let policy = PeerPolicy::with_lists(vec!["10.99.0.0/24".parse().unwrap()], vec![]);
-                Server::new(ServerParts::new(LOGIN.credentials()).with_policy(policy), Instant::now(), 1_800_000_000, 7)
-            };
-            let Some(relay) = start_or_skip(&config, make) else { continue };
+            let policy = PeerPolicy::with_lists(vec!["10.99.0.0/24".parse().unwrap()], vec![]);
+            let Some(relay) = start_with(backend, "10.99.0.1", policy, |_| {}) else { continue };
             let mut c = TurnClient::new(relay.udp_addrs()[0], LOGIN);
             let relayed = c.allocate().unwrap();
             let p = Namespaces::socket(&b, "10.99.0.2:0");

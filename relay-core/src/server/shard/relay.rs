@@ -136,7 +136,7 @@ impl Server {
             self.stats.drop(Drop::TooLarge);
             return PeerAction::None;
         }
-        let Some((client, framing)) = self.peer_target(now, relay, peer, payload.len()) else {
+        let Ok((_, client, framing)) = self.peer_route(now, relay, peer, Some(payload.len())) else {
             return PeerAction::None;
         };
         let stream = client.transport.is_stream();
@@ -177,7 +177,7 @@ impl Server {
     /// caller counts it for the burst's other datagrams
     /// ([`Server::count_drop`]).
     pub fn route_peer(&mut self, now: Instant, relay: RelayId, peer: SocketAddr) -> Result<PeerRoute, Drop> {
-        let (id, client, framing) = self.peer_route(now, relay, peer)?;
+        let (id, client, framing) = self.peer_route(now, relay, peer, None)?;
         Ok(PeerRoute { id, client, framing })
     }
 
@@ -229,26 +229,19 @@ impl Server {
         }
     }
 
-    /// The checks every peer datagram passes (an owner, an own-address
-    /// source mapped to what permissions name, a permission, the bandwidth
-    /// cap): the client it goes to, and how it is framed.
+    /// The checks a peer datagram passes (an owner, an own-address source
+    /// mapped to what permissions name, a permission and, given its
+    /// length, the bandwidth cap), counting a refusal: the allocation, its
+    /// client, and how the datagram is framed. Without a length (a burst
+    /// routed once) the cap is left to [`Server::frame_routed`].
     #[inline]
-    fn peer_target(&mut self, now: Instant, relay: RelayId, peer: SocketAddr, len: usize) -> Option<(Client, Framing)> {
-        let (id, client, framing) = self.peer_route(now, relay, peer).ok()?;
-        let a = self.table.allocs.get_mut(id as usize)?;
-        if !a.bucket.allow(now, len) {
-            self.stats.drop(Drop::Bandwidth);
-            return None;
-        }
-        Some((client, framing))
-    }
-
-    /// The checks that do not depend on the datagram's size (an owner, an
-    /// own-address source mapped to what permissions name, a permission),
-    /// counting a refusal: the allocation, its client, and how the
-    /// datagram is framed.
-    #[inline]
-    fn peer_route(&mut self, now: Instant, relay: RelayId, peer: SocketAddr) -> Result<(u32, Client, Framing), Drop> {
+    fn peer_route(
+        &mut self,
+        now: Instant,
+        relay: RelayId,
+        peer: SocketAddr,
+        len: Option<usize>,
+    ) -> Result<(u32, Client, Framing), Drop> {
         let refuse = |s: &mut Self, d: Drop| {
             s.stats.drop(d);
             Err(d)
@@ -274,6 +267,11 @@ impl Server {
         };
         if !a.permits(peer.ip(), now) {
             return refuse(self, Drop::NoPermission);
+        }
+        if let Some(len) = len
+            && !a.bucket.allow(now, len)
+        {
+            return refuse(self, Drop::Bandwidth);
         }
         let framing = match a.channel_of(&peer, now) {
             Some(number) => Framing::Channel(number),
