@@ -11,8 +11,8 @@ use relay_core::server::own::OwnAddresses;
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome};
 use relay_core::server::{
-    Client, ClientAction, Event, PEER_HEADROOM, PeerAction, PeerSegment, RelayId, Server, ServerConfig, ServerParts,
-    Transport,
+    Client, ClientAction, Event, FastEntry, PEER_HEADROOM, PeerAction, PeerSegment, RelayId, Server, ServerConfig,
+    ServerParts, Transport,
 };
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
@@ -1085,4 +1085,230 @@ fn own_addresses_relay_to_relay_and_the_hosts_other_addresses() {
     let relay = relay_of(&h, mine);
     assert!(h.peer_sends(relay, "203.0.113.1:22", b"x").is_none());
     assert!(h.peer_sends(relay, "203.0.113.1:50009", b"x").is_some());
+}
+
+/// A harness whose shard has a kernel fast path attached, `config` aside.
+fn fast_h(config: ServerConfig, relays: Vec<&'static str>) -> H {
+    H::with(Setup { config: ServerConfig { fast_path: true, ..config }, relays, ..Setup::default() })
+}
+
+/// The events queued so far.
+fn events(h: &mut H) -> Vec<Event> {
+    std::iter::from_fn(|| h.server.poll_event()).collect()
+}
+
+/// The fast-path events queued so far (the relay events dropped).
+fn fast_events(h: &mut H) -> Vec<Event> {
+    events(h).into_iter().filter(|e| matches!(e, Event::FastPathInstall(_) | Event::FastPathRemove(_))).collect()
+}
+
+/// The kernel entry of the harness's client for `channel` to `peer`.
+fn entry(h: &H, relayed_addr: SocketAddr, channel: u16, peer: &str) -> FastEntry {
+    FastEntry { client: h.client, channel, relay: relay_of(h, relayed_addr), peer: addr(peer) }
+}
+
+#[test]
+fn fast_path_installs_a_bound_channel_once() {
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    let mine = h.allocate();
+    assert_eq!(class(&h.permit(PEER)), Class::Success);
+    assert_eq!(fast_events(&mut h), vec![], "a permission alone is no channel");
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathInstall(entry(&h, mine, 0x4000, PEER))]);
+    // A re-bind, or a permission refreshed: the kernel entry has no expiry.
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    assert_eq!(class(&h.permit(PEER)), Class::Success);
+    h.advance(200);
+    assert_eq!(fast_events(&mut h), vec![]);
+    // A refused bind changes nothing.
+    assert_eq!(error_code(&h.bind(0x4000, PEER2)), Some(400));
+    assert_eq!(fast_events(&mut h), vec![]);
+}
+
+#[test]
+fn fast_path_follows_permission_and_channel_expiry() {
+    // Permissions 300 s, channels 600 s: the permission expires first.
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    let mine = h.allocate();
+    h.bind(0x4000, PEER);
+    let e = entry(&h, mine, 0x4000, PEER);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathInstall(e)]);
+    h.advance(299);
+    assert_eq!(fast_events(&mut h), vec![]);
+    h.advance(1);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathRemove(e)], "the permission expired");
+    // The permission coming back puts the channel back on the fast path.
+    assert_eq!(class(&h.permit(PEER)), Class::Success);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathInstall(e)]);
+    // Keep the allocation and the permission alive past the channel (600 s).
+    assert_eq!(lifetime(&h.refresh(600)), Some(600));
+    h.advance(290);
+    h.permit(PEER);
+    h.advance(9);
+    assert_eq!(fast_events(&mut h), vec![]);
+    h.advance(1);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathRemove(e)], "the channel expired");
+    // Channel traffic is refused in-process too, and nothing comes back
+    // once the channel has left quarantine.
+    h.advance(400);
+    assert_eq!(fast_events(&mut h), vec![]);
+}
+
+#[test]
+fn fast_path_entries_go_before_the_relays_when_an_allocation_ends() {
+    // Refresh with LIFETIME 0: a Remove for every installed channel, then
+    // the relay goes back.
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    let mine = h.allocate();
+    let relay = relay_of(&h, mine);
+    h.bind(0x4000, PEER);
+    h.bind(0x4001, PEER2);
+    let (e0, e1) = (entry(&h, mine, 0x4000, PEER), entry(&h, mine, 0x4001, PEER2));
+    assert_eq!(
+        events(&mut h),
+        vec![
+            Event::RelayOpened { relay, dont_fragment: false },
+            Event::FastPathInstall(e0),
+            Event::FastPathInstall(e1)
+        ]
+    );
+    assert_eq!(lifetime(&h.refresh(0)), Some(0));
+    assert_eq!(
+        events(&mut h),
+        vec![Event::FastPathRemove(e0), Event::FastPathRemove(e1), Event::RelayReleased { relay }]
+    );
+
+    // Expiry of the allocation (600 s), its channel and permission live on.
+    let long = Duration::from_secs(900);
+    let config = ServerConfig { permission_lifetime: long, channel_lifetime: long, ..ServerConfig::default() };
+    let mut h = fast_h(config, Setup::default().relays);
+    let mine = h.allocate();
+    let relay = relay_of(&h, mine);
+    h.bind(0x4000, PEER);
+    let e = entry(&h, mine, 0x4000, PEER);
+    h.advance(599);
+    assert_eq!(events(&mut h), vec![Event::RelayOpened { relay, dont_fragment: false }, Event::FastPathInstall(e)]);
+    h.advance(1);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(events(&mut h), vec![Event::FastPathRemove(e), Event::RelayReleased { relay }]);
+}
+
+#[test]
+fn fast_path_stays_off_where_the_kernel_cannot_do_what_the_shard_does() {
+    let bind_all = |h: &mut H| {
+        h.allocate();
+        assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+        assert_eq!(class(&h.permit(PEER2)), Class::Success);
+        assert_eq!(class(&h.bind(0x4001, PEER2)), Class::Success);
+        fast_events(h)
+    };
+    // The fast path off.
+    let mut h = H::new();
+    assert_eq!(bind_all(&mut h), vec![]);
+    // A bandwidth cap: only the in-process path holds it.
+    let capped = ServerConfig { bandwidth_limit: 10_000, bandwidth_burst: 10_000, ..ServerConfig::default() };
+    let mut h = fast_h(capped, Setup::default().relays);
+    assert_eq!(bind_all(&mut h), vec![]);
+    // A stream client.
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    h.client = Client { transport: Transport::Tcp, conn: 4, ..h.client };
+    assert_eq!(bind_all(&mut h), vec![]);
+    let client = h.client;
+    h.server.handle_client_closed(h.now, &client);
+    assert_eq!(fast_events(&mut h), vec![]);
+}
+
+#[test]
+fn fast_path_leaves_relay_to_relay_in_process() {
+    // This shard's relays (50000-50002), another shard's at its own
+    // address (50009) and one of another shard behind a 1:1 NAT
+    // (advertised 192.0.2.200:50010, bound 10.1.1.1:50010).
+    let mut own = OwnAddresses::new();
+    for port in [50000, 50001, 50002, 50009] {
+        own.add_relay(addr(&format!("203.0.113.1:{port}")), "203.0.113.1".parse().unwrap());
+    }
+    own.add_relay(addr("10.1.1.1:50010"), "192.0.2.200".parse().unwrap());
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    h.server.set_own_addresses(Arc::new(own));
+    let mine = h.allocate();
+    assert_eq!(class(&h.bind(0x4000, "203.0.113.1:50001")), Class::Success);
+    assert_eq!(fast_events(&mut h), vec![], "this shard's relay: handed over in-process");
+    assert_eq!(class(&h.bind(0x4001, "192.0.2.200:50010")), Class::Success);
+    assert_eq!(fast_events(&mut h), vec![], "sent to the bound address, not the one named");
+    assert_eq!(class(&h.bind(0x4002, "203.0.113.1:50009")), Class::Success);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathInstall(entry(&h, mine, 0x4002, "203.0.113.1:50009"))]);
+}
+
+#[test]
+fn fast_path_names_the_relay_of_the_peers_family() {
+    let mut h = fast_h(ServerConfig::default(), vec!["203.0.113.1:50000", "[2001:db8::1]:50000"]);
+    let resp = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(transport::UDP), Attribute::AdditionalAddressFamily(2)],
+    );
+    let (v4, v6) = (relayed(&resp)[0], relayed(&resp)[1]);
+    assert_eq!(class(&h.bind(0x4000, "[2001:db8:5::7]:5")), Class::Success);
+    assert_eq!(class(&h.bind(0x4001, PEER)), Class::Success);
+    assert_eq!(
+        fast_events(&mut h),
+        vec![
+            Event::FastPathInstall(entry(&h, v6, 0x4000, "[2001:db8:5::7]:5")),
+            Event::FastPathInstall(entry(&h, v4, 0x4001, PEER))
+        ]
+    );
+}
+
+#[test]
+fn fast_path_counts_come_back_as_relayed_udp() {
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    let mine = h.allocate();
+    let relay = relay_of(&h, mine);
+    h.bind(0x4000, PEER);
+    // One datagram each way in-process, payload bytes counted.
+    let mut cd = vec![0u8; 4 + 5];
+    relay_core::wire::channel_data::encode(&mut cd, 0x4000, b"hello", false).unwrap();
+    assert!(matches!(h.send(&cd), ClientAction::Forward { .. }));
+    assert!(h.peer_sends(relay, PEER, b"world!").is_some());
+    h.server.credit_fast_path((10, 1000), (20, 3000));
+    let s = h.server.stats();
+    assert_eq!(s.relayed_packets, [[11, 0, 0], [21, 0, 0]]);
+    assert_eq!(s.relayed_bytes, [[1005, 0, 0], [3006, 0, 0]]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Arbitrary interleavings of ChannelBind, CreatePermission, Refresh
+    /// (LIFETIME 0 included) and time: the invariants hold after every step
+    /// (the harness checks them: installed exactly while eligible), an
+    /// entry is installed only when it is not and removed only when it
+    /// is, and none outlives its allocation.
+    #[test]
+    fn fast_path_entries_pair_up(ops in proptest::collection::vec((0u8..4, 0u8..6, 1u64..400), 1..40)) {
+        let peers = [PEER, PEER2, "198.51.100.9:7000", "203.0.113.1:50001"];
+        let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+        let mut installed = std::collections::HashSet::new();
+        for (op, k, secs) in ops {
+            if !h.server.has_allocation(&h.client) {
+                h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+            }
+            let (n, peer) = (0x4000 + u16::from(k % 3), peers[usize::from(k) % peers.len()]);
+            match op {
+                0 => drop(h.bind(n, peer)),
+                1 => drop(h.permit(peer)),
+                2 => drop(h.refresh([0, 300, 600][usize::from(k % 3)])),
+                _ => h.advance(secs),
+            }
+            for e in fast_events(&mut h) {
+                match e {
+                    Event::FastPathInstall(e) => proptest::prop_assert!(installed.insert(e), "{e:?} twice"),
+                    Event::FastPathRemove(e) => proptest::prop_assert!(installed.remove(&e), "{e:?} not installed"),
+                    _ => unreachable!(),
+                }
+            }
+            if !h.server.has_allocation(&h.client) {
+                proptest::prop_assert!(installed.is_empty(), "{installed:?} outlived the allocation");
+            }
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! timers, counters). Bytes and time go in, actions come out; the io_uring
 //! data plane, tests and fuzzers all drive the same code.
 //!
-//! - [`shard`]: [`Server`], request handling and the relay fast path;
+//! - [`shard`]: [`Server`], request handling, the relay fast path and what
+//!   it tells a kernel fast path;
 //! - [`table`]: the allocation table and its indexes;
 //! - [`relays`]: the shard's pool of relayed addresses;
 //! - [`rfc5780`]: NAT behaviour discovery (OTHER-ADDRESS, CHANGE-REQUEST,
@@ -34,7 +35,7 @@ pub use error::StunError;
 pub use relays::{RelayId, RelayPool};
 pub use rfc5780::{Rfc5780, Rfc5780Error};
 pub use shard::{
-    ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerRoute, PeerSegment, Server, ServerConfig,
-    ServerParts,
+    ClientAction, Event, FastEntry, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerRoute, PeerSegment, Server,
+    ServerConfig, ServerParts,
 };
 pub use table::{Client, Transport};

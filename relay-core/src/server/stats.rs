@@ -236,12 +236,19 @@ impl Stats {
         self.drops[r as usize] += 1;
     }
 
-    /// Counts a relayed packet.
+    /// Counts a relayed packet of `bytes` payload bytes.
     #[inline]
     pub fn relayed(&mut self, d: Direction, t: super::Transport, bytes: usize) {
+        self.relayed_n(d, t, 1, bytes as u64);
+    }
+
+    /// Counts `packets` relayed packets of `bytes` payload bytes in all
+    /// (what another path relayed, such as the kernel fast path).
+    #[inline]
+    pub fn relayed_n(&mut self, d: Direction, t: super::Transport, packets: u64, bytes: u64) {
         let t = TransportLabel::of(t) as usize;
-        self.relayed_packets[d as usize][t] += 1;
-        self.relayed_bytes[d as usize][t] += bytes as u64;
+        self.relayed_packets[d as usize][t] += packets;
+        self.relayed_bytes[d as usize][t] += bytes;
     }
 
     /// Relayed packets in a direction, all transports.

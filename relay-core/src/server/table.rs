@@ -95,6 +95,12 @@ pub(crate) struct Channel {
     pub expires: Instant,
     /// Still counted as active in the stats.
     pub counted: bool,
+    /// Installed on the kernel fast path (an [`Event::FastPathInstall`]
+    /// without its [`Event::FastPathRemove`] yet).
+    ///
+    /// [`Event::FastPathInstall`]: super::Event::FastPathInstall
+    /// [`Event::FastPathRemove`]: super::Event::FastPathRemove
+    pub fast: bool,
 }
 
 /// One allocation.

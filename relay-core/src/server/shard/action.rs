@@ -94,4 +94,33 @@ pub enum Event {
         /// The relay.
         relay: RelayId,
     },
+    /// From now on the kernel fast path may relay ChannelData on
+    /// `channel` from `client` to `peer` via `relay`, and UDP from `peer`
+    /// to `relay` back to `client` as ChannelData on `channel`. The entry
+    /// has no expiry of its own: it stands until the matching
+    /// [`Event::FastPathRemove`]. Only with
+    /// [`ServerConfig::fast_path`](super::ServerConfig::fast_path).
+    FastPathInstall(FastEntry),
+    /// The kernel fast path must stop relaying for this entry: delete it
+    /// (its channel or permission expired, or the allocation ended; the
+    /// removals of an allocation come before its
+    /// [`Event::RelayReleased`]).
+    FastPathRemove(FastEntry),
+}
+
+/// A channel the kernel fast path may relay (see
+/// [`Event::FastPathInstall`]): a UDP client's channel to a peer, and the
+/// relay that serves the peer's address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FastEntry {
+    /// The client (always UDP): the 5-tuple ChannelData comes from and
+    /// goes back to.
+    pub client: Client,
+    /// The channel number.
+    pub channel: u16,
+    /// The allocation's relay of the peer's address family: what the
+    /// ChannelData is sent from to the peer, and what the peer sends to.
+    pub relay: RelayId,
+    /// The peer the channel is bound to.
+    pub peer: SocketAddr,
 }

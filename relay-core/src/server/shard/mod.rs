@@ -8,6 +8,7 @@
 //! header into the headroom in front of it.
 
 mod action;
+mod fast;
 mod reflection;
 mod relay;
 mod request;
@@ -18,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use action::{ClientAction, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
+pub use action::{ClientAction, Event, FastEntry, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
 pub use relay::{PeerRoute, PeerSegment};
 
 use super::auth::{Credentials, NonceIssuer};
@@ -58,7 +59,9 @@ pub struct ServerConfig {
     /// peer packets for the old allocation never reach a new one.
     pub relay_quarantine: Duration,
     /// Bandwidth cap per allocation, bytes per second, both directions
-    /// together; 0 = unlimited.
+    /// together; 0 = unlimited. With a cap, no channel goes on the kernel
+    /// fast path ([`ServerConfig::fast_path`]): only the in-process path
+    /// can hold it.
     pub bandwidth_limit: u64,
     /// Burst allowance of the bandwidth cap, bytes.
     pub bandwidth_burst: u64,
@@ -70,6 +73,17 @@ pub struct ServerConfig {
     pub unauthenticated_burst: u32,
     /// Offer SHA-256 long-term keys with PASSWORD-ALGORITHMS (RFC 8489).
     pub sha256: bool,
+    /// The I/O layer has a kernel fast path attached (a program relaying
+    /// UDP ChannelData in the kernel): the shard says which channels it
+    /// may relay with [`Event::FastPathInstall`] and
+    /// [`Event::FastPathRemove`], and takes its counts back with
+    /// [`Server::credit_fast_path`]. Only channels of UDP clients without
+    /// a bandwidth cap, to peers the in-process path sends to as named
+    /// (not this shard's relays, nor another shard's bound elsewhere than
+    /// advertised), go on it. Relays and own addresses are to be set before the first
+    /// allocation. When false, no fast-path event is ever emitted and
+    /// nothing costs anything.
+    pub fast_path: bool,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +103,7 @@ impl Default for ServerConfig {
             unauthenticated_rate: 1000,
             unauthenticated_burst: 2000,
             sha256: true,
+            fast_path: false,
         }
     }
 }
@@ -428,7 +443,10 @@ impl Server {
                     self.stats.channels_active -= 1;
                 }
             }
-            a.channels.retain(|c| c.counted || c.expires + quarantine > now);
+            // Kernel entries go before their channels can leave the vector.
+            self.sync_fast(e.key, now);
+            let Some(a) = self.table.get_mut(e.key) else { continue };
+            a.channels.retain(|c| c.fast || c.counted || c.expires + quarantine > now);
             let next = a.next_deadline(quarantine);
             self.schedule(e.key, next);
         }
@@ -455,6 +473,14 @@ impl Server {
 
     fn delete(&mut self, id: u32, now: Instant) {
         let Some(a) = self.table.remove(id) else { return };
+        // The kernel stops relaying before the relays go back to the pool.
+        if self.config.fast_path {
+            for c in a.channels.iter().filter(|c| c.fast) {
+                if let Some(entry) = fast::entry(&a, c) {
+                    self.events.push_back(Event::FastPathRemove(entry));
+                }
+            }
+        }
         for relay in a.relays.into_iter().flatten() {
             self.pool.release(relay, now);
             self.events.push_back(Event::RelayReleased { relay });
@@ -472,9 +498,10 @@ impl Server {
     /// Checks the shard's internal consistency at `now` (after
     /// [`Server::handle_timeout`] ran for it): the 5-tuple index agrees with
     /// the table, every allocation's relays belong to it, no allocation
-    /// outlived its lifetime by more than the timer's one-second tick, and
-    /// the gauges match what is stored. For tests and fuzzing; costs a walk
-    /// of the whole table.
+    /// outlived its lifetime by more than the timer's one-second tick, a
+    /// channel is on the kernel fast path exactly while it is eligible
+    /// (expiry again within the tick), and the gauges match what is
+    /// stored. For tests and fuzzing; costs a walk of the whole table.
     pub fn check_invariants(&self, now: Instant) -> Result<(), String> {
         let t = &self.table;
         if t.index_len() != t.len() {
@@ -496,6 +523,16 @@ impl Server {
             }
             perms += a.permissions.len() as u64;
             chans += a.channels.iter().filter(|c| c.counted).count() as u64;
+            // Installed exactly while eligible, expiry within the tick.
+            for c in &a.channels {
+                let eligible = self.fast_eligible(a, c, now, Duration::from_secs(1));
+                if c.fast && !eligible {
+                    return Err(format!("channel {:#06x} of allocation {id} on the fast path, not eligible", c.number));
+                }
+                if !c.fast && self.fast_eligible(a, c, now, Duration::ZERO) {
+                    return Err(format!("channel {:#06x} of allocation {id} eligible, not on the fast path", c.number));
+                }
+            }
         }
         if relays != self.pool.in_use() {
             return Err(format!("{relays} relays held by allocations, pool says {}", self.pool.in_use()));

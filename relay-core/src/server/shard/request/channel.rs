@@ -53,7 +53,7 @@ impl Server {
                 if a.channels.len() >= max_channels {
                     return self.error(rq, StunError::InsufficientCapacity);
                 }
-                a.channels.push(Channel { number, peer, expires: channel_expires, counted: true });
+                a.channels.push(Channel { number, peer, expires: channel_expires, counted: true, fast: false });
                 self.stats.channels_active += 1;
             }
         }
@@ -61,6 +61,7 @@ impl Server {
         let perm_expires = now + self.config.permission_lifetime;
         self.install_permission(id, peer.ip(), perm_expires);
         self.schedule_by(id, perm_expires.min(channel_expires));
+        self.sync_fast(id, now);
         self.success(rq, |_| Ok(()))
     }
 }

@@ -48,6 +48,8 @@ impl Server {
             }
         }
         self.schedule_by(id, expires);
+        // A permission coming back puts its channels on the fast path again.
+        self.sync_fast(id, rq.now);
         self.success(rq, |_| Ok(()))
     }
 
