@@ -25,6 +25,7 @@ use relay_core::server::{RelayId, Server};
 
 pub mod egress;
 pub mod event_loop;
+pub mod fastpath;
 pub mod gso;
 pub mod portable;
 pub mod shard;
@@ -100,6 +101,11 @@ pub struct IoConfig {
     /// Let the kernel coalesce received datagrams of a flow (`UDP_GRO`);
     /// each is still handled as the datagram it was.
     pub gro: bool,
+    /// The kernel fast path (XDP) for UDP ChannelData.
+    pub fast_path: fastpath::FastPathMode,
+    /// Interfaces for the fast path; empty: those holding the UDP
+    /// listeners' and relay addresses.
+    pub fast_path_interfaces: Vec<String>,
 }
 
 impl Default for IoConfig {
@@ -122,6 +128,8 @@ impl Default for IoConfig {
             handover: false,
             gso: true,
             gro: true,
+            fast_path: fastpath::FastPathMode::Off,
+            fast_path_interfaces: Vec::new(),
         }
     }
 }
@@ -165,6 +173,9 @@ pub enum StartError {
     /// TLS listeners were asked for without a certificate.
     #[error("TLS listeners need a certificate and key")]
     NoCertificate,
+    /// A forced kernel fast path could not start.
+    #[error("kernel fast path: {0}")]
+    FastPath(#[from] fastpath::FastPathError),
     /// Spawning a shard thread failed.
     #[error("cannot start shard thread: {0}")]
     Spawn(io::Error),
@@ -223,6 +234,9 @@ pub struct Relay {
     tls_addrs: Vec<SocketAddr>,
     relay_count: usize,
     draining: std::sync::atomic::AtomicBool,
+    /// The kernel fast path; dropped (detached) with the relay.
+    fast: Option<fastpath::FastPath>,
+    fast_path_why: String,
 }
 
 impl Relay {
@@ -306,6 +320,17 @@ impl Relay {
 
         let batching = udp_batching(config, &bound);
 
+        // The kernel fast path, before any shard serves: relay-core emits
+        // its events only when it is attached.
+        let mut fast_ips: Vec<IpAddr> = udp_addrs.iter().map(|a| a.ip()).collect();
+        fast_ips.extend(config.relay_ips.iter().map(|r| r.bind));
+        fast_ips.dedup();
+        let relay_total: usize = bound.iter().map(|b| b.2.len()).sum();
+        let slots = u32::try_from(relay_total.max(1024)).unwrap_or(u32::MAX);
+        let started = fastpath::FastPath::start(config.fast_path, &config.fast_path_interfaces, &fast_ips, slots)?;
+        let fast_path_why = started.why;
+        let fast = started.fast;
+
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;
         for (k, (mut socks, mut streams, relays)) in bound.into_iter().enumerate() {
@@ -319,6 +344,11 @@ impl Relay {
                 socks.push(Sock { socket: s, kind: SockKind::Relay(id) });
             }
             server.set_own_addresses(own.clone());
+            let fast_shard = match &fast {
+                Some(f) => Some(f.shard(k, n).map_err(|e| fastpath::FastPathError::Load(e.to_string()))?),
+                None => None,
+            };
+            server.set_fast_path(fast_shard.is_some());
             relay_count += relay_sock.len();
             let (tx, rx) = unbounded();
             let wake = Arc::new(EventFd::new().map_err(StartError::Spawn)?);
@@ -339,6 +369,7 @@ impl Relay {
                 batching,
                 udp_stats: Default::default(),
                 scratch: Vec::new(),
+                fast: fast_shard,
             };
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[k % cores.len()]);
             let (batch, max_datagram) = (config.batch.max(1), config.max_datagram);
@@ -366,6 +397,7 @@ impl Relay {
             gro = batching.gro,
             "data plane started"
         );
+        tracing::info!(mode = config.fast_path.name(), "{fast_path_why}");
         Ok(Relay {
             shards,
             backend,
@@ -375,7 +407,19 @@ impl Relay {
             tls_addrs,
             relay_count,
             draining: Default::default(),
+            fast,
+            fast_path_why,
         })
+    }
+
+    /// The kernel fast path, when one is attached.
+    pub fn fast_path(&self) -> Option<&fastpath::FastPath> {
+        self.fast.as_ref()
+    }
+
+    /// Which path relays UDP ChannelData, and why (as logged at start).
+    pub fn fast_path_reason(&self) -> &str {
+        &self.fast_path_why
     }
 
     /// The backend the shards run.

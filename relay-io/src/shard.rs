@@ -58,6 +58,8 @@ pub struct ShardReport {
     pub loop_turns: u64,
     /// Batched UDP counters (GSO sends, GRO receives, fallbacks).
     pub udp: GsoStats,
+    /// Kernel fast path entries (zeros without one).
+    pub fast_path: crate::fastpath::ShardFastStats,
 }
 
 /// Messages to a shard from other threads.
@@ -179,6 +181,8 @@ pub struct ShardState {
     /// Scratch for a coalesced segment's frame to a stream client (the
     /// stream path copies the frame anyway).
     pub scratch: Vec<u8>,
+    /// This shard's writer of kernel fast path entries, when one runs.
+    pub fast: Option<crate::fastpath::ShardFastPath>,
 }
 
 /// Batched UDP settings of a shard (`IoConfig::gso`, `IoConfig::gro`, as
@@ -301,6 +305,11 @@ impl ShardState {
         while let Ok(c) = self.control.try_recv() {
             match c {
                 Control::Stats(reply) => {
+                    // The kernel's counts up to now, so that a report is exact.
+                    if let Some(fast) = self.fast.as_mut() {
+                        let (to_peer, to_client) = fast.collect();
+                        self.server.credit_fast_path(to_peer, to_client);
+                    }
                     let (free, quarantined) = self.server.relays_free();
                     let _ = reply.send(ShardReport {
                         shard: self.index,
@@ -317,6 +326,7 @@ impl ShardState {
                             u
                         },
                         backend,
+                        fast_path: self.fast.as_ref().map(|f| f.stats()).unwrap_or_default(),
                     });
                 }
                 Control::Drain(deadline) => {
@@ -330,12 +340,24 @@ impl ShardState {
         }
     }
 
-    /// Applies the server's events to the sockets (DF bit on relays).
+    /// Applies the server's events to the sockets (DF bit on relays) and
+    /// to the kernel fast path's entries.
     pub fn apply_events(&mut self) {
         while let Some(e) = self.server.poll_event() {
             let (relay, on) = match e {
                 Event::RelayOpened { relay, dont_fragment } => (relay, dont_fragment),
                 Event::RelayReleased { relay } => (relay, false),
+                Event::FastPathInstall(entry) => {
+                    self.install_fast(&entry);
+                    continue;
+                }
+                Event::FastPathRemove(entry) => {
+                    if let Some(fast) = self.fast.as_mut() {
+                        let (to_peer, to_client) = fast.remove(&entry);
+                        self.server.credit_fast_path(to_peer, to_client);
+                    }
+                    continue;
+                }
             };
             let Some(&i) = self.udp.relay_sock.get(relay.index()) else { continue };
             if self.df[relay.index()] != on {
@@ -345,6 +367,17 @@ impl ShardState {
                     self.df[relay.index()] = on;
                 }
             }
+        }
+    }
+
+    /// Installs a channel binding in the kernel fast path, keyed by the
+    /// sockets' bound addresses (what the kernel sees).
+    fn install_fast(&mut self, entry: &relay_core::server::FastEntry) {
+        let Some(fast) = self.fast.as_mut() else { return };
+        let relay =
+            self.udp.relay_sock.get(entry.relay.index()).and_then(|&i| self.udp.socks[i].socket.local_addr().ok());
+        if let Some(relay) = relay {
+            fast.install(entry, entry.client.local, relay);
         }
     }
 
@@ -367,6 +400,10 @@ impl ShardState {
         if now.saturating_duration_since(self.last_housekeeping) >= std::time::Duration::from_secs(1) {
             self.last_housekeeping = now;
             self.streams.expire(now, &mut self.server);
+            if let Some(fast) = self.fast.as_mut() {
+                let (to_peer, to_client) = fast.collect();
+                self.server.credit_fast_path(to_peer, to_client);
+            }
         }
     }
 

@@ -28,6 +28,15 @@ use crate::server::stats::Direction;
 use crate::server::table::{Allocation, Channel, Transport};
 
 impl Server {
+    /// Turns the fast path events on or off ([`ServerConfig::fast_path`]),
+    /// for the I/O layer once it knows whether a fast path is attached.
+    /// Call it before the first allocation.
+    ///
+    /// [`ServerConfig::fast_path`]: super::ServerConfig::fast_path
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.config.fast_path = on;
+    }
+
     /// Counts what the kernel fast path relayed (since the last call):
     /// `(packets, bytes)` from clients to peers and from peers to clients,
     /// all UDP. Bytes are payload bytes, as the in-process path counts

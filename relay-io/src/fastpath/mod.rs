@@ -1,0 +1,551 @@
+//! The kernel fast path: an XDP program (`bpf/fastpath.bpf.c`, compiled by
+//! `build.rs` with clang) relays UDP ChannelData between clients and peers
+//! without waking a shard; the shards are its control plane.
+//!
+//! relay-core decides what may be relayed ([`relay_core::server::Event::FastPathInstall`]
+//! and `FastPathRemove`, emitted for a channel whose permission is live,
+//! whose peer passed the policy and whose allocation is not capped); the
+//! shard turns each into two map entries (client → peer keyed by the
+//! client's 5-tuple and channel, peer → client keyed by peer and relay
+//! address) and reads the kernel's per-entry counters back into its stats
+//! once a second and when an entry goes.
+//!
+//! Several shards write the same maps without coordination: their keys are
+//! disjoint by construction (a relay address belongs to one shard, a
+//! client's 5-tuple to one allocation), the kernel updates a hash map
+//! element atomically, and each shard owns a disjoint range of counter
+//! slots. Nothing of this is on a shard's packet path.
+//!
+//! Lifecycle: the program is attached through BPF links, which the kernel
+//! detaches when the last descriptor closes — on exit, and after SIGKILL
+//! too; nothing is pinned, so nothing outlives the process.
+
+pub mod maps;
+
+use std::collections::HashMap as StdHashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use relay_core::server::FastEntry;
+
+pub use maps::{COUNTERS, FIRST_PASS, FpAddr, FpChanKey, FpChanVal, FpPeerKey, FpPeerVal, FpSlotStats};
+
+/// The compiled program (empty when clang was missing at build time).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
+
+/// Which fast path to run (`server.fast_path`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FastPathMode {
+    /// Native (driver) XDP on every interface that supports it and has
+    /// forwarding on; elsewhere, and without privileges or kernel support,
+    /// the socket path, with one log line saying why.
+    #[default]
+    Auto,
+    /// Native XDP on every interface, or a start-up error.
+    Xdp,
+    /// Generic (skb) XDP on every interface, or a start-up error. Works on
+    /// any device, `lo` included; usually no faster than the socket path,
+    /// so `auto` never picks it.
+    XdpGeneric,
+    /// The socket path only.
+    Off,
+}
+
+impl FastPathMode {
+    /// Parses `auto`, `xdp`, `xdp-generic` or `off`.
+    pub fn parse(s: &str) -> Option<FastPathMode> {
+        Some(match s {
+            "auto" => FastPathMode::Auto,
+            "xdp" => FastPathMode::Xdp,
+            "xdp-generic" => FastPathMode::XdpGeneric,
+            "off" => FastPathMode::Off,
+            _ => return None,
+        })
+    }
+
+    /// The configuration spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            FastPathMode::Auto => "auto",
+            FastPathMode::Xdp => "xdp",
+            FastPathMode::XdpGeneric => "xdp-generic",
+            FastPathMode::Off => "off",
+        }
+    }
+}
+
+/// Why a forced fast path could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    /// The program was not compiled into this binary.
+    #[error("the kernel fast path was not built into this binary (clang was missing when it was compiled)")]
+    NotBuilt,
+    /// The kernel refused the program or its maps.
+    #[error("cannot load the fast path program: {0}")]
+    Load(String),
+    /// An interface could not take the program.
+    #[error("cannot attach the fast path ({mode}) to {interface}: {why}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// The attach mode.
+        mode: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// No interface carries the configured addresses.
+    #[error("no interface for the fast path: {0}")]
+    NoInterface(String),
+}
+
+/// What [`FastPath::start`] did: the running fast path, if any, and a line
+/// saying which path runs and why.
+pub struct Started {
+    /// The fast path, when attached somewhere.
+    pub fast: Option<FastPath>,
+    /// For the log.
+    pub why: String,
+}
+
+/// The loaded program, its attachments and the maps.
+pub struct FastPath {
+    ebpf: Ebpf,
+    channels: MapData,
+    peers: MapData,
+    slots: MapData,
+    counters: PerCpuArray<MapData, u64>,
+    slot_count: u32,
+    attached: Vec<String>,
+    mode: FastPathMode,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath").field("mode", &self.mode).field("attached", &self.attached).finish()
+    }
+}
+
+fn load(slot_count: u32, no_fib: bool) -> Result<Ebpf, FastPathError> {
+    if cfg!(fastpath_missing) || OBJECT.is_empty() {
+        return Err(FastPathError::NotBuilt);
+    }
+    let flag: u32 = no_fib.into();
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("fp_slots", slot_count.max(1))
+        .override_global("fp_no_fib", &flag, true)
+        .load(OBJECT)
+        .map_err(|e| FastPathError::Load(error_chain(&e)))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("turn_fastpath")
+        .ok_or_else(|| FastPathError::Load("no turn_fastpath program in the object".into()))?
+        .try_into()
+        .map_err(|e| FastPathError::Load(error_chain(&e)))?;
+    prog.load().map_err(|e| FastPathError::Load(error_chain(&e)))?;
+    Ok(ebpf)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<MapData, FastPathError> {
+    use aya::maps::Map;
+    match ebpf.take_map(name) {
+        Some(Map::HashMap(m) | Map::PerCpuArray(m) | Map::Array(m)) => Ok(m),
+        _ => Err(FastPathError::Load(format!("map {name} missing or of the wrong type"))),
+    }
+}
+
+/// A second handle to the same kernel map.
+fn clone_map(m: &MapData) -> io::Result<MapData> {
+    let fd = m.fd().as_fd().try_clone_to_owned()?;
+    MapData::from_fd(fd).map_err(io::Error::other)
+}
+
+impl FastPath {
+    /// Loads the program and attaches it as `mode` asks, to `interfaces`
+    /// or, when that is empty, to the interfaces that hold `ips` (the UDP
+    /// listeners' and relay sockets' addresses; a wildcard means every
+    /// interface but `lo`). `slot_count` bounds the channel bindings that
+    /// can be on the fast path at once (the rest stay on the socket path).
+    /// `auto` never fails: it says why it runs nothing.
+    pub fn start(
+        mode: FastPathMode,
+        interfaces: &[String],
+        ips: &[IpAddr],
+        slot_count: u32,
+    ) -> Result<Started, FastPathError> {
+        let soft = |e: FastPathError| -> Result<Started, FastPathError> {
+            if mode == FastPathMode::Auto {
+                Ok(Started { fast: None, why: format!("socket path: {e}") })
+            } else {
+                Err(e)
+            }
+        };
+        if mode == FastPathMode::Off {
+            return Ok(Started { fast: None, why: "socket path: server.fast_path is off".into() });
+        }
+        let names = match derive_interfaces(interfaces, ips) {
+            Ok(n) if !n.is_empty() => n,
+            Ok(_) => return soft(FastPathError::NoInterface(format!("none holds {ips:?}"))),
+            Err(e) => return soft(FastPathError::NoInterface(e.to_string())),
+        };
+        let mut ebpf = match load(slot_count, false) {
+            Ok(e) => e,
+            Err(e) => return soft(e),
+        };
+        let (xdp_mode, mode_name) = match mode {
+            FastPathMode::XdpGeneric => (XdpMode::Skb, "generic XDP"),
+            _ => (XdpMode::Driver, "native XDP"),
+        };
+        let mut attached = Vec::new();
+        let mut skipped = Vec::new();
+        for name in &names {
+            let why = match forwarding_off(name, ips) {
+                Some(sysctl) => Some(format!("forwarding is off ({sysctl} = 0); bpf_fib_lookup refuses to route")),
+                None => {
+                    let prog: &mut Xdp = match ebpf.program_mut("turn_fastpath").and_then(|p| p.try_into().ok()) {
+                        Some(p) => p,
+                        None => return soft(FastPathError::Load("turn_fastpath is not an XDP program".into())),
+                    };
+                    prog.attach(name.as_str(), xdp_mode).err().map(|e| error_chain(&e))
+                }
+            };
+            match why {
+                None => attached.push(name.clone()),
+                Some(why) if mode == FastPathMode::Auto => skipped.push(format!("{name}: {why}")),
+                Some(why) => return Err(FastPathError::Attach { interface: name.clone(), mode: mode_name, why }),
+            }
+        }
+        if attached.is_empty() {
+            return soft(FastPathError::Attach {
+                interface: names.join(","),
+                mode: mode_name,
+                why: skipped.join("; "),
+            });
+        }
+        let channels = take(&mut ebpf, "fp_channels")?;
+        let peers = take(&mut ebpf, "fp_peers")?;
+        let slots = take(&mut ebpf, "fp_slots")?;
+        let counters = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(take(&mut ebpf, "fp_counters")?))
+            .map_err(|e| FastPathError::Load(e.to_string()))?;
+        let mut why = format!("kernel fast path: {mode_name} on {}", attached.join(", "));
+        if !skipped.is_empty() {
+            why.push_str(&format!(" (socket path on {})", skipped.join("; ")));
+        }
+        let fast = FastPath { ebpf, channels, peers, slots, counters, slot_count, attached, mode };
+        Ok(Started { fast: Some(fast), why })
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn interfaces(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// The handle shard `index` of `count` writes its entries through; it
+    /// owns an equal share of the counter slots.
+    pub fn shard(&self, index: usize, count: usize) -> io::Result<ShardFastPath> {
+        let per = self.slot_count / count.max(1) as u32;
+        let first = per * index as u32;
+        Ok(ShardFastPath {
+            channels: HashMap::try_from(aya::maps::Map::HashMap(clone_map(&self.channels)?))
+                .map_err(io::Error::other)?,
+            peers: HashMap::try_from(aya::maps::Map::HashMap(clone_map(&self.peers)?)).map_err(io::Error::other)?,
+            slots: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(clone_map(&self.slots)?))
+                .map_err(io::Error::other)?,
+            free: (first..first + per).rev().collect(),
+            installed: StdHashMap::new(),
+            stats: ShardFastStats::default(),
+        })
+    }
+
+    /// What the program did with the packets it saw, summed over CPUs,
+    /// indexed as [`COUNTERS`].
+    pub fn counters(&self) -> [u64; COUNTERS.len()] {
+        sum_counters(&self.counters)
+    }
+
+    /// The program's own run time: (packets run, nanoseconds), from the
+    /// kernel's statistics (`kernel.bpf_stats_enabled` must be 1; zeros
+    /// otherwise).
+    pub fn run_stats(&self) -> (u64, u64) {
+        let info = self.ebpf.program("turn_fastpath").and_then(|p| p.info().ok());
+        info.map_or((0, 0), |i| (i.run_count(), i.run_time().as_nanos() as u64))
+    }
+}
+
+/// A shard's counters of its fast path entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardFastStats {
+    /// Entries (channel bindings) in the kernel now.
+    pub installed: u64,
+    /// Bindings kept on the socket path: no free counter slot.
+    pub slots_full: u64,
+    /// Bindings kept on the socket path: a wildcard listener or relay
+    /// address (the kernel sees the real one), or an address family the
+    /// program cannot write.
+    pub unsupported: u64,
+    /// Map updates the kernel refused.
+    pub errors: u64,
+}
+
+struct Installed {
+    slot: u32,
+    chan: FpChanKey,
+    peer: FpPeerKey,
+    seen: FpSlotStats,
+}
+
+/// One shard's writer of fast path entries.
+pub struct ShardFastPath {
+    channels: HashMap<MapData, FpChanKey, FpChanVal>,
+    peers: HashMap<MapData, FpPeerKey, FpPeerVal>,
+    slots: PerCpuArray<MapData, FpSlotStats>,
+    free: Vec<u32>,
+    installed: StdHashMap<FastEntry, Installed>,
+    stats: ShardFastStats,
+}
+
+impl std::fmt::Debug for ShardFastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardFastPath").field("stats", &self.stats).finish()
+    }
+}
+
+/// What the kernel relayed for a shard since the last look: (packets,
+/// bytes) client → peer and peer → client.
+pub type Relayed = ((u64, u64), (u64, u64));
+
+impl ShardFastPath {
+    /// Installs `e`: ChannelData on `e.channel` from `e.client` to the
+    /// listener `listener` goes to `e.peer` from `relay`, and the peer's
+    /// datagrams to `relay` come back as ChannelData. `listener` and
+    /// `relay` are the sockets' bound addresses (what the kernel sees).
+    pub fn install(&mut self, e: &FastEntry, listener: SocketAddr, relay: SocketAddr) {
+        if self.installed.contains_key(e) {
+            return;
+        }
+        if listener.ip().is_unspecified() || relay.ip().is_unspecified() {
+            self.stats.unsupported += 1;
+            return;
+        }
+        let Some(slot) = self.free.pop() else {
+            self.stats.slots_full += 1;
+            return;
+        };
+        let chan = FpChanKey {
+            client: FpAddr::of(e.client.remote),
+            listener: FpAddr::of(listener),
+            channel: e.channel.to_be_bytes(),
+            pad: [0; 2],
+        };
+        let peer = FpPeerKey { peer: FpAddr::of(e.peer), relay: FpAddr::of(relay) };
+        let cv = FpChanVal { relay: peer.relay, peer: peer.peer, slot, pad: 0 };
+        let pv = FpPeerVal { client: chan.client, listener: chan.listener, channel: chan.channel, pad: 0, slot };
+        let seen = self.read(slot);
+        let ok = self.peers.insert(peer, pv, 0).is_ok() && self.channels.insert(chan, cv, 0).is_ok();
+        if !ok {
+            let _ = self.peers.remove(&peer);
+            let _ = self.channels.remove(&chan);
+            self.free.push(slot);
+            self.stats.errors += 1;
+            return;
+        }
+        self.installed.insert(*e, Installed { slot, chan, peer, seen });
+        self.stats.installed += 1;
+    }
+
+    /// Removes `e`'s entries; returns what the kernel relayed for it since
+    /// the last [`ShardFastPath::collect`].
+    pub fn remove(&mut self, e: &FastEntry) -> Relayed {
+        let Some(i) = self.installed.remove(e) else { return ((0, 0), (0, 0)) };
+        if self.channels.remove(&i.chan).is_err() | self.peers.remove(&i.peer).is_err() {
+            self.stats.errors += 1;
+        }
+        self.stats.installed -= 1;
+        // A packet the program is relaying right now may still count after
+        // this read; the slot is read again when it is next handed out.
+        let delta = self.read(i.slot).since(&i.seen);
+        self.free.push(i.slot);
+        relayed(&delta)
+    }
+
+    /// What the kernel relayed for every installed entry since the last
+    /// look (call it about once a second).
+    pub fn collect(&mut self) -> Relayed {
+        let mut total = FpSlotStats::default();
+        let slots: Vec<u32> = self.installed.values().map(|i| i.slot).collect();
+        for slot in slots {
+            let now = self.read(slot);
+            if let Some(i) = self.installed.values_mut().find(|i| i.slot == slot) {
+                total.add(&now.since(&i.seen));
+                i.seen = now;
+            }
+        }
+        relayed(&total)
+    }
+
+    /// The shard's entry counters.
+    pub fn stats(&self) -> ShardFastStats {
+        self.stats
+    }
+
+    fn read(&self, slot: u32) -> FpSlotStats {
+        read_slot(&self.slots, slot)
+    }
+}
+
+/// A slot's counters, summed over CPUs.
+fn read_slot(slots: &PerCpuArray<MapData, FpSlotStats>, slot: u32) -> FpSlotStats {
+    let mut sum = FpSlotStats::default();
+    if let Ok(v) = slots.get(&slot, 0) {
+        for cpu in v.iter() {
+            sum.add(cpu);
+        }
+    }
+    sum
+}
+
+/// `fp_counters` summed over CPUs.
+fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> [u64; COUNTERS.len()] {
+    let mut out = [0u64; COUNTERS.len()];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(v) = counters.get(&(i as u32), 0) {
+            *slot = v.iter().sum();
+        }
+    }
+    out
+}
+
+fn relayed(s: &FpSlotStats) -> Relayed {
+    ((s.to_peer_packets, s.to_peer_bytes), (s.to_client_packets, s.to_client_bytes))
+}
+
+/// The interfaces to attach to: `names` as given, else those holding
+/// `ips` (a wildcard: every interface but `lo`).
+fn derive_interfaces(names: &[String], ips: &[IpAddr]) -> io::Result<Vec<String>> {
+    if !names.is_empty() {
+        return Ok(names.to_vec());
+    }
+    let all = crate::sys::interface_addresses()?;
+    let mut out: Vec<String> = Vec::new();
+    for ip in ips {
+        for (name, addr) in &all {
+            let hit = if ip.is_unspecified() { name != "lo" } else { addr == ip };
+            if hit && !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The forwarding sysctl that is off on `dev` for a family among `ips`, if
+/// any: bpf_fib_lookup answers "forwarding disabled" on such a device.
+fn forwarding_off(dev: &str, ips: &[IpAddr]) -> Option<String> {
+    let families = [(true, "ipv4"), (false, "ipv6")];
+    for (v4, fam) in families {
+        if !ips.iter().any(|ip| ip.is_ipv4() == v4) {
+            continue;
+        }
+        let path = format!("/proc/sys/net/{fam}/conf/{dev}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == "0") {
+            return Some(format!("net.{fam}.conf.{dev}.forwarding"));
+        }
+    }
+    None
+}
+
+/// The program loaded for tests of its rewriting, attached nowhere, with
+/// the route lookup replaced by "bounce it back" (`XDP_TX` with the MAC
+/// addresses swapped): [`TestProgram::run`] hands it a frame through
+/// `BPF_PROG_TEST_RUN`.
+pub struct TestProgram {
+    ebpf: Ebpf,
+    channels: HashMap<MapData, FpChanKey, FpChanVal>,
+    peers: HashMap<MapData, FpPeerKey, FpPeerVal>,
+    slots: PerCpuArray<MapData, FpSlotStats>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// XDP verdicts.
+pub mod verdict {
+    /// `XDP_PASS`: to the stack.
+    pub const PASS: u32 = 2;
+    /// `XDP_TX`: out of the ingress device.
+    pub const TX: u32 = 3;
+}
+
+impl TestProgram {
+    /// Loads the program (needs CAP_BPF).
+    pub fn load() -> Result<TestProgram, FastPathError> {
+        let mut ebpf = load(16, true)?;
+        let l = |e: aya::maps::MapError| FastPathError::Load(e.to_string());
+        let channels = HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_channels")?)).map_err(l)?;
+        let peers = HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_peers")?)).map_err(l)?;
+        let slots = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(take(&mut ebpf, "fp_slots")?)).map_err(l)?;
+        let counters =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(take(&mut ebpf, "fp_counters")?)).map_err(l)?;
+        Ok(TestProgram { ebpf, channels, peers, slots, counters })
+    }
+
+    /// Adds the entries of one channel binding, counting into `slot` (< 16).
+    pub fn install(
+        &mut self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        channel: u16,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        slot: u32,
+    ) {
+        let chan = FpChanKey {
+            client: FpAddr::of(client),
+            listener: FpAddr::of(listener),
+            channel: channel.to_be_bytes(),
+            pad: [0; 2],
+        };
+        let pk = FpPeerKey { peer: FpAddr::of(peer), relay: FpAddr::of(relay) };
+        let cv = FpChanVal { relay: pk.relay, peer: pk.peer, slot, pad: 0 };
+        let pv = FpPeerVal { client: chan.client, listener: chan.listener, channel: chan.channel, pad: 0, slot };
+        self.channels.insert(chan, cv, 0).expect("insert a channel entry");
+        self.peers.insert(pk, pv, 0).expect("insert a peer entry");
+    }
+
+    /// Runs the program on an Ethernet frame: the verdict and the frame as
+    /// the program left it.
+    pub fn run(&mut self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("turn_fastpath")
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| io::Error::other("no program"))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() };
+        let r = prog.test_run(opts).map_err(io::Error::other)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// A slot's counters, summed over CPUs.
+    pub fn slot(&self, slot: u32) -> FpSlotStats {
+        read_slot(&self.slots, slot)
+    }
+
+    /// The program's counters, summed over CPUs, indexed as [`COUNTERS`].
+    pub fn counters(&self) -> [u64; COUNTERS.len()] {
+        sum_counters(&self.counters)
+    }
+}
