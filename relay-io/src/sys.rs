@@ -635,6 +635,20 @@ pub fn set_dont_fragment(fd: RawFd, ipv6: bool, on: bool) -> io::Result<()> {
     cvt(r).map(drop)
 }
 
+/// Moves the calling thread into the network namespace `ip netns` named
+/// `name` (`/run/netns/<name>`); threads it starts afterwards are in it too.
+/// For tests and tools that build their own namespaces.
+pub fn enter_netns(name: &str) -> io::Result<()> {
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns(2) takes a live descriptor of a network namespace and
+    // changes only the calling thread's namespace.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Every interface address: (interface name, IP), from getifaddrs(3).
 pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

@@ -131,6 +131,13 @@ impl TurnClient {
         TurnClient { sock, server, timeout: TIMEOUT, session: Session::new(login) }
     }
 
+    /// A client of `server` on `sock` (bound where the test wants it, a
+    /// network namespace's address say), waiting [`TIMEOUT`] for an answer.
+    pub fn with_socket(sock: UdpSocket, server: SocketAddr, login: Login<'_>) -> TurnClient {
+        sock.set_read_timeout(Some(TIMEOUT)).expect("set a read timeout");
+        TurnClient { sock, server, timeout: TIMEOUT, session: Session::new(login) }
+    }
+
     /// The same client waiting `timeout` for an answer.
     pub fn with_timeout(self, timeout: Duration) -> TurnClient {
         self.sock.set_read_timeout(Some(timeout)).expect("set a read timeout");

@@ -8,6 +8,8 @@
 //! - loopback helpers: [`peer`] (a peer socket on 127.0.0.2), [`backends`],
 //!   [`allow_loopback`], [`start_or_skip`], [`error_code`], datagram
 //!   receives that retry when a signal interrupts them;
+//! - [`Topology`]: clients, a relay and peers in three network namespaces
+//!   joined by veth pairs;
 //! - the skip rule ([`skip`], [`skip_io_uring`], [`skips_fail`]): a test
 //!   that cannot run here says so, and fails instead in CI.
 //!
@@ -21,6 +23,7 @@
 mod cert;
 mod client;
 mod mem;
+mod netns;
 mod skip;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -36,6 +39,7 @@ use relay_io::{Backend, IoConfig, Relay, StartError};
 pub use cert::{TestCert, certificate, client_config, test_certificate};
 pub use client::{Stream, StreamClient, TurnClient};
 pub use mem::MemSocket;
+pub use netns::Topology;
 pub use skip::{skip, skip_io_uring, skips_fail};
 
 /// How long a client waits for an answer, and a [`peer`] for a datagram,

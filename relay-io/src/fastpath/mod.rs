@@ -467,6 +467,31 @@ fn forwarding_off(dev: &str, ips: &[IpAddr]) -> Option<String> {
     None
 }
 
+/// The program attached with no entries, so that it passes every packet:
+/// for test hosts at the far end of a veth pair, which delivers XDP_TX
+/// frames only to a device that has an XDP program (a NIC needs nothing of
+/// the sort). Detached on drop.
+pub struct PassiveXdp {
+    _ebpf: Ebpf,
+}
+
+impl PassiveXdp {
+    /// Attaches natively to `interface` in the calling thread's namespace.
+    pub fn attach(interface: &str) -> Result<PassiveXdp, FastPathError> {
+        let mut ebpf = load(1, false)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("turn_fastpath")
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| FastPathError::Load("turn_fastpath is not an XDP program".into()))?;
+        prog.attach(interface, XdpMode::Driver).map_err(|e| FastPathError::Attach {
+            interface: interface.into(),
+            mode: "native XDP",
+            why: error_chain(&e),
+        })?;
+        Ok(PassiveXdp { _ebpf: ebpf })
+    }
+}
+
 /// The program loaded for tests of its rewriting, attached nowhere, with
 /// the route lookup replaced by "bounce it back" (`XDP_TX` with the MAC
 /// addresses swapped): [`TestProgram::run`] hands it a frame through

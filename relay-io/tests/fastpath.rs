@@ -1,0 +1,304 @@
+//! The kernel fast path end to end: clients, the relay and peers in three
+//! network namespaces joined by veth pairs (test_kit::Topology), the XDP
+//! program attached natively to the relay's two devices. ChannelData goes
+//! both ways through the kernel with payloads of 1 to 1400 bytes (the
+//! receiving kernels verify the checksums: a wrong one is never
+//! delivered), over IPv4, IPv6 and mixed families, and to a peer on the
+//! clients' side (XDP_TX); the shard's stats count every datagram whichever
+//! path took it; Send/Data and ChannelData mix on one allocation; entries
+//! go with Refresh 0 and with expiry (nothing is relayed after); a capped
+//! allocation and relay-to-relay stay in the shard. Needs root, clang at
+//! build time and a kernel with BPF; skips elsewhere, fails in CI.
+//! Every wait is bounded.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use relay_core::server::policy::PeerPolicy;
+use relay_core::server::stats::Direction;
+use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_core::wire::{Attribute, Method, attr::AddressFamily};
+use relay_io::fastpath::{COUNTERS, FastPathMode, PassiveXdp};
+use relay_io::{IoConfig, Relay, RelayIp, RelayPorts};
+use test_kit::{Login, Topology, TurnClient, channel_frame, data_indication, recv_datagram, send_indication};
+
+const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: "fast.test" };
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Builds the namespaces, or says why not (CI: fails).
+fn topology(test: &str) -> Option<Topology> {
+    match Topology::new("fp") {
+        Ok(t) => Some(t),
+        Err(why) => {
+            test_kit::skip(test, &why);
+            None
+        }
+    }
+}
+
+/// A relay and the hosts' passive XDP programs (veth delivers the relay's
+/// XDP_TX frames only to a device with a program of its own).
+struct Running {
+    relay: Relay,
+    _hosts: Vec<PassiveXdp>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Relay;
+    fn deref(&self) -> &Relay {
+        &self.relay
+    }
+}
+
+impl Running {
+    fn stop(self) {
+        self.relay.stop().unwrap();
+    }
+}
+
+/// Starts a relay in the relay's namespace, the fast path forced on
+/// (native XDP on vrc and vrp): listeners on 10.201.1.1 and fd00:1::1,
+/// relay addresses 10.201.2.1 and fd00:2::1.
+fn start(t: &Topology, config: ServerConfig) -> Option<Running> {
+    let mut hosts = Vec::new();
+    for (ns, dev) in [(&t.clients, "vc"), (&t.peers, "vp")] {
+        match Topology::run_in(ns, move || PassiveXdp::attach(dev).map_err(|e| e.to_string())) {
+            Ok(h) => hosts.push(h),
+            Err(why) => {
+                test_kit::skip("the kernel fast path", &why);
+                return None;
+            }
+        }
+    }
+    start_relay(t, config).map(|relay| Running { relay, _hosts: hosts })
+}
+
+fn start_relay(t: &Topology, config: ServerConfig) -> Option<Relay> {
+    let ns = t.relay.clone();
+    let started = Topology::run_in(&ns, move || {
+        let io = IoConfig {
+            udp_listen: vec!["10.201.1.1:3478".parse().unwrap(), "[fd00:1::1]:3478".parse().unwrap()],
+            relay_ips: vec![RelayIp::same("10.201.2.1".parse().unwrap()), RelayIp::same("fd00:2::1".parse().unwrap())],
+            relay_ports: RelayPorts::Ephemeral(8),
+            fast_path: FastPathMode::Xdp,
+            ..IoConfig::default()
+        };
+        let policy =
+            PeerPolicy::with_lists(vec!["10.201.0.0/16".parse().unwrap(), "fd00::/16".parse().unwrap()], vec![]);
+        Relay::start(&io, move |_| {
+            let parts = ServerParts::new(LOGIN.credentials()).with_config(config.clone()).with_policy(policy.clone());
+            Server::new(parts, Instant::now(), 1_800_000_000, 11)
+        })
+        .map_err(|e| e.to_string())
+    });
+    match started {
+        Ok(r) => Some(r),
+        Err(why) => {
+            test_kit::skip("the kernel fast path", &why);
+            None
+        }
+    }
+}
+
+fn counter(relay: &Relay, name: &str) -> u64 {
+    let i = COUNTERS.iter().position(|c| *c == name).expect("a counter");
+    relay.fast_path().expect("the fast path runs").counters()[i]
+}
+
+fn relayed(relay: &Relay, d: Direction) -> u64 {
+    relay.stats(TIMEOUT).iter().map(|r| r.stats.relayed_packets_of(d)).sum()
+}
+
+fn installed(relay: &Relay) -> u64 {
+    relay.stats(TIMEOUT).iter().map(|r| r.fast_path.installed).sum()
+}
+
+fn payload(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + seed) as u8).collect()
+}
+
+/// A client in the clients' namespace at `addr`, talking to `server`.
+fn client(t: &Topology, addr: &str, server: &str) -> TurnClient {
+    TurnClient::with_socket(Topology::udp(&t.clients, addr), server.parse().unwrap(), LOGIN)
+}
+
+/// One datagram on `sock` within the timeout.
+fn expect(sock: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddr) {
+    recv_datagram(sock).unwrap_or_else(|| panic!("{what}: nothing arrived"))
+}
+
+/// ChannelData both ways on one binding: a warm-up datagram each way (the
+/// first may go through the stack while the neighbours are resolved), then
+/// every size through the kernel.
+fn both_ways(relay: &Relay, c: &TurnClient, peer: &UdpSocket, relayed_addr: SocketAddr, channel: u16) {
+    let server = c.server;
+    for warm in 0..2 {
+        c.send_channel_data(channel, &payload(10, warm));
+        assert_eq!(expect(peer, "warm-up to the peer"), (payload(10, warm), relayed_addr));
+        peer.send_to(&payload(10, warm), relayed_addr).unwrap();
+        let got = c.recv().unwrap_or_else(|| {
+            let counters: Vec<(&str, u64)> =
+                COUNTERS.iter().copied().zip(relay.fast_path().unwrap().counters()).collect();
+            panic!("warm-up to the client on channel {channel:#x}: nothing arrived; {counters:?}")
+        });
+        assert_eq!(got, channel_frame(channel, &payload(10, warm), false));
+    }
+    let (to_peer, to_client) = (counter(relay, "to_peer"), counter(relay, "to_client"));
+    let (shard_to_peer, shard_to_client) = (relayed(relay, Direction::ToPeer), relayed(relay, Direction::ToClient));
+    let sizes = [1usize, 2, 3, 4, 5, 100, 511, 1000, 1200, 1400];
+    for (i, &n) in sizes.iter().enumerate() {
+        let data = payload(n, i);
+        c.send_channel_data(channel, &data);
+        let (got, from) = expect(peer, "to the peer");
+        assert_eq!((got.len(), from), (n, relayed_addr), "size {n}");
+        assert_eq!(got, data, "size {n}");
+        peer.send_to(&data, relayed_addr).unwrap();
+        let (got, from) = expect(&c.sock, "to the client");
+        assert_eq!(from, server, "from the listener");
+        assert_eq!(got, channel_frame(channel, &data, false), "size {n}");
+    }
+    let k = sizes.len() as u64;
+    assert_eq!(counter(relay, "to_peer") - to_peer, k, "every datagram to the peer went through the kernel");
+    assert_eq!(counter(relay, "to_client") - to_client, k, "every datagram to the client went through the kernel");
+    assert_eq!(relayed(relay, Direction::ToPeer) - shard_to_peer, k, "the shard counts them");
+    assert_eq!(relayed(relay, Direction::ToClient) - shard_to_client, k, "the shard counts them");
+}
+
+#[test]
+fn channel_data_through_the_kernel_in_every_family_combination() {
+    let Some(t) = topology("channel_data_through_the_kernel_in_every_family_combination") else { return };
+    let Some(relay) = start(&t, ServerConfig::default()) else { return };
+    // (client address, listener, peer, relay family, channel)
+    let cases = [
+        ("10.201.1.2:0", "10.201.1.1:3478", "10.201.2.2:0", AddressFamily::V4, 0x4001),
+        ("[fd00:1::2]:0", "[fd00:1::1]:3478", "[fd00:2::2]:0", AddressFamily::V6, 0x4002),
+        ("10.201.1.2:0", "10.201.1.1:3478", "[fd00:2::2]:0", AddressFamily::V6, 0x4003),
+        ("[fd00:1::2]:0", "[fd00:1::1]:3478", "10.201.2.2:0", AddressFamily::V4, 0x4004),
+        // A peer on the clients' side: in and out of vrc (XDP_TX).
+        ("10.201.1.2:0", "10.201.1.1:3478", "10.201.1.3:0", AddressFamily::V4, 0x4005),
+    ];
+    for (i, (caddr, server, paddr, family, channel)) in cases.into_iter().enumerate() {
+        let mut c = client(&t, caddr, server);
+        let family_code = match family {
+            AddressFamily::V4 => 0x01,
+            AddressFamily::V6 => 0x02,
+        };
+        let relayed_addr = c
+            .allocate_with(&[
+                Attribute::RequestedTransport(relay_core::wire::attr::transport::UDP),
+                Attribute::RequestedAddressFamily(family_code),
+            ])
+            .unwrap_or_else(|e| panic!("case {i}: allocate: {e}"));
+        let ns = if paddr.starts_with("10.201.1.") { &t.clients } else { &t.peers };
+        let peer = Topology::udp(ns, paddr);
+        let pa = peer.local_addr().unwrap();
+        c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(channel), Attribute::XorPeerAddress(pa)]);
+        both_ways(&relay, &c, &peer, relayed_addr, channel);
+    }
+    assert_eq!(installed(&relay), 5, "one entry per binding");
+    let s = relay.stats(TIMEOUT);
+    assert_eq!(s.iter().map(|r| r.fast_path.errors).sum::<u64>(), 0);
+    relay.stop();
+}
+
+#[test]
+fn send_and_data_mix_with_channel_data_and_refresh_zero_ends_it() {
+    let Some(t) = topology("send_and_data_mix_with_channel_data_and_refresh_zero_ends_it") else { return };
+    let Some(relay) = start(&t, ServerConfig::default()) else { return };
+    let mut c = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
+    let relayed_addr = c.allocate().unwrap();
+    let a = Topology::udp(&t.peers, "10.201.2.2:0");
+    let b = Topology::udp(&t.peers, "10.201.2.3:0");
+    let (pa, pb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(pa)]);
+    c.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(pb)]);
+    both_ways(&relay, &c, &a, relayed_addr, 0x4001);
+    // Send and Data indications on the same allocation go through the shard.
+    let (kernel_before, no_entry) = (counter(&relay, "to_peer"), counter(&relay, "no_entry"));
+    for i in 0..3 {
+        c.send(&send_indication(pb, &payload(50, i)));
+        assert_eq!(expect(&b, "Send to b"), (payload(50, i), relayed_addr));
+        b.send_to(&payload(60, i), relayed_addr).unwrap();
+        let (got, _) = expect(&c.sock, "Data from b");
+        assert_eq!(data_indication(&got), (payload(60, i), pb));
+        c.send_channel_data(0x4001, &payload(70, i));
+        assert_eq!(expect(&a, "ChannelData to a"), (payload(70, i), relayed_addr));
+    }
+    assert_eq!(counter(&relay, "to_peer") - kernel_before, 3, "ChannelData through the kernel");
+    assert!(counter(&relay, "no_entry") - no_entry >= 6, "Send and peer b's datagrams passed to the stack");
+    assert_eq!(installed(&relay), 1);
+    // Refresh 0: the entries go with the allocation; the peer's datagrams
+    // reach nobody, in the kernel or out of it.
+    c.ok(Method::REFRESH, &[Attribute::Lifetime(0)]);
+    assert_eq!(installed(&relay), 0, "entries removed with the allocation");
+    let to_client = counter(&relay, "to_client");
+    a.send_to(b"after", relayed_addr).unwrap();
+    c.send_channel_data(0x4001, b"after");
+    c.sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    a.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert_eq!(c.recv(), None, "nothing relayed to the client after Refresh 0");
+    assert_eq!(recv_datagram(&a), None, "nothing relayed to the peer after Refresh 0");
+    assert_eq!(counter(&relay, "to_client"), to_client);
+    relay.stop();
+}
+
+#[test]
+fn expiry_removes_the_entries() {
+    let Some(t) = topology("expiry_removes_the_entries") else { return };
+    let config = ServerConfig {
+        permission_lifetime: Duration::from_secs(2),
+        channel_lifetime: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let Some(relay) = start(&t, config) else { return };
+    let mut c = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
+    let relayed_addr = c.allocate().unwrap();
+    let a = Topology::udp(&t.peers, "10.201.2.2:0");
+    let pa = a.local_addr().unwrap();
+    c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(pa)]);
+    c.send_channel_data(0x4001, b"warm");
+    assert_eq!(expect(&a, "warm-up").0, b"warm");
+    assert_eq!(installed(&relay), 1);
+    // Past the lifetimes and the timer's one-second tick.
+    std::thread::sleep(Duration::from_millis(3_500));
+    assert_eq!(installed(&relay), 0, "the expired binding's entries are gone");
+    let (to_peer, to_client) = (counter(&relay, "to_peer"), counter(&relay, "to_client"));
+    c.send_channel_data(0x4001, b"late");
+    a.send_to(b"late", relayed_addr).unwrap();
+    a.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert_eq!(recv_datagram(&a), None, "an expired channel relays nothing");
+    assert_eq!(c.recv(), None, "an expired permission lets nothing in");
+    assert_eq!((counter(&relay, "to_peer"), counter(&relay, "to_client")), (to_peer, to_client));
+    relay.stop();
+}
+
+#[test]
+fn capped_allocations_and_relay_to_relay_stay_in_the_shard() {
+    let Some(t) = topology("capped_allocations_and_relay_to_relay_stay_in_the_shard") else { return };
+    // Relay to relay: one allocation's channel to another's relay address.
+    let Some(relay) = start(&t, ServerConfig::default()) else { return };
+    let mut c1 = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
+    let mut c2 = client(&t, "10.201.1.3:0", "10.201.1.1:3478");
+    let (r1, r2) = (c1.allocate().unwrap(), c2.allocate().unwrap());
+    c1.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(r2)]);
+    c2.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(r1)]);
+    c1.send_channel_data(0x4001, b"hand-over");
+    let (got, _) = expect(&c2.sock, "relay to relay");
+    assert_eq!(data_indication(&got), (b"hand-over".to_vec(), r1));
+    assert_eq!(installed(&relay), 0, "relay to relay is handed over in the shard");
+    relay.stop();
+    // A bandwidth cap only the shard can hold.
+    let capped = ServerConfig { bandwidth_limit: 1 << 20, bandwidth_burst: 1 << 20, ..ServerConfig::default() };
+    let Some(relay) = start(&t, capped) else { return };
+    let mut c = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
+    let relayed_addr = c.allocate().unwrap();
+    let a = Topology::udp(&t.peers, "10.201.2.2:0");
+    c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(a.local_addr().unwrap())]);
+    for i in 0..5 {
+        c.send_channel_data(0x4001, &payload(100, i));
+        assert_eq!(expect(&a, "capped, through the shard"), (payload(100, i), relayed_addr));
+    }
+    assert_eq!((installed(&relay), counter(&relay, "to_peer")), (0, 0), "nothing on the fast path");
+    relay.stop();
+}
