@@ -79,6 +79,21 @@ pub enum BackendName {
     Portable,
 }
 
+/// Which kernel fast path to run (`server.fast_path`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FastPathName {
+    /// Native XDP where the devices allow it, else the socket path.
+    #[default]
+    Auto,
+    /// Native XDP or a start-up error.
+    Xdp,
+    /// Generic (skb) XDP or a start-up error.
+    XdpGeneric,
+    /// The socket path only.
+    Off,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +121,11 @@ pub struct ServerSection {
     pub backend: BackendName,
     /// Seconds a graceful stop waits for allocations to end.
     pub drain_timeout: u64,
+    /// The kernel fast path for UDP ChannelData (XDP).
+    pub fast_path: FastPathName,
+    /// Interfaces for the fast path; empty: those holding the UDP
+    /// listeners' and relay addresses.
+    pub fast_path_interfaces: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -117,6 +137,8 @@ impl Default for ServerSection {
             pin_cores: true,
             backend: BackendName::Auto,
             drain_timeout: 30,
+            fast_path: FastPathName::Auto,
+            fast_path_interfaces: Vec::new(),
         }
     }
 }
@@ -662,6 +684,15 @@ mod tests {
     fn batching_keys() {
         let c = Config::parse("r", "").unwrap();
         assert!(c.relay.gso && c.relay.gro);
+        assert_eq!(c.server.fast_path, FastPathName::Auto);
+        let c =
+            Config::parse("r", "[server]\nfast_path = \"xdp-generic\"\nfast_path_interfaces = [\"eth0\"]\n").unwrap();
+        assert_eq!(
+            (c.server.fast_path, c.server.fast_path_interfaces.as_slice()),
+            (FastPathName::XdpGeneric, &["eth0".to_string()][..])
+        );
+        let e = Config::parse("r", "[server]\nfast_path = \"tc\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "server.fast_path"), "{e}");
         let c = Config::parse("r", "[relay]\ngso = false\ngro = false\n").unwrap();
         assert!(!c.relay.gso && !c.relay.gro);
         let e = Config::parse("r", "[relay]\ngso = \"no\"\n").unwrap_err();

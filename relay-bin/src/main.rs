@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use relay_core::server::auth::{Credentials, NonceIssuer};
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::{Server, ServerConfig, ServerParts};
+use relay_io::fastpath::FastPathMode;
 use relay_io::stream::StreamLimits;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 
@@ -117,6 +118,12 @@ struct Cli {
     /// Largest datagram relayed, bytes [relay.max_datagram].
     #[arg(long)]
     max_datagram: Option<usize>,
+    /// The kernel fast path for UDP ChannelData [server.fast_path].
+    #[arg(long, value_enum)]
+    fast_path: Option<config::FastPathName>,
+    /// An interface for the fast path (repeat for more) [server.fast_path_interfaces].
+    #[arg(long = "fast-path-interface")]
+    fast_path_interface: Vec<String>,
     /// Send every UDP datagram alone: no GSO batches [relay.gso = false].
     #[arg(long)]
     no_gso: bool,
@@ -236,6 +243,10 @@ impl Cli {
         set!("server.software", self.software.is_some(), c.server.software = self.software.clone().unwrap_or_default());
         set!("server.shards", self.shards.is_some(), c.server.shards = self.shards.unwrap_or(0));
         set!("server.pin_cores", self.no_pin, c.server.pin_cores = false);
+        set!("server.fast_path", self.fast_path.is_some(), c.server.fast_path = self.fast_path.unwrap_or_default());
+        set!("server.fast_path_interfaces", !self.fast_path_interface.is_empty(), {
+            c.server.fast_path_interfaces = self.fast_path_interface.clone()
+        });
         set!("relay.gso", self.no_gso, c.relay.gso = false);
         set!("relay.gro", self.no_gro, c.relay.gro = false);
         set!("server.drain_timeout", self.drain_timeout.is_some(), {
@@ -539,6 +550,13 @@ fn run(
         handover: config.listen.handover,
         gso: config.relay.gso,
         gro: config.relay.gro,
+        fast_path: match config.server.fast_path {
+            config::FastPathName::Auto => FastPathMode::Auto,
+            config::FastPathName::Xdp => FastPathMode::Xdp,
+            config::FastPathName::XdpGeneric => FastPathMode::XdpGeneric,
+            config::FastPathName::Off => FastPathMode::Off,
+        },
+        fast_path_interfaces: config.server.fast_path_interfaces.clone(),
         ..IoConfig::default()
     };
     let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user));
@@ -638,7 +656,7 @@ fn run(
             Err(_) => {}
         }
         if config.metrics.enabled {
-            metrics::publish(&relay.stats(Duration::from_millis(500)), backend);
+            metrics::publish(&relay.stats(Duration::from_millis(500)), backend, relay.fast_path());
         }
     }
     handle.close();
@@ -758,6 +776,12 @@ mod tests {
     fn batching_flags() {
         let mut c = Config::default();
         assert!(c.relay.gso && c.relay.gro);
+        let cli = Cli::try_parse_from(["turn-relay", "--fast-path", "off", "--fast-path-interface", "eth1"]).unwrap();
+        assert_eq!(cli.apply(&mut c), ["server.fast_path", "server.fast_path_interfaces"]);
+        assert_eq!(
+            (c.server.fast_path, c.server.fast_path_interfaces.as_slice()),
+            (config::FastPathName::Off, &["eth1".to_string()][..])
+        );
         let cli = Cli::try_parse_from(["turn-relay", "--no-gso"]).unwrap();
         assert_eq!(cli.apply(&mut c), ["relay.gso"]);
         assert!(!c.relay.gso && c.relay.gro);

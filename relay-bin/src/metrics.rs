@@ -22,8 +22,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Publishes what the shards reported (absolute values of their counters).
-pub fn publish(reports: &[ShardReport], backend: &str) {
+/// Publishes what the shards reported (absolute values of their counters)
+/// and what the kernel fast path did, when one runs.
+pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::fastpath::FastPath>) {
+    publish_fast_path(reports, fast);
     let mut total = Stats::default();
     let (mut free, mut quarantined, mut send_failures) = (0usize, 0usize, 0u64);
     let mut streams = relay_io::stream::StreamStats::default();
@@ -93,6 +95,33 @@ pub fn publish(reports: &[ShardReport], backend: &str) {
             counter!("turn_relayed_bytes_total", &labels).absolute(total.relayed_bytes[d as usize][t as usize]);
         }
     }
+}
+
+/// The fast path's metrics: packets it relayed, packets it passed to the
+/// stack by reason, its entries, and bindings kept off it.
+fn publish_fast_path(reports: &[ShardReport], fast: Option<&relay_io::fastpath::FastPath>) {
+    use relay_io::fastpath::{COUNTERS, FIRST_PASS};
+    gauge!("turn_fast_path_info", "path" => if fast.is_some() { "xdp" } else { "socket" }).set(1.0);
+    let Some(fast) = fast else { return };
+    let counts = fast.counters();
+    for (i, (&name, &v)) in COUNTERS.iter().zip(&counts).enumerate() {
+        if i < FIRST_PASS {
+            counter!("turn_fast_path_packets_total", "direction" => name).absolute(v);
+        } else {
+            counter!("turn_fast_path_passed_total", "reason" => name).absolute(v);
+        }
+    }
+    let mut s = relay_io::fastpath::ShardFastStats::default();
+    for r in reports {
+        s.installed += r.fast_path.installed;
+        s.slots_full += r.fast_path.slots_full;
+        s.unsupported += r.fast_path.unsupported;
+        s.errors += r.fast_path.errors;
+    }
+    gauge!("turn_fast_path_entries").set(s.installed as f64);
+    counter!("turn_fast_path_refused_total", "reason" => "slots_full").absolute(s.slots_full);
+    counter!("turn_fast_path_refused_total", "reason" => "wildcard_address").absolute(s.unsupported);
+    counter!("turn_fast_path_refused_total", "reason" => "map_error").absolute(s.errors);
 }
 
 /// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (it

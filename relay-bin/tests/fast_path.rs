@@ -1,0 +1,185 @@
+//! The `turn-relay` binary with the kernel fast path, in three network
+//! namespaces (test_kit::Topology): `--fast-path xdp` attaches to the
+//! relay's devices, ChannelData is relayed in the kernel and the metrics
+//! say so (and still count every relayed packet); after SIGKILL nothing is
+//! left attached and a new start attaches again; a forced mode that cannot
+//! attach is a start-up error naming the device. Needs root, clang at
+//! build time and BPF; skips elsewhere, fails in CI. Every process started
+//! here is stopped by its pid; every wait is bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Killed, run_bounded};
+use relay_core::wire::{Attribute, Method};
+use relay_io::fastpath::PassiveXdp;
+use test_kit::{Login, Topology, TurnClient, channel_frame, recv_datagram};
+
+const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: "fast.bin.test" };
+const SERVER: &str = "10.201.1.1:3478";
+const METRICS: &str = "10.201.1.1:9641";
+
+fn spawn(t: &Topology, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "netns",
+        "exec",
+        &t.relay,
+        env!("CARGO_BIN_EXE_turn-relay"),
+        "--listen",
+        SERVER,
+        "--relay-ip",
+        "10.201.2.1",
+        "--relay-ports",
+        "50000-50015",
+        "--realm",
+        LOGIN.realm,
+        "--user",
+        "alice:secret",
+        "--allow-peer",
+        "10.201.0.0/16",
+        "--metrics",
+        METRICS,
+        "--shards",
+        "1",
+        "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    Command::new("ip").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// GET `path` from the metrics listener (from the clients' namespace).
+fn http_get(t: &Topology, path: &str) -> Option<String> {
+    let path = path.to_owned();
+    Topology::run_in(&t.clients, move || {
+        let mut s = TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_millis(200)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    })
+}
+
+/// A metric's value (waiting up to 3 s for it to be published: once a second).
+fn metric(t: &Topology, name_and_labels: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let body = http_get(t, "/metrics").expect("metrics");
+        let v = body.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok());
+        match v {
+            Some(v) => return v,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => panic!("no {name_and_labels} in the metrics"),
+        }
+    }
+}
+
+fn wait_up(t: &Topology) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(t, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "turn-relay did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when an XDP program is attached to the relay's device `dev`.
+fn xdp_on(t: &Topology, dev: &str) -> bool {
+    let out = run_bounded(Command::new("ip").args(["-n", &t.relay, "-d", "link", "show", dev]), Duration::from_secs(5));
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+#[test]
+fn the_binary_relays_in_the_kernel_and_leaves_nothing_behind() {
+    let t = match Topology::new("fpbin") {
+        Ok(t) => t,
+        Err(why) => return test_kit::skip("the_binary_relays_in_the_kernel_and_leaves_nothing_behind", &why),
+    };
+    let mut hosts = Vec::new();
+    for (ns, dev) in [(&t.clients, "vc"), (&t.peers, "vp")] {
+        match Topology::run_in(ns, move || PassiveXdp::attach(dev).map_err(|e| e.to_string())) {
+            Ok(h) => hosts.push(h),
+            Err(why) => return test_kit::skip("the_binary_relays_in_the_kernel_and_leaves_nothing_behind", &why),
+        }
+    }
+    // A forced mode that cannot attach: native XDP on lo.
+    let out = run_bounded(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &t.relay,
+            env!("CARGO_BIN_EXE_turn-relay"),
+            "--listen",
+            SERVER,
+            "--relay-ip",
+            "10.201.2.1",
+            "--fast-path",
+            "xdp",
+            "--fast-path-interface",
+            "lo",
+        ]),
+        Duration::from_secs(10),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a fast path that cannot attach stops the start");
+    assert!(stderr.contains("lo") && stderr.contains("fast path"), "the error names the device: {stderr}");
+
+    let relay = Killed(spawn(&t, &["--fast-path", "xdp"]));
+    wait_up(&t);
+    assert!(xdp_on(&t, "vrc") && xdp_on(&t, "vrp"), "attached to both of the relay's devices");
+    assert_eq!(metric(&t, r#"turn_fast_path_info{path="xdp"}"#), 1.0);
+
+    let sock = Topology::udp(&t.clients, "10.201.1.2:0");
+    let mut c = TurnClient::with_socket(sock, SERVER.parse().unwrap(), LOGIN);
+    let relayed = c.allocate().unwrap();
+    let peer = Topology::udp(&t.peers, "10.201.2.2:0");
+    let pa: SocketAddr = peer.local_addr().unwrap();
+    c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(pa)]);
+    let n = 50;
+    for i in 0..n {
+        let data = format!("datagram {i}").into_bytes();
+        c.send_channel_data(0x4001, &data);
+        assert_eq!(recv_datagram(&peer).expect("the peer receives"), (data.clone(), relayed));
+        peer.send_to(&data, relayed).unwrap();
+        assert_eq!(c.recv().expect("the client receives"), channel_frame(0x4001, &data, false));
+    }
+    // Published once a second.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let kernel = metric(&t, r#"turn_fast_path_packets_total{direction="to_peer"}"#);
+    assert!(kernel >= f64::from(n) - 1.0, "relayed in the kernel: {kernel}");
+    assert!(metric(&t, r#"turn_fast_path_packets_total{direction="to_client"}"#) >= f64::from(n) - 1.0);
+    let counted = metric(&t, r#"turn_relayed_packets_total{direction="to_peer",transport="udp"}"#);
+    assert_eq!(counted, f64::from(n), "every relayed packet counted, whichever path took it");
+    assert_eq!(metric(&t, "turn_fast_path_entries"), 1.0);
+    assert!(metric(&t, r#"turn_fast_path_passed_total{reason="no_entry"}"#) >= 1.0, "the requests went to the stack");
+
+    // SIGKILL: the kernel detaches the program with the process's links.
+    let pid = relay.0.id();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    drop(relay);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while xdp_on(&t, "vrc") || xdp_on(&t, "vrp") {
+        assert!(Instant::now() < deadline, "the program stayed attached after SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And a new start attaches again (nothing pinned in the way), then
+    // stops cleanly on SIGTERM and detaches.
+    let mut relay = Killed(spawn(&t, &["--fast-path", "xdp"]));
+    wait_up(&t);
+    assert!(xdp_on(&t, "vrc"));
+    assert!(Command::new("kill").args(["-15", &relay.0.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = relay.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "turn-relay did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!xdp_on(&t, "vrc") && !xdp_on(&t, "vrp"), "detached on exit");
+    drop(hosts);
+}
