@@ -73,6 +73,8 @@ fuzz_target!(|data: &[u8]| {
         max_channels: 3,
         relay_quarantine: Duration::from_secs(5),
         bandwidth_limit: if data.first() == Some(&0xff) { 500 } else { 0 },
+        // Fast path events too (check_invariants holds them to eligibility).
+        fast_path: data.get(1).is_some_and(|b| b & 1 == 1),
         ..ServerConfig::default()
     };
     let parts = ServerParts::new(credentials)
