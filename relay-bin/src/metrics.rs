@@ -119,6 +119,10 @@ fn publish_fast_path(reports: &[ShardReport], fast: Option<&relay_io::fastpath::
         s.errors += r.fast_path.errors;
     }
     gauge!("turn_fast_path_entries").set(s.installed as f64);
+    // The program's own cost, where kernel.bpf_stats_enabled = 1.
+    let (runs, ns) = fast.run_stats();
+    counter!("turn_fast_path_program_runs_total").absolute(runs);
+    counter!("turn_fast_path_program_nanoseconds_total").absolute(ns);
     counter!("turn_fast_path_refused_total", "reason" => "slots_full").absolute(s.slots_full);
     counter!("turn_fast_path_refused_total", "reason" => "wildcard_address").absolute(s.unsupported);
     counter!("turn_fast_path_refused_total", "reason" => "map_error").absolute(s.errors);

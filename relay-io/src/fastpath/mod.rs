@@ -212,15 +212,16 @@ impl FastPath {
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
         for name in &names {
-            let why = match forwarding_off(name, ips) {
-                Some(sysctl) => Some(format!("forwarding is off ({sysctl} = 0); bpf_fib_lookup refuses to route")),
-                None => {
-                    let prog: &mut Xdp = match ebpf.program_mut("turn_fastpath").and_then(|p| p.try_into().ok()) {
-                        Some(p) => p,
-                        None => return soft(FastPathError::Load("turn_fastpath is not an XDP program".into())),
-                    };
-                    prog.attach(name.as_str(), xdp_mode).err().map(|e| error_chain(&e))
-                }
+            let why = if name == "lo" && mode == FastPathMode::Auto {
+                Some("loopback has no native XDP (server.fast_path = \"xdp-generic\" attaches to it)".to_string())
+            } else if let Some(sysctl) = forwarding_off(name, ips) {
+                Some(format!("forwarding is off ({sysctl} = 0); bpf_fib_lookup refuses to route"))
+            } else {
+                let prog: &mut Xdp = match ebpf.program_mut("turn_fastpath").and_then(|p| p.try_into().ok()) {
+                    Some(p) => p,
+                    None => return soft(FastPathError::Load("turn_fastpath is not an XDP program".into())),
+                };
+                prog.attach(name.as_str(), xdp_mode).err().map(|e| error_chain(&e))
             };
             match why {
                 None => attached.push(name.clone()),
@@ -385,13 +386,10 @@ impl ShardFastPath {
     /// look (call it about once a second).
     pub fn collect(&mut self) -> Relayed {
         let mut total = FpSlotStats::default();
-        let slots: Vec<u32> = self.installed.values().map(|i| i.slot).collect();
-        for slot in slots {
-            let now = self.read(slot);
-            if let Some(i) = self.installed.values_mut().find(|i| i.slot == slot) {
-                total.add(&now.since(&i.seen));
-                i.seen = now;
-            }
+        for i in self.installed.values_mut() {
+            let now = read_slot(&self.slots, i.slot);
+            total.add(&now.since(&i.seen));
+            i.seen = now;
         }
         relayed(&total)
     }
