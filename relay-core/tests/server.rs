@@ -1219,7 +1219,7 @@ fn fast_path_stays_off_where_the_kernel_cannot_do_what_the_shard_does() {
 }
 
 #[test]
-fn fast_path_leaves_relay_to_relay_in_process() {
+fn fast_path_takes_relay_to_relay_where_the_relay_is_bound_as_advertised() {
     // This shard's relays (50000-50002), another shard's at its own
     // address (50009) and one of another shard behind a 1:1 NAT
     // (advertised 192.0.2.200:50010, bound 10.1.1.1:50010).
@@ -1232,7 +1232,11 @@ fn fast_path_leaves_relay_to_relay_in_process() {
     h.server.set_own_addresses(Arc::new(own));
     let mine = h.allocate();
     assert_eq!(class(&h.bind(0x4000, "203.0.113.1:50001")), Class::Success);
-    assert_eq!(fast_events(&mut h), vec![], "this shard's relay: handed over in-process");
+    assert_eq!(
+        fast_events(&mut h),
+        vec![Event::FastPathInstall(entry(&h, mine, 0x4000, "203.0.113.1:50001"))],
+        "this shard's relay: the kernel relays to its client, or leaves it to the shard"
+    );
     assert_eq!(class(&h.bind(0x4001, "192.0.2.200:50010")), Class::Success);
     assert_eq!(fast_events(&mut h), vec![], "sent to the bound address, not the one named");
     assert_eq!(class(&h.bind(0x4002, "203.0.113.1:50009")), Class::Success);

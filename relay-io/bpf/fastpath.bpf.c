@@ -390,6 +390,45 @@ static __always_inline void credit(__u32 slot, int to_peer, __u32 bytes)
 	}
 }
 
+/* Relay to relay: the peer is another allocation's relay address, with a
+ * channel bound back to the sender's relay address: the datagram goes
+ * straight to that allocation's client, as ChannelData on its channel
+ * (same length: only the addresses and the channel number change). */
+static __always_inline int relay_to_relay(struct xdp_md *ctx, struct parsed *p, const struct fp_chan_val *v,
+					  const struct fp_peer_val *b, __be16 chan, __u16 len)
+{
+	__u32 cd_len = CD_LEN + (__u32)len;
+	__u16 csum = 0;
+	if (p->csum) {
+		__be16 ulen = bpf_htons(UDP_LEN + cd_len);
+		__u64 removed = header_sum(&p->src, &p->dst, ulen) + chan;
+		__u64 added = header_sum(&b->listener, &b->client, ulen) + b->channel;
+		csum = csum_update(p->csum, removed, added);
+	} else if (!is_v4(&b->client)) {
+		return count(FP_PASS_ZERO_CSUM);
+	}
+	__u32 new_ip = ip_len(&b->client);
+	struct route r;
+	if (lookup_route(ctx, p, &b->listener, &b->client, new_ip + UDP_LEN + cd_len, &r))
+		return XDP_PASS;
+	/* The ChannelData header stays where it is; the headers before it change. */
+	int delta = (int)(p->l4 + UDP_LEN) - (int)(ETH_LEN + new_ip + UDP_LEN);
+	if (bpf_xdp_adjust_head(ctx, delta))
+		return count(FP_PASS_ADJUST);
+	if (write_headers(ctx, &r, p, &b->listener, &b->client, cd_len, csum))
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__be16 *cd = data + ETH_LEN + new_ip + UDP_LEN;
+	if ((void *)(cd + 2) > end)
+		return XDP_ABORTED;
+	cd[0] = b->channel;
+	credit(v->slot, 1, len);
+	credit(b->slot, 0, len);
+	count(FP_RELAY_TO_RELAY);
+	return send(ctx, &r);
+}
+
 /* client -> peer: strip the ChannelData header. */
 static __always_inline int to_peer(struct xdp_md *ctx, struct parsed *p, const struct fp_chan_val *v, __be16 chan,
 				   __u16 len)
@@ -405,6 +444,12 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct parsed *p, const s
 	}
 	__u32 new_ip = ip_len(&v->peer);
 	struct route r;
+	struct fp_peer_key back = {};
+	back.peer = v->relay;
+	back.relay = v->peer;
+	struct fp_peer_val *b = bpf_map_lookup_elem(&fp_peers, &back);
+	if (b)
+		return relay_to_relay(ctx, p, v, b, chan, len);
 	if (lookup_route(ctx, p, &v->relay, &v->peer, new_ip + UDP_LEN + data_len, &r))
 		return XDP_PASS;
 	/* Old headers end at l4 + 8 + 4; new ones at 14 + new_ip + 8. */

@@ -63,6 +63,7 @@ struct fp_slot_stats {
 enum fp_counter {
 	FP_TO_PEER = 0,     /* ChannelData relayed to a peer */
 	FP_TO_CLIENT,       /* a peer datagram relayed to a client */
+	FP_RELAY_TO_RELAY,  /* ChannelData from one allocation's client to another's */
 	FP_PASS_NOT_UDP,    /* not IPv4/IPv6 UDP */
 	FP_PASS_FRAGMENT,   /* an IP fragment */
 	FP_PASS_IP_OPTIONS, /* IPv4 options or IPv6 extension headers */

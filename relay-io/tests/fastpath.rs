@@ -6,8 +6,10 @@
 //! delivered), over IPv4, IPv6 and mixed families, and to a peer on the
 //! clients' side (XDP_TX); the shard's stats count every datagram whichever
 //! path took it; Send/Data and ChannelData mix on one allocation; entries
-//! go with Refresh 0 and with expiry (nothing is relayed after); a capped
-//! allocation and relay-to-relay stay in the shard. Needs root, clang at
+//! go with Refresh 0 and with expiry (nothing is relayed after); relay to
+//! relay between two allocations goes in the kernel once both have a
+//! channel (through the shard before); a capped allocation stays in the
+//! shard. Needs root, clang at
 //! build time and a kernel with BPF; skips elsewhere, fails in CI.
 //! Every wait is bounded.
 
@@ -274,19 +276,31 @@ fn expiry_removes_the_entries() {
 }
 
 #[test]
-fn capped_allocations_and_relay_to_relay_stay_in_the_shard() {
-    let Some(t) = topology("capped_allocations_and_relay_to_relay_stay_in_the_shard") else { return };
-    // Relay to relay: one allocation's channel to another's relay address.
+fn relay_to_relay_in_the_kernel_and_capped_allocations_in_the_shard() {
+    let Some(t) = topology("relay_to_relay_in_the_kernel_and_capped_allocations_in_the_shard") else { return };
+    // Relay to relay: two clients, each with a channel to the other's
+    // relay address (two browsers relayed through one server).
     let Some(relay) = start(&t, ServerConfig::default()) else { return };
     let mut c1 = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
     let mut c2 = client(&t, "10.201.1.3:0", "10.201.1.1:3478");
     let (r1, r2) = (c1.allocate().unwrap(), c2.allocate().unwrap());
     c1.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(r2)]);
+    // Before c2 binds a channel back, c2 has only a permission: the kernel
+    // leaves c1's datagrams to the shard, which sends a Data indication.
     c2.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(r1)]);
     c1.send_channel_data(0x4001, b"hand-over");
-    let (got, _) = expect(&c2.sock, "relay to relay");
+    let (got, _) = expect(&c2.sock, "relay to relay, through the shard");
     assert_eq!(data_indication(&got), (b"hand-over".to_vec(), r1));
-    assert_eq!(installed(&relay), 0, "relay to relay is handed over in the shard");
+    c2.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4002), Attribute::XorPeerAddress(r1)]);
+    assert_eq!(installed(&relay), 2);
+    let before = counter(&relay, "relay_to_relay");
+    for i in 0..20 {
+        c1.send_channel_data(0x4001, &payload(200, i));
+        assert_eq!(c2.recv().expect("c2 receives"), channel_frame(0x4002, &payload(200, i), false));
+        c2.send_channel_data(0x4002, &payload(300, i));
+        assert_eq!(c1.recv().expect("c1 receives"), channel_frame(0x4001, &payload(300, i), false));
+    }
+    assert_eq!(counter(&relay, "relay_to_relay") - before, 40, "every one relayed in the kernel");
     relay.stop();
     // A bandwidth cap only the shard can hold.
     let capped = ServerConfig { bandwidth_limit: 1 << 20, bandwidth_burst: 1 << 20, ..ServerConfig::default() };

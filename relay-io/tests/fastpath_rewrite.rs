@@ -216,6 +216,39 @@ fn every_family_combination_both_ways_with_sizes_0_to_1400() {
 }
 
 #[test]
+fn relay_to_relay_goes_straight_to_the_other_client() {
+    let Some(mut p) = program("relay_to_relay_goes_straight_to_the_other_client") else { return };
+    // Allocation A (an IPv4 client) binds 0x4001 to B's relay address; B
+    // (an IPv6 client, relayed over IPv4) binds 0x4002 back to A's.
+    let (ra, rb) = (addr(true, 2, 50000), addr(true, 2, 50001));
+    let (ca, la) = (addr(true, 10, 40000), addr(true, 1, 3478));
+    let (cb, lb) = (addr(false, 11, 40001), addr(false, 1, 3478));
+    p.install(ca, la, 0x4001, ra, rb, 8);
+    p.install(cb, lb, 0x4002, rb, ra, 9);
+    for n in [0usize, 1, 3, 100, 1400] {
+        let data = payload_of(n);
+        let before = p.counters();
+        let (v, out) = p.run(&frame(ca, la, &channel_data(0x4001, &data), false)).unwrap();
+        assert_eq!(v, verdict::TX);
+        assert_eq!(check_frame(&out, lb, cb), channel_data(0x4002, &data), "size {n}: to B's client on B's channel");
+        let (v, out) = p.run(&frame(cb, lb, &channel_data(0x4002, &data), false)).unwrap();
+        assert_eq!(v, verdict::TX);
+        assert_eq!(check_frame(&out, la, ca), channel_data(0x4001, &data), "size {n}: and back");
+        let after = p.counters();
+        let i = COUNTERS.iter().position(|c| *c == "relay_to_relay").unwrap();
+        assert_eq!(after[i] - before[i], 2);
+    }
+    let (a, b) = (p.slot(8), p.slot(9));
+    assert_eq!((a.to_peer_packets, a.to_client_packets), (5, 5), "A sent five and received five");
+    assert_eq!((b.to_peer_packets, b.to_client_packets), (5, 5));
+    assert_eq!(a.to_peer_bytes, 1504);
+}
+
+fn payload_of(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 13 + n) as u8).collect()
+}
+
+#[test]
 fn a_zero_ipv4_checksum_stays_zero_and_cannot_become_ipv6() {
     let Some(mut p) = program("a_zero_ipv4_checksum_stays_zero_and_cannot_become_ipv6") else { return };
     let b = binding(true, true, (40001, 50001, 60001), 0x4001);

@@ -139,9 +139,10 @@ unsafe impl aya::Pod for FpSlotStats {}
 
 /// What the program did with a packet: `fp_counters`' indexes
 /// (`enum fp_counter` in `bpf/fastpath.h`), by metric label.
-pub const COUNTERS: [&str; 15] = [
+pub const COUNTERS: [&str; 16] = [
     "to_peer",
     "to_client",
+    "relay_to_relay",
     "not_udp",
     "fragment",
     "ip_options",
@@ -158,7 +159,7 @@ pub const COUNTERS: [&str; 15] = [
 ];
 
 /// Index of the first "passed to the stack" counter in [`COUNTERS`].
-pub const FIRST_PASS: usize = 2;
+pub const FIRST_PASS: usize = 3;
 
 #[cfg(test)]
 mod tests {

@@ -9,21 +9,22 @@
 //! bandwidth cap (the kernel does not hold one), the client is UDP, the
 //! channel is live, a live permission covers the peer's IP, the
 //! allocation has a relay of the peer's family, and the peer is not a
-//! relay address the in-process path hands over itself (this shard's:
-//! in-process; another shard's behind a NAT: to its bound address).
+//! relay address of the server bound elsewhere than advertised (behind a
+//! NAT the in-process path sends to the bound address). A peer that is
+//! one of the server's relay addresses is eligible: the kernel relays to
+//! that allocation's client when it has a channel bound back (relay to
+//! relay), and otherwise leaves the datagram to the shards.
 //! [`Server::sync_fast`] installs and removes entries as eligibility
 //! changes: after ChannelBind and CreatePermission, and on expiry (within
 //! the timer's one-second tick).
 //!
 //! [`ServerConfig::fast_path`]: super::ServerConfig::fast_path
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{Event, FastEntry, Server};
 use crate::server::own::OwnAddresses;
-use crate::server::relays::RelayId;
 use crate::server::stats::Direction;
 use crate::server::table::{Allocation, Channel, Transport};
 
@@ -61,7 +62,7 @@ impl Server {
         let Some(a) = self.table.allocs.get_mut(id as usize) else { return };
         for i in 0..a.channels.len() {
             let c = a.channels[i];
-            let eligible = !capped && eligible(own, &self.local, a, &c, now, Duration::ZERO);
+            let eligible = !capped && eligible(own, a, &c, now, Duration::ZERO);
             if eligible == c.fast {
                 continue;
             }
@@ -79,14 +80,9 @@ impl Server {
     /// True when channel `c` of `a` is eligible at `now`, its deadlines
     /// taken `slack` later (the timer's tick, for the invariants).
     pub(super) fn fast_eligible(&self, a: &Allocation, c: &Channel, now: Instant, slack: Duration) -> bool {
-        self.config.fast_path
-            && self.config.bandwidth_limit == 0
-            && eligible(self.policy.own(), &self.local, a, c, now, slack)
+        self.config.fast_path && self.config.bandwidth_limit == 0 && eligible(self.policy.own(), a, c, now, slack)
     }
 }
-
-/// The shard's relays by address ([`Server`]'s `local`).
-type Local = HashMap<SocketAddr, RelayId, foldhash::fast::RandomState>;
 
 /// The kernel entry of channel `c` of `a` (its relay is the one of the
 /// peer's family; `None` without one, which no eligible channel lacks).
@@ -95,31 +91,32 @@ pub(super) fn entry(a: &Allocation, c: &Channel) -> Option<FastEntry> {
 }
 
 /// Eligibility, but for the shard's settings (see the module docs).
-fn eligible(own: &OwnAddresses, local: &Local, a: &Allocation, c: &Channel, now: Instant, slack: Duration) -> bool {
+fn eligible(own: &OwnAddresses, a: &Allocation, c: &Channel, now: Instant, slack: Duration) -> bool {
     let peer = c.peer;
     a.client.transport == Transport::Udp
         && c.counted
         && c.expires + slack > now
         && a.permissions.iter().any(|p| p.ip == peer.ip() && p.expires + slack > now)
         && a.relay_for(&peer).is_some()
-        && sent_as_is(own, local, peer)
+        && sent_as_is(own, peer)
 }
 
-/// True when the in-process path sends a datagram for `peer` out to
-/// `peer` itself ([`Server::route`]'s `Forward` to the address it was
-/// given), as the kernel would; false for this shard's relays (handed
-/// over in-process) and for another shard's relay advertised at other
-/// than its bound address (sent to the bound one).
-fn sent_as_is(own: &OwnAddresses, local: &Local, peer: SocketAddr) -> bool {
-    if local.contains_key(&peer) {
-        return false;
-    }
+/// True when the kernel may take datagrams for `peer`: any address but
+/// one of the server's relay addresses bound elsewhere than advertised
+/// (behind a 1:1 NAT, where the in-process path sends to the bound
+/// address and the kernel would not). A relay address bound where it is
+/// advertised, this shard's or another's, may: the program hands the
+/// datagram straight to that allocation's client when it has a channel
+/// bound back to the sender's relay address (relay to relay in the
+/// kernel), and otherwise passes it to the stack as a local destination,
+/// where the shards hand it over as before.
+fn sent_as_is(own: &OwnAddresses, peer: SocketAddr) -> bool {
     if !own.is_own_ip(peer.ip()) {
         return true;
     }
     match own.relay(peer) {
         // An operator-allowed port of an own IP: through the kernel.
         None => true,
-        Some(r) => r.bound == peer && !local.contains_key(&r.advertised),
+        Some(r) => r.bound == peer && r.advertised == peer,
     }
 }

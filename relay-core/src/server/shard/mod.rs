@@ -78,9 +78,8 @@ pub struct ServerConfig {
     /// may relay with [`Event::FastPathInstall`] and
     /// [`Event::FastPathRemove`], and takes its counts back with
     /// [`Server::credit_fast_path`]. Only channels of UDP clients without
-    /// a bandwidth cap, to peers the in-process path sends to as named
-    /// (not this shard's relays, nor another shard's bound elsewhere than
-    /// advertised), go on it. Relays and own addresses are to be set before the first
+    /// a bandwidth cap, to peers other than a relay address of the server
+    /// bound elsewhere than advertised, go on it. Relays and own addresses are to be set before the first
     /// allocation. When false, no fast-path event is ever emitted and
     /// nothing costs anything.
     pub fast_path: bool,
