@@ -71,6 +71,7 @@ enum fp_counter {
 	FP_PASS_NO_ENTRY,   /* no channel or peer entry (STUN, Send/Data, unknown) */
 	FP_PASS_PADDED,     /* ChannelData with padding or trailing bytes */
 	FP_PASS_ZERO_CSUM,  /* no UDP checksum where one is required */
+	FP_PASS_PARTIAL_CSUM, /* a local sender's checksum left to offload (only the pseudo-header sum) */
 	FP_PASS_MTU,        /* the frame would exceed the egress MTU */
 	FP_PASS_NO_ROUTE,   /* no route to the destination */
 	FP_PASS_NO_NEIGH,   /* next hop not resolved yet (the stack resolves it) */

@@ -316,3 +316,32 @@ fn relay_to_relay_in_the_kernel_and_capped_allocations_in_the_shard() {
     assert_eq!((installed(&relay), counter(&relay, "to_peer")), (0, 0), "nothing on the fast path");
     relay.stop();
 }
+
+#[test]
+fn a_local_senders_partial_checksum_goes_through_the_stack() {
+    let Some(t) = topology("a_local_senders_partial_checksum_goes_through_the_stack") else { return };
+    let Some(relay) = start(&t, ServerConfig::default()) else { return };
+    // The clients' device leaves checksums to offload: their datagrams
+    // cross the veth with only the pseudo-header sum in the field.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.clients, "ethtool", "-K", "vc", "tx", "on"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ethtool: {}", String::from_utf8_lossy(&out.stderr));
+    let mut c = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
+    let relayed_addr = c.allocate().unwrap();
+    let a = Topology::udp(&t.peers, "10.201.2.2:0");
+    c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(a.local_addr().unwrap())]);
+    let (to_peer, partial) = (counter(&relay, "to_peer"), counter(&relay, "partial_checksum"));
+    for i in 0..10 {
+        c.send_channel_data(0x4001, &payload(100 + i, i));
+        assert_eq!(expect(&a, "to the peer, through the shard"), (payload(100 + i, i), relayed_addr));
+        // The peer's side has full checksums: back through the kernel.
+        a.send_to(&payload(50, i), relayed_addr).unwrap();
+        assert_eq!(c.recv().expect("to the client"), channel_frame(0x4001, &payload(50, i), false));
+    }
+    assert_eq!(counter(&relay, "to_peer"), to_peer, "nothing relayed with a checksum it cannot complete");
+    assert!(counter(&relay, "partial_checksum") - partial >= 10, "left to the stack, counted");
+    assert!(counter(&relay, "to_client") >= 9);
+    relay.stop();
+}

@@ -139,7 +139,7 @@ unsafe impl aya::Pod for FpSlotStats {}
 
 /// What the program did with a packet: `fp_counters`' indexes
 /// (`enum fp_counter` in `bpf/fastpath.h`), by metric label.
-pub const COUNTERS: [&str; 16] = [
+pub const COUNTERS: [&str; 17] = [
     "to_peer",
     "to_client",
     "relay_to_relay",
@@ -150,6 +150,7 @@ pub const COUNTERS: [&str; 16] = [
     "no_entry",
     "padded",
     "zero_checksum",
+    "partial_checksum",
     "mtu",
     "no_route",
     "no_neighbour",
