@@ -38,6 +38,20 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
  * MAC addresses and bounce the packet (XDP_TX). */
 const volatile __u32 fp_no_fib = 0;
 
+/* relay.max_datagram: larger datagrams go to the stack, where the shard
+ * drops them (as it drops them from its sockets). */
+const volatile __u32 fp_max_datagram = 65535;
+
+/* The devices the program is attached to (ifindex -> 1): the only ones a
+ * rewritten frame may be redirected to (a device without an XDP program
+ * of its own may be unable to send XDP frames, and would drop it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 64);
+} fp_devices SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -307,6 +321,8 @@ static __always_inline int lookup_route(struct xdp_md *ctx, const struct parsed 
 	default:
 		return count(FP_PASS_NO_ROUTE), -1;
 	}
+	if (fib.ifindex != ctx->ingress_ifindex && !bpf_map_lookup_elem(&fp_devices, &fib.ifindex))
+		return count(FP_PASS_EGRESS), -1;
 	r->ifindex = fib.ifindex;
 	__builtin_memcpy(r->smac, fib.smac, ETH_ALEN);
 	__builtin_memcpy(r->dmac, fib.dmac, ETH_ALEN);
@@ -530,6 +546,8 @@ int turn_fastpath(struct xdp_md *ctx)
 			k.channel = chan;
 			struct fp_chan_val *v = bpf_map_lookup_elem(&fp_channels, &k);
 			if (v) {
+				if (p.payload > fp_max_datagram)
+					return count(FP_PASS_TOO_LARGE);
 				if (CD_LEN + (__u32)len != p.payload)
 					return count(CD_LEN + (__u32)len < p.payload ? FP_PASS_PADDED : FP_PASS_MALFORMED);
 				return to_peer(ctx, &p, v, chan, len);
@@ -543,6 +561,8 @@ int turn_fastpath(struct xdp_md *ctx)
 	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
 	if (!pv)
 		return count(FP_PASS_NO_ENTRY);
+	if (p.payload > fp_max_datagram)
+		return count(FP_PASS_TOO_LARGE);
 	if (p.payload > 0xffff - CD_LEN - UDP_LEN - IP6_LEN)
 		return count(FP_PASS_MTU);
 	return to_client(ctx, &p, pv);

@@ -78,6 +78,8 @@ enum fp_counter {
 	FP_PASS_FWD_DISABLED, /* forwarding is off on the ingress device */
 	FP_PASS_LOCAL,      /* the destination is this host */
 	FP_PASS_ADJUST,     /* no room to move the headers */
+	FP_PASS_EGRESS,     /* the egress device does not carry the program (it could not send the frame) */
+	FP_PASS_TOO_LARGE,  /* a datagram above relay.max_datagram (the shard drops it) */
 	FP_COUNTERS,
 };
 

@@ -57,10 +57,6 @@ pub fn run<D: Driver>(st: &mut ShardState, driver: &mut D) -> io::Result<()> {
         driver.wait(st, st.sleep_for(now))?;
         let now = Instant::now();
         let ready = driver.dispatch(st, now);
-        if ready.control {
-            st.wake.drain();
-            st.handle_control(D::KIND);
-        }
         if ready.streams {
             st.process_streams(now);
         }
@@ -69,5 +65,11 @@ pub fn run<D: Driver>(st: &mut ShardState, driver: &mut D) -> io::Result<()> {
         }
         st.housekeeping(now);
         st.apply_events();
+        // Control last: a stats report sees this turn's events applied
+        // (a fast path entry installed by a ChannelBind just answered).
+        if ready.control {
+            st.wake.drain();
+            st.handle_control(D::KIND);
+        }
     }
 }

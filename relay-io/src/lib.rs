@@ -189,14 +189,14 @@ type BoundShard = (Vec<Sock>, stream::Streams, Vec<(usize, u16, std::net::UdpSoc
 /// knows `UDP_SEGMENT` (whether a device can do it is learnt per socket
 /// from its first GSO send), GRO where asked for, turned on for every UDP
 /// socket (one the kernel refuses simply receives datagram by datagram).
-fn udp_batching(config: &IoConfig, bound: &[BoundShard]) -> Batching {
+fn udp_batching(config: &IoConfig, bound: &[BoundShard], gro_allowed: bool) -> Batching {
     use std::os::fd::AsRawFd;
     let first = bound.iter().flat_map(|b| b.0.iter().map(|s| s.socket.as_raw_fd())).next();
     let gso = config.gso && first.is_some_and(gso::gso_supported);
     if config.gso && !gso {
         tracing::warn!("UDP GSO unavailable (the kernel lacks UDP_SEGMENT): datagrams are sent one by one");
     }
-    let mut gro = config.gro;
+    let mut gro = config.gro && gro_allowed;
     if gro {
         let fds = bound
             .iter()
@@ -318,8 +318,6 @@ impl Relay {
         own_forms(&mut own, config, &udp_addrs, &tcp_addrs, &tls_addrs);
         let own = Arc::new(own);
 
-        let batching = udp_batching(config, &bound);
-
         // The kernel fast path, before any shard serves: relay-core emits
         // its events only when it is attached.
         let mut fast_ips: Vec<IpAddr> = udp_addrs.iter().map(|a| a.ip()).collect();
@@ -327,9 +325,19 @@ impl Relay {
         fast_ips.dedup();
         let relay_total: usize = bound.iter().map(|b| b.2.len()).sum();
         let slots = u32::try_from(relay_total.max(1024)).unwrap_or(u32::MAX);
-        let started = fastpath::FastPath::start(config.fast_path, &config.fast_path_interfaces, &fast_ips, slots)?;
+        let started = fastpath::FastPath::start(
+            config.fast_path,
+            &config.fast_path_interfaces,
+            &fast_ips,
+            slots,
+            config.max_datagram,
+            n,
+        )?;
         let fast_path_why = started.why;
         let fast = started.fast;
+        let mut fast_shards = started.shards.into_iter();
+        // Generic XDP runs after GRO: coalesced bursts must not reach it.
+        let batching = udp_batching(config, &bound, !started.generic);
 
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;
@@ -344,10 +352,7 @@ impl Relay {
                 socks.push(Sock { socket: s, kind: SockKind::Relay(id) });
             }
             server.set_own_addresses(own.clone());
-            let fast_shard = match &fast {
-                Some(f) => Some(f.shard(k, n).map_err(|e| fastpath::FastPathError::Load(e.to_string()))?),
-                None => None,
-            };
+            let fast_shard = fast_shards.next();
             server.set_fast_path(fast_shard.is_some());
             relay_count += relay_sock.len();
             let (tx, rx) = unbounded();

@@ -649,6 +649,15 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The index of the interface `name` in the calling thread's network
+/// namespace (if_nametoindex(3)), or `None` when there is none.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Every interface address: (interface name, IP), from getifaddrs(3).
 pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -689,6 +698,19 @@ pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     // borrowed from the list outlives this call (names were copied).
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+#[cfg(test)]
+mod interface_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_an_interface_with_its_address() {
+        let all = interface_addresses().unwrap();
+        assert!(all.iter().any(|(n, ip)| n == "lo" && *ip == IpAddr::from([127, 0, 0, 1])), "{all:?}");
+        assert_eq!(interface_index("lo"), Some(1));
+        assert_eq!(interface_index("no-such-device"), None);
+    }
 }
 
 #[cfg(test)]

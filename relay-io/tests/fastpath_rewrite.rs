@@ -123,10 +123,19 @@ fn check_frame(f: &[u8], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), dst.port());
     assert_eq!(usize::from(u16::from_be_bytes([udp[4], udp[5]])), udp.len(), "UDP length");
     let got = u16::from_be_bytes([udp[6], udp[7]]);
-    if got != 0 {
-        assert_eq!(got, udp_checksum(src.ip(), dst.ip(), udp), "UDP checksum");
-    }
+    assert_ne!(got, 0, "a checksum in, a checksum out");
+    assert_eq!(got, udp_checksum(src.ip(), dst.ip(), udp), "UDP checksum");
     udp[8..].to_vec()
+}
+
+/// [`check_frame`] for an IPv4 frame sent without a UDP checksum: it must
+/// leave without one. Returns the payload.
+fn check_frame_no_checksum(f: &[u8], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    assert_eq!(&f[40..42], &[0, 0], "no checksum in, none out");
+    let mut with = f.to_vec();
+    let c = udp_checksum(src.ip(), dst.ip(), &with[34..]);
+    with[40..42].copy_from_slice(&c.to_be_bytes());
+    check_frame(&with, src, dst)
 }
 
 /// True when a frame's UDP checksum field holds exactly the folded
@@ -280,8 +289,7 @@ fn a_zero_ipv4_checksum_stays_zero_and_cannot_become_ipv6() {
     p.install(b.client, b.listener, b.channel, b.relay, b.peer, 0);
     let (v, out) = p.run(&frame(b.client, b.listener, &channel_data(b.channel, b"abc"), true)).unwrap();
     assert_eq!(v, verdict::TX);
-    assert_eq!(check_frame(&out, b.relay, b.peer), b"abc");
-    assert_eq!(&out[40..42], &[0, 0], "no checksum in, none out");
+    assert_eq!(check_frame_no_checksum(&out, b.relay, b.peer), b"abc");
     let m = binding(true, false, (40002, 50002, 60002), 0x4002);
     p.install(m.client, m.listener, m.channel, m.relay, m.peer, 1);
     let f = frame(m.client, m.listener, &channel_data(m.channel, b"abc"), true);

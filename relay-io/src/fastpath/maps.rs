@@ -139,7 +139,7 @@ unsafe impl aya::Pod for FpSlotStats {}
 
 /// What the program did with a packet: `fp_counters`' indexes
 /// (`enum fp_counter` in `bpf/fastpath.h`), by metric label.
-pub const COUNTERS: [&str; 17] = [
+pub const COUNTERS: [&str; 19] = [
     "to_peer",
     "to_client",
     "relay_to_relay",
@@ -157,6 +157,8 @@ pub const COUNTERS: [&str; 17] = [
     "forwarding_disabled",
     "local_destination",
     "no_headroom",
+    "egress_not_attached",
+    "too_large",
 ];
 
 /// Index of the first "passed to the stack" counter in [`COUNTERS`].
@@ -174,10 +176,39 @@ mod tests {
         assert_eq!(size_of::<FpPeerKey>(), 40);
         assert_eq!(size_of::<FpPeerVal>(), 48);
         assert_eq!(size_of::<FpSlotStats>(), 32);
+        // The enum's members in order, each with the label at its index.
         let header = include_str!("../../bpf/fastpath.h");
-        assert!(header.contains("FP_PASS_ADJUST,     /* no room to move the headers */\n\tFP_COUNTERS,"));
-        let n = header.lines().filter(|l| l.trim_start().starts_with("FP_") && l.contains(',')).count();
-        assert_eq!(n - 1, COUNTERS.len(), "one label per counter");
+        let members: Vec<&str> = header
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("FP_") && l.contains(','))
+            .map(|l| l.split([',', ' ']).next().unwrap())
+            .collect();
+        let expected = [
+            ("FP_TO_PEER", "to_peer"),
+            ("FP_TO_CLIENT", "to_client"),
+            ("FP_RELAY_TO_RELAY", "relay_to_relay"),
+            ("FP_PASS_NOT_UDP", "not_udp"),
+            ("FP_PASS_FRAGMENT", "fragment"),
+            ("FP_PASS_IP_OPTIONS", "ip_options"),
+            ("FP_PASS_MALFORMED", "malformed"),
+            ("FP_PASS_NO_ENTRY", "no_entry"),
+            ("FP_PASS_PADDED", "padded"),
+            ("FP_PASS_ZERO_CSUM", "zero_checksum"),
+            ("FP_PASS_PARTIAL_CSUM", "partial_checksum"),
+            ("FP_PASS_MTU", "mtu"),
+            ("FP_PASS_NO_ROUTE", "no_route"),
+            ("FP_PASS_NO_NEIGH", "no_neighbour"),
+            ("FP_PASS_FWD_DISABLED", "forwarding_disabled"),
+            ("FP_PASS_LOCAL", "local_destination"),
+            ("FP_PASS_ADJUST", "no_headroom"),
+            ("FP_PASS_EGRESS", "egress_not_attached"),
+            ("FP_PASS_TOO_LARGE", "too_large"),
+            ("FP_COUNTERS", ""),
+        ];
+        assert_eq!(members, expected.map(|(m, _)| m), "the header's counters, in order");
+        assert_eq!(COUNTERS[..], expected[..COUNTERS.len()].iter().map(|(_, l)| *l).collect::<Vec<_>>()[..]);
+        assert_eq!(members[FIRST_PASS], "FP_PASS_NOT_UDP");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 pub mod maps;
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -107,6 +107,12 @@ pub enum FastPathError {
 pub struct Started {
     /// The fast path, when attached somewhere.
     pub fast: Option<FastPath>,
+    /// One entry writer per shard (empty without a fast path).
+    pub shards: Vec<ShardFastPath>,
+    /// The attach mode is generic XDP, which runs after GRO: the sockets
+    /// must not ask for UDP GRO (a coalesced burst would reach the program
+    /// as one datagram).
+    pub generic: bool,
     /// For the log.
     pub why: String,
 }
@@ -121,6 +127,7 @@ pub struct FastPath {
     slot_count: u32,
     attached: Vec<String>,
     mode: FastPathMode,
+    _devices: HashMap<MapData, u32, u32>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -129,7 +136,7 @@ impl std::fmt::Debug for FastPath {
     }
 }
 
-fn load(slot_count: u32, no_fib: bool) -> Result<Ebpf, FastPathError> {
+fn load(slot_count: u32, no_fib: bool, max_datagram: u32) -> Result<Ebpf, FastPathError> {
     if cfg!(fastpath_missing) || OBJECT.is_empty() {
         return Err(FastPathError::NotBuilt);
     }
@@ -137,6 +144,7 @@ fn load(slot_count: u32, no_fib: bool) -> Result<Ebpf, FastPathError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("fp_slots", slot_count.max(1))
         .override_global("fp_no_fib", &flag, true)
+        .override_global("fp_max_datagram", &max_datagram, true)
         .load(OBJECT)
         .map_err(|e| FastPathError::Load(error_chain(&e)))?;
     let prog: &mut Xdp = ebpf
@@ -176,35 +184,55 @@ fn clone_map(m: &MapData) -> io::Result<MapData> {
 impl FastPath {
     /// Loads the program and attaches it as `mode` asks, to `interfaces`
     /// or, when that is empty, to the interfaces that hold `ips` (the UDP
-    /// listeners' and relay sockets' addresses; a wildcard means every
-    /// interface but `lo`). `slot_count` bounds the channel bindings that
-    /// can be on the fast path at once (the rest stay on the socket path).
-    /// `auto` never fails: it says why it runs nothing.
+    /// listeners' and relay sockets' addresses), and makes one entry writer
+    /// for each of `shards`. `slot_count` bounds the channel bindings that
+    /// can be on the fast path at once (the rest stay on the socket path);
+    /// datagrams above `max_datagram` are left to the shards. `auto` never
+    /// fails: it says why it runs nothing.
     pub fn start(
         mode: FastPathMode,
         interfaces: &[String],
         ips: &[IpAddr],
         slot_count: u32,
+        max_datagram: usize,
+        shards: usize,
     ) -> Result<Started, FastPathError> {
-        let soft = |e: FastPathError| -> Result<Started, FastPathError> {
-            if mode == FastPathMode::Auto {
-                Ok(Started { fast: None, why: format!("socket path: {e}") })
-            } else {
-                Err(e)
-            }
-        };
+        let none = |why: String| Started { fast: None, shards: Vec::new(), generic: false, why };
         if mode == FastPathMode::Off {
-            return Ok(Started { fast: None, why: "socket path: server.fast_path is off".into() });
+            return Ok(none("socket path: server.fast_path is off".into()));
         }
-        let names = match derive_interfaces(interfaces, ips) {
-            Ok(n) if !n.is_empty() => n,
-            Ok(_) => return soft(FastPathError::NoInterface(format!("none holds {ips:?}"))),
-            Err(e) => return soft(FastPathError::NoInterface(e.to_string())),
-        };
-        let mut ebpf = match load(slot_count, false) {
-            Ok(e) => e,
-            Err(e) => return soft(e),
-        };
+        match FastPath::attach(mode, interfaces, ips, slot_count, max_datagram, shards) {
+            Ok(started) => Ok(started),
+            Err(e) if mode == FastPathMode::Auto => Ok(none(format!("socket path: {e}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn attach(
+        mode: FastPathMode,
+        interfaces: &[String],
+        ips: &[IpAddr],
+        slot_count: u32,
+        max_datagram: usize,
+        shards: usize,
+    ) -> Result<Started, FastPathError> {
+        if let Some(ip) = ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(FastPathError::NoInterface(format!(
+                "a UDP listener or relay address is the wildcard {ip}: the kernel sees the real addresses, so \
+                 listen on and relay from specific IPs"
+            )));
+        }
+        if !kernel_at_least(5, 9) {
+            // Older kernels attach XDP through netlink, which outlives the
+            // process (and its maps) after SIGKILL.
+            return Err(FastPathError::Load("the kernel is older than 5.9 (no XDP links)".into()));
+        }
+        let names = derive_interfaces(interfaces, ips).map_err(|e| FastPathError::NoInterface(e.to_string()))?;
+        if names.is_empty() {
+            return Err(FastPathError::NoInterface(format!("none holds {ips:?}")));
+        }
+        let max = u32::try_from(max_datagram).unwrap_or(u32::MAX);
+        let mut ebpf = load(slot_count, false, max)?;
         let (xdp_mode, mode_name) = match mode {
             FastPathMode::XdpGeneric => (XdpMode::Skb, "generic XDP"),
             _ => (XdpMode::Driver, "native XDP"),
@@ -213,14 +241,14 @@ impl FastPath {
         let mut skipped = Vec::new();
         for name in &names {
             let why = if name == "lo" && mode == FastPathMode::Auto {
-                Some("loopback has no native XDP (server.fast_path = \"xdp-generic\" attaches to it)".to_string())
+                Some("loopback has no native XDP".to_string())
             } else if let Some(sysctl) = forwarding_off(name, ips) {
                 Some(format!("forwarding is off ({sysctl} = 0); bpf_fib_lookup refuses to route"))
             } else {
-                let prog: &mut Xdp = match ebpf.program_mut("turn_fastpath").and_then(|p| p.try_into().ok()) {
-                    Some(p) => p,
-                    None => return soft(FastPathError::Load("turn_fastpath is not an XDP program".into())),
-                };
+                let prog: &mut Xdp = ebpf
+                    .program_mut("turn_fastpath")
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| FastPathError::Load("turn_fastpath is not an XDP program".into()))?;
                 prog.attach(name.as_str(), xdp_mode).err().map(|e| error_chain(&e))
             };
             match why {
@@ -230,11 +258,15 @@ impl FastPath {
             }
         }
         if attached.is_empty() {
-            return soft(FastPathError::Attach {
-                interface: names.join(","),
-                mode: mode_name,
-                why: skipped.join("; "),
-            });
+            return Err(FastPathError::Attach { interface: names.join(","), mode: mode_name, why: skipped.join("; ") });
+        }
+        // The devices a rewritten frame may leave by.
+        let mut devices: HashMap<MapData, u32, u32> =
+            HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_devices")?))
+                .map_err(|e| FastPathError::Load(e.to_string()))?;
+        for name in &attached {
+            let index = if_index(name).ok_or_else(|| FastPathError::NoInterface(format!("{name} vanished")))?;
+            devices.insert(index, 1, 0).map_err(|e| FastPathError::Load(error_chain(&e)))?;
         }
         let channels = take(&mut ebpf, "fp_channels")?;
         let peers = take(&mut ebpf, "fp_peers")?;
@@ -245,8 +277,12 @@ impl FastPath {
         if !skipped.is_empty() {
             why.push_str(&format!(" (socket path on {})", skipped.join("; ")));
         }
-        let fast = FastPath { ebpf, channels, peers, slots, counters, slot_count, attached, mode };
-        Ok(Started { fast: Some(fast), why })
+        let fast = FastPath { ebpf, channels, peers, slots, counters, slot_count, attached, mode, _devices: devices };
+        let shards = (0..shards.max(1))
+            .map(|k| fast.shard(k, shards.max(1)))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| FastPathError::Load(format!("a shard's map handles: {e}")))?;
+        Ok(Started { fast: Some(fast), shards, generic: mode == FastPathMode::XdpGeneric, why })
     }
 
     /// The interfaces the program is attached to.
@@ -256,7 +292,7 @@ impl FastPath {
 
     /// The handle shard `index` of `count` writes its entries through; it
     /// owns an equal share of the counter slots.
-    pub fn shard(&self, index: usize, count: usize) -> io::Result<ShardFastPath> {
+    fn shard(&self, index: usize, count: usize) -> io::Result<ShardFastPath> {
         let per = self.slot_count / count.max(1) as u32;
         let first = per * index as u32;
         Ok(ShardFastPath {
@@ -265,7 +301,7 @@ impl FastPath {
             peers: HashMap::try_from(aya::maps::Map::HashMap(clone_map(&self.peers)?)).map_err(io::Error::other)?,
             slots: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(clone_map(&self.slots)?))
                 .map_err(io::Error::other)?,
-            free: (first..first + per).rev().collect(),
+            free: (first..first + per).collect(),
             installed: StdHashMap::new(),
             stats: ShardFastStats::default(),
         })
@@ -313,7 +349,10 @@ pub struct ShardFastPath {
     channels: HashMap<MapData, FpChanKey, FpChanVal>,
     peers: HashMap<MapData, FpPeerKey, FpPeerVal>,
     slots: PerCpuArray<MapData, FpSlotStats>,
-    free: Vec<u32>,
+    /// Free counter slots, oldest released first (a packet still in
+    /// flight for a removed entry lands on the slot it left, which then
+    /// rests the longest before reuse).
+    free: VecDeque<u32>,
     installed: StdHashMap<FastEntry, Installed>,
     stats: ShardFastStats,
 }
@@ -341,7 +380,7 @@ impl ShardFastPath {
             self.stats.unsupported += 1;
             return;
         }
-        let Some(slot) = self.free.pop() else {
+        let Some(slot) = self.free.pop_front() else {
             self.stats.slots_full += 1;
             return;
         };
@@ -354,12 +393,21 @@ impl ShardFastPath {
         let peer = FpPeerKey { peer: FpAddr::of(e.peer), relay: FpAddr::of(relay) };
         let cv = FpChanVal { relay: peer.relay, peer: peer.peer, slot, pad: 0 };
         let pv = FpPeerVal { client: chan.client, listener: chan.listener, channel: chan.channel, pad: 0, slot };
-        let seen = self.read(slot);
-        let ok = self.peers.insert(peer, pv, 0).is_ok() && self.channels.insert(chan, cv, 0).is_ok();
+        let seen = read_slot(&self.slots, slot).unwrap_or_default();
+        // BPF_NOEXIST: never overwrite a key (none can exist: keys are
+        // disjoint between allocations and shards); undo only our own.
+        const NOEXIST: u64 = 1;
+        let ok = match self.peers.insert(peer, pv, NOEXIST) {
+            Err(_) => false,
+            Ok(()) => {
+                self.channels.insert(chan, cv, NOEXIST).is_ok() || {
+                    let _ = self.peers.remove(&peer);
+                    false
+                }
+            }
+        };
         if !ok {
-            let _ = self.peers.remove(&peer);
-            let _ = self.channels.remove(&chan);
-            self.free.push(slot);
+            self.free.push_back(slot);
             self.stats.errors += 1;
             return;
         }
@@ -377,8 +425,8 @@ impl ShardFastPath {
         self.stats.installed -= 1;
         // A packet the program is relaying right now may still count after
         // this read; the slot is read again when it is next handed out.
-        let delta = self.read(i.slot).since(&i.seen);
-        self.free.push(i.slot);
+        let delta = read_slot(&self.slots, i.slot).map_or_else(FpSlotStats::default, |now| now.since(&i.seen));
+        self.free.push_back(i.slot);
         relayed(&delta)
     }
 
@@ -387,9 +435,11 @@ impl ShardFastPath {
     pub fn collect(&mut self) -> Relayed {
         let mut total = FpSlotStats::default();
         for i in self.installed.values_mut() {
-            let now = read_slot(&self.slots, i.slot);
-            total.add(&now.since(&i.seen));
-            i.seen = now;
+            // A failed read keeps the last one (no history counted twice).
+            if let Some(now) = read_slot(&self.slots, i.slot) {
+                total.add(&now.since(&i.seen));
+                i.seen = now;
+            }
         }
         relayed(&total)
     }
@@ -398,21 +448,41 @@ impl ShardFastPath {
     pub fn stats(&self) -> ShardFastStats {
         self.stats
     }
+}
 
-    fn read(&self, slot: u32) -> FpSlotStats {
-        read_slot(&self.slots, slot)
+impl Drop for ShardFastPath {
+    /// A shard that ends (stopped, drained, or failed) takes its entries
+    /// out of the kernel: nothing it no longer governs is relayed.
+    fn drop(&mut self) {
+        for (_, i) in self.installed.drain() {
+            let _ = self.channels.remove(&i.chan);
+            let _ = self.peers.remove(&i.peer);
+        }
     }
 }
 
-/// A slot's counters, summed over CPUs.
-fn read_slot(slots: &PerCpuArray<MapData, FpSlotStats>, slot: u32) -> FpSlotStats {
+/// A slot's counters, summed over CPUs (`None` when the kernel refused
+/// the read).
+fn read_slot(slots: &PerCpuArray<MapData, FpSlotStats>, slot: u32) -> Option<FpSlotStats> {
+    let v = slots.get(&slot, 0).ok()?;
     let mut sum = FpSlotStats::default();
-    if let Ok(v) = slots.get(&slot, 0) {
-        for cpu in v.iter() {
-            sum.add(cpu);
-        }
+    for cpu in v.iter() {
+        sum.add(cpu);
     }
-    sum
+    Some(sum)
+}
+
+/// The index of interface `name` in the calling thread's namespace.
+fn if_index(name: &str) -> Option<u32> {
+    crate::sys::interface_index(name)
+}
+
+/// True when the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
 }
 
 /// `fp_counters` summed over CPUs.
@@ -476,7 +546,7 @@ pub struct PassiveXdp {
 impl PassiveXdp {
     /// Attaches natively to `interface` in the calling thread's namespace.
     pub fn attach(interface: &str) -> Result<PassiveXdp, FastPathError> {
-        let mut ebpf = load(1, false)?;
+        let mut ebpf = load(1, false, u32::from(u16::MAX))?;
         let prog: &mut Xdp = ebpf
             .program_mut("turn_fastpath")
             .and_then(|p| p.try_into().ok())
@@ -513,7 +583,7 @@ pub mod verdict {
 impl TestProgram {
     /// Loads the program (needs CAP_BPF).
     pub fn load() -> Result<TestProgram, FastPathError> {
-        let mut ebpf = load(16, true)?;
+        let mut ebpf = load(16, true, 2048)?;
         let l = |e: aya::maps::MapError| FastPathError::Load(e.to_string());
         let channels = HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_channels")?)).map_err(l)?;
         let peers = HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_peers")?)).map_err(l)?;
@@ -564,7 +634,7 @@ impl TestProgram {
 
     /// A slot's counters, summed over CPUs.
     pub fn slot(&self, slot: u32) -> FpSlotStats {
-        read_slot(&self.slots, slot)
+        read_slot(&self.slots, slot).unwrap_or_default()
     }
 
     /// The program's counters, summed over CPUs, indexed as [`COUNTERS`].
