@@ -10,6 +10,11 @@
 //!   with rcgen, which Chromium accepts with `--ignore-certificate-errors`:
 //!   without it gathering fails with error 701)
 //!
+//! * `turn:IP:3478?transport=udp` with the relay in a namespace of its own
+//!   behind a veth pair and the kernel fast path on (`--fast-path xdp`):
+//!   the browsers' ChannelData goes from one to the other in the XDP
+//!   program (relay to relay), which the metrics must show
+//!
 //! — that the candidate pair both sides selected (getStats: the transport's
 //! `selectedCandidatePairId`) is relay/relay and its `relayProtocol` is that
 //! transport; that 3,000 numbered messages arrive intact and in order; and
@@ -73,14 +78,26 @@ enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// UDP with the relay in a namespace of its own and the kernel fast
+    /// path on (see [`Lab::build`]).
+    UdpFastPath,
 }
 
 impl Transport {
+    /// The relayProtocol the browsers report.
     fn name(self) -> &'static str {
         match self {
-            Transport::Udp => "udp",
+            Transport::Udp | Transport::UdpFastPath => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+        }
+    }
+
+    /// For the namespaces' names.
+    fn tag(self) -> &'static str {
+        match self {
+            Transport::UdpFastPath => "xdp",
+            t => t.name(),
         }
     }
 
@@ -91,12 +108,13 @@ impl Transport {
             Transport::Udp => 1,
             Transport::Tcp => 2,
             Transport::Tls => 3,
+            Transport::UdpFastPath => 4,
         }
     }
 
     fn url(self, ip: &str) -> String {
         match self {
-            Transport::Udp => format!("turn:{ip}:3478?transport=udp"),
+            Transport::Udp | Transport::UdpFastPath => format!("turn:{ip}:3478?transport=udp"),
             Transport::Tcp => format!("turn:{ip}:3478?transport=tcp"),
             Transport::Tls => format!("turns:{ip}:5349?transport=tcp"),
         }
@@ -115,27 +133,38 @@ fn say(line: &str) {
 /// namespace (node and Chromium, all started by this test), the namespace,
 /// the directory.
 struct Lab {
+    /// The browsers' namespace (and the relay's, but for the fast path).
     ns: String,
+    /// The relay's namespace.
+    relay_ns: String,
     dir: PathBuf,
     ip: String,
     relay: Option<Killed>,
+    fast: bool,
+    /// The browsers' device's XDP program (fast path only).
+    passive: Option<relay_io::fastpath::PassiveXdp>,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.relay.take());
-        for _ in 0..50 {
-            let out = run_bounded(Command::new("ip").args(["netns", "pids", &self.ns]), Duration::from_secs(5));
-            let pids = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-            if pids.is_empty() {
-                break;
+        drop(self.passive.take());
+        let namespaces = if self.fast { vec![&self.ns, &self.relay_ns] } else { vec![&self.ns] };
+        for ns in namespaces {
+            for _ in 0..50 {
+                let out = run_bounded(Command::new("ip").args(["netns", "pids", ns]), Duration::from_secs(5));
+                let pids =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = run_bounded(Command::new("kill").args(["-9", &pid]), Duration::from_secs(5));
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            for pid in pids {
-                let _ = run_bounded(Command::new("kill").args(["-9", &pid]), Duration::from_secs(5));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = run_bounded(Command::new("ip").args(["netns", "del", ns]), Duration::from_secs(10));
         }
-        let _ = run_bounded(Command::new("ip").args(["netns", "del", &self.ns]), Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -175,7 +204,9 @@ impl Lab {
                 webrtc_dir().display()
             )));
         }
-        let ns = format!("trwebrtc{}{}", std::process::id(), t.name());
+        let ns = format!("trwebrtc{}{}", std::process::id(), t.tag());
+        let fast = matches!(t, Transport::UdpFastPath);
+        let relay_ns = if fast { format!("{ns}r") } else { ns.clone() };
         let dir = std::env::temp_dir().join(&ns);
         let ip = format!("10.203.{}.1", t.net());
         if let Err(e) = sh(&["ip", "netns", "add", &ns]) {
@@ -184,9 +215,40 @@ impl Lab {
             }
             return Err(NoLab::Fail(e));
         }
-        let lab = Lab { ns, dir, ip, relay: None };
+        let mut lab = Lab { ns, relay_ns, dir, ip, relay: None, fast, passive: None };
         std::fs::create_dir_all(&lab.dir).map_err(|e| NoLab::Fail(format!("{}: {e}", lab.dir.display())))?;
-        let (ns, a, b) = (&lab.ns, format!("{}/24", lab.ip), format!("10.203.{}.2/24", t.net()));
+        let (ns, r, a, b) = (&lab.ns, &lab.relay_ns, format!("{}/24", lab.ip), format!("10.203.{}.2/24", t.net()));
+        if fast {
+            // The relay across a veth pair in its own namespace (wa the
+            // relay's end, wb the browsers'), forwarding on (the program's
+            // route lookup needs it); the browsers' end computes full
+            // checksums, as a NIC's traffic has them, and carries an XDP
+            // program of its own (veth delivers XDP_TX frames only then).
+            sh(&["ip", "netns", "add", r]).map_err(NoLab::Fail)?;
+            let steps: [&[&str]; 8] = [
+                &["ip", "-n", ns, "link", "add", "wb", "type", "veth", "peer", "name", "wa", "netns", r],
+                &["ip", "-n", r, "addr", "add", &a, "dev", "wa"],
+                &["ip", "-n", ns, "addr", "add", &b, "dev", "wb"],
+                &["ip", "-n", ns, "link", "set", "lo", "up"],
+                &["ip", "-n", r, "link", "set", "lo", "up"],
+                &["ip", "-n", r, "link", "set", "wa", "up"],
+                &["ip", "-n", ns, "link", "set", "wb", "up"],
+                &["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ];
+            for step in steps {
+                sh(step).map_err(NoLab::Fail)?;
+            }
+            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", "wb", "tx", "off"]).map_err(NoLab::Fail)?;
+            let name = ns.clone();
+            let passive = std::thread::spawn(move || {
+                relay_io::sys::enter_netns(&name).map_err(|e| e.to_string())?;
+                relay_io::fastpath::PassiveXdp::attach("wb").map_err(|e| e.to_string())
+            })
+            .join()
+            .map_err(|_| NoLab::Fail("the namespace thread panicked".into()))?;
+            lab.passive = Some(passive.map_err(NoLab::Fail)?);
+            return Ok(lab);
+        }
         let steps: [&[&str]; 6] = [
             &["ip", "-n", ns, "link", "add", "wa", "type", "veth", "peer", "name", "wb"],
             &["ip", "-n", ns, "addr", "add", &a, "dev", "wa"],
@@ -215,8 +277,9 @@ impl Lab {
         std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
         let ip = &self.ip;
+        let fast_path = if self.fast { "xdp" } else { "auto" };
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, BIN])
+            .args(["netns", "exec", &self.relay_ns, BIN, "--fast-path", fast_path])
             .args(["--listen", &format!("{ip}:3478"), "--listen-tcp", &format!("{ip}:3478")])
             .args(["--listen-tls", &format!("{ip}:5349")])
             .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
@@ -235,12 +298,12 @@ impl Lab {
         loop {
             let udp = run_bounded(
                 Command::new("ip")
-                    .args(["netns", "exec", &self.ns, BIN, "probe", &format!("stun:{ip}:3478")])
+                    .args(["netns", "exec", &self.relay_ns, BIN, "probe", &format!("stun:{ip}:3478")])
                     .args(["--rto", "50", "--rc", "2", "--rm", "2"]),
                 Duration::from_secs(5),
             );
             let tcp_cmd = &mut Command::new("ip");
-            tcp_cmd.args(["netns", "exec", &self.ns, "bash", "-c", &tcp_check]);
+            tcp_cmd.args(["netns", "exec", &self.relay_ns, "bash", "-c", &tcp_check]);
             let tcp_ok = run_bounded(tcp_cmd, Duration::from_secs(5)).status.success();
             if udp.status.success() && tcp_ok {
                 return Ok(());
@@ -260,11 +323,18 @@ impl Lab {
     /// published with some delay, and their names are not this test's).
     fn counters(&self) -> String {
         let out = run_bounded(
-            Command::new("ip").args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "5"]).arg(METRICS),
+            Command::new("ip").args(["netns", "exec", &self.relay_ns, "curl", "-sS", "--max-time", "5"]).arg(METRICS),
             Duration::from_secs(10),
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        let wanted = ["turn_requests_total", "turn_relay", "turn_dropped", "turn_auth_failures", "turn_send_failures"];
+        let wanted = [
+            "turn_requests_total",
+            "turn_relay",
+            "turn_dropped",
+            "turn_auth_failures",
+            "turn_send_failures",
+            "turn_fast_path",
+        ];
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
@@ -334,7 +404,10 @@ fn fields(stdout: &str) -> BTreeMap<String, String> {
 }
 
 fn webrtc_through(t: Transport) {
-    let test = format!("webrtc over {}", t.name());
+    let test = match t {
+        Transport::UdpFastPath => "webrtc over udp through the kernel fast path".to_owned(),
+        t => format!("webrtc over {}", t.name()),
+    };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut lab = match Lab::build(t) {
@@ -403,6 +476,28 @@ fn webrtc_through(t: Transport) {
     if get("shaSent").len() != 64 || get("shaSent") != get("shaReceived") {
         problems.push(format!("SHA-256 sent {}, received {}", get("shaSent"), get("shaReceived")));
     }
+    if lab.fast {
+        // The two browsers' channels point at each other's relay address:
+        // relay to relay, in the kernel (published once a second).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let counters = lab.counters();
+            let relayed = counters
+                .lines()
+                .find(|l| l.starts_with(r#"turn_fast_path_packets_total{direction="relay_to_relay"}"#))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            say(&format!("{test}: {relayed} datagrams relayed browser to browser in the kernel"));
+            if relayed >= 3000.0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                problems.push(format!("only {relayed} datagrams went through the fast path:\n{counters}"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     if !problems.is_empty() {
         say(&format!("--- turn-relay counters ---\n{}", lab.counters()));
         say(&lab.relay_log());
@@ -423,4 +518,9 @@ fn webrtc_data_channel_over_turn_tcp() {
 #[test]
 fn webrtc_data_channel_over_turns_tls() {
     webrtc_through(Transport::Tls);
+}
+
+#[test]
+fn webrtc_data_channel_over_turn_udp_through_the_kernel_fast_path() {
+    webrtc_through(Transport::UdpFastPath);
 }
