@@ -90,6 +90,8 @@ pub enum FastPathName {
     Xdp,
     /// Generic (skb) XDP or a start-up error.
     XdpGeneric,
+    /// A TC classifier at clsact ingress or a start-up error.
+    Tc,
     /// The socket path only.
     Off,
 }
@@ -691,7 +693,8 @@ mod tests {
             (c.server.fast_path, c.server.fast_path_interfaces.as_slice()),
             (FastPathName::XdpGeneric, &["eth0".to_string()][..])
         );
-        let e = Config::parse("r", "[server]\nfast_path = \"tc\"\n").unwrap_err();
+        assert_eq!(Config::parse("r", "[server]\nfast_path = \"tc\"\n").unwrap().server.fast_path, FastPathName::Tc);
+        let e = Config::parse("r", "[server]\nfast_path = \"ebpf\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (2, "server.fast_path"), "{e}");
         let c = Config::parse("r", "[relay]\ngso = false\ngro = false\n").unwrap();
         assert!(!c.relay.gso && !c.relay.gro);

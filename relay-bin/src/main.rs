@@ -554,6 +554,7 @@ fn run(
             config::FastPathName::Auto => FastPathMode::Auto,
             config::FastPathName::Xdp => FastPathMode::Xdp,
             config::FastPathName::XdpGeneric => FastPathMode::XdpGeneric,
+            config::FastPathName::Tc => FastPathMode::Tc,
             config::FastPathName::Off => FastPathMode::Off,
         },
         fast_path_interfaces: config.server.fast_path_interfaces.clone(),

@@ -101,7 +101,7 @@ pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::f
 /// stack by reason, its entries, and bindings kept off it.
 fn publish_fast_path(reports: &[ShardReport], fast: Option<&relay_io::fastpath::FastPath>) {
     use relay_io::fastpath::{COUNTERS, FIRST_PASS};
-    gauge!("turn_fast_path_info", "path" => if fast.is_some() { "xdp" } else { "socket" }).set(1.0);
+    gauge!("turn_fast_path_info", "path" => fast.map_or("socket", |f| f.mode().name())).set(1.0);
     let Some(fast) = fast else { return };
     let counts = fast.counters();
     for (i, (&name, &v)) in COUNTERS.iter().zip(&counts).enumerate() {

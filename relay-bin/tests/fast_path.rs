@@ -2,7 +2,8 @@
 //! namespaces (test_kit::Topology): `--fast-path xdp` attaches to the
 //! relay's devices, ChannelData is relayed in the kernel and the metrics
 //! say so (and still count every relayed packet); after SIGKILL nothing is
-//! left attached and a new start attaches again; a forced mode that cannot
+//! left attached and a new start attaches again, in the XDP and the TC
+//! modes; a forced mode that cannot
 //! attach is a start-up error naming the device. Needs root, clang at
 //! build time and BPF; skips elsewhere, fails in CI. Every process started
 //! here is stopped by its pid; every wait is bounded.
@@ -185,5 +186,36 @@ fn the_binary_relays_in_the_kernel_and_leaves_nothing_behind() {
     };
     assert!(status.success(), "{status}");
     assert!(!xdp_on(&t, "vrc") && !xdp_on(&t, "vrp"), "detached on exit");
+
+    // The TC mode: relays in the kernel too; after SIGKILL a new start
+    // attaches again (TCX links go with the process).
+    for round in 0..2 {
+        let relay = Killed(spawn(&t, &["--fast-path", "tc"]));
+        wait_up(&t);
+        assert_eq!(metric(&t, r#"turn_fast_path_info{path="tc"}"#), 1.0, "round {round}");
+        let sock = Topology::udp(&t.clients, "10.201.1.2:0");
+        let mut c = TurnClient::with_socket(sock, SERVER.parse().unwrap(), LOGIN);
+        let relayed = c.allocate().unwrap();
+        c.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(pa)]);
+        for i in 0..20 {
+            let data = format!("tc datagram {i}").into_bytes();
+            c.send_channel_data(0x4001, &data);
+            assert_eq!(recv_datagram(&peer).expect("the peer receives"), (data.clone(), relayed));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metric(&t, r#"turn_fast_path_packets_total{direction="to_peer"}"#) < 19.0 {
+            assert!(Instant::now() < deadline, "round {round}: TC relayed nothing in the kernel");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(Command::new("kill").args(["-9", &relay.0.id().to_string()]).status().unwrap().success());
+        drop(relay);
+        // Nothing of it relays any more: a program left behind would still
+        // hold the entry.
+        std::thread::sleep(Duration::from_millis(200));
+        c.send_channel_data(0x4001, b"after SIGKILL");
+        peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        assert_eq!(recv_datagram(&peer), None, "round {round}: relayed after SIGKILL");
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
     drop(hosts);
 }

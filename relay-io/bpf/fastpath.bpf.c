@@ -26,6 +26,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -90,12 +91,43 @@ struct {
 #define IP_DF 0x4000
 #define IP_MF_OFFSET 0x3fff
 
-static __always_inline int count(__u32 what)
+static __always_inline void count(__u32 what)
 {
 	__u64 *c = bpf_map_lookup_elem(&fp_counters, &what);
 	if (c)
 		*c += 1;
-	return XDP_PASS;
+}
+
+/* The program runs at XDP (tc = 0) or at TC ingress (tc = 1): every
+ * function below is inlined with `tc` a constant, so each program keeps
+ * only its own helpers and context fields. */
+
+/* Leave the packet to the stack (already counted). */
+static __always_inline int to_stack(const int tc)
+{
+	return tc ? TC_ACT_OK : XDP_PASS;
+}
+
+/* Leave the packet to the stack, counting why. */
+static __always_inline int pass(const int tc, __u32 why)
+{
+	count(why);
+	return to_stack(tc);
+}
+
+static __always_inline void *pkt_data(void *ctx, const int tc)
+{
+	return tc ? (void *)(long)((struct __sk_buff *)ctx)->data : (void *)(long)((struct xdp_md *)ctx)->data;
+}
+
+static __always_inline void *pkt_end(void *ctx, const int tc)
+{
+	return tc ? (void *)(long)((struct __sk_buff *)ctx)->data_end : (void *)(long)((struct xdp_md *)ctx)->data_end;
+}
+
+static __always_inline __u32 ingress_of(void *ctx, const int tc)
+{
+	return tc ? ((struct __sk_buff *)ctx)->ingress_ifindex : ((struct xdp_md *)ctx)->ingress_ifindex;
 }
 
 static __always_inline int is_v4(const struct fp_addr *a)
@@ -191,10 +223,8 @@ static __always_inline void set_v6(struct fp_addr *a, const struct in6_addr *ip,
 }
 
 /* Parses Ethernet, IPv4/IPv6 and UDP; returns -1 when done (counted). */
-static __always_inline int parse(struct xdp_md *ctx, struct parsed *p)
+static __always_inline int parse(void *data, void *end, struct parsed *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
 	__u32 avail;
@@ -281,11 +311,12 @@ struct route {
 
 /* bpf_fib_lookup for a datagram of `ip_len` bytes from src to dst; -1 when
  * it must go to the stack (counted). */
-static __always_inline int lookup_route(struct xdp_md *ctx, const struct parsed *p, const struct fp_addr *src,
+static __always_inline int lookup_route(void *ctx, const int tc, const struct parsed *p, const struct fp_addr *src,
 					const struct fp_addr *dst, __u32 ip_len, struct route *r)
 {
+	__u32 ingress = ingress_of(ctx, tc);
 	if (fp_no_fib) {
-		r->ifindex = ctx->ingress_ifindex;
+		r->ifindex = ingress;
 		__builtin_memcpy(r->smac, p->dmac, ETH_ALEN);
 		__builtin_memcpy(r->dmac, p->smac, ETH_ALEN);
 		return 0;
@@ -295,7 +326,7 @@ static __always_inline int lookup_route(struct xdp_md *ctx, const struct parsed 
 	fib.sport = src->port;
 	fib.dport = dst->port;
 	fib.tot_len = ip_len;
-	fib.ifindex = ctx->ingress_ifindex;
+	fib.ifindex = ingress;
 	if (is_v4(dst)) {
 		fib.family = 2; /* AF_INET */
 		fib.tos = p->tos;
@@ -321,7 +352,8 @@ static __always_inline int lookup_route(struct xdp_md *ctx, const struct parsed 
 	default:
 		return count(FP_PASS_NO_ROUTE), -1;
 	}
-	if (fib.ifindex != ctx->ingress_ifindex && !bpf_map_lookup_elem(&fp_devices, &fib.ifindex))
+	/* XDP can send only by a device with a program (TC by any). */
+	if (!tc && fib.ifindex != ingress && !bpf_map_lookup_elem(&fp_devices, &fib.ifindex))
 		return count(FP_PASS_EGRESS), -1;
 	r->ifindex = fib.ifindex;
 	__builtin_memcpy(r->smac, fib.smac, ETH_ALEN);
@@ -332,12 +364,12 @@ static __always_inline int lookup_route(struct xdp_md *ctx, const struct parsed 
 /* Writes Ethernet, IP and UDP headers for `payload` bytes of UDP payload at
  * the (already moved) start of the packet; -1 if the packet is too short
  * (cannot happen after a successful adjust; the verifier wants the check). */
-static __always_inline int write_headers(struct xdp_md *ctx, const struct route *r, const struct parsed *p,
+static __always_inline int write_headers(void *ctx, const int tc, const struct route *r, const struct parsed *p,
 					 const struct fp_addr *src, const struct fp_addr *dst, __u32 payload,
 					 __u16 csum)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = pkt_data(ctx, tc);
+	void *end = pkt_end(ctx, tc);
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
 	__u16 ulen = UDP_LEN + payload;
@@ -389,11 +421,36 @@ static __always_inline int write_headers(struct xdp_md *ctx, const struct route 
 	return 0;
 }
 
-static __always_inline int send(struct xdp_md *ctx, const struct route *r)
+static __always_inline int send(void *ctx, const int tc, const struct route *r)
 {
-	if (r->ifindex == ctx->ingress_ifindex)
+	if (!tc && r->ifindex == ingress_of(ctx, tc))
 		return XDP_TX;
 	return bpf_redirect(r->ifindex, 0);
+}
+
+/* Moves the packet's start so that `old_hdr` bytes of headers become
+ * `new_hdr` (what follows stays in place); the IP family goes from
+ * `old_v4` to `new_v4`. XDP moves the start of the frame; TC changes the
+ * protocol (which makes room for the other IP header) and adds or removes
+ * the rest after the Ethernet header. Non-zero when there is no room. */
+static __always_inline int resize(void *ctx, const int tc, int old_hdr, int new_hdr, int old_v4, int new_v4)
+{
+	if (!tc)
+		return bpf_xdp_adjust_head(ctx, old_hdr - new_hdr);
+	int diff = new_hdr - old_hdr;
+	if (old_v4 != new_v4) {
+		if (bpf_skb_change_proto(ctx, new_v4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6), 0))
+			return -1;
+		diff -= new_v4 ? IP4_LEN - IP6_LEN : IP6_LEN - IP4_LEN;
+	}
+	if (diff && bpf_skb_adjust_room(ctx, diff, BPF_ADJ_ROOM_MAC, 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int aborted(const int tc)
+{
+	return tc ? TC_ACT_SHOT : XDP_ABORTED;
 }
 
 static __always_inline __u32 ip_len(const struct fp_addr *a)
@@ -419,7 +476,7 @@ static __always_inline void credit(__u32 slot, int to_peer, __u32 bytes)
  * channel bound back to the sender's relay address: the datagram goes
  * straight to that allocation's client, as ChannelData on its channel
  * (same length: only the addresses and the channel number change). */
-static __always_inline int relay_to_relay(struct xdp_md *ctx, struct parsed *p, const struct fp_chan_val *v,
+static __always_inline int relay_to_relay(void *ctx, const int tc, struct parsed *p, const struct fp_chan_val *v,
 					  const struct fp_peer_val *b, __be16 chan, __u16 len)
 {
 	__u32 cd_len = CD_LEN + (__u32)len;
@@ -430,33 +487,32 @@ static __always_inline int relay_to_relay(struct xdp_md *ctx, struct parsed *p, 
 		__u64 added = header_sum(&b->listener, &b->client, ulen) + b->channel;
 		csum = csum_update(p->csum, removed, added);
 	} else if (!is_v4(&b->client)) {
-		return count(FP_PASS_ZERO_CSUM);
+		return pass(tc, FP_PASS_ZERO_CSUM);
 	}
 	__u32 new_ip = ip_len(&b->client);
 	struct route r;
-	if (lookup_route(ctx, p, &b->listener, &b->client, new_ip + UDP_LEN + cd_len, &r))
-		return XDP_PASS;
+	if (lookup_route(ctx, tc, p, &b->listener, &b->client, new_ip + UDP_LEN + cd_len, &r))
+		return to_stack(tc);
 	/* The ChannelData header stays where it is; the headers before it change. */
-	int delta = (int)(p->l4 + UDP_LEN) - (int)(ETH_LEN + new_ip + UDP_LEN);
-	if (bpf_xdp_adjust_head(ctx, delta))
-		return count(FP_PASS_ADJUST);
-	if (write_headers(ctx, &r, p, &b->listener, &b->client, cd_len, csum))
-		return XDP_ABORTED;
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	if (resize(ctx, tc, p->l4 + UDP_LEN, ETH_LEN + new_ip + UDP_LEN, p->v4, is_v4(&b->client)))
+		return pass(tc, FP_PASS_ADJUST);
+	if (write_headers(ctx, tc, &r, p, &b->listener, &b->client, cd_len, csum))
+		return aborted(tc);
+	void *data = pkt_data(ctx, tc);
+	void *end = pkt_end(ctx, tc);
 	__be16 *cd = data + ETH_LEN + new_ip + UDP_LEN;
 	if ((void *)(cd + 2) > end)
-		return XDP_ABORTED;
+		return aborted(tc);
 	cd[0] = b->channel;
 	credit(v->slot, 1, len);
 	credit(b->slot, 0, len);
 	count(FP_RELAY_TO_RELAY);
-	return send(ctx, &r);
+	return send(ctx, tc, &r);
 }
 
 /* client -> peer: strip the ChannelData header. */
-static __always_inline int to_peer(struct xdp_md *ctx, struct parsed *p, const struct fp_chan_val *v, __be16 chan,
-				   __u16 len)
+static __always_inline int to_peer(void *ctx, const int tc, struct parsed *p, const struct fp_chan_val *v,
+				   __be16 chan, __u16 len)
 {
 	__u32 data_len = len;
 	__u16 csum = 0;
@@ -465,7 +521,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct parsed *p, const s
 		__u64 added = header_sum(&v->relay, &v->peer, bpf_htons(UDP_LEN + data_len));
 		csum = csum_update(p->csum, removed, added);
 	} else if (!is_v4(&v->peer)) {
-		return count(FP_PASS_ZERO_CSUM);
+		return pass(tc, FP_PASS_ZERO_CSUM);
 	}
 	__u32 new_ip = ip_len(&v->peer);
 	struct route r;
@@ -474,22 +530,21 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct parsed *p, const s
 	back.relay = v->peer;
 	struct fp_peer_val *b = bpf_map_lookup_elem(&fp_peers, &back);
 	if (b)
-		return relay_to_relay(ctx, p, v, b, chan, len);
-	if (lookup_route(ctx, p, &v->relay, &v->peer, new_ip + UDP_LEN + data_len, &r))
-		return XDP_PASS;
+		return relay_to_relay(ctx, tc, p, v, b, chan, len);
+	if (lookup_route(ctx, tc, p, &v->relay, &v->peer, new_ip + UDP_LEN + data_len, &r))
+		return to_stack(tc);
 	/* Old headers end at l4 + 8 + 4; new ones at 14 + new_ip + 8. */
-	int delta = (int)(p->l4 + UDP_LEN + CD_LEN) - (int)(ETH_LEN + new_ip + UDP_LEN);
-	if (bpf_xdp_adjust_head(ctx, delta))
-		return count(FP_PASS_ADJUST);
-	if (write_headers(ctx, &r, p, &v->relay, &v->peer, data_len, csum))
-		return XDP_ABORTED;
+	if (resize(ctx, tc, p->l4 + UDP_LEN + CD_LEN, ETH_LEN + new_ip + UDP_LEN, p->v4, is_v4(&v->peer)))
+		return pass(tc, FP_PASS_ADJUST);
+	if (write_headers(ctx, tc, &r, p, &v->relay, &v->peer, data_len, csum))
+		return aborted(tc);
 	credit(v->slot, 1, data_len);
 	count(FP_TO_PEER);
-	return send(ctx, &r);
+	return send(ctx, tc, &r);
 }
 
 /* peer -> client: put a ChannelData header in front. */
-static __always_inline int to_client(struct xdp_md *ctx, struct parsed *p, const struct fp_peer_val *v)
+static __always_inline int to_client(void *ctx, const int tc, struct parsed *p, const struct fp_peer_val *v)
 {
 	__u32 data_len = p->payload;
 	__u32 cd_len = CD_LEN + data_len;
@@ -500,43 +555,49 @@ static __always_inline int to_client(struct xdp_md *ctx, struct parsed *p, const
 		__u64 added = header_sum(&v->listener, &v->client, bpf_htons(UDP_LEN + cd_len)) + v->channel + len;
 		csum = csum_update(p->csum, removed, added);
 	} else if (!is_v4(&v->client)) {
-		return count(FP_PASS_ZERO_CSUM);
+		return pass(tc, FP_PASS_ZERO_CSUM);
 	}
 	__u32 new_ip = ip_len(&v->client);
 	struct route r;
-	if (lookup_route(ctx, p, &v->listener, &v->client, new_ip + UDP_LEN + cd_len, &r))
-		return XDP_PASS;
-	int delta = (int)(p->l4 + UDP_LEN) - (int)(ETH_LEN + new_ip + UDP_LEN + CD_LEN);
-	if (bpf_xdp_adjust_head(ctx, delta))
-		return count(FP_PASS_ADJUST);
-	if (write_headers(ctx, &r, p, &v->listener, &v->client, cd_len, csum))
-		return XDP_ABORTED;
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	if (lookup_route(ctx, tc, p, &v->listener, &v->client, new_ip + UDP_LEN + cd_len, &r))
+		return to_stack(tc);
+	if (resize(ctx, tc, p->l4 + UDP_LEN, ETH_LEN + new_ip + UDP_LEN + CD_LEN, p->v4, is_v4(&v->client)))
+		return pass(tc, FP_PASS_ADJUST);
+	if (write_headers(ctx, tc, &r, p, &v->listener, &v->client, cd_len, csum))
+		return aborted(tc);
+	void *data = pkt_data(ctx, tc);
+	void *end = pkt_end(ctx, tc);
 	__be16 *cd = data + ETH_LEN + new_ip + UDP_LEN;
 	if ((void *)(cd + 2) > end)
-		return XDP_ABORTED;
+		return aborted(tc);
 	cd[0] = v->channel;
 	cd[1] = len;
 	credit(v->slot, 0, data_len);
 	count(FP_TO_CLIENT);
-	return send(ctx, &r);
+	return send(ctx, tc, &r);
 }
 
-SEC("xdp")
-int turn_fastpath(struct xdp_md *ctx)
+static __always_inline int relay(void *ctx, const int tc)
 {
 	struct parsed p;
-	if (parse(ctx, &p))
-		return XDP_PASS;
+	if (tc) {
+		/* TC runs after GRO: a coalesced burst is not one datagram. */
+		if (((struct __sk_buff *)ctx)->gso_segs > 1)
+			return pass(tc, FP_PASS_COALESCED);
+		/* Headers (and what is rewritten) in the linear part. */
+		if (pkt_end(ctx, tc) - pkt_data(ctx, tc) < ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN)
+			bpf_skb_pull_data(ctx, ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN);
+	}
+	if (parse(pkt_data(ctx, tc), pkt_end(ctx, tc), &p))
+		return to_stack(tc);
 
 	/* ChannelData from a client? Channel numbers 0x4000-0x4fff (RFC 8656 §12). */
 	if (p.payload >= CD_LEN) {
-		void *data = (void *)(long)ctx->data;
-		void *end = (void *)(long)ctx->data_end;
+		void *data = pkt_data(ctx, tc);
+		void *end = pkt_end(ctx, tc);
 		__be16 *cd = data + p.l4 + UDP_LEN;
 		if ((void *)(cd + 2) > end)
-			return count(FP_PASS_MALFORMED);
+			return pass(tc, FP_PASS_MALFORMED);
 		__be16 chan = cd[0];
 		__u16 len = bpf_ntohs(cd[1]);
 		if ((bpf_ntohs(chan) & 0xf000) == 0x4000) {
@@ -547,10 +608,10 @@ int turn_fastpath(struct xdp_md *ctx)
 			struct fp_chan_val *v = bpf_map_lookup_elem(&fp_channels, &k);
 			if (v) {
 				if (p.payload > fp_max_datagram)
-					return count(FP_PASS_TOO_LARGE);
+					return pass(tc, FP_PASS_TOO_LARGE);
 				if (CD_LEN + (__u32)len != p.payload)
-					return count(CD_LEN + (__u32)len < p.payload ? FP_PASS_PADDED : FP_PASS_MALFORMED);
-				return to_peer(ctx, &p, v, chan, len);
+					return pass(tc, CD_LEN + (__u32)len < p.payload ? FP_PASS_PADDED : FP_PASS_MALFORMED);
+				return to_peer(ctx, tc, &p, v, chan, len);
 			}
 		}
 	}
@@ -560,10 +621,23 @@ int turn_fastpath(struct xdp_md *ctx)
 	pk.relay = p.dst;
 	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
 	if (!pv)
-		return count(FP_PASS_NO_ENTRY);
+		return pass(tc, FP_PASS_NO_ENTRY);
 	if (p.payload > fp_max_datagram)
-		return count(FP_PASS_TOO_LARGE);
+		return pass(tc, FP_PASS_TOO_LARGE);
 	if (p.payload > 0xffff - CD_LEN - UDP_LEN - IP6_LEN)
-		return count(FP_PASS_MTU);
-	return to_client(ctx, &p, pv);
+		return pass(tc, FP_PASS_MTU);
+	return to_client(ctx, tc, &p, pv);
+}
+
+SEC("xdp")
+int turn_fastpath(struct xdp_md *ctx)
+{
+	return relay(ctx, 0);
+}
+
+/* TC (clsact ingress): for devices without native XDP. */
+SEC("classifier")
+int turn_fastpath_tc(struct __sk_buff *skb)
+{
+	return relay(skb, 1);
 }

@@ -62,11 +62,12 @@ impl Running {
 /// (native XDP on vrc and vrp): listeners on 10.201.1.1 and fd00:1::1,
 /// relay addresses 10.201.2.1 and fd00:2::1.
 fn start(t: &Topology, config: ServerConfig) -> Option<Running> {
-    start_on(t, config, Vec::new())
+    start_on(t, config, Vec::new(), FastPathMode::Xdp)
 }
 
-/// [`start`], the fast path on `interfaces` only (empty: the derived ones).
-fn start_on(t: &Topology, config: ServerConfig, interfaces: Vec<String>) -> Option<Running> {
+/// [`start`], the fast path in `mode` on `interfaces` only (empty: the
+/// derived ones).
+fn start_on(t: &Topology, config: ServerConfig, interfaces: Vec<String>, mode: FastPathMode) -> Option<Running> {
     let mut hosts = Vec::new();
     for (ns, dev) in [(&t.clients, "vc"), (&t.peers, "vp")] {
         match Topology::run_in(ns, move || PassiveXdp::attach(dev).map_err(|e| e.to_string())) {
@@ -77,17 +78,17 @@ fn start_on(t: &Topology, config: ServerConfig, interfaces: Vec<String>) -> Opti
             }
         }
     }
-    start_relay(t, config, interfaces).map(|relay| Running { relay, _hosts: hosts })
+    start_relay(t, config, interfaces, mode).map(|relay| Running { relay, _hosts: hosts })
 }
 
-fn start_relay(t: &Topology, config: ServerConfig, interfaces: Vec<String>) -> Option<Relay> {
+fn start_relay(t: &Topology, config: ServerConfig, interfaces: Vec<String>, mode: FastPathMode) -> Option<Relay> {
     let ns = t.relay.clone();
     let started = Topology::run_in(&ns, move || {
         let io = IoConfig {
             udp_listen: vec!["10.201.1.1:3478".parse().unwrap(), "[fd00:1::1]:3478".parse().unwrap()],
             relay_ips: vec![RelayIp::same("10.201.2.1".parse().unwrap()), RelayIp::same("fd00:2::1".parse().unwrap())],
             relay_ports: RelayPorts::Ephemeral(8),
-            fast_path: FastPathMode::Xdp,
+            fast_path: mode,
             fast_path_interfaces: interfaces,
             ..IoConfig::default()
         };
@@ -174,8 +175,17 @@ fn both_ways(relay: &Relay, c: &TurnClient, peer: &UdpSocket, relayed_addr: Sock
 
 #[test]
 fn channel_data_through_the_kernel_in_every_family_combination() {
-    let Some(t) = topology("channel_data_through_the_kernel_in_every_family_combination") else { return };
-    let Some(relay) = start(&t, ServerConfig::default()) else { return };
+    every_family_combination("channel_data_through_the_kernel_in_every_family_combination", FastPathMode::Xdp);
+}
+
+#[test]
+fn channel_data_through_tc_in_every_family_combination() {
+    every_family_combination("channel_data_through_tc_in_every_family_combination", FastPathMode::Tc);
+}
+
+fn every_family_combination(test: &str, mode: FastPathMode) {
+    let Some(t) = topology(test) else { return };
+    let Some(relay) = start_on(&t, ServerConfig::default(), Vec::new(), mode) else { return };
     // (client address, listener, peer, relay family, channel)
     let cases = [
         ("10.201.1.2:0", "10.201.1.1:3478", "10.201.2.2:0", AddressFamily::V4, 0x4001),
@@ -361,7 +371,7 @@ fn a_frame_is_never_redirected_to_a_device_without_the_program() {
     let Some(t) = topology("a_frame_is_never_redirected_to_a_device_without_the_program") else { return };
     // Attached to the clients' side only: the peers' side cannot be
     // written to from XDP, so client -> peer goes through the stack.
-    let Some(relay) = start_on(&t, ServerConfig::default(), vec!["vrc".into()]) else { return };
+    let Some(relay) = start_on(&t, ServerConfig::default(), vec!["vrc".into()], FastPathMode::Xdp) else { return };
     let mut c = client(&t, "10.201.1.2:0", "10.201.1.1:3478");
     let relayed_addr = c.allocate().unwrap();
     let a = Topology::udp(&t.peers, "10.201.2.2:0");

@@ -5,6 +5,8 @@
 //! checksum over pseudo-header and payload. Property-tested over
 //! addresses of both families (and mixed), ports, channels and payload
 //! sizes 0 to 1400; malformed and unhandled frames must pass untouched.
+//! Each test runs the XDP program and the TC classifier (the same C code
+//! at both hooks; TC's verdicts are reported as XDP's).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -165,9 +167,19 @@ fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Loads the program, or says why it cannot run here (CI: fails).
+/// Loads the XDP program, or says why it cannot run here (CI: fails).
 fn program(test: &str) -> Option<TestProgram> {
-    match TestProgram::load() {
+    load(test, false)
+}
+
+/// The XDP program, then the TC classifier: the same C code at both hooks.
+fn programs(test: &str) -> Vec<TestProgram> {
+    [false, true].into_iter().filter_map(|tc| load(test, tc)).collect()
+}
+
+fn load(test: &str, tc: bool) -> Option<TestProgram> {
+    let loaded = if tc { TestProgram::load_tc() } else { TestProgram::load() };
+    match loaded {
         Ok(p) => Some(p),
         Err(e) => {
             test_kit::skip(test, &e.to_string());
@@ -238,44 +250,50 @@ fn run_both_ways(p: &mut TestProgram, b: &Binding, data: &[u8], slot: u32) {
 
 #[test]
 fn every_family_combination_both_ways_with_sizes_0_to_1400() {
-    let Some(mut p) = program("every_family_combination_both_ways_with_sizes_0_to_1400") else { return };
-    let combos = [(true, true), (false, false), (true, false), (false, true)];
-    for (slot, (cv4, rv4)) in (0u32..).zip(combos) {
-        let b = binding(cv4, rv4, (40000 + slot as u16, 50000 + slot as u16, 60000), 0x4000 + slot as u16);
-        for len in [0usize, 1, 2, 3, 4, 5, 99, 100, 511, 1200, 1399, 1400] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-            run_both_ways(&mut p, &b, &data, slot);
+    for mut p in programs("every_family_combination_both_ways_with_sizes_0_to_1400") {
+        let combos = [(true, true), (false, false), (true, false), (false, true)];
+        for (slot, (cv4, rv4)) in (0u32..).zip(combos) {
+            let b = binding(cv4, rv4, (40000 + slot as u16, 50000 + slot as u16, 60000), 0x4000 + slot as u16);
+            for len in [0usize, 1, 2, 3, 4, 5, 99, 100, 511, 1200, 1399, 1400] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                run_both_ways(&mut p, &b, &data, slot);
+            }
         }
     }
 }
 
 #[test]
 fn relay_to_relay_goes_straight_to_the_other_client() {
-    let Some(mut p) = program("relay_to_relay_goes_straight_to_the_other_client") else { return };
-    // Allocation A (an IPv4 client) binds 0x4001 to B's relay address; B
-    // (an IPv6 client, relayed over IPv4) binds 0x4002 back to A's.
-    let (ra, rb) = (addr(true, 2, 50000), addr(true, 2, 50001));
-    let (ca, la) = (addr(true, 10, 40000), addr(true, 1, 3478));
-    let (cb, lb) = (addr(false, 11, 40001), addr(false, 1, 3478));
-    p.install(ca, la, 0x4001, ra, rb, 8);
-    p.install(cb, lb, 0x4002, rb, ra, 9);
-    for n in [0usize, 1, 3, 100, 1400] {
-        let data = payload_of(n);
-        let before = p.counters();
-        let (v, out) = p.run(&frame(ca, la, &channel_data(0x4001, &data), false)).unwrap();
-        assert_eq!(v, verdict::TX);
-        assert_eq!(check_frame(&out, lb, cb), channel_data(0x4002, &data), "size {n}: to B's client on B's channel");
-        let (v, out) = p.run(&frame(cb, lb, &channel_data(0x4002, &data), false)).unwrap();
-        assert_eq!(v, verdict::TX);
-        assert_eq!(check_frame(&out, la, ca), channel_data(0x4001, &data), "size {n}: and back");
-        let after = p.counters();
-        let i = COUNTERS.iter().position(|c| *c == "relay_to_relay").unwrap();
-        assert_eq!(after[i] - before[i], 2);
+    for mut p in programs("relay_to_relay_goes_straight_to_the_other_client") {
+        // Allocation A (an IPv4 client) binds 0x4001 to B's relay address; B
+        // (an IPv6 client, relayed over IPv4) binds 0x4002 back to A's.
+        let (ra, rb) = (addr(true, 2, 50000), addr(true, 2, 50001));
+        let (ca, la) = (addr(true, 10, 40000), addr(true, 1, 3478));
+        let (cb, lb) = (addr(false, 11, 40001), addr(false, 1, 3478));
+        p.install(ca, la, 0x4001, ra, rb, 8);
+        p.install(cb, lb, 0x4002, rb, ra, 9);
+        for n in [0usize, 1, 3, 100, 1400] {
+            let data = payload_of(n);
+            let before = p.counters();
+            let (v, out) = p.run(&frame(ca, la, &channel_data(0x4001, &data), false)).unwrap();
+            assert_eq!(v, verdict::TX);
+            assert_eq!(
+                check_frame(&out, lb, cb),
+                channel_data(0x4002, &data),
+                "size {n}: to B's client on B's channel"
+            );
+            let (v, out) = p.run(&frame(cb, lb, &channel_data(0x4002, &data), false)).unwrap();
+            assert_eq!(v, verdict::TX);
+            assert_eq!(check_frame(&out, la, ca), channel_data(0x4001, &data), "size {n}: and back");
+            let after = p.counters();
+            let i = COUNTERS.iter().position(|c| *c == "relay_to_relay").unwrap();
+            assert_eq!(after[i] - before[i], 2);
+        }
+        let (a, b) = (p.slot(8), p.slot(9));
+        assert_eq!((a.to_peer_packets, a.to_client_packets), (5, 5), "A sent five and received five");
+        assert_eq!((b.to_peer_packets, b.to_client_packets), (5, 5));
+        assert_eq!(a.to_peer_bytes, 1504);
     }
-    let (a, b) = (p.slot(8), p.slot(9));
-    assert_eq!((a.to_peer_packets, a.to_client_packets), (5, 5), "A sent five and received five");
-    assert_eq!((b.to_peer_packets, b.to_client_packets), (5, 5));
-    assert_eq!(a.to_peer_bytes, 1504);
 }
 
 fn payload_of(n: usize) -> Vec<u8> {
@@ -284,80 +302,82 @@ fn payload_of(n: usize) -> Vec<u8> {
 
 #[test]
 fn a_zero_ipv4_checksum_stays_zero_and_cannot_become_ipv6() {
-    let Some(mut p) = program("a_zero_ipv4_checksum_stays_zero_and_cannot_become_ipv6") else { return };
-    let b = binding(true, true, (40001, 50001, 60001), 0x4001);
-    p.install(b.client, b.listener, b.channel, b.relay, b.peer, 0);
-    let (v, out) = p.run(&frame(b.client, b.listener, &channel_data(b.channel, b"abc"), true)).unwrap();
-    assert_eq!(v, verdict::TX);
-    assert_eq!(check_frame_no_checksum(&out, b.relay, b.peer), b"abc");
-    let m = binding(true, false, (40002, 50002, 60002), 0x4002);
-    p.install(m.client, m.listener, m.channel, m.relay, m.peer, 1);
-    let f = frame(m.client, m.listener, &channel_data(m.channel, b"abc"), true);
-    let (v, out) = p.run(&f).unwrap();
-    assert_eq!((v, out), (verdict::PASS, f), "IPv6 needs a checksum: to the stack, untouched");
-    // IPv6 without a checksum is not valid UDP at all.
-    let m6 = binding(false, false, (40003, 50003, 60003), 0x4003);
-    p.install(m6.client, m6.listener, m6.channel, m6.relay, m6.peer, 2);
-    let f = frame(m6.client, m6.listener, &channel_data(m6.channel, b"abc"), true);
-    assert_eq!(p.run(&f).unwrap(), (verdict::PASS, f));
+    for mut p in programs("a_zero_ipv4_checksum_stays_zero_and_cannot_become_ipv6") {
+        let b = binding(true, true, (40001, 50001, 60001), 0x4001);
+        p.install(b.client, b.listener, b.channel, b.relay, b.peer, 0);
+        let (v, out) = p.run(&frame(b.client, b.listener, &channel_data(b.channel, b"abc"), true)).unwrap();
+        assert_eq!(v, verdict::TX);
+        assert_eq!(check_frame_no_checksum(&out, b.relay, b.peer), b"abc");
+        let m = binding(true, false, (40002, 50002, 60002), 0x4002);
+        p.install(m.client, m.listener, m.channel, m.relay, m.peer, 1);
+        let f = frame(m.client, m.listener, &channel_data(m.channel, b"abc"), true);
+        let (v, out) = p.run(&f).unwrap();
+        assert_eq!((v, out), (verdict::PASS, f), "IPv6 needs a checksum: to the stack, untouched");
+        // IPv6 without a checksum is not valid UDP at all.
+        let m6 = binding(false, false, (40003, 50003, 60003), 0x4003);
+        p.install(m6.client, m6.listener, m6.channel, m6.relay, m6.peer, 2);
+        let f = frame(m6.client, m6.listener, &channel_data(m6.channel, b"abc"), true);
+        assert_eq!(p.run(&f).unwrap(), (verdict::PASS, f));
+    }
 }
 
 #[test]
 fn what_the_program_does_not_handle_passes_untouched() {
-    let Some(mut p) = program("what_the_program_does_not_handle_passes_untouched") else { return };
-    let b = binding(true, true, (40010, 50010, 60010), 0x4010);
-    p.install(b.client, b.listener, b.channel, b.relay, b.peer, 3);
-    let label = |i: usize| COUNTERS[i];
-    let mut cases: Vec<(&str, Vec<u8>)> = vec![
-        ("unknown channel", frame(b.client, b.listener, &channel_data(0x4011, b"x"), false)),
-        ("other client", frame(addr(true, 11, 40010), b.listener, &channel_data(b.channel, b"x"), false)),
-        ("unknown peer", frame(addr(true, 21, 60010), b.relay, b"x", false)),
-        ("STUN", frame(b.client, b.listener, &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0], false)),
-    ];
-    // A local sender's partial checksum: the folded pseudo-header sum.
-    let mut partial = frame(b.client, b.listener, &channel_data(b.channel, b"partial"), false);
-    let pseudo = sum16(&partial[26..34]) + 17 + (8 + 4 + 7);
-    partial[40..42].copy_from_slice(&fold(pseudo).to_be_bytes());
-    assert!(looks_partial(&partial));
-    cases.push(("partial checksum", partial));
-    // Padding after the data (allowed over UDP, left to the shard).
-    let mut padded = channel_data(b.channel, b"abc");
-    padded.push(0);
-    cases.push(("padded", frame(b.client, b.listener, &padded, false)));
-    // A ChannelData length longer than the datagram.
-    let mut short = channel_data(b.channel, b"abcd");
-    short.truncate(6);
-    cases.push(("truncated", frame(b.client, b.listener, &short, false)));
-    // IPv4 options (IHL 6).
-    let mut opts = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
-    opts[14] = 0x46;
-    cases.push(("ip options", opts));
-    // A first fragment (MF set).
-    let mut frag = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
-    frag[20] = 0x20;
-    cases.push(("fragment", frag));
-    // A UDP length beyond the frame.
-    let mut long = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
-    long[38] = 0x05;
-    cases.push(("udp length", long));
-    // The frame cut short inside the UDP header.
-    let full = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
-    cases.push(("cut", full[..40].to_vec()));
-    // An IPv6 fragment header.
-    let mut v6frag = frame(addr(false, 10, 1), addr(false, 1, 3478), &channel_data(0x4010, b"abc"), false);
-    v6frag[20] = 44;
-    cases.push(("ipv6 fragment", v6frag));
-    for (what, f) in cases {
-        let before = p.counters();
-        let (v, out) = p.run(&f).unwrap();
-        assert_eq!(v, verdict::PASS, "{what}");
-        assert_eq!(out, f, "{what}: untouched");
-        let after = p.counters();
-        let moved: Vec<&str> = (0..COUNTERS.len()).filter(|&i| after[i] != before[i]).map(label).collect();
-        assert_eq!(moved.len(), 1, "{what}: one counter moves: {moved:?}");
-        assert!(!moved[0].starts_with("to_"), "{what}: counted as passed: {moved:?}");
+    for mut p in programs("what_the_program_does_not_handle_passes_untouched") {
+        let b = binding(true, true, (40010, 50010, 60010), 0x4010);
+        p.install(b.client, b.listener, b.channel, b.relay, b.peer, 3);
+        let label = |i: usize| COUNTERS[i];
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown channel", frame(b.client, b.listener, &channel_data(0x4011, b"x"), false)),
+            ("other client", frame(addr(true, 11, 40010), b.listener, &channel_data(b.channel, b"x"), false)),
+            ("unknown peer", frame(addr(true, 21, 60010), b.relay, b"x", false)),
+            ("STUN", frame(b.client, b.listener, &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0], false)),
+        ];
+        // A local sender's partial checksum: the folded pseudo-header sum.
+        let mut partial = frame(b.client, b.listener, &channel_data(b.channel, b"partial"), false);
+        let pseudo = sum16(&partial[26..34]) + 17 + (8 + 4 + 7);
+        partial[40..42].copy_from_slice(&fold(pseudo).to_be_bytes());
+        assert!(looks_partial(&partial));
+        cases.push(("partial checksum", partial));
+        // Padding after the data (allowed over UDP, left to the shard).
+        let mut padded = channel_data(b.channel, b"abc");
+        padded.push(0);
+        cases.push(("padded", frame(b.client, b.listener, &padded, false)));
+        // A ChannelData length longer than the datagram.
+        let mut short = channel_data(b.channel, b"abcd");
+        short.truncate(6);
+        cases.push(("truncated", frame(b.client, b.listener, &short, false)));
+        // IPv4 options (IHL 6).
+        let mut opts = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
+        opts[14] = 0x46;
+        cases.push(("ip options", opts));
+        // A first fragment (MF set).
+        let mut frag = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
+        frag[20] = 0x20;
+        cases.push(("fragment", frag));
+        // A UDP length beyond the frame.
+        let mut long = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
+        long[38] = 0x05;
+        cases.push(("udp length", long));
+        // The frame cut short inside the UDP header.
+        let full = frame(b.client, b.listener, &channel_data(b.channel, b"abc"), false);
+        cases.push(("cut", full[..40].to_vec()));
+        // An IPv6 fragment header.
+        let mut v6frag = frame(addr(false, 10, 1), addr(false, 1, 3478), &channel_data(0x4010, b"abc"), false);
+        v6frag[20] = 44;
+        cases.push(("ipv6 fragment", v6frag));
+        for (what, f) in cases {
+            let before = p.counters();
+            let (v, out) = p.run(&f).unwrap();
+            assert_eq!(v, verdict::PASS, "{what}");
+            assert_eq!(out, f, "{what}: untouched");
+            let after = p.counters();
+            let moved: Vec<&str> = (0..COUNTERS.len()).filter(|&i| after[i] != before[i]).map(label).collect();
+            assert_eq!(moved.len(), 1, "{what}: one counter moves: {moved:?}");
+            assert!(!moved[0].starts_with("to_"), "{what}: counted as passed: {moved:?}");
+        }
+        assert_eq!(p.slot(3), Default::default(), "nothing was relayed");
     }
-    assert_eq!(p.slot(3), Default::default(), "nothing was relayed");
 }
 
 thread_local! {

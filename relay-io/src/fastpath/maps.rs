@@ -139,7 +139,7 @@ unsafe impl aya::Pod for FpSlotStats {}
 
 /// What the program did with a packet: `fp_counters`' indexes
 /// (`enum fp_counter` in `bpf/fastpath.h`), by metric label.
-pub const COUNTERS: [&str; 19] = [
+pub const COUNTERS: [&str; 20] = [
     "to_peer",
     "to_client",
     "relay_to_relay",
@@ -159,6 +159,7 @@ pub const COUNTERS: [&str; 19] = [
     "no_headroom",
     "egress_not_attached",
     "too_large",
+    "coalesced",
 ];
 
 /// Index of the first "passed to the stack" counter in [`COUNTERS`].
@@ -204,6 +205,7 @@ mod tests {
             ("FP_PASS_ADJUST", "no_headroom"),
             ("FP_PASS_EGRESS", "egress_not_attached"),
             ("FP_PASS_TOO_LARGE", "too_large"),
+            ("FP_PASS_COALESCED", "coalesced"),
             ("FP_COUNTERS", ""),
         ];
         assert_eq!(members, expected.map(|(m, _)| m), "the header's counters, in order");

@@ -28,7 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use relay_core::server::FastEntry;
 
@@ -48,20 +48,24 @@ pub enum FastPathMode {
     /// Native XDP on every interface, or a start-up error.
     Xdp,
     /// Generic (skb) XDP on every interface, or a start-up error. Works on
-    /// any device, `lo` included; usually no faster than the socket path,
-    /// so `auto` never picks it.
+    /// any device; `auto` does not pick it (measured on veth only).
     XdpGeneric,
+    /// A TC classifier at clsact ingress (a TCX link, kernel 6.6 or later)
+    /// on every interface, or a start-up error: for devices without native
+    /// XDP or its headroom.
+    Tc,
     /// The socket path only.
     Off,
 }
 
 impl FastPathMode {
-    /// Parses `auto`, `xdp`, `xdp-generic` or `off`.
+    /// Parses `auto`, `xdp`, `xdp-generic`, `tc` or `off`.
     pub fn parse(s: &str) -> Option<FastPathMode> {
         Some(match s {
             "auto" => FastPathMode::Auto,
             "xdp" => FastPathMode::Xdp,
             "xdp-generic" => FastPathMode::XdpGeneric,
+            "tc" => FastPathMode::Tc,
             "off" => FastPathMode::Off,
             _ => return None,
         })
@@ -73,6 +77,7 @@ impl FastPathMode {
             FastPathMode::Auto => "auto",
             FastPathMode::Xdp => "xdp",
             FastPathMode::XdpGeneric => "xdp-generic",
+            FastPathMode::Tc => "tc",
             FastPathMode::Off => "off",
         }
     }
@@ -109,9 +114,9 @@ pub struct Started {
     pub fast: Option<FastPath>,
     /// One entry writer per shard (empty without a fast path).
     pub shards: Vec<ShardFastPath>,
-    /// The attach mode is generic XDP, which runs after GRO: the sockets
-    /// must not ask for UDP GRO (a coalesced burst would reach the program
-    /// as one datagram).
+    /// The attach mode (generic XDP, TC) runs after GRO: the sockets must
+    /// not ask for UDP GRO (a coalesced burst would reach the program as
+    /// one datagram).
     pub generic: bool,
     /// For the log.
     pub why: String,
@@ -136,7 +141,16 @@ impl std::fmt::Debug for FastPath {
     }
 }
 
+/// The program's two entry points.
+const XDP_PROGRAM: &str = "turn_fastpath";
+const TC_PROGRAM: &str = "turn_fastpath_tc";
+
 fn load(slot_count: u32, no_fib: bool, max_datagram: u32) -> Result<Ebpf, FastPathError> {
+    load_as(slot_count, no_fib, max_datagram, false)
+}
+
+/// Loads the object and its XDP program, or (`tc`) its TC classifier.
+fn load_as(slot_count: u32, no_fib: bool, max_datagram: u32, tc: bool) -> Result<Ebpf, FastPathError> {
     if cfg!(fastpath_missing) || OBJECT.is_empty() {
         return Err(FastPathError::NotBuilt);
     }
@@ -147,12 +161,16 @@ fn load(slot_count: u32, no_fib: bool, max_datagram: u32) -> Result<Ebpf, FastPa
         .override_global("fp_max_datagram", &max_datagram, true)
         .load(OBJECT)
         .map_err(|e| FastPathError::Load(error_chain(&e)))?;
-    let prog: &mut Xdp = ebpf
-        .program_mut("turn_fastpath")
-        .ok_or_else(|| FastPathError::Load("no turn_fastpath program in the object".into()))?
-        .try_into()
-        .map_err(|e| FastPathError::Load(error_chain(&e)))?;
-    prog.load().map_err(|e| FastPathError::Load(error_chain(&e)))?;
+    let l = |e: &dyn std::error::Error| FastPathError::Load(error_chain(e));
+    let name = if tc { TC_PROGRAM } else { XDP_PROGRAM };
+    let prog = ebpf.program_mut(name).ok_or_else(|| FastPathError::Load(format!("no {name} program in the object")))?;
+    if tc {
+        let p: &mut SchedClassifier = prog.try_into().map_err(|e| l(&e))?;
+        p.load().map_err(|e| l(&e))?;
+    } else {
+        let p: &mut Xdp = prog.try_into().map_err(|e| l(&e))?;
+        p.load().map_err(|e| l(&e))?;
+    }
     Ok(ebpf)
 }
 
@@ -222,19 +240,22 @@ impl FastPath {
                  listen on and relay from specific IPs"
             )));
         }
-        if !kernel_at_least(5, 9) {
-            // Older kernels attach XDP through netlink, which outlives the
+        let tc = mode == FastPathMode::Tc;
+        if !kernel_at_least(5, 9) || (tc && !kernel_at_least(6, 6)) {
+            // Older kernels attach through netlink, which outlives the
             // process (and its maps) after SIGKILL.
-            return Err(FastPathError::Load("the kernel is older than 5.9 (no XDP links)".into()));
+            let need = if tc { "6.6 (no TCX links)" } else { "5.9 (no XDP links)" };
+            return Err(FastPathError::Load(format!("the kernel is older than {need}")));
         }
         let names = derive_interfaces(interfaces, ips).map_err(|e| FastPathError::NoInterface(e.to_string()))?;
         if names.is_empty() {
             return Err(FastPathError::NoInterface(format!("none holds {ips:?}")));
         }
         let max = u32::try_from(max_datagram).unwrap_or(u32::MAX);
-        let mut ebpf = load(slot_count, false, max)?;
+        let mut ebpf = load_as(slot_count, false, max, tc)?;
         let (xdp_mode, mode_name) = match mode {
             FastPathMode::XdpGeneric => (XdpMode::Skb, "generic XDP"),
+            FastPathMode::Tc => (XdpMode::Skb, "TC ingress"),
             _ => (XdpMode::Driver, "native XDP"),
         };
         let mut attached = Vec::new();
@@ -244,11 +265,17 @@ impl FastPath {
                 Some("loopback has no native XDP".to_string())
             } else if let Some(sysctl) = forwarding_off(name, ips) {
                 Some(format!("forwarding is off ({sysctl} = 0); bpf_fib_lookup refuses to route"))
+            } else if tc {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(TC_PROGRAM)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| FastPathError::Load(format!("{TC_PROGRAM} is not a classifier")))?;
+                prog.attach(name.as_str(), TcAttachType::Ingress).err().map(|e| error_chain(&e))
             } else {
                 let prog: &mut Xdp = ebpf
-                    .program_mut("turn_fastpath")
+                    .program_mut(XDP_PROGRAM)
                     .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| FastPathError::Load("turn_fastpath is not an XDP program".into()))?;
+                    .ok_or_else(|| FastPathError::Load(format!("{XDP_PROGRAM} is not an XDP program")))?;
                 prog.attach(name.as_str(), xdp_mode).err().map(|e| error_chain(&e))
             };
             match why {
@@ -282,7 +309,13 @@ impl FastPath {
             .map(|k| fast.shard(k, shards.max(1)))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| FastPathError::Load(format!("a shard's map handles: {e}")))?;
-        Ok(Started { fast: Some(fast), shards, generic: mode == FastPathMode::XdpGeneric, why })
+        let generic = matches!(mode, FastPathMode::XdpGeneric | FastPathMode::Tc);
+        Ok(Started { fast: Some(fast), shards, generic, why })
+    }
+
+    /// The attach mode that runs (never `Auto` or `Off`).
+    pub fn mode(&self) -> FastPathMode {
+        if self.mode == FastPathMode::Auto { FastPathMode::Xdp } else { self.mode }
     }
 
     /// The interfaces the program is attached to.
@@ -317,7 +350,8 @@ impl FastPath {
     /// kernel's statistics (`kernel.bpf_stats_enabled` must be 1; zeros
     /// otherwise).
     pub fn run_stats(&self) -> (u64, u64) {
-        let info = self.ebpf.program("turn_fastpath").and_then(|p| p.info().ok());
+        let name = if self.mode == FastPathMode::Tc { TC_PROGRAM } else { XDP_PROGRAM };
+        let info = self.ebpf.program(name).and_then(|p| p.info().ok());
         info.map_or((0, 0), |i| (i.run_count(), i.run_time().as_nanos() as u64))
     }
 }
@@ -548,7 +582,7 @@ impl PassiveXdp {
     pub fn attach(interface: &str) -> Result<PassiveXdp, FastPathError> {
         let mut ebpf = load(1, false, u32::from(u16::MAX))?;
         let prog: &mut Xdp = ebpf
-            .program_mut("turn_fastpath")
+            .program_mut(XDP_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| FastPathError::Load("turn_fastpath is not an XDP program".into()))?;
         prog.attach(interface, XdpMode::Driver).map_err(|e| FastPathError::Attach {
@@ -566,6 +600,7 @@ impl PassiveXdp {
 /// `BPF_PROG_TEST_RUN`.
 pub struct TestProgram {
     ebpf: Ebpf,
+    tc: bool,
     channels: HashMap<MapData, FpChanKey, FpChanVal>,
     peers: HashMap<MapData, FpPeerKey, FpPeerVal>,
     slots: PerCpuArray<MapData, FpSlotStats>,
@@ -581,16 +616,27 @@ pub mod verdict {
 }
 
 impl TestProgram {
-    /// Loads the program (needs CAP_BPF).
+    /// Loads the XDP program (needs CAP_BPF).
     pub fn load() -> Result<TestProgram, FastPathError> {
-        let mut ebpf = load(16, true, 2048)?;
+        TestProgram::load_as(false)
+    }
+
+    /// Loads the TC classifier instead: [`TestProgram::run`] reports its
+    /// verdicts as the XDP ones (redirect as [`verdict::TX`], ok as
+    /// [`verdict::PASS`], drop as 1).
+    pub fn load_tc() -> Result<TestProgram, FastPathError> {
+        TestProgram::load_as(true)
+    }
+
+    fn load_as(tc: bool) -> Result<TestProgram, FastPathError> {
+        let mut ebpf = load_as(16, true, 2048, tc)?;
         let l = |e: aya::maps::MapError| FastPathError::Load(e.to_string());
         let channels = HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_channels")?)).map_err(l)?;
         let peers = HashMap::try_from(aya::maps::Map::HashMap(take(&mut ebpf, "fp_peers")?)).map_err(l)?;
         let slots = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(take(&mut ebpf, "fp_slots")?)).map_err(l)?;
         let counters =
             PerCpuArray::try_from(aya::maps::Map::PerCpuArray(take(&mut ebpf, "fp_counters")?)).map_err(l)?;
-        Ok(TestProgram { ebpf, channels, peers, slots, counters })
+        Ok(TestProgram { ebpf, tc, channels, peers, slots, counters })
     }
 
     /// Adds the entries of one channel binding, counting into `slot` (< 16).
@@ -620,16 +666,26 @@ impl TestProgram {
     /// the program left it.
     pub fn run(&mut self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
         use aya::programs::{TestRun, TestRunOptions};
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut("turn_fastpath")
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| io::Error::other("no program"))?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() };
-        let r = prog.test_run(opts).map_err(io::Error::other)?;
+        let no = || io::Error::other("no program");
+        let r = if self.tc {
+            let prog: &mut SchedClassifier =
+                self.ebpf.program_mut(TC_PROGRAM).and_then(|p| p.try_into().ok()).ok_or_else(no)?;
+            prog.test_run(opts).map_err(io::Error::other)?
+        } else {
+            let prog: &mut Xdp = self.ebpf.program_mut(XDP_PROGRAM).and_then(|p| p.try_into().ok()).ok_or_else(no)?;
+            prog.test_run(opts).map_err(io::Error::other)?
+        };
         out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        let v = match (self.tc, r.return_value) {
+            (false, v) => v,
+            (true, 0) => verdict::PASS,
+            (true, 7) => verdict::TX,
+            (true, 2) => 1,
+            (true, v) => 100 + v,
+        };
+        Ok((v, out))
     }
 
     /// A slot's counters, summed over CPUs.
