@@ -90,6 +90,7 @@ struct {
 #define CD_LEN 4
 #define IP_DF 0x4000
 #define IP_MF_OFFSET 0x3fff
+#define LOOPBACK_IFINDEX 1
 
 static __always_inline void count(__u32 what)
 {
@@ -105,7 +106,8 @@ static __always_inline void count(__u32 what)
 /* Leave the packet to the stack (already counted). */
 static __always_inline int to_stack(const int tc)
 {
-	return tc ? TC_ACT_OK : XDP_PASS;
+	/* TC: TC_ACT_UNSPEC lets the next program of the chain (TCX) decide. */
+	return tc ? TC_ACT_UNSPEC : XDP_PASS;
 }
 
 /* Leave the packet to the stack, counting why. */
@@ -200,6 +202,7 @@ struct parsed {
 	__u16 csum;     /* UDP checksum as received */
 	__u8 v4;
 	__u8 tos;
+	__u8 partial;   /* the field holds only the pseudo-header sum (lo) */
 	__u8 smac[ETH_ALEN];
 	__u8 dmac[ETH_ALEN];
 };
@@ -223,7 +226,7 @@ static __always_inline void set_v6(struct fp_addr *a, const struct in6_addr *ip,
 }
 
 /* Parses Ethernet, IPv4/IPv6 and UDP; returns -1 when done (counted). */
-static __always_inline int parse(void *data, void *end, struct parsed *p)
+static __always_inline int parse(void *data, void *end, struct parsed *p, int allow_partial)
 {
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
@@ -297,8 +300,29 @@ static __always_inline int parse(void *data, void *end, struct parsed *p)
 	 * the folded pseudo-header sum; a real checksum does so once in
 	 * 65,536 datagrams, which then merely take the stack. */
 	__u64 pseudo = addr_sum(&p->src, p->v4) + addr_sum(&p->dst, p->v4) + bpf_htons(IPPROTO_UDP) + udp->len;
-	if (p->csum == fold(pseudo))
+	p->partial = p->csum == fold(pseudo);
+	if (p->partial && !allow_partial)
 		return count(FP_PASS_PARTIAL_CSUM), -1;
+	return 0;
+}
+
+/* The folded pseudo-header sum: what a partial checksum field holds. */
+static __always_inline __u16 pseudo_fold(const struct fp_addr *src, const struct fp_addr *dst, __be16 udp_len)
+{
+	int v4 = is_v4(src);
+	return fold(addr_sum(src, v4) + addr_sum(dst, v4) + bpf_htons(IPPROTO_UDP) + udp_len);
+}
+
+/* The new UDP checksum field: a partial one stays partial (for the new
+ * pseudo-header: on lo, where only the local stack receives it), a full
+ * one is updated (RFC 1624), none stays none. */
+static __always_inline __u16 new_csum(const struct parsed *p, __u64 removed, __u64 added, const struct fp_addr *src,
+				      const struct fp_addr *dst, __be16 udp_len)
+{
+	if (p->partial)
+		return pseudo_fold(src, dst, udp_len);
+	if (p->csum)
+		return csum_update(p->csum, removed, added);
 	return 0;
 }
 
@@ -348,6 +372,14 @@ static __always_inline int lookup_route(void *ctx, const int tc, const struct pa
 	case BPF_FIB_LKUP_RET_FWD_DISABLED:
 		return count(FP_PASS_FWD_DISABLED), -1;
 	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		/* A local destination: at TC on lo, out of lo (it comes back in
+		 * as received, for the local stack); elsewhere the stack's. */
+		if (tc && ingress == LOOPBACK_IFINDEX) {
+			r->ifindex = ingress;
+			__builtin_memcpy(r->smac, p->smac, ETH_ALEN);
+			__builtin_memcpy(r->dmac, p->dmac, ETH_ALEN);
+			return 0;
+		}
 		return count(FP_PASS_LOCAL), -1;
 	default:
 		return count(FP_PASS_NO_ROUTE), -1;
@@ -480,15 +512,12 @@ static __always_inline int relay_to_relay(void *ctx, const int tc, struct parsed
 					  const struct fp_peer_val *b, __be16 chan, __u16 len)
 {
 	__u32 cd_len = CD_LEN + (__u32)len;
-	__u16 csum = 0;
-	if (p->csum) {
-		__be16 ulen = bpf_htons(UDP_LEN + cd_len);
-		__u64 removed = header_sum(&p->src, &p->dst, ulen) + chan;
-		__u64 added = header_sum(&b->listener, &b->client, ulen) + b->channel;
-		csum = csum_update(p->csum, removed, added);
-	} else if (!is_v4(&b->client)) {
+	if (!p->csum && !is_v4(&b->client))
 		return pass(tc, FP_PASS_ZERO_CSUM);
-	}
+	__be16 ulen = bpf_htons(UDP_LEN + cd_len);
+	__u64 removed = header_sum(&p->src, &p->dst, ulen) + chan;
+	__u64 added = header_sum(&b->listener, &b->client, ulen) + b->channel;
+	__u16 csum = new_csum(p, removed, added, &b->listener, &b->client, ulen);
 	__u32 new_ip = ip_len(&b->client);
 	struct route r;
 	if (lookup_route(ctx, tc, p, &b->listener, &b->client, new_ip + UDP_LEN + cd_len, &r))
@@ -512,23 +541,20 @@ static __always_inline int relay_to_relay(void *ctx, const int tc, struct parsed
 
 /* client -> peer: strip the ChannelData header. */
 static __always_inline int to_peer(void *ctx, const int tc, struct parsed *p, const struct fp_chan_val *v,
-				   __be16 chan, __u16 len)
+				   __be16 chan, __u16 len, struct fp_peer_key *back)
 {
 	__u32 data_len = len;
-	__u16 csum = 0;
-	if (p->csum) {
-		__u64 removed = header_sum(&p->src, &p->dst, bpf_htons(UDP_LEN + p->payload)) + chan + bpf_htons(len);
-		__u64 added = header_sum(&v->relay, &v->peer, bpf_htons(UDP_LEN + data_len));
-		csum = csum_update(p->csum, removed, added);
-	} else if (!is_v4(&v->peer)) {
+	if (!p->csum && !is_v4(&v->peer))
 		return pass(tc, FP_PASS_ZERO_CSUM);
-	}
+	__be16 ulen = bpf_htons(UDP_LEN + data_len);
+	__u64 removed = header_sum(&p->src, &p->dst, bpf_htons(UDP_LEN + p->payload)) + chan + bpf_htons(len);
+	__u64 added = header_sum(&v->relay, &v->peer, ulen);
+	__u16 csum = new_csum(p, removed, added, &v->relay, &v->peer, ulen);
 	__u32 new_ip = ip_len(&v->peer);
 	struct route r;
-	struct fp_peer_key back = {};
-	back.peer = v->relay;
-	back.relay = v->peer;
-	struct fp_peer_val *b = bpf_map_lookup_elem(&fp_peers, &back);
+	back->peer = v->relay;
+	back->relay = v->peer;
+	struct fp_peer_val *b = bpf_map_lookup_elem(&fp_peers, back);
 	if (b)
 		return relay_to_relay(ctx, tc, p, v, b, chan, len);
 	if (lookup_route(ctx, tc, p, &v->relay, &v->peer, new_ip + UDP_LEN + data_len, &r))
@@ -549,14 +575,12 @@ static __always_inline int to_client(void *ctx, const int tc, struct parsed *p, 
 	__u32 data_len = p->payload;
 	__u32 cd_len = CD_LEN + data_len;
 	__be16 len = bpf_htons(data_len);
-	__u16 csum = 0;
-	if (p->csum) {
-		__u64 removed = header_sum(&p->src, &p->dst, bpf_htons(UDP_LEN + data_len));
-		__u64 added = header_sum(&v->listener, &v->client, bpf_htons(UDP_LEN + cd_len)) + v->channel + len;
-		csum = csum_update(p->csum, removed, added);
-	} else if (!is_v4(&v->client)) {
+	if (!p->csum && !is_v4(&v->client))
 		return pass(tc, FP_PASS_ZERO_CSUM);
-	}
+	__be16 ulen = bpf_htons(UDP_LEN + cd_len);
+	__u64 removed = header_sum(&p->src, &p->dst, bpf_htons(UDP_LEN + data_len));
+	__u64 added = header_sum(&v->listener, &v->client, ulen) + v->channel + len;
+	__u16 csum = new_csum(p, removed, added, &v->listener, &v->client, ulen);
 	__u32 new_ip = ip_len(&v->client);
 	struct route r;
 	if (lookup_route(ctx, tc, p, &v->listener, &v->client, new_ip + UDP_LEN + cd_len, &r))
@@ -580,6 +604,11 @@ static __always_inline int to_client(void *ctx, const int tc, struct parsed *p, 
 static __always_inline int relay(void *ctx, const int tc)
 {
 	struct parsed p;
+	/* One stack area for the lookup keys (the stack is 512 bytes). */
+	union {
+		struct fp_chan_key chan;
+		struct fp_peer_key peer;
+	} keys;
 	if (tc) {
 		/* TC runs after GRO: a coalesced burst is not one datagram. */
 		if (((struct __sk_buff *)ctx)->gso_segs > 1)
@@ -588,7 +617,11 @@ static __always_inline int relay(void *ctx, const int tc)
 		if (pkt_end(ctx, tc) - pkt_data(ctx, tc) < ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN)
 			bpf_skb_pull_data(ctx, ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN);
 	}
-	if (parse(pkt_data(ctx, tc), pkt_end(ctx, tc), &p))
+	/* On lo every datagram has a partial checksum, and only the local
+	 * stack receives what leaves it: relayed there with the partial
+	 * checksum of its new pseudo-header. */
+	int on_lo = tc && ingress_of(ctx, tc) == LOOPBACK_IFINDEX;
+	if (parse(pkt_data(ctx, tc), pkt_end(ctx, tc), &p, on_lo))
 		return to_stack(tc);
 
 	/* ChannelData from a client? Channel numbers 0x4000-0x4fff (RFC 8656 §12). */
@@ -601,25 +634,26 @@ static __always_inline int relay(void *ctx, const int tc)
 		__be16 chan = cd[0];
 		__u16 len = bpf_ntohs(cd[1]);
 		if ((bpf_ntohs(chan) & 0xf000) == 0x4000) {
-			struct fp_chan_key k = {};
-			k.client = p.src;
-			k.listener = p.dst;
-			k.channel = chan;
-			struct fp_chan_val *v = bpf_map_lookup_elem(&fp_channels, &k);
+			struct fp_chan_key *k = &keys.chan;
+			k->client = p.src;
+			k->listener = p.dst;
+			k->channel = chan;
+			k->pad = 0;
+			struct fp_chan_val *v = bpf_map_lookup_elem(&fp_channels, k);
 			if (v) {
 				if (p.payload > fp_max_datagram)
 					return pass(tc, FP_PASS_TOO_LARGE);
 				if (CD_LEN + (__u32)len != p.payload)
 					return pass(tc, CD_LEN + (__u32)len < p.payload ? FP_PASS_PADDED : FP_PASS_MALFORMED);
-				return to_peer(ctx, tc, &p, v, chan, len);
+				return to_peer(ctx, tc, &p, v, chan, len, &keys.peer);
 			}
 		}
 	}
 
-	struct fp_peer_key pk = {};
-	pk.peer = p.src;
-	pk.relay = p.dst;
-	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
+	struct fp_peer_key *pk = &keys.peer;
+	pk->peer = p.src;
+	pk->relay = p.dst;
+	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, pk);
 	if (!pv)
 		return pass(tc, FP_PASS_NO_ENTRY);
 	if (p.payload > fp_max_datagram)

@@ -387,3 +387,75 @@ fn a_frame_is_never_redirected_to_a_device_without_the_program() {
     assert!(counter(&relay, "egress_not_attached") - egress >= 9, "counted as left to the stack");
     relay.stop();
 }
+
+/// One namespace with only its `lo`, forwarding on (bpf_fib_lookup asks);
+/// deleted on drop.
+struct Loopback(String);
+
+impl Loopback {
+    fn new() -> Result<Loopback, String> {
+        let ns = Loopback(format!("fp-lo-{}", std::process::id()));
+        let steps: [&[&str]; 3] = [
+            &["ip", "netns", "add", &ns.0],
+            &["ip", "-n", &ns.0, "link", "set", "lo", "up"],
+            &["ip", "netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv4.conf.lo.forwarding=1"],
+        ];
+        for step in steps {
+            let out = std::process::Command::new(step[0]).args(&step[1..]).output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("{step:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        Ok(ns)
+    }
+}
+
+impl std::ops::Drop for Loopback {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn tc_on_loopback_relays_between_local_sockets() {
+    let ns = match Loopback::new() {
+        Ok(ns) => ns,
+        Err(why) => return test_kit::skip("tc_on_loopback_relays_between_local_sockets", &why),
+    };
+    let name = ns.0.clone();
+    let started = Topology::run_in(&ns.0, move || {
+        let io = IoConfig {
+            udp_listen: vec!["127.0.0.1:3478".parse().unwrap()],
+            relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
+            relay_ports: RelayPorts::Ephemeral(4),
+            fast_path: FastPathMode::Tc,
+            ..IoConfig::default()
+        };
+        Relay::start(&io, |_| {
+            let parts = ServerParts::new(LOGIN.credentials()).with_policy(test_kit::allow_loopback());
+            Server::new(parts, Instant::now(), 1_800_000_000, 11)
+        })
+        .map_err(|e| e.to_string())
+    });
+    let relay = match started {
+        Ok(r) => r,
+        Err(why) => return test_kit::skip("tc_on_loopback_relays_between_local_sockets", &why),
+    };
+    let mut c = TurnClient::with_socket(Topology::udp(&name, "127.0.0.1:0"), "127.0.0.1:3478".parse().unwrap(), LOGIN);
+    let relayed_addr = c.allocate().unwrap();
+    let peer = Topology::udp(&name, "127.0.0.2:0");
+    c.ok(
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(peer.local_addr().unwrap())],
+    );
+    for i in 0..20 {
+        c.send_channel_data(0x4001, &payload(100 + i, i));
+        assert_eq!(expect(&peer, "to the peer"), (payload(100 + i, i), relayed_addr));
+        peer.send_to(&payload(50 + i, i), relayed_addr).unwrap();
+        assert_eq!(c.recv().expect("to the client"), channel_frame(0x4001, &payload(50 + i, i), false));
+    }
+    assert_eq!(counter(&relay, "to_peer"), 20, "every datagram to the peer relayed at TC on lo");
+    assert_eq!(counter(&relay, "to_client"), 20, "and every one back");
+    assert_eq!(relayed(&relay, Direction::ToPeer), 20, "the shard counts them");
+    relay.stop().unwrap();
+}

@@ -622,8 +622,8 @@ impl TestProgram {
     }
 
     /// Loads the TC classifier instead: [`TestProgram::run`] reports its
-    /// verdicts as the XDP ones (redirect as [`verdict::TX`], ok as
-    /// [`verdict::PASS`], drop as 1).
+    /// verdicts as the XDP ones (redirect as [`verdict::TX`], "next"
+    /// (`TC_ACT_UNSPEC`) as [`verdict::PASS`], drop as 1).
     pub fn load_tc() -> Result<TestProgram, FastPathError> {
         TestProgram::load_as(true)
     }
@@ -680,7 +680,7 @@ impl TestProgram {
         out.truncate(r.data_size_out as usize);
         let v = match (self.tc, r.return_value) {
             (false, v) => v,
-            (true, 0) => verdict::PASS,
+            (true, 0xffff_ffff) => verdict::PASS,
             (true, 7) => verdict::TX,
             (true, 2) => 1,
             (true, v) => 100 + v,
