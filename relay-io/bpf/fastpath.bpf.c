@@ -226,7 +226,9 @@ static __always_inline void set_v6(struct fp_addr *a, const struct in6_addr *ip,
 }
 
 /* Parses Ethernet, IPv4/IPv6 and UDP; returns -1 when done (counted). */
-static __always_inline int parse(void *data, void *end, struct parsed *p, int allow_partial)
+/* `wire_len`: the whole packet's length (at TC the payload may lie in
+ * fragments beyond `end`: only the headers must be linear). */
+static __always_inline int parse(void *data, void *end, __u32 wire_len, struct parsed *p, int allow_partial)
 {
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
@@ -251,7 +253,7 @@ static __always_inline int parse(void *data, void *end, struct parsed *p, int al
 		udp = (void *)(ip + 1);
 		if ((void *)(udp + 1) > end)
 			return count(FP_PASS_MALFORMED), -1;
-		avail = end - (void *)udp;
+		avail = wire_len - ((void *)udp - data);
 		if (bpf_ntohs(ip->tot_len) != IP4_LEN + bpf_ntohs(udp->len))
 			return count(FP_PASS_MALFORMED), -1;
 		set_v4(&p->src, ip->saddr, udp->source);
@@ -275,7 +277,7 @@ static __always_inline int parse(void *data, void *end, struct parsed *p, int al
 		udp = (void *)(ip6 + 1);
 		if ((void *)(udp + 1) > end)
 			return count(FP_PASS_MALFORMED), -1;
-		avail = end - (void *)udp;
+		avail = wire_len - ((void *)udp - data);
 		if (ip6->payload_len != udp->len)
 			return count(FP_PASS_MALFORMED), -1;
 		set_v6(&p->src, &ip6->saddr, udp->source);
@@ -329,6 +331,7 @@ static __always_inline __u16 new_csum(const struct parsed *p, __u64 removed, __u
 /* Where the rewritten datagram goes. */
 struct route {
 	__u32 ifindex;
+	__u32 local; /* TC on lo: a local destination */
 	__u8 smac[ETH_ALEN];
 	__u8 dmac[ETH_ALEN];
 };
@@ -340,11 +343,13 @@ static __always_inline int lookup_route(void *ctx, const int tc, const struct pa
 {
 	__u32 ingress = ingress_of(ctx, tc);
 	if (fp_no_fib) {
+		r->local = 0;
 		r->ifindex = ingress;
 		__builtin_memcpy(r->smac, p->dmac, ETH_ALEN);
 		__builtin_memcpy(r->dmac, p->smac, ETH_ALEN);
 		return 0;
 	}
+	r->local = 0;
 	struct bpf_fib_lookup fib = {};
 	fib.l4_protocol = IPPROTO_UDP;
 	fib.sport = src->port;
@@ -372,10 +377,13 @@ static __always_inline int lookup_route(void *ctx, const int tc, const struct pa
 	case BPF_FIB_LKUP_RET_FWD_DISABLED:
 		return count(FP_PASS_FWD_DISABLED), -1;
 	case BPF_FIB_LKUP_RET_NOT_FWDED:
-		/* A local destination: at TC on lo, out of lo (it comes back in
-		 * as received, for the local stack); elsewhere the stack's. */
+		/* A local destination: at TC on lo, out of lo, whence it comes
+		 * back in for the local stack (on the route of the address it
+		 * was sent to: the relay's own, local like every destination of
+		 * lo's); elsewhere the stack's. */
 		if (tc && ingress == LOOPBACK_IFINDEX) {
 			r->ifindex = ingress;
+			r->local = 1;
 			__builtin_memcpy(r->smac, p->smac, ETH_ALEN);
 			__builtin_memcpy(r->dmac, p->dmac, ETH_ALEN);
 			return 0;
@@ -384,6 +392,10 @@ static __always_inline int lookup_route(void *ctx, const int tc, const struct pa
 	default:
 		return count(FP_PASS_NO_ROUTE), -1;
 	}
+	/* A partial checksum is completed by whoever transmits it, at the
+	 * offset it was made for: only the local stack may have it. */
+	if (p->partial)
+		return count(FP_PASS_PARTIAL_CSUM), -1;
 	/* XDP can send only by a device with a program (TC by any). */
 	if (!tc && fib.ifindex != ingress && !bpf_map_lookup_elem(&fp_devices, &fib.ifindex))
 		return count(FP_PASS_EGRESS), -1;
@@ -470,13 +482,15 @@ static __always_inline int resize(void *ctx, const int tc, int old_hdr, int new_
 	if (!tc)
 		return bpf_xdp_adjust_head(ctx, old_hdr - new_hdr);
 	int diff = new_hdr - old_hdr;
+	int changed = 0;
 	if (old_v4 != new_v4) {
 		if (bpf_skb_change_proto(ctx, new_v4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6), 0))
 			return -1;
+		changed = 1;
 		diff -= new_v4 ? IP4_LEN - IP6_LEN : IP6_LEN - IP4_LEN;
 	}
 	if (diff && bpf_skb_adjust_room(ctx, diff, BPF_ADJ_ROOM_MAC, 0))
-		return -1;
+		return changed ? -2 : -1;
 	return 0;
 }
 
@@ -484,6 +498,15 @@ static __always_inline int aborted(const int tc)
 {
 	return tc ? TC_ACT_SHOT : XDP_ABORTED;
 }
+
+/* After a failed resize: untouched goes to the stack, half-done is dropped. */
+static __always_inline int resize_failed(const int tc, int rc)
+{
+	if (rc == -2)
+		return aborted(tc);
+	return pass(tc, FP_PASS_ADJUST);
+}
+
 
 static __always_inline __u32 ip_len(const struct fp_addr *a)
 {
@@ -523,8 +546,9 @@ static __always_inline int relay_to_relay(void *ctx, const int tc, struct parsed
 	if (lookup_route(ctx, tc, p, &b->listener, &b->client, new_ip + UDP_LEN + cd_len, &r))
 		return to_stack(tc);
 	/* The ChannelData header stays where it is; the headers before it change. */
-	if (resize(ctx, tc, p->l4 + UDP_LEN, ETH_LEN + new_ip + UDP_LEN, p->v4, is_v4(&b->client)))
-		return pass(tc, FP_PASS_ADJUST);
+	int rc = resize(ctx, tc, p->l4 + UDP_LEN, ETH_LEN + new_ip + UDP_LEN, p->v4, is_v4(&b->client));
+	if (rc)
+		return resize_failed(tc, rc);
 	if (write_headers(ctx, tc, &r, p, &b->listener, &b->client, cd_len, csum))
 		return aborted(tc);
 	void *data = pkt_data(ctx, tc);
@@ -539,6 +563,16 @@ static __always_inline int relay_to_relay(void *ctx, const int tc, struct parsed
 	return send(ctx, tc, &r);
 }
 
+/* True when a channel's peer is another allocation's relay address with
+ * a channel bound back (relay to relay: same length, no shrink). */
+static __always_inline int relay_target(const struct fp_chan_val *v)
+{
+	struct fp_peer_key back = {};
+	back.peer = v->relay;
+	back.relay = v->peer;
+	return bpf_map_lookup_elem(&fp_peers, &back) != 0;
+}
+
 /* client -> peer: strip the ChannelData header. */
 static __always_inline int to_peer(void *ctx, const int tc, struct parsed *p, const struct fp_chan_val *v,
 				   __be16 chan, __u16 len, struct fp_peer_key *back)
@@ -546,6 +580,10 @@ static __always_inline int to_peer(void *ctx, const int tc, struct parsed *p, co
 	__u32 data_len = len;
 	if (!p->csum && !is_v4(&v->peer))
 		return pass(tc, FP_PASS_ZERO_CSUM);
+	/* Shrinking moves the UDP header past the partial checksum's start
+	 * (csum_start, which no helper moves): the receiver would check it. */
+	if (p->partial && !relay_target(v))
+		return pass(tc, FP_PASS_PARTIAL_CSUM);
 	__be16 ulen = bpf_htons(UDP_LEN + data_len);
 	__u64 removed = header_sum(&p->src, &p->dst, bpf_htons(UDP_LEN + p->payload)) + chan + bpf_htons(len);
 	__u64 added = header_sum(&v->relay, &v->peer, ulen);
@@ -560,8 +598,9 @@ static __always_inline int to_peer(void *ctx, const int tc, struct parsed *p, co
 	if (lookup_route(ctx, tc, p, &v->relay, &v->peer, new_ip + UDP_LEN + data_len, &r))
 		return to_stack(tc);
 	/* Old headers end at l4 + 8 + 4; new ones at 14 + new_ip + 8. */
-	if (resize(ctx, tc, p->l4 + UDP_LEN + CD_LEN, ETH_LEN + new_ip + UDP_LEN, p->v4, is_v4(&v->peer)))
-		return pass(tc, FP_PASS_ADJUST);
+	int rc = resize(ctx, tc, p->l4 + UDP_LEN + CD_LEN, ETH_LEN + new_ip + UDP_LEN, p->v4, is_v4(&v->peer));
+	if (rc)
+		return resize_failed(tc, rc);
 	if (write_headers(ctx, tc, &r, p, &v->relay, &v->peer, data_len, csum))
 		return aborted(tc);
 	credit(v->slot, 1, data_len);
@@ -585,8 +624,9 @@ static __always_inline int to_client(void *ctx, const int tc, struct parsed *p, 
 	struct route r;
 	if (lookup_route(ctx, tc, p, &v->listener, &v->client, new_ip + UDP_LEN + cd_len, &r))
 		return to_stack(tc);
-	if (resize(ctx, tc, p->l4 + UDP_LEN, ETH_LEN + new_ip + UDP_LEN + CD_LEN, p->v4, is_v4(&v->client)))
-		return pass(tc, FP_PASS_ADJUST);
+	int rc = resize(ctx, tc, p->l4 + UDP_LEN, ETH_LEN + new_ip + UDP_LEN + CD_LEN, p->v4, is_v4(&v->client));
+	if (rc)
+		return resize_failed(tc, rc);
 	if (write_headers(ctx, tc, &r, p, &v->listener, &v->client, cd_len, csum))
 		return aborted(tc);
 	void *data = pkt_data(ctx, tc);
@@ -610,18 +650,27 @@ static __always_inline int relay(void *ctx, const int tc)
 		struct fp_peer_key peer;
 	} keys;
 	if (tc) {
-		/* TC runs after GRO: a coalesced burst is not one datagram. */
-		if (((struct __sk_buff *)ctx)->gso_segs > 1)
+		/* TC runs after GRO, and a local sender's GSO super-packet may
+		 * reach it whole (veth, lo): not one datagram. */
+		if (((struct __sk_buff *)ctx)->gso_size)
 			return pass(tc, FP_PASS_COALESCED);
-		/* Headers (and what is rewritten) in the linear part. */
-		if (pkt_end(ctx, tc) - pkt_data(ctx, tc) < ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN)
-			bpf_skb_pull_data(ctx, ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN);
+		/* A VLAN tag would survive the redirect: the stack's business. */
+		if (((struct __sk_buff *)ctx)->vlan_present)
+			return pass(tc, FP_PASS_NOT_UDP);
+		/* The headers (all that is read or rewritten) in the linear part. */
+		__u32 need = ETH_LEN + IP6_LEN + UDP_LEN + CD_LEN;
+		__u32 len = ((struct __sk_buff *)ctx)->len;
+		if (pkt_end(ctx, tc) - pkt_data(ctx, tc) < need)
+			bpf_skb_pull_data(ctx, len < need ? len : need);
 	}
 	/* On lo every datagram has a partial checksum, and only the local
 	 * stack receives what leaves it: relayed there with the partial
 	 * checksum of its new pseudo-header. */
 	int on_lo = tc && ingress_of(ctx, tc) == LOOPBACK_IFINDEX;
-	if (parse(pkt_data(ctx, tc), pkt_end(ctx, tc), &p, on_lo))
+	void *start = pkt_data(ctx, tc);
+	void *stop = pkt_end(ctx, tc);
+	__u32 wire_len = tc ? ((struct __sk_buff *)ctx)->len : (__u32)(stop - start);
+	if (parse(start, stop, wire_len, &p, on_lo))
 		return to_stack(tc);
 
 	/* ChannelData from a client? Channel numbers 0x4000-0x4fff (RFC 8656 §12). */

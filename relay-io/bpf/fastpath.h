@@ -80,7 +80,7 @@ enum fp_counter {
 	FP_PASS_ADJUST,     /* no room to move the headers */
 	FP_PASS_EGRESS,     /* the egress device does not carry the program (it could not send the frame) */
 	FP_PASS_TOO_LARGE,  /* a datagram above relay.max_datagram (the shard drops it) */
-	FP_PASS_COALESCED,  /* TC: a GRO burst (several datagrams in one buffer) */
+	FP_PASS_COALESCED,  /* TC: a GRO or GSO burst (several datagrams in one buffer) */
 	FP_COUNTERS,
 };
 

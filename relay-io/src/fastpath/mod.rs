@@ -270,7 +270,10 @@ impl FastPath {
                     .program_mut(TC_PROGRAM)
                     .and_then(|p| p.try_into().ok())
                     .ok_or_else(|| FastPathError::Load(format!("{TC_PROGRAM} is not a classifier")))?;
-                prog.attach(name.as_str(), TcAttachType::Ingress).err().map(|e| error_chain(&e))
+                // TCX only (no netlink fallback: a netlink filter would
+                // outlive the process).
+                let tcx = aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::links::LinkOrder::default());
+                prog.attach_with_options(name.as_str(), TcAttachType::Ingress, tcx).err().map(|e| error_chain(&e))
             } else {
                 let prog: &mut Xdp = ebpf
                     .program_mut(XDP_PROGRAM)
