@@ -24,7 +24,8 @@ const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: 
 const SERVER: &str = "10.201.1.1:3478";
 const METRICS: &str = "10.201.1.1:9641";
 
-fn spawn(t: &Topology, extra: &[&str]) -> Child {
+/// `ip netns exec <relay> turn-relay --listen … --relay-ip …` and `extra`.
+fn relay_command<'a>(t: &'a Topology, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "netns",
         "exec",
@@ -34,20 +35,30 @@ fn spawn(t: &Topology, extra: &[&str]) -> Child {
         SERVER,
         "--relay-ip",
         "10.201.2.1",
-        "--relay-ports",
-        "50000-50015",
-        "--realm",
-        LOGIN.realm,
-        "--user",
-        "alice:secret",
-        "--allow-peer",
-        "10.201.0.0/16",
-        "--metrics",
-        METRICS,
-        "--shards",
-        "1",
-        "--no-pin",
     ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn spawn(t: &Topology, extra: &[&str]) -> Child {
+    let mut args = relay_command(
+        t,
+        &[
+            "--relay-ports",
+            "50000-50015",
+            "--realm",
+            LOGIN.realm,
+            "--user",
+            "alice:secret",
+            "--allow-peer",
+            "10.201.0.0/16",
+            "--metrics",
+            METRICS,
+            "--shards",
+            "1",
+            "--no-pin",
+        ],
+    );
     args.extend_from_slice(extra);
     Command::new("ip").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -107,23 +118,8 @@ fn the_binary_relays_in_the_kernel_and_leaves_nothing_behind() {
         }
     }
     // A forced mode that cannot attach: native XDP on lo.
-    let out = run_bounded(
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &t.relay,
-            env!("CARGO_BIN_EXE_turn-relay"),
-            "--listen",
-            SERVER,
-            "--relay-ip",
-            "10.201.2.1",
-            "--fast-path",
-            "xdp",
-            "--fast-path-interface",
-            "lo",
-        ]),
-        Duration::from_secs(10),
-    );
+    let forced = relay_command(&t, &["--fast-path", "xdp", "--fast-path-interface", "lo"]);
+    let out = run_bounded(Command::new("ip").args(forced), Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a fast path that cannot attach stops the start");
     assert!(stderr.contains("fast path") && stderr.contains("to lo:"), "the error names the device: {stderr}");

@@ -70,6 +70,11 @@ pub fn from_sockaddr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
 /// configured ones: with a wildcard listener or a second address on the
 /// host, a peer at one of them would otherwise reach the host's services.
 pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    Ok(interface_addresses()?.into_iter().map(|(_, ip)| ip).collect())
+}
+
+/// Every interface address: (interface name, IP), from getifaddrs(3).
+pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head into `head`, freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -81,8 +86,13 @@ pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
         // SAFETY: `cur` is a node of the list getifaddrs returned, which
         // stays valid until freeifaddrs.
         let ifa = unsafe { &*cur };
-        if let Some(ip) = ifaddr_ip(ifa.ifa_addr) {
-            out.push(ip);
+        if let Some(ip) = ifaddr_ip(ifa.ifa_addr)
+            && !ifa.ifa_name.is_null()
+        {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the
+            // list; it is copied before the list is freed.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+            out.push((name.to_string_lossy().into_owned(), ip));
         }
         cur = ifa.ifa_next;
     }
@@ -656,48 +666,6 @@ pub fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
-}
-
-/// Every interface address: (interface name, IP), from getifaddrs(3).
-pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head it allocated to `head`; it is
-    // freed below with freeifaddrs, once.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a live node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
-        // SAFETY: ifa_addr points at a sockaddr whose family field is valid.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        let ip = match family {
-            libc::AF_INET => {
-                // SAFETY: an AF_INET address is a sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-            }
-            libc::AF_INET6 => {
-                // SAFETY: an AF_INET6 address is a sockaddr_in6.
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
-            }
-            _ => continue,
-        };
-        out.push((name, ip));
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once; nothing
-    // borrowed from the list outlives this call (names were copied).
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
 }
 
 #[cfg(test)]
