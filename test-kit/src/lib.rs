@@ -34,6 +34,7 @@ use relay_core::server::auth::Credentials;
 use relay_core::server::policy::PeerPolicy;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
+use relay_io::fastpath::FastPathMode;
 use relay_io::{Backend, IoConfig, Relay, StartError};
 
 pub use cert::{TestCert, certificate, client_config, test_certificate};
@@ -102,10 +103,25 @@ pub fn allow_loopback() -> PeerPolicy {
 }
 
 /// Starts a relay; `None` (after [`skip_io_uring`]) where io_uring is not
-/// available here. Any other start-up error fails the test.
+/// available here. Any other start-up error fails the test. With
+/// `TURN_RELAY_TEST_FAST_PATH` set (`tc`, …) a relay without a fast path
+/// of its own gets that one.
 pub fn start_or_skip(config: &IoConfig, make_server: impl FnMut(usize) -> Server) -> Option<Relay> {
-    match Relay::start(config, make_server) {
-        Ok(r) => Some(r),
+    // The loopback suite again with the kernel fast path on
+    // (scripts/test runs it so, in a namespace of its own).
+    let mut config = config.clone();
+    if let Some(mode) = std::env::var("TURN_RELAY_TEST_FAST_PATH").ok().and_then(|m| FastPathMode::parse(&m))
+        && config.fast_path == FastPathMode::Off
+    {
+        config.fast_path = mode;
+    }
+    match Relay::start(&config, make_server) {
+        Ok(r) => {
+            if config.fast_path != FastPathMode::Off && config.fast_path != FastPathMode::Auto {
+                assert!(r.fast_path().is_some(), "the fast path was asked for and is not attached");
+            }
+            Some(r)
+        }
         Err(StartError::IoUringUnavailable(why)) => {
             skip_io_uring(&why);
             None
