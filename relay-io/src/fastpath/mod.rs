@@ -251,6 +251,9 @@ impl FastPath {
         if names.is_empty() {
             return Err(FastPathError::NoInterface(format!("none holds {ips:?}")));
         }
+        if mode == FastPathMode::Auto && names.iter().all(|n| n == "lo") {
+            return Err(FastPathError::NoInterface("loopback only, which has no native XDP".into()));
+        }
         let max = u32::try_from(max_datagram).unwrap_or(u32::MAX);
         let mut ebpf = load_as(slot_count, false, max, tc)?;
         let (xdp_mode, mode_name) = match mode {
@@ -699,5 +702,45 @@ impl TestProgram {
     /// The program's counters, summed over CPUs, indexed as [`COUNTERS`].
     pub fn counters(&self) -> [u64; COUNTERS.len()] {
         sum_counters(&self.counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(mode: FastPathMode, ips: &[&str]) -> Result<Started, FastPathError> {
+        let ips: Vec<IpAddr> = ips.iter().map(|i| i.parse().unwrap()).collect();
+        FastPath::start(mode, &[], &ips, 1024, 2048, 1)
+    }
+
+    #[test]
+    fn auto_runs_the_socket_path_and_says_why() {
+        for (ips, why) in
+            [(&["0.0.0.0"][..], "wildcard"), (&["127.0.0.1"][..], "loopback only"), (&["192.0.2.77"][..], "none holds")]
+        {
+            let s = start(FastPathMode::Auto, ips).expect("auto never fails the start");
+            assert!(s.fast.is_none() && s.shards.is_empty(), "{ips:?}");
+            assert!(s.why.starts_with("socket path: ") && s.why.contains(why), "{ips:?}: {}", s.why);
+        }
+        let off = start(FastPathMode::Off, &["127.0.0.1"]).unwrap();
+        assert_eq!((off.fast.is_none(), off.why.as_str()), (true, "socket path: server.fast_path is off"));
+    }
+
+    #[test]
+    fn a_forced_mode_fails_the_start_with_the_cause() {
+        let e = start(FastPathMode::Xdp, &["0.0.0.0"]).err().expect("a wildcard cannot be forced");
+        assert!(e.to_string().contains("wildcard 0.0.0.0"), "{e}");
+        let e = start(FastPathMode::Tc, &["192.0.2.77"]).err().expect("no interface holds it");
+        assert!(e.to_string().contains("no interface"), "{e}");
+    }
+
+    #[test]
+    fn modes_parse_as_configured() {
+        for m in [FastPathMode::Auto, FastPathMode::Xdp, FastPathMode::XdpGeneric, FastPathMode::Tc, FastPathMode::Off]
+        {
+            assert_eq!(FastPathMode::parse(m.name()), Some(m));
+        }
+        assert_eq!(FastPathMode::parse("ebpf"), None);
     }
 }
