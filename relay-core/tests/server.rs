@@ -1104,7 +1104,7 @@ fn fast_events(h: &mut H) -> Vec<Event> {
 
 /// The kernel entry of the harness's client for `channel` to `peer`.
 fn entry(h: &H, relayed_addr: SocketAddr, channel: u16, peer: &str) -> FastEntry {
-    FastEntry { client: h.client, channel, relay: relay_of(h, relayed_addr), peer: addr(peer) }
+    FastEntry { client: h.client, channel, relay: relay_of(h, relayed_addr), peer: addr(peer), peer_is_relay: false }
 }
 
 #[test]
@@ -1234,13 +1234,16 @@ fn fast_path_takes_relay_to_relay_where_the_relay_is_bound_as_advertised() {
     assert_eq!(class(&h.bind(0x4000, "203.0.113.1:50001")), Class::Success);
     assert_eq!(
         fast_events(&mut h),
-        vec![Event::FastPathInstall(entry(&h, mine, 0x4000, "203.0.113.1:50001"))],
+        vec![Event::FastPathInstall(FastEntry { peer_is_relay: true, ..entry(&h, mine, 0x4000, "203.0.113.1:50001") })],
         "this shard's relay: the kernel relays to its client, or leaves it to the shard"
     );
     assert_eq!(class(&h.bind(0x4001, "192.0.2.200:50010")), Class::Success);
     assert_eq!(fast_events(&mut h), vec![], "sent to the bound address, not the one named");
     assert_eq!(class(&h.bind(0x4002, "203.0.113.1:50009")), Class::Success);
-    assert_eq!(fast_events(&mut h), vec![Event::FastPathInstall(entry(&h, mine, 0x4002, "203.0.113.1:50009"))]);
+    assert_eq!(
+        fast_events(&mut h),
+        vec![Event::FastPathInstall(FastEntry { peer_is_relay: true, ..entry(&h, mine, 0x4002, "203.0.113.1:50009") })]
+    );
 }
 
 #[test]

@@ -567,6 +567,8 @@ static __always_inline int relay_to_relay(void *ctx, const int tc, struct parsed
  * a channel bound back (relay to relay: same length, no shrink). */
 static __always_inline int relay_target(const struct fp_chan_val *v)
 {
+	if (!(v->flags & FP_PEER_IS_RELAY))
+		return 0;
 	struct fp_peer_key back = {};
 	back.peer = v->relay;
 	back.relay = v->peer;
@@ -590,11 +592,15 @@ static __always_inline int to_peer(void *ctx, const int tc, struct parsed *p, co
 	__u16 csum = new_csum(p, removed, added, &v->relay, &v->peer, ulen);
 	__u32 new_ip = ip_len(&v->peer);
 	struct route r;
-	back->peer = v->relay;
-	back->relay = v->peer;
-	struct fp_peer_val *b = bpf_map_lookup_elem(&fp_peers, back);
-	if (b)
-		return relay_to_relay(ctx, tc, p, v, b, chan, len);
+	/* Only a peer that is a relay address of the server can have a
+	 * channel bound back (the common case looks nothing up). */
+	if (v->flags & FP_PEER_IS_RELAY) {
+		back->peer = v->relay;
+		back->relay = v->peer;
+		struct fp_peer_val *b = bpf_map_lookup_elem(&fp_peers, back);
+		if (b)
+			return relay_to_relay(ctx, tc, p, v, b, chan, len);
+	}
 	if (lookup_route(ctx, tc, p, &v->relay, &v->peer, new_ip + UDP_LEN + data_len, &r))
 		return to_stack(tc);
 	/* Old headers end at l4 + 8 + 4; new ones at 14 + new_ip + 8. */

@@ -31,8 +31,12 @@ struct fp_chan_val {
 	struct fp_addr relay; /* the allocation's relay address (new source) */
 	struct fp_addr peer;  /* the peer bound to the channel (new destination) */
 	__u32 slot;           /* index into fp_slots */
-	__u32 pad;
+	__u32 flags;          /* FP_PEER_IS_RELAY */
 };
+
+/* fp_chan_val.flags: the peer is one of the server's relay addresses, so a
+ * channel bound back to this relay may exist (relay to relay). */
+#define FP_PEER_IS_RELAY 1
 
 /* fp_peers: UDP from a peer to a relay address. */
 struct fp_peer_key {

@@ -270,8 +270,15 @@ fn relay_to_relay_goes_straight_to_the_other_client() {
         let (ra, rb) = (addr(true, 2, 50000), addr(true, 2, 50001));
         let (ca, la) = (addr(true, 10, 40000), addr(true, 1, 3478));
         let (cb, lb) = (addr(false, 11, 40001), addr(false, 1, 3478));
+        // Without the flag saying the peer is a relay address, the
+        // program does not look for the channel back: out to rB it goes.
         p.install(ca, la, 0x4001, ra, rb, 8);
-        p.install(cb, lb, 0x4002, rb, ra, 9);
+        p.install_with(cb, lb, 0x4002, rb, ra, 9, true);
+        let (v, out) = p.run(&frame(ca, la, &channel_data(0x4001, b"plain"), false)).unwrap();
+        assert_eq!(v, verdict::TX);
+        assert_eq!(check_frame(&out, ra, rb), b"plain", "relayed to the peer as named");
+        p.install_with(ca, la, 0x4001, ra, rb, 8, true);
+        let base = p.slot(8).to_peer_packets;
         for n in [0usize, 1, 3, 100, 1400] {
             let data = payload_of(n);
             let before = p.counters();
@@ -290,9 +297,9 @@ fn relay_to_relay_goes_straight_to_the_other_client() {
             assert_eq!(after[i] - before[i], 2);
         }
         let (a, b) = (p.slot(8), p.slot(9));
-        assert_eq!((a.to_peer_packets, a.to_client_packets), (5, 5), "A sent five and received five");
+        assert_eq!((a.to_peer_packets - base, a.to_client_packets), (5, 5), "A sent five and received five");
         assert_eq!((b.to_peer_packets, b.to_client_packets), (5, 5));
-        assert_eq!(a.to_peer_bytes, 1504);
+        assert_eq!(a.to_peer_bytes, 5 + 1504, "\"plain\" and the five");
     }
 }
 

@@ -57,9 +57,13 @@ pub struct FpChanVal {
     pub peer: FpAddr,
     /// Index into `fp_slots`.
     pub slot: u32,
-    /// Zero.
-    pub pad: u32,
+    /// [`PEER_IS_RELAY`] or zero.
+    pub flags: u32,
 }
+
+/// `FpChanVal::flags`: the peer is one of the server's relay addresses
+/// (only then does the program look for a channel bound back).
+pub const PEER_IS_RELAY: u32 = 1;
 
 /// Key of `fp_peers`: UDP from a peer to a relay address.
 #[repr(C)]

@@ -431,7 +431,8 @@ impl ShardFastPath {
             pad: [0; 2],
         };
         let peer = FpPeerKey { peer: FpAddr::of(e.peer), relay: FpAddr::of(relay) };
-        let cv = FpChanVal { relay: peer.relay, peer: peer.peer, slot, pad: 0 };
+        let flags = if e.peer_is_relay { maps::PEER_IS_RELAY } else { 0 };
+        let cv = FpChanVal { relay: peer.relay, peer: peer.peer, slot, flags };
         let pv = FpPeerVal { client: chan.client, listener: chan.listener, channel: chan.channel, pad: 0, slot };
         let seen = read_slot(&self.slots, slot).unwrap_or_default();
         // BPF_NOEXIST: never overwrite a key (none can exist: keys are
@@ -645,7 +646,8 @@ impl TestProgram {
         Ok(TestProgram { ebpf, tc, channels, peers, slots, counters })
     }
 
-    /// Adds the entries of one channel binding, counting into `slot` (< 16).
+    /// Adds the entries of one channel binding to a peer that is not a
+    /// relay address, counting into `slot` (< 16).
     pub fn install(
         &mut self,
         client: SocketAddr,
@@ -655,6 +657,22 @@ impl TestProgram {
         peer: SocketAddr,
         slot: u32,
     ) {
+        self.install_with(client, listener, channel, relay, peer, slot, false);
+    }
+
+    /// [`TestProgram::install`], saying whether the peer is one of the
+    /// server's relay addresses (relay to relay).
+    #[allow(clippy::too_many_arguments)]
+    pub fn install_with(
+        &mut self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        channel: u16,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        slot: u32,
+        peer_is_relay: bool,
+    ) {
         let chan = FpChanKey {
             client: FpAddr::of(client),
             listener: FpAddr::of(listener),
@@ -662,7 +680,8 @@ impl TestProgram {
             pad: [0; 2],
         };
         let pk = FpPeerKey { peer: FpAddr::of(peer), relay: FpAddr::of(relay) };
-        let cv = FpChanVal { relay: pk.relay, peer: pk.peer, slot, pad: 0 };
+        let flags = if peer_is_relay { maps::PEER_IS_RELAY } else { 0 };
+        let cv = FpChanVal { relay: pk.relay, peer: pk.peer, slot, flags };
         let pv = FpPeerVal { client: chan.client, listener: chan.listener, channel: chan.channel, pad: 0, slot };
         self.channels.insert(chan, cv, 0).expect("insert a channel entry");
         self.peers.insert(pk, pv, 0).expect("insert a peer entry");

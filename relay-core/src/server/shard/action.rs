@@ -123,4 +123,8 @@ pub struct FastEntry {
     pub relay: RelayId,
     /// The peer the channel is bound to.
     pub peer: SocketAddr,
+    /// The peer is one of the server's relay addresses: only then may a
+    /// datagram to it go straight to another allocation's client (relay
+    /// to relay), which the kernel then looks for.
+    pub peer_is_relay: bool,
 }

@@ -67,7 +67,7 @@ impl Server {
                 continue;
             }
             a.channels[i].fast = eligible;
-            if let Some(entry) = entry(a, &c) {
+            if let Some(entry) = entry(own, a, &c) {
                 self.events.push_back(if eligible {
                     Event::FastPathInstall(entry)
                 } else {
@@ -86,8 +86,14 @@ impl Server {
 
 /// The kernel entry of channel `c` of `a` (its relay is the one of the
 /// peer's family; `None` without one, which no eligible channel lacks).
-pub(super) fn entry(a: &Allocation, c: &Channel) -> Option<FastEntry> {
-    Some(FastEntry { client: a.client, channel: c.number, relay: a.relay_for(&c.peer)?, peer: c.peer })
+pub(super) fn entry(own: &OwnAddresses, a: &Allocation, c: &Channel) -> Option<FastEntry> {
+    Some(FastEntry {
+        client: a.client,
+        channel: c.number,
+        relay: a.relay_for(&c.peer)?,
+        peer: c.peer,
+        peer_is_relay: own.relay(c.peer).is_some(),
+    })
 }
 
 /// Eligibility, but for the shard's settings (see the module docs).

@@ -475,7 +475,7 @@ impl Server {
         // The kernel stops relaying before the relays go back to the pool.
         if self.config.fast_path {
             for c in a.channels.iter().filter(|c| c.fast) {
-                if let Some(entry) = fast::entry(&a, c) {
+                if let Some(entry) = fast::entry(self.policy.own(), &a, c) {
                     self.events.push_back(Event::FastPathRemove(entry));
                 }
             }
