@@ -115,7 +115,6 @@ fn publish_fast_path(reports: &[ShardReport], fast: Option<&relay_io::fastpath::
     for r in reports {
         s.installed += r.fast_path.installed;
         s.slots_full += r.fast_path.slots_full;
-        s.unsupported += r.fast_path.unsupported;
         s.errors += r.fast_path.errors;
     }
     gauge!("turn_fast_path_entries").set(s.installed as f64);
@@ -124,7 +123,6 @@ fn publish_fast_path(reports: &[ShardReport], fast: Option<&relay_io::fastpath::
     counter!("turn_fast_path_program_runs_total").absolute(runs);
     counter!("turn_fast_path_program_nanoseconds_total").absolute(ns);
     counter!("turn_fast_path_refused_total", "reason" => "slots_full").absolute(s.slots_full);
-    counter!("turn_fast_path_refused_total", "reason" => "wildcard_address").absolute(s.unsupported);
     counter!("turn_fast_path_refused_total", "reason" => "map_error").absolute(s.errors);
 }
 

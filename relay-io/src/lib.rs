@@ -336,8 +336,8 @@ impl Relay {
         let fast_path_why = started.why;
         let fast = started.fast;
         let mut fast_shards = started.shards.into_iter();
-        // Generic XDP runs after GRO: coalesced bursts must not reach it.
-        let batching = udp_batching(config, &bound, !started.generic);
+        // Generic XDP and TC run after GRO: coalesced bursts must not reach them.
+        let batching = udp_batching(config, &bound, !started.after_gro);
 
         let mut shards = Vec::with_capacity(n);
         let mut relay_count = 0;

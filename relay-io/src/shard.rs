@@ -306,10 +306,7 @@ impl ShardState {
             match c {
                 Control::Stats(reply) => {
                     // The kernel's counts up to now, so that a report is exact.
-                    if let Some(fast) = self.fast.as_mut() {
-                        let (to_peer, to_client) = fast.collect();
-                        self.server.credit_fast_path(to_peer, to_client);
-                    }
+                    self.credit_fast_path();
                     let (free, quarantined) = self.server.relays_free();
                     let _ = reply.send(ShardReport {
                         shard: self.index,
@@ -370,6 +367,15 @@ impl ShardState {
         }
     }
 
+    /// Credits the server with what the kernel fast path relayed since the
+    /// last look.
+    fn credit_fast_path(&mut self) {
+        if let Some(fast) = self.fast.as_mut() {
+            let (to_peer, to_client) = fast.collect();
+            self.server.credit_fast_path(to_peer, to_client);
+        }
+    }
+
     /// Installs a channel binding in the kernel fast path, keyed by the
     /// sockets' bound addresses (what the kernel sees).
     fn install_fast(&mut self, entry: &relay_core::server::FastEntry) {
@@ -400,10 +406,7 @@ impl ShardState {
         if now.saturating_duration_since(self.last_housekeeping) >= std::time::Duration::from_secs(1) {
             self.last_housekeeping = now;
             self.streams.expire(now, &mut self.server);
-            if let Some(fast) = self.fast.as_mut() {
-                let (to_peer, to_client) = fast.collect();
-                self.server.credit_fast_path(to_peer, to_client);
-            }
+            self.credit_fast_path();
         }
     }
 

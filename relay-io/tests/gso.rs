@@ -286,21 +286,12 @@ impl Namespaces {
         Ok(ns)
     }
 
-    /// Moves the calling thread into namespace `name`.
-    fn enter(name: &str) {
-        let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open the namespace");
-        // SAFETY: setns(2) takes a live descriptor of a network namespace
-        // and changes only the calling thread's namespace.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-
     /// A UDP socket bound in namespace `name` (created by a thread that
     /// enters it; the socket stays in it wherever it is used).
     fn socket(name: &str, addr: &str) -> UdpSocket {
         let (name, addr) = (name.to_owned(), addr.to_owned());
         std::thread::spawn(move || {
-            Namespaces::enter(&name);
+            relay_io::sys::enter_netns(&name).expect("enter the namespace");
             let s = UdpSocket::bind(addr).expect("bind in the namespace");
             s.set_read_timeout(Some(TIMEOUT)).unwrap();
             s
@@ -331,7 +322,7 @@ fn a_gso_send_the_kernel_refuses_goes_one_by_one() {
     let a = ns.a.clone();
     let b = ns.b.clone();
     std::thread::spawn(move || {
-        Namespaces::enter(&a);
+        relay_io::sys::enter_netns(&a).expect("enter the namespace");
         // A sender's own GSO send is refused the same way: sys::Batch
         // sends the datagrams again one by one.
         let tx = UdpSocket::bind("10.99.0.1:0").unwrap();

@@ -117,7 +117,7 @@ pub struct Started {
     /// The attach mode (generic XDP, TC) runs after GRO: the sockets must
     /// not ask for UDP GRO (a coalesced burst would reach the program as
     /// one datagram).
-    pub generic: bool,
+    pub after_gro: bool,
     /// For the log.
     pub why: String,
 }
@@ -215,7 +215,7 @@ impl FastPath {
         max_datagram: usize,
         shards: usize,
     ) -> Result<Started, FastPathError> {
-        let none = |why: String| Started { fast: None, shards: Vec::new(), generic: false, why };
+        let none = |why: String| Started { fast: None, shards: Vec::new(), after_gro: false, why };
         if mode == FastPathMode::Off {
             return Ok(none("socket path: server.fast_path is off".into()));
         }
@@ -315,8 +315,8 @@ impl FastPath {
             .map(|k| fast.shard(k, shards.max(1)))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| FastPathError::Load(format!("a shard's map handles: {e}")))?;
-        let generic = matches!(mode, FastPathMode::XdpGeneric | FastPathMode::Tc);
-        Ok(Started { fast: Some(fast), shards, generic, why })
+        let after_gro = matches!(mode, FastPathMode::XdpGeneric | FastPathMode::Tc);
+        Ok(Started { fast: Some(fast), shards, after_gro, why })
     }
 
     /// The attach mode that runs (never `Auto` or `Off`).
@@ -369,10 +369,6 @@ pub struct ShardFastStats {
     pub installed: u64,
     /// Bindings kept on the socket path: no free counter slot.
     pub slots_full: u64,
-    /// Bindings kept on the socket path: a wildcard listener or relay
-    /// address (the kernel sees the real one), or an address family the
-    /// program cannot write.
-    pub unsupported: u64,
     /// Map updates the kernel refused.
     pub errors: u64,
 }
@@ -416,8 +412,10 @@ impl ShardFastPath {
         if self.installed.contains_key(e) {
             return;
         }
+        // The start refuses wildcard listeners and relay addresses; a key
+        // with one would never match.
         if listener.ip().is_unspecified() || relay.ip().is_unspecified() {
-            self.stats.unsupported += 1;
+            self.stats.errors += 1;
             return;
         }
         let Some(slot) = self.free.pop_front() else {
