@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -602,10 +602,10 @@ fn run(
             relay.tls_addrs()
         );
     }
-    let ready = Arc::new(AtomicBool::new(true));
+    let health = Arc::new(metrics::Health::default());
     if config.metrics.enabled {
         let handle = metrics::install()?;
-        let addr = metrics::serve(config.metrics.listen, handle, ready.clone())
+        let addr = metrics::serve(config.metrics.listen, handle, health.clone())
             .map_err(|e| format!("metrics listener {}: {e}", config.metrics.listen))?;
         tracing::info!("metrics on http://{addr}/metrics");
     }
@@ -649,7 +649,7 @@ fn run(
             }
             Ok(_) => {
                 stop_requested = true;
-                ready.store(false, Ordering::Relaxed);
+                health.draining.store(true, Ordering::Relaxed);
                 let deadline = Instant::now() + Duration::from_secs(config.server.drain_timeout);
                 tracing::info!(drain_timeout_s = config.server.drain_timeout, "draining: no new allocations");
                 relay.drain(deadline);

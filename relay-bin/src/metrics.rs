@@ -5,8 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
@@ -126,21 +126,55 @@ fn publish_fast_path(reports: &[ShardReport], fast: Option<&relay_io::fastpath::
     counter!("turn_fast_path_refused_total", "reason" => "map_error").absolute(s.errors);
 }
 
+/// What `/readyz` reports: whether the node takes new allocations, and
+/// details an operator should see beside it (one line each).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set when a drain starts: `/readyz` answers 503 from then on, so
+    /// that load balancers stop sending new clients first.
+    pub draining: AtomicBool,
+    /// Lines shown under the status (a user database that cannot be
+    /// reached, say), by the part that owns them; they do not make the
+    /// node unready.
+    pub details: Mutex<Vec<(&'static str, String)>>,
+}
+
+impl Health {
+    /// Sets (or, with `None`, clears) the detail line of `part`.
+    pub fn set_detail(&self, part: &'static str, line: Option<String>) {
+        let mut d = self.details.lock().unwrap_or_else(|e| e.into_inner());
+        d.retain(|(p, _)| *p != part);
+        if let Some(line) = line {
+            d.push((part, line));
+        }
+    }
+
+    /// The body of `/readyz` and whether it is ready.
+    fn readyz(&self) -> (bool, String) {
+        let ready = !self.draining.load(Ordering::Relaxed);
+        let mut body = if ready { "ready\n".to_owned() } else { "draining\n".to_owned() };
+        for (part, line) in self.details.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            body.push_str(&format!("{part}: {line}\n"));
+        }
+        (ready, body)
+    }
+}
+
 /// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (it
 /// takes allocations: not draining) on `addr`, one short-lived connection
 /// at a time on its own thread.
-pub fn serve(addr: SocketAddr, handle: PrometheusHandle, ready: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
-            let _ = answer(stream, &handle, &ready);
+            let _ = answer(stream, &handle, &health);
         }
     })?;
     Ok(local)
 }
 
-fn answer(mut s: TcpStream, handle: &PrometheusHandle, ready: &AtomicBool) -> std::io::Result<()> {
+fn answer(mut s: TcpStream, handle: &PrometheusHandle, health: &Health) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut req = [0u8; 2048];
@@ -157,8 +191,10 @@ fn answer(mut s: TcpStream, handle: &PrometheusHandle, ready: &AtomicBool) -> st
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_owned()),
-        ("GET", "/readyz") => ("503 Service Unavailable", "text/plain", "draining\n".to_owned()),
+        ("GET", "/readyz") => match health.readyz() {
+            (true, body) => ("200 OK", "text/plain", body),
+            (false, body) => ("503 Service Unavailable", "text/plain", body),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_owned()),
     };

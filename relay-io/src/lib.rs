@@ -219,9 +219,79 @@ fn udp_batching(config: &IoConfig, bound: &[BoundShard], gro_allowed: bool) -> B
 }
 
 struct ShardHandle {
-    control: Sender<Control>,
-    wake: Arc<EventFd>,
     thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// A cheap, cloneable handle on the running shards for other threads (the
+/// metrics and admin listener, a user database's refresher): it reaches the
+/// shards through their control queues only, never their state.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shards: Arc<[(Sender<Control>, Arc<EventFd>)]>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl core::fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RelayHandle").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl RelayHandle {
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Sends `make()` to every shard and wakes it.
+    pub fn send(&self, make: impl Fn() -> Control) {
+        for (control, wake) in self.shards.iter() {
+            let _ = control.send(make());
+            wake.notify();
+        }
+    }
+
+    /// Sends one request per shard built by `make` with a reply sender and
+    /// collects the answers that arrive within `timeout` (a shard that does
+    /// not answer in time is left out).
+    pub fn ask<T>(&self, timeout: Duration, make: impl Fn(Sender<T>) -> Control) -> Vec<T> {
+        let (tx, rx) = bounded(self.shards.len());
+        self.send(|| make(tx.clone()));
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        (0..self.shards.len()).map_while(|_| rx.recv_deadline(deadline).ok()).collect()
+    }
+
+    /// Asks every shard for its counters; shards that do not answer within
+    /// `timeout` are left out.
+    pub fn stats(&self, timeout: Duration) -> Vec<ShardReport> {
+        let mut v = self.ask(timeout, Control::Stats);
+        v.sort_by_key(|r| r.shard);
+        v
+    }
+
+    /// Gives every shard new credentials (a reload without dropping
+    /// allocations).
+    pub fn set_credentials(&self, credentials: &relay_core::server::auth::Credentials) {
+        self.send(|| Control::SetCredentials(Box::new(credentials.clone())));
+    }
+
+    /// Gives every shard a new TLS certificate for new connections.
+    pub fn set_tls_config(&self, config: &Arc<rustls::ServerConfig>) {
+        self.send(|| Control::SetTls(config.clone()));
+    }
+
+    /// True once a drain has been asked for.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops taking allocations; shards exit once their allocations are
+    /// gone or `deadline` passes.
+    pub fn drain(&self, deadline: Instant) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.send(|| Control::Drain(deadline));
+    }
 }
 
 /// The running data plane.
@@ -233,7 +303,7 @@ pub struct Relay {
     tcp_addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     relay_count: usize,
-    draining: std::sync::atomic::AtomicBool,
+    handle: RelayHandle,
     /// The kernel fast path; dropped (detached) with the relay.
     fast: Option<fastpath::FastPath>,
     fast_path_why: String,
@@ -340,6 +410,7 @@ impl Relay {
         let batching = udp_batching(config, &bound, !started.after_gro);
 
         let mut shards = Vec::with_capacity(n);
+        let mut controls = Vec::with_capacity(n);
         let mut relay_count = 0;
         for (k, (mut socks, mut streams, relays)) in bound.into_iter().enumerate() {
             streams.set_gso(batching.gso);
@@ -391,7 +462,8 @@ impl Relay {
                     }
                 })
                 .map_err(StartError::Spawn)?;
-            shards.push(ShardHandle { control: tx, wake, thread: Some(thread) });
+            shards.push(ShardHandle { thread: Some(thread) });
+            controls.push((tx, wake));
         }
         tracing::info!(
             backend = backend.name(),
@@ -411,7 +483,7 @@ impl Relay {
             tcp_addrs,
             tls_addrs,
             relay_count,
-            draining: Default::default(),
+            handle: RelayHandle { shards: controls.into(), draining: Default::default() },
             fast,
             fast_path_why,
         })
@@ -454,7 +526,7 @@ impl Relay {
 
     /// Gives every shard a new TLS certificate for new connections.
     pub fn set_tls_config(&self, config: &Arc<rustls::ServerConfig>) {
-        self.send(|| Control::SetTls(config.clone()));
+        self.handle.set_tls_config(config);
     }
 
     /// Relay sockets bound across all shards.
@@ -467,40 +539,32 @@ impl Relay {
         self.shards.len()
     }
 
-    fn send(&self, make: impl Fn() -> Control) {
-        for s in &self.shards {
-            let _ = s.control.send(make());
-            s.wake.notify();
-        }
+    /// A cloneable handle on the shards for other threads.
+    pub fn handle(&self) -> &RelayHandle {
+        &self.handle
     }
 
     /// Asks every shard for its counters; shards that do not answer within
     /// `timeout` are left out.
     pub fn stats(&self, timeout: Duration) -> Vec<ShardReport> {
-        let (tx, rx) = bounded(self.shards.len());
-        self.send(|| Control::Stats(tx.clone()));
-        let deadline = Instant::now() + timeout;
-        let mut v: Vec<ShardReport> = (0..self.shards.len()).map_while(|_| rx.recv_deadline(deadline).ok()).collect();
-        v.sort_by_key(|r| r.shard);
-        v
+        self.handle.stats(timeout)
     }
 
     /// Gives every shard new credentials (a reload without dropping
     /// allocations).
     pub fn set_credentials(&self, credentials: &relay_core::server::auth::Credentials) {
-        self.send(|| Control::SetCredentials(Box::new(credentials.clone())));
+        self.handle.set_credentials(credentials);
     }
 
     /// True once a drain has been asked for.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+        self.handle.is_draining()
     }
 
     /// Stops taking allocations; shards exit once their allocations are
     /// gone or `deadline` passes. Wait with [`Relay::join`].
     pub fn drain(&self, deadline: Instant) {
-        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.send(|| Control::Drain(deadline));
+        self.handle.drain(deadline);
     }
 
     /// True once every shard thread has exited.
@@ -524,17 +588,18 @@ impl Relay {
 
     /// Stops every shard now and waits for them.
     pub fn stop(self) -> io::Result<()> {
-        self.send(|| Control::Stop);
+        self.handle.send(|| Control::Stop);
         self.join()
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        if self.shards.iter().any(|s| s.thread.is_some()) {
+            self.handle.send(|| Control::Stop);
+        }
         for s in &mut self.shards {
             if let Some(t) = s.thread.take() {
-                let _ = s.control.send(Control::Stop);
-                s.wake.notify();
                 let _ = t.join();
             }
         }
