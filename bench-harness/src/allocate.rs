@@ -237,14 +237,24 @@ impl Driver {
                     }
                 };
                 let now = Instant::now();
+                let mut redirected = false;
                 let outcome = match slot.core.handle(&self.buf[..len], now) {
                     Handled::Ignored | Handled::Discarded(_) => None,
                     Handled::Transmit(bytes) => match slot.transport.send(bytes) {
                         Ok(()) => None,
                         Err(e) => Some(Err(ClientError::from(e))),
                     },
+                    // The storm measures one server: a 300 is its answer.
+                    Handled::Redirect { server, .. } => {
+                        redirected = true;
+                        let reason = format!("Try Alternate to {server} (the storm does not follow redirects)");
+                        Some(Err(ClientError::Rejected { method: "Allocate", code: 300, reason }))
+                    }
                     Handled::Done(r) => Some(r.map(drop)),
                 };
+                if redirected {
+                    slot.core.cancel();
+                }
                 if let Some(r) = outcome {
                     self.done(i, r, now);
                 }

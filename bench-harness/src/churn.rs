@@ -301,11 +301,21 @@ impl Driver<'_> {
                     }
                     continue;
                 }
+                let mut redirected = false;
                 let out = match c.core.handle(msg, Instant::now()) {
                     Handled::Ignored | Handled::Discarded(_) => None,
                     Handled::Transmit(bytes) => c.transport.send(bytes).err().map(|e| Err(e.into())),
+                    // The soak measures one server: a 300 is its answer.
+                    Handled::Redirect { server, .. } => {
+                        redirected = true;
+                        let reason = format!("Try Alternate to {server} (churn does not follow redirects)");
+                        Some(Err(ClientError::Rejected { method: "Allocate", code: 300, reason }))
+                    }
                     Handled::Done(r) => Some(r.map(drop)),
                 };
+                if redirected {
+                    c.core.cancel();
+                }
                 if let Some(r) = out {
                     self.outcome(k, r);
                 }

@@ -208,7 +208,8 @@ impl Refresher {
         wake: &mut bool,
     ) -> bool {
         match self.core.handle(msg, now) {
-            Handled::Ignored | Handled::Discarded(_) => false,
+            // Only an Allocate is redirected, and a refresher sends none.
+            Handled::Ignored | Handled::Discarded(_) | Handled::Redirect { .. } => false,
             Handled::Transmit(bytes) => {
                 // A 438 (stale nonce) answered with the new nonce.
                 out.transmit(bytes);

@@ -696,7 +696,8 @@ fn run(cfg: &ThroughputConfig, scenario: &'static str) -> Result<ThroughputRepor
                     .take_if(|_| refreshing)
                     .map(|core| Refresher::new(core, f.binding.clone(), f.lifetime, cfg.refresh_interval, f.bound_at));
                 let io = match &mut f.conn {
-                    FlowConn::Udp(t) => FlowIo::Datagram { sock: t.socket(), dest },
+                    // Where setup left the flow (after a 300, the alternate).
+                    FlowConn::Udp(t) => FlowIo::Datagram { sock: t.socket(), dest: t.server_addr() },
                     FlowConn::Stream(s) => FlowIo::Stream(s),
                 };
                 Flow { io, refresh }

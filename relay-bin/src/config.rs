@@ -128,6 +128,14 @@ pub struct ServerSection {
     /// Interfaces for the fast path; empty: those holding the UDP
     /// listeners' and relay addresses.
     pub fast_path_interfaces: Vec<String>,
+    /// Other nodes new clients are sent to (300 Try Alternate) while
+    /// draining or loaded: `"IP:PORT"` or `{ address, tls, domain }`
+    /// (crate::alternates).
+    pub alternates: Vec<toml::Value>,
+    /// Redirect new allocations once this many are held (all shards).
+    pub redirect_above_allocations: Option<u64>,
+    /// Redirect new allocations above this fraction of a shard's relay ports.
+    pub redirect_above_relay_ports: Option<f64>,
 }
 
 impl Default for ServerSection {
@@ -141,6 +149,9 @@ impl Default for ServerSection {
             drain_timeout: 30,
             fast_path: FastPathName::Auto,
             fast_path_interfaces: Vec::new(),
+            alternates: Vec::new(),
+            redirect_above_allocations: None,
+            redirect_above_relay_ports: None,
         }
     }
 }
@@ -170,6 +181,10 @@ pub struct ListenSection {
     /// (SO_REUSEPORT), on purpose: the new process of a zero-downtime
     /// restart. Without it the data plane refuses to start there.
     pub handover: bool,
+    /// Trusted L4 load balancers: TCP and TLS connections from these
+    /// networks must begin with a PROXY protocol header (v1 or v2), whose
+    /// client address is then used; empty: no connection may carry one.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// `--no-tcp`: no TCP listener at all, whatever the lists say (TLS
     /// stays). Command line only.
     #[serde(skip)]
@@ -284,11 +299,24 @@ pub struct AuthSection {
     pub nonce_lifetime: u64,
     /// Offer SHA-256 keys (RFC 8489 PASSWORD-ALGORITHMS).
     pub sha256: bool,
+    /// A user database in coturn's schema: `postgresql://…`, `redis://…`
+    /// or `sqlite:///path` (crate::userdb).
+    pub database: Option<String>,
+    /// Seconds between scheduled reads of the user database.
+    pub database_refresh: u64,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
-        AuthSection { users: Vec::new(), user_file: None, rest_secrets: Vec::new(), nonce_lifetime: 600, sha256: true }
+        AuthSection {
+            users: Vec::new(),
+            user_file: None,
+            rest_secrets: Vec::new(),
+            nonce_lifetime: 600,
+            sha256: true,
+            database: None,
+            database_refresh: 30,
+        }
     }
 }
 
@@ -403,6 +431,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// `[log]`.
     pub log: LogSection,
+    /// `[admin]`: the admin API's token (see `admin.rs`).
+    pub admin: crate::admin::AdminSection,
     #[serde(skip)]
     origin: Origin,
 }
@@ -448,6 +478,12 @@ impl Config {
         if from_cli { Origin::command_line() } else { self.origin.clone() }
     }
 
+    /// An error about `key`, naming where its value came from (the command
+    /// line when `cli_keys` holds the key, else the file and line).
+    pub fn error_at(&self, cli_keys: &[&str], key: &str, message: impl fmt::Display) -> ConfigError {
+        self.origin_of(cli_keys.contains(&key)).error(key, message)
+    }
+
     /// Checks values that parse but make no sense, and resolves the relay
     /// addresses. `cli_keys` are the keys the command line set (errors in
     /// them name the command line).
@@ -455,6 +491,7 @@ impl Config {
         let origin = |key: &str| self.origin_of(cli_keys.contains(&key));
         let ports = parse_ports(&self.relay.ports).map_err(|m| origin("relay.ports").error("relay.ports", m))?;
         self.check_listeners(cli_keys)?;
+        self.check_proxy_protocol(cli_keys)?;
         for (i, u) in self.auth.users.iter().enumerate() {
             let ok = u.split_once(':').is_some_and(|(n, p)| !n.trim().is_empty() && !p.is_empty());
             if !ok {
@@ -463,6 +500,14 @@ impl Config {
             }
         }
         self.rfc5780(cli_keys)?;
+        self.alternates(cli_keys)?;
+        if let Some(url) = &self.auth.database {
+            crate::userdb::DatabaseUrl::parse(url).map_err(|m| origin("auth.database").error("auth.database", m))?;
+        }
+        if !(1..=86_400).contains(&self.auth.database_refresh) {
+            let key = "auth.database_refresh";
+            return Err(origin(key).error(key, "must be within 1..=86400 seconds"));
+        }
         if !self.listen.listeners().tls.is_empty() && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return Err(origin("listen.tls").error("listen.tls", "TLS listeners need tls.cert and tls.key"));
         }
@@ -543,6 +588,32 @@ impl Config {
         Ok(())
     }
 
+    /// `server.alternates`, checked with the redirect thresholds: entries
+    /// well formed (crate::alternates), none of them one of this node's
+    /// listeners.
+    pub fn alternates(&self, cli_keys: &[&str]) -> Result<Vec<relay_core::server::Alternate>, ConfigError> {
+        let s = &self.server;
+        let fail = |e: crate::alternates::AlternateError| {
+            // The line of the list (entries may be inline tables).
+            let top = e.key.split('[').next().unwrap_or(&e.key);
+            let origin = self.origin_of(cli_keys.contains(&top));
+            ConfigError { line: origin.line_of(top), ..origin.error(&e.key, e.message) }
+        };
+        let alts = crate::alternates::parse(&s.alternates).map_err(fail)?;
+        let l = self.listen.listeners();
+        let listening = |x: &SocketAddr| l.udp.iter().chain(&l.tcp).chain(&l.tls).any(|y| y == x);
+        for (i, a) in alts.iter().enumerate() {
+            if let Some(x) = [a.address, a.tls].into_iter().flatten().find(listening) {
+                let key = format!("server.alternates[{i}]");
+                let message = format!("{x} is this node's own listener");
+                return Err(fail(crate::alternates::AlternateError { key, message }));
+            }
+        }
+        crate::alternates::check_thresholds(&alts, s.redirect_above_allocations, s.redirect_above_relay_ports)
+            .map_err(fail)?;
+        Ok(alts)
+    }
+
     /// The RFC 5780 address pair (`listen.rfc5780_other`), checked: the
     /// first UDP listen address must name a specific IP and port, the other IP
     /// must differ from it and be of its family.
@@ -571,6 +642,33 @@ impl Config {
         Rfc5780::new(primary, other)
             .map(Some)
             .map_err(|e| origin.error(key, format!("{e} (primary {primary}, other {other})")))
+    }
+}
+
+impl Config {
+    /// `listen.proxy_protocol_from`: networks written as networks (no host
+    /// bits: `10.0.0.5/8` is likely a slip for `10.0.0.5/32` or
+    /// `10.0.0.0/8`), and a TCP or TLS listener for them to apply to.
+    fn check_proxy_protocol(&self, cli_keys: &[&str]) -> Result<(), ConfigError> {
+        let key = "listen.proxy_protocol_from";
+        let nets = &self.listen.proxy_protocol_from;
+        let origin = self.origin_of(cli_keys.contains(&key));
+        for (i, n) in nets.iter().enumerate() {
+            if n.addr() != n.network() {
+                let m = format!(
+                    "{n} has host bits set: write {} (the network) or {}/{} (one host)",
+                    n.trunc(),
+                    n.addr(),
+                    n.max_prefix_len()
+                );
+                return Err(origin.error(&format!("{key}[{i}]"), m));
+            }
+        }
+        let l = self.listen.listeners();
+        if !nets.is_empty() && l.tcp.is_empty() && l.tls.is_empty() {
+            return Err(origin.error(key, "the PROXY protocol applies to TCP and TLS listeners, and there is none"));
+        }
+        Ok(())
     }
 }
 
@@ -703,6 +801,35 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_from_key() {
+        assert!(Config::parse("r", "").unwrap().listen.proxy_protocol_from.is_empty());
+        let text = "[listen]\naddresses = [\"127.0.0.1:3478\"]\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\"]\n";
+        let c = Config::parse("r", text).unwrap();
+        assert!(c.validate(&[]).is_ok());
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        assert_eq!(c.listen.proxy_protocol_from, nets);
+        // Not a network: named by file, line and key.
+        let e = Config::parse("relay.toml", "[listen]\n\nproxy_protocol_from = [\"10.0.0.0/8\", \"nonsense\"]\n")
+            .unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line, e.key.as_str()),
+            ("relay.toml", 3, "listen.proxy_protocol_from[1]"),
+            "{e}"
+        );
+        // Host bits set.
+        let c = Config::parse("relay.toml", "[listen]\nproxy_protocol_from = [\"10.1.2.3/8\"]\n").unwrap();
+        let e = c.validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "listen.proxy_protocol_from[0]"), "{e}");
+        assert!(e.message.contains("10.0.0.0/8") && e.message.contains("10.1.2.3/32"), "{e}");
+        let e = c.validate(&["listen.proxy_protocol_from"]).unwrap_err();
+        assert!(e.to_string().starts_with("<command line>: listen.proxy_protocol_from[0]: "), "{e}");
+        // Nothing for it to apply to: UDP only.
+        let text = "[listen]\nudp = [\"127.0.0.1:3478\"]\nproxy_protocol_from = [\"10.0.0.0/8\"]\n";
+        let e = Config::parse("relay.toml", text).unwrap().validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "listen.proxy_protocol_from"), "{e}");
+    }
+
+    #[test]
     fn handover_key() {
         assert!(!Config::parse("r", "").unwrap().listen.handover);
         assert!(Config::parse("r", "[listen]\nhandover = true\n").unwrap().listen.handover);
@@ -731,6 +858,29 @@ mod tests {
 
         let c = Config::parse("relay.toml", "[auth]\nusers = [\"nopassword\"]\n").unwrap();
         assert_eq!(c.validate(&[]).unwrap_err().to_string(), "relay.toml:2: auth.users[0]: expected \"user:password\"");
+    }
+
+    #[test]
+    fn user_database_keys() {
+        let c = Config::parse("r", "").unwrap();
+        assert_eq!((c.auth.database.as_deref(), c.auth.database_refresh), (None, 30));
+        let text = "[auth]\ndatabase = \"postgresql://turn:pw@127.0.0.1/coturn\"\ndatabase_refresh = 5\n";
+        let c = Config::parse("relay.toml", text).unwrap();
+        assert!(c.validate(&[]).is_ok());
+        assert_eq!(c.auth.database_refresh, 5);
+        let text = "[auth]\n\ndatabase = \"mysql://turn:hunter2@db/coturn\"\n";
+        let e = Config::parse("relay.toml", text).unwrap().validate(&[]).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line, e.key.as_str()), ("relay.toml", 3, "auth.database"), "{e}");
+        assert!(e.message.contains("unknown scheme") && !e.to_string().contains("hunter2"), "{e}");
+        let e = Config::parse("r", "[auth]\ndatabase = \"sqlite://turndb\"\n").unwrap().validate(&[]).unwrap_err();
+        assert!(e.message.contains("absolute"), "{e}");
+        let e = Config::parse("relay.toml", "[auth]\ndatabase_refresh = 0\n").unwrap().validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "auth.database_refresh"), "{e}");
+        let e = Config::parse("relay.toml", "[auth]\ndatabase = 5\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "auth.database"), "{e}");
+        let c = Config::parse("relay.toml", "[auth]\ndatabase = \"redis://:pw@\"\n").unwrap();
+        let e = c.validate(&["auth.database"]).unwrap_err();
+        assert!(e.to_string().starts_with("<command line>: auth.database: "), "{e}");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! safe: authentication on (a random password printed at start), the
 //! default peer policy, UDP port 3478, metrics on loopback.
 
+mod admin;
+mod alternates;
 mod config;
 mod metrics;
 mod probe;
 mod quota;
+mod userdb;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -76,6 +79,11 @@ struct Cli {
     /// purpose: the new process of a zero-downtime restart [listen.handover].
     #[arg(long)]
     handover: bool,
+    /// A trusted L4 load balancer's network (repeatable): TCP and TLS
+    /// connections from it must begin with a PROXY protocol header
+    /// [listen.proxy_protocol_from].
+    #[arg(long, value_name = "CIDR")]
+    proxy_protocol_from: Vec<IpNet>,
     /// RFC 5780 second IP: also serve UDP on it and on port P+1 [listen.rfc5780_other].
     #[arg(long, value_name = "IP")]
     rfc5780_other: Option<IpAddr>,
@@ -115,6 +123,21 @@ struct Cli {
     /// Seconds a graceful stop waits for allocations to end [server.drain_timeout].
     #[arg(long)]
     drain_timeout: Option<u64>,
+    /// Another node for UDP and TCP clients, IP:PORT (repeatable; with
+    /// --alternate-tls, replaces the file's list) [server.alternates].
+    #[arg(long, value_name = "ADDR")]
+    alternate: Vec<String>,
+    /// Another node for TLS clients, IP:PORT[=DOMAIN], DOMAIN sent as
+    /// ALTERNATE-DOMAIN (repeatable) [server.alternates].
+    #[arg(long, value_name = "ADDR[=DOMAIN]")]
+    alternate_tls: Vec<String>,
+    /// Redirect new allocations once this many are held [server.redirect_above_allocations].
+    #[arg(long, value_name = "N")]
+    redirect_above_allocations: Option<u64>,
+    /// Redirect new allocations above this fraction (0-1) of a shard's
+    /// relay ports [server.redirect_above_relay_ports].
+    #[arg(long, value_name = "FRACTION")]
+    redirect_above_relay_ports: Option<f64>,
     /// Largest datagram relayed, bytes [relay.max_datagram].
     #[arg(long)]
     max_datagram: Option<usize>,
@@ -171,6 +194,13 @@ struct Cli {
     /// TURN REST API shared secret (repeatable) [auth.rest_secrets].
     #[arg(long)]
     rest_secret: Vec<String>,
+    /// User database in coturn's schema: postgresql://…, redis://… or
+    /// sqlite:///path [auth.database].
+    #[arg(long, value_name = "URL")]
+    user_database: Option<String>,
+    /// Seconds between scheduled reads of the user database [auth.database_refresh].
+    #[arg(long, value_name = "SECS")]
+    user_database_refresh: Option<u64>,
     /// Allocations in total [limits.max_allocations].
     #[arg(long)]
     max_allocations: Option<u32>,
@@ -201,6 +231,10 @@ struct Cli {
     /// Log format [log.format].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// File holding the admin API's bearer token; without one the admin
+    /// API is off [admin.token_file].
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -209,6 +243,9 @@ enum Command {
     /// STUN/TURN client checks: `probe stun:HOST[:PORT]`, `probe nat
     /// stun:HOST[:PORT]`, `probe turn turn:HOST[:PORT] --user U --password P`.
     Probe(probe::ProbeArgs),
+    /// The admin API of a running turn-relay: `admin allocations [--user
+    /// U]`, `admin end ID`, `admin end-user USER`, `admin reload`.
+    Admin(admin::client::AdminArgs),
 }
 
 impl Cli {
@@ -231,6 +268,9 @@ impl Cli {
         set!("listen.tcp", self.no_tcp, c.listen.no_tcp = true);
         set!("listen.tls", !self.listen_tls.is_empty(), c.listen.tls = Some(self.listen_tls.clone()));
         set!("listen.handover", self.handover, c.listen.handover = true);
+        set!("listen.proxy_protocol_from", !self.proxy_protocol_from.is_empty(), {
+            c.listen.proxy_protocol_from = self.proxy_protocol_from.clone()
+        });
         set!("listen.rfc5780_other", self.rfc5780_other.is_some(), c.listen.rfc5780_other = self.rfc5780_other);
         set!("listen.rfc5780_port", self.rfc5780_port.is_some(), c.listen.rfc5780_port = self.rfc5780_port);
         set!("tls.cert", self.tls_cert.is_some(), c.tls.cert = self.tls_cert.clone());
@@ -251,6 +291,16 @@ impl Cli {
         set!("relay.gro", self.no_gro, c.relay.gro = false);
         set!("server.drain_timeout", self.drain_timeout.is_some(), {
             c.server.drain_timeout = self.drain_timeout.unwrap_or(30)
+        });
+        set!("server.alternates", !self.alternate.is_empty() || !self.alternate_tls.is_empty(), {
+            let plain = self.alternate.iter().map(|a| toml::Value::String(a.clone()));
+            c.server.alternates = plain.chain(self.alternate_tls.iter().map(|a| alternates::tls_flag(a))).collect()
+        });
+        set!("server.redirect_above_allocations", self.redirect_above_allocations.is_some(), {
+            c.server.redirect_above_allocations = self.redirect_above_allocations
+        });
+        set!("server.redirect_above_relay_ports", self.redirect_above_relay_ports.is_some(), {
+            c.server.redirect_above_relay_ports = self.redirect_above_relay_ports
         });
         set!("relay.max_datagram", self.max_datagram.is_some(), {
             c.relay.max_datagram = self.max_datagram.unwrap_or(2048)
@@ -284,6 +334,10 @@ impl Cli {
         set!("auth.users", !self.user.is_empty(), c.auth.users = self.user.clone());
         set!("auth.user_file", self.user_file.is_some(), c.auth.user_file = self.user_file.clone());
         set!("auth.rest_secrets", !self.rest_secret.is_empty(), c.auth.rest_secrets = self.rest_secret.clone());
+        set!("auth.database", self.user_database.is_some(), c.auth.database = self.user_database.clone());
+        set!("auth.database_refresh", self.user_database_refresh.is_some(), {
+            c.auth.database_refresh = self.user_database_refresh.unwrap_or(30)
+        });
         set!("limits.max_allocations", self.max_allocations.is_some(), {
             c.limits.max_allocations = self.max_allocations.unwrap_or(0)
         });
@@ -302,6 +356,10 @@ impl Cli {
         set!("metrics.enabled", self.no_metrics, c.metrics.enabled = false);
         set!("log.level", self.log_level.is_some(), c.log.level = self.log_level.clone().unwrap_or_default());
         set!("log.format", self.log_format.is_some(), c.log.format = self.log_format.unwrap_or_default());
+        set!("admin.token_file", self.admin_token_file.is_some(), {
+            c.admin.token_file = self.admin_token_file.clone();
+            c.admin.token = None;
+        });
         keys
     }
 }
@@ -335,7 +393,11 @@ fn credentials(c: &Config) -> Result<(Credentials, Option<String>), ConfigError>
         creds.add_rest_secret(s.as_bytes());
     }
     let mut generated = None;
-    if c.auth.users.is_empty() && c.auth.user_file.is_none() && c.auth.rest_secrets.is_empty() {
+    if c.auth.users.is_empty()
+        && c.auth.user_file.is_none()
+        && c.auth.rest_secrets.is_empty()
+        && c.auth.database.is_none()
+    {
         use base64::Engine;
         let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>());
         creds.add_user("turn", &password).map_err(|e| ConfigError {
@@ -369,6 +431,18 @@ fn load_user_file(creds: &mut Credentials, path: &Path) -> Result<usize, ConfigE
     })
 }
 
+/// A reload (SIGHUP): re-reads the configuration and gives the shards its
+/// credentials, joined with the user database's ([`userdb::Composer`]),
+/// and its certificate.
+fn apply_reload(cli: &Cli, users: &userdb::Composer, relay: &relay_io::RelayHandle) -> Result<(), String> {
+    let (creds, tls) = reload(cli)?;
+    users.set_configured(creds);
+    if let Some(tls) = tls {
+        relay.set_tls_config(&tls);
+    }
+    Ok(())
+}
+
 /// Re-reads the configuration for a SIGHUP: credentials and certificate.
 fn reload(cli: &Cli) -> Result<(Credentials, Option<Arc<relay_io::tls::Rustls>>), String> {
     let mut c = Config::load_or_default(cli.config.as_deref()).map_err(|e| e.to_string())?;
@@ -398,6 +472,10 @@ fn server_config(c: &Config) -> ServerConfig {
         sha256: c.auth.sha256,
         unauthenticated_rate: c.limits.unauthenticated_rate,
         unauthenticated_burst: c.limits.unauthenticated_burst,
+        // Checked by Config::validate already.
+        alternates: c.alternates(&[]).unwrap_or_default(),
+        redirect_above_allocations: c.server.redirect_above_allocations,
+        redirect_above_relay_ports: c.server.redirect_above_relay_ports,
         ..ServerConfig::default()
     }
 }
@@ -416,6 +494,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Probe(args)) = &cli.command {
         return probe::main(args);
+    }
+    if let Some(Command::Admin(args)) = &cli.command {
+        return admin::client::main(args);
     }
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
@@ -446,12 +527,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let admin_token = match admin::load_token(&config, &cli_keys) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("turn-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    match run(&cli, &config, relay_addrs, (port_lo, port_hi), creds, generated) {
+    match run(&cli, &config, relay_addrs, (port_lo, port_hi), creds, generated, admin_token) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -511,6 +599,7 @@ fn run(
     ports: (u16, u16),
     creds: Credentials,
     generated: Option<String>,
+    admin_token: Option<admin::Token>,
 ) -> Result<(), String> {
     let shards = match config.server.shards {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -548,6 +637,7 @@ fn run(
             ..StreamLimits::default()
         },
         handover: config.listen.handover,
+        proxy_protocol_from: config.listen.proxy_protocol_from.clone(),
         gso: config.relay.gso,
         gro: config.relay.gro,
         fast_path: match config.server.fast_path {
@@ -603,26 +693,46 @@ fn run(
         );
     }
     let health = Arc::new(metrics::Health::default());
+    // Signals and admin requests for the main loop.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
     if config.metrics.enabled {
         let handle = metrics::install()?;
-        let addr = metrics::serve(config.metrics.listen, handle, health.clone())
+        let admin = Arc::new(admin::Admin::new(admin_token, relay.handle().clone(), sig_tx.clone()));
+        let addr = metrics::serve(config.metrics.listen, handle, health.clone(), admin.clone())
             .map_err(|e| format!("metrics listener {}: {e}", config.metrics.listen))?;
         tracing::info!("metrics on http://{addr}/metrics");
+        admin.announce(addr);
     }
+    let peer_lists = relay_io::PeerLists { allow: config.peers.allow.clone(), deny: config.peers.deny.clone() };
+    let users = Arc::new(userdb::Composer::new(relay.handle().clone(), creds.clone(), peer_lists));
+    let user_database = match &config.auth.database {
+        // Checked by Config::validate already.
+        Some(url) => Some(
+            userdb::Refresher::start(
+                userdb::DatabaseUrl::parse(url)?,
+                &config.server.realm,
+                Duration::from_secs(config.auth.database_refresh),
+                users.clone(),
+                health.clone(),
+                Duration::from_secs(5),
+            )
+            .map_err(|e| format!("user database thread: {e}"))?,
+        ),
+        None => None,
+    };
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("signals: {e}"))?;
-    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut signals = signals;
             for s in signals.forever() {
-                if sig_tx.send(s).is_err() {
+                if sig_tx.send(admin::LoopEvent::Signal(s)).is_err() {
                     break;
                 }
             }
@@ -633,16 +743,20 @@ fn run(
     let mut stop_requested = false;
     while !relay.is_finished() {
         match sig_rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(signal_hook::consts::SIGHUP) => match reload(cli) {
-                Ok((creds, tls)) => {
-                    relay.set_credentials(&creds);
-                    if let Some(tls) = tls {
-                        relay.set_tls_config(&tls);
-                    }
-                    tracing::info!("SIGHUP: credentials and certificates reloaded");
+            Ok(admin::LoopEvent::Reload(reply)) => {
+                let result = apply_reload(cli, &users, relay.handle());
+                match &result {
+                    Ok(()) => tracing::info!("admin: credentials and certificates reloaded"),
+                    Err(e) => tracing::error!("admin: reload failed, keeping the old settings: {e}"),
                 }
-                Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old settings: {e}"),
-            },
+                let _ = reply.send(result);
+            }
+            Ok(admin::LoopEvent::Signal(signal_hook::consts::SIGHUP)) => {
+                match apply_reload(cli, &users, relay.handle()) {
+                    Ok(()) => tracing::info!("SIGHUP: credentials and certificates reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old settings: {e}"),
+                }
+            }
             Ok(_) if stop_requested => {
                 tracing::info!("second stop signal: stopping now");
                 break;
@@ -658,7 +772,13 @@ fn run(
         }
         if config.metrics.enabled {
             metrics::publish(&relay.stats(Duration::from_millis(500)), backend, relay.fast_path());
+            if let Some(db) = &user_database {
+                userdb::publish(db.engine(), db.status());
+            }
         }
+    }
+    if let Some(db) = &user_database {
+        db.stop();
     }
     handle.close();
     relay.stop().map_err(|e| e.to_string())?;
@@ -771,6 +891,20 @@ mod tests {
         let cli = Cli::try_parse_from(["turn-relay", "--handover"]).unwrap();
         assert_eq!(cli.apply(&mut c), ["listen.handover"]);
         assert!(c.listen.handover);
+    }
+
+    #[test]
+    fn proxy_protocol_from_flag() {
+        let mut c = Config::default();
+        let cli = Cli::try_parse_from(["turn-relay"]).unwrap();
+        cli.apply(&mut c);
+        assert!(c.listen.proxy_protocol_from.is_empty());
+        let args = ["turn-relay", "--proxy-protocol-from", "10.0.0.0/8", "--proxy-protocol-from", "192.0.2.7/32"];
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert_eq!(cli.apply(&mut c), ["listen.proxy_protocol_from"]);
+        let want: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7/32".parse().unwrap()];
+        assert_eq!(c.listen.proxy_protocol_from, want);
+        assert!(Cli::try_parse_from(["turn-relay", "--proxy-protocol-from", "10.0.0.0/40"]).is_err());
     }
 
     #[test]

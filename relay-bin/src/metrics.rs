@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome, Stats, TransportLabel};
+use relay_core::server::stats::{
+    AuthFailure, Direction, Drop, MethodLabel, Outcome, RedirectReason, Stats, TransportLabel,
+};
 use relay_io::ShardReport;
 
 /// Installs the global recorder; returns the handle that renders it.
@@ -40,6 +42,10 @@ pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::f
         streams.refused_per_source += r.streams.refused_per_source;
         streams.garbage += r.streams.garbage;
         streams.shed += r.streams.shed;
+        streams.proxy_accepted += r.streams.proxy_accepted;
+        streams.proxy_missing += r.streams.proxy_missing;
+        streams.proxy_untrusted += r.streams.proxy_untrusted;
+        streams.proxy_invalid += r.streams.proxy_invalid;
     }
     let mut udp = relay_io::gso::GsoStats::default();
     for r in reports {
@@ -58,6 +64,14 @@ pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::f
     counter!("turn_tcp_connections_refused_per_source_total").absolute(streams.refused_per_source);
     counter!("turn_tcp_connections_garbage_total").absolute(streams.garbage);
     counter!("turn_tcp_shed_frames_total").absolute(streams.shed);
+    for (result, v) in [
+        ("accepted", streams.proxy_accepted),
+        ("missing", streams.proxy_missing),
+        ("untrusted", streams.proxy_untrusted),
+        ("invalid", streams.proxy_invalid),
+    ] {
+        counter!("turn_proxy_protocol_total", "result" => result).absolute(v);
+    }
     gauge!("turn_shards").set(reports.len() as f64);
     gauge!("turn_backend_info", "backend" => backend.to_owned()).set(1.0);
     gauge!("turn_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -84,6 +98,9 @@ pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::f
     }
     for &r in AuthFailure::ALL {
         counter!("turn_auth_failures_total", "reason" => r.label()).absolute(total.auth_failures_of(r));
+    }
+    for &r in RedirectReason::ALL {
+        counter!("turn_redirects_total", "reason" => r.label()).absolute(total.redirects_of(r));
     }
     for &r in Drop::ALL {
         counter!("turn_dropped_packets_total", "reason" => r.label()).absolute(total.drops_of(r));
@@ -163,31 +180,53 @@ impl Health {
 /// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (it
 /// takes allocations: not draining) on `addr`, one short-lived connection
 /// at a time on its own thread.
-pub fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+/// Paths under `/admin/` go to `admin` (the admin API, off without a
+/// token).
+pub fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    admin: Arc<crate::admin::Admin>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
-            let _ = answer(stream, &handle, &health);
+            let _ = answer(stream, &handle, &health, &admin);
         }
     })?;
     Ok(local)
 }
 
-fn answer(mut s: TcpStream, handle: &PrometheusHandle, health: &Health) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+fn answer(
+    mut s: TcpStream,
+    handle: &PrometheusHandle,
+    health: &Health,
+    admin: &crate::admin::Admin,
+) -> std::io::Result<()> {
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut req = [0u8; 2048];
     let mut n = 0;
+    // The whole head within 2 s: a slow client holds the listener no longer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while n < req.len() && !req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
         match s.read(&mut req[n..])? {
             0 => break,
             k => n += k,
         }
     }
-    let line = std::str::from_utf8(&req[..n]).unwrap_or("").lines().next().unwrap_or("");
+    let head = std::str::from_utf8(&req[..n]).unwrap_or("");
+    let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if let Some(r) = admin.answer(method, path, head) {
+        return r.write_to(&mut s);
+    }
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),

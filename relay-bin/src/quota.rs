@@ -126,6 +126,11 @@ impl QuotaBook for Quotas {
         Ok(QuotaToken::new(key))
     }
 
+    /// The total, counted whatever the limits.
+    fn total_allocations(&self) -> Option<u64> {
+        Some(u64::from(self.active_total()))
+    }
+
     /// Gives an allocation back.
     ///
     /// The token must come from this `Quotas`; one from another is ignored

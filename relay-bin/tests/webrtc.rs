@@ -15,6 +15,16 @@
 //!   the browsers' ChannelData goes from one to the other in the XDP
 //!   program (relay to relay), which the metrics must show
 //!
+//! * each of the three with a fleet of two nodes (`…Redirect`): the
+//!   browsers are given node A only, which answers every Allocate 300
+//!   (Try Alternate, `--redirect-above-allocations 0`) naming node B on a
+//!   second address of the namespace (libwebrtc refuses loopback
+//!   alternates, so the nodes sit on the veth); libwebrtc follows it (over
+//!   UDP with the same socket, over TCP and TLS with a new connection), and
+//!   both sides' relayed addresses must be B's (its IP, its relay ports),
+//!   A must have counted the redirects and allocated nothing, B must have
+//!   allocated: a shorter call (200 messages, 256 KiB)
+//!
 //! — that the candidate pair both sides selected (getStats: the transport's
 //! `selectedCandidatePairId`) is relay/relay and its `relayProtocol` is that
 //! transport; that 3,000 numbered messages arrive intact and in order; and
@@ -32,6 +42,8 @@
 //!   namespace trwebrtc<pid><t>:  lo up
 //!     wa 10.203.N.1/24  <── veth ──>  wb 10.203.N.2/24
 //!     turn-relay on 10.203.N.1 (UDP+TCP 3478, TLS 5349, relay IP 10.203.N.1)
+//!     (redirect tests: node B on 10.203.N.3, a second address of wa,
+//!      the same ports, relay IP 10.203.N.3, metrics on 127.0.0.1:9642)
 //!     node drive.js → headless Chromium → page.html
 //! ```
 //!
@@ -63,6 +75,13 @@ use common::{Killed, have, run_bounded, sh, skip};
 const BIN: &str = env!("CARGO_BIN_EXE_turn-relay");
 /// turn-relay's metrics, inside the namespace.
 const METRICS: &str = "http://127.0.0.1:9641/metrics";
+/// The alternate node's (redirect tests).
+const METRICS_B: &str = "http://127.0.0.1:9642/metrics";
+/// The alternate node's relay ports (node A has 50000-50031).
+const RELAY_PORTS_B: (u16, u16) = (50100, 50131);
+/// The redirect tests' shorter call.
+const SHORT_MESSAGES: &str = "200";
+const SHORT_BULK_BYTES: &str = "262144";
 const MESSAGES: &str = "3000";
 const BULK_BYTES: &str = "4194304";
 /// Bound of each of the page's steps (connect, messages, bulk).
@@ -81,15 +100,21 @@ enum Transport {
     /// UDP with the relay in a namespace of its own and the kernel fast
     /// path on (see [`Lab::build`]).
     UdpFastPath,
+    /// The browsers are given node A, which redirects them to node B.
+    UdpRedirect,
+    /// The same over TCP.
+    TcpRedirect,
+    /// The same over TLS.
+    TlsRedirect,
 }
 
 impl Transport {
     /// The relayProtocol the browsers report.
     fn name(self) -> &'static str {
         match self {
-            Transport::Udp | Transport::UdpFastPath => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
+            Transport::Udp | Transport::UdpFastPath | Transport::UdpRedirect => "udp",
+            Transport::Tcp | Transport::TcpRedirect => "tcp",
+            Transport::Tls | Transport::TlsRedirect => "tls",
         }
     }
 
@@ -97,8 +122,21 @@ impl Transport {
     fn tag(self) -> &'static str {
         match self {
             Transport::UdpFastPath => "xdp",
+            Transport::UdpRedirect => "rudp",
+            Transport::TcpRedirect => "rtcp",
+            Transport::TlsRedirect => "rtls",
             t => t.name(),
         }
+    }
+
+    /// Whether node A redirects to node B.
+    fn redirect(self) -> bool {
+        matches!(self, Transport::UdpRedirect | Transport::TcpRedirect | Transport::TlsRedirect)
+    }
+
+    /// Messages and bulk bytes the page sends.
+    fn load(self) -> (&'static str, &'static str) {
+        if self.redirect() { (SHORT_MESSAGES, SHORT_BULK_BYTES) } else { (MESSAGES, BULK_BYTES) }
     }
 
     /// The third octet of the namespace's addresses (any would do: each
@@ -109,14 +147,17 @@ impl Transport {
             Transport::Tcp => 2,
             Transport::Tls => 3,
             Transport::UdpFastPath => 4,
+            Transport::UdpRedirect => 5,
+            Transport::TcpRedirect => 6,
+            Transport::TlsRedirect => 7,
         }
     }
 
     fn url(self, ip: &str) -> String {
         match self {
-            Transport::Udp | Transport::UdpFastPath => format!("turn:{ip}:3478?transport=udp"),
-            Transport::Tcp => format!("turn:{ip}:3478?transport=tcp"),
-            Transport::Tls => format!("turns:{ip}:5349?transport=tcp"),
+            Transport::Udp | Transport::UdpFastPath | Transport::UdpRedirect => format!("turn:{ip}:3478?transport=udp"),
+            Transport::Tcp | Transport::TcpRedirect => format!("turn:{ip}:3478?transport=tcp"),
+            Transport::Tls | Transport::TlsRedirect => format!("turns:{ip}:5349?transport=tcp"),
         }
     }
 }
@@ -140,6 +181,9 @@ struct Lab {
     dir: PathBuf,
     ip: String,
     relay: Option<Killed>,
+    /// Node B, where node A sends the browsers (redirect tests), and its IP.
+    alternate: Option<Killed>,
+    alternate_ip: Option<String>,
     fast: bool,
     /// The browsers' device's XDP program (fast path only).
     passive: Option<relay_io::fastpath::PassiveXdp>,
@@ -148,6 +192,7 @@ struct Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.relay.take());
+        drop(self.alternate.take());
         drop(self.passive.take());
         let namespaces = if self.fast { vec![&self.ns, &self.relay_ns] } else { vec![&self.ns] };
         for ns in namespaces {
@@ -215,7 +260,8 @@ impl Lab {
             }
             return Err(NoLab::Fail(e));
         }
-        let mut lab = Lab { ns, relay_ns, dir, ip, relay: None, fast, passive: None };
+        let mut lab =
+            Lab { ns, relay_ns, dir, ip, relay: None, alternate: None, alternate_ip: None, fast, passive: None };
         std::fs::create_dir_all(&lab.dir).map_err(|e| NoLab::Fail(format!("{}: {e}", lab.dir.display())))?;
         let (ns, r, a, b) = (&lab.ns, &lab.relay_ns, format!("{}/24", lab.ip), format!("10.203.{}.2/24", t.net()));
         if fast {
@@ -260,6 +306,12 @@ impl Lab {
         for step in steps {
             sh(step).map_err(NoLab::Fail)?;
         }
+        if t.redirect() {
+            // Node B's address, beside node A's on the same device.
+            let b_ip = format!("10.203.{}.3", t.net());
+            sh(&["ip", "-n", &lab.ns, "addr", "add", &format!("{b_ip}/24"), "dev", "wa"]).map_err(NoLab::Fail)?;
+            lab.alternate_ip = Some(b_ip);
+        }
         Ok(lab)
     }
 
@@ -267,32 +319,74 @@ impl Lab {
         self.dir.join("relay.log")
     }
 
+    fn log_path_b(&self) -> PathBuf {
+        self.dir.join("relay-b.log")
+    }
+
     /// Starts turn-relay in the namespace, its debug log in the directory,
-    /// and waits until UDP, TCP and TLS answer.
+    /// and waits until UDP, TCP and TLS answer. With an alternate address
+    /// (redirect tests), node B first, there, and node A redirecting every
+    /// Allocate to it.
     fn start_relay(&mut self) -> Result<(), String> {
-        let ck = rcgen::generate_simple_self_signed(vec![self.ip.clone(), "turn.test".to_owned()])
+        let mut extra = Vec::new();
+        if let Some(b_ip) = self.alternate_ip.clone() {
+            let ports = format!("{}-{}", RELAY_PORTS_B.0, RELAY_PORTS_B.1);
+            let b = self.start_node(&b_ip, &ports, "127.0.0.1:9642", &self.log_path_b(), &[])?;
+            self.alternate = Some(b);
+            self.wait_up(&b_ip, true)?;
+            extra = vec![
+                "--alternate".to_owned(),
+                format!("{b_ip}:3478"),
+                "--alternate-tls".to_owned(),
+                format!("{b_ip}:5349=turn.test"),
+                "--redirect-above-allocations".to_owned(),
+                "0".to_owned(),
+            ];
+        }
+        let ip = self.ip.clone();
+        let a = self.start_node(&ip, "50000-50031", "127.0.0.1:9641", &self.log_path(), &extra)?;
+        self.relay = Some(a);
+        self.wait_up(&ip, false)
+    }
+
+    /// Starts one turn-relay on `ip` in the relay's namespace (UDP+TCP
+    /// 3478, TLS 5349 with a fresh self-signed certificate).
+    fn start_node(
+        &self,
+        ip: &str,
+        relay_ports: &str,
+        metrics: &str,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<Killed, String> {
+        let ck = rcgen::generate_simple_self_signed(vec![ip.to_owned(), "turn.test".to_owned()])
             .map_err(|e| e.to_string())?;
-        let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
+        let (cert, key) = (self.dir.join(format!("cert-{ip}.pem")), self.dir.join(format!("key-{ip}.pem")));
         std::fs::write(&cert, ck.cert.pem()).map_err(|e| e.to_string())?;
         std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
-        let ip = &self.ip;
+        let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let fast_path = if self.fast { "xdp" } else { "auto" };
         let child = Command::new("ip")
             .args(["netns", "exec", &self.relay_ns, BIN, "--fast-path", fast_path])
             .args(["--listen", &format!("{ip}:3478"), "--listen-tcp", &format!("{ip}:3478")])
             .args(["--listen-tls", &format!("{ip}:5349")])
             .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
-            .args(["--relay-ip", ip, "--relay-ports", "50000-50031"])
+            .args(["--relay-ip", ip, "--relay-ports", relay_ports])
             .args(["--user", "test:pass", "--realm", "example.org"])
-            .args(["--shards", "1", "--no-pin", "--metrics", "127.0.0.1:9641", "--log-level", "debug"])
+            .args(["--shards", "1", "--no-pin", "--metrics", metrics, "--log-level", "debug"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .map_err(|e| e.to_string())?;
-        self.relay = Some(Killed(child));
+        Ok(Killed(child))
+    }
+
+    /// Waits until the node on `ip` (node B's with `b`) answers over UDP
+    /// and TCP and accepts TCP on the TLS port.
+    fn wait_up(&mut self, ip: &str, b: bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let tcp_check = format!("exec 3<>/dev/tcp/{ip}/3478 && exec 4<>/dev/tcp/{ip}/5349");
         loop {
@@ -308,11 +402,12 @@ impl Lab {
             if udp.status.success() && tcp_ok {
                 return Ok(());
             }
-            if let Some(Ok(Some(status))) = self.relay.as_mut().map(|r| r.0.try_wait()) {
-                return Err(format!("turn-relay exited ({status}):\n{}", self.relay_log()));
+            let node = if b { self.alternate.as_mut() } else { self.relay.as_mut() };
+            if let Some(Ok(Some(status))) = node.map(|r| r.0.try_wait()) {
+                return Err(format!("turn-relay on {ip} exited ({status}):\n{}", self.relay_log_of(b)));
             }
             if Instant::now() > deadline {
-                return Err(format!("turn-relay did not come up in the namespace:\n{}", self.relay_log()));
+                return Err(format!("turn-relay did not come up on {ip} in the namespace:\n{}", self.relay_log_of(b)));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -322,11 +417,21 @@ impl Lab {
     /// metrics inside the namespace (for diagnosis only: counters are
     /// published with some delay, and their names are not this test's).
     fn counters(&self) -> String {
+        self.counters_of(METRICS)
+    }
+
+    /// All of the metrics at `url`, inside the namespace.
+    fn metrics(&self, url: &str) -> (String, String) {
         let out = run_bounded(
-            Command::new("ip").args(["netns", "exec", &self.relay_ns, "curl", "-sS", "--max-time", "5"]).arg(METRICS),
+            Command::new("ip").args(["netns", "exec", &self.relay_ns, "curl", "-sS", "--max-time", "5"]).arg(url),
             Duration::from_secs(10),
         );
-        let text = String::from_utf8_lossy(&out.stdout);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// [`Lab::counters`] of the node whose metrics are at `url`.
+    fn counters_of(&self, url: &str) -> String {
+        let (text, err) = self.metrics(url);
         let wanted = [
             "turn_requests_total",
             "turn_relay",
@@ -340,19 +445,24 @@ impl Lab {
             .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
             .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
             .collect();
-        if lines.is_empty() {
-            format!("(no counters from {METRICS}: {})", String::from_utf8_lossy(&out.stderr).trim())
-        } else {
-            lines.join("\n")
-        }
+        if lines.is_empty() { format!("(no counters from {url}: {})", err.trim()) } else { lines.join("\n") }
     }
 
-    /// turn-relay's log, the last 400 lines at most.
+    /// turn-relay's log, the last 400 lines at most (and node B's, when
+    /// there is one).
     fn relay_log(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let a = self.relay_log_of(false);
+        if self.alternate_ip.is_some() { format!("{a}\n{}", self.relay_log_of(true)) } else { a }
+    }
+
+    /// Node A's log (node B's with `b`), the last 400 lines at most.
+    fn relay_log_of(&self, b: bool) -> String {
+        let (path, node) = if b { (self.log_path_b(), " B") } else { (self.log_path(), "") };
+        let log = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         let from = lines.len().saturating_sub(400);
-        format!("--- turn-relay log ({} lines, from line {}) ---\n{}", lines.len(), from + 1, lines[from..].join("\n"))
+        let (n, first) = (lines.len(), from + 1);
+        format!("--- turn-relay{node} log ({n} lines, from line {first}) ---\n{}", lines[from..].join("\n"))
     }
 
     /// Runs the page through drive.js in the namespace; its output.
@@ -361,18 +471,21 @@ impl Lab {
             concat!(
                 r#"{{"chromium":"{}","userDataDir":"{}","chromiumArgs":{},"#,
                 r#""iceServers":[{{"urls":"{}","username":"test","credential":"pass"}}],"#,
-                r#""relayProtocol":"{}","stepTimeoutMs":{},"timeoutMs":{}}}"#
+                r#""relayProtocol":"{}","stepTimeoutMs":{},"timeoutMs":{},"#,
+                r#""messages":{},"bulkBytes":{}}}"#
             ),
             chromium(),
             self.dir.join("profile").display(),
             match t {
-                Transport::Tls => r#"["--ignore-certificate-errors"]"#,
+                Transport::Tls | Transport::TlsRedirect => r#"["--ignore-certificate-errors"]"#,
                 _ => "[]",
             },
             t.url(&self.ip),
             t.name(),
             STEP_TIMEOUT.as_millis(),
             BROWSER_TIMEOUT.as_millis(),
+            t.load().0,
+            t.load().1,
         );
         let script = webrtc_dir().join("drive.js");
         let out = run_bounded(
@@ -406,8 +519,10 @@ fn fields(stdout: &str) -> BTreeMap<String, String> {
 fn webrtc_through(t: Transport) {
     let test = match t {
         Transport::UdpFastPath => "webrtc over udp through the kernel fast path".to_owned(),
+        t if t.redirect() => format!("webrtc over {} redirected to another node", t.name()),
         t => format!("webrtc over {}", t.name()),
     };
+    let (messages, bulk_bytes) = t.load();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut lab = match Lab::build(t) {
@@ -467,11 +582,11 @@ fn webrtc_through(t: Transport) {
             problems.push(format!("{key} is {}, not {}", get(&key), t.name()));
         }
     }
-    if get("messages") != MESSAGES || get("orderError") != "null" {
-        problems.push(format!("{} of {MESSAGES} messages, order: {}", get("messages"), get("orderError")));
+    if get("messages") != messages || get("orderError") != "null" {
+        problems.push(format!("{} of {messages} messages, order: {}", get("messages"), get("orderError")));
     }
-    if get("bulkBytes") != BULK_BYTES {
-        problems.push(format!("{} of {BULK_BYTES} bulk bytes", get("bulkBytes")));
+    if get("bulkBytes") != bulk_bytes {
+        problems.push(format!("{} of {bulk_bytes} bulk bytes", get("bulkBytes")));
     }
     if get("shaSent").len() != 64 || get("shaSent") != get("shaReceived") {
         problems.push(format!("SHA-256 sent {}, received {}", get("shaSent"), get("shaReceived")));
@@ -498,11 +613,67 @@ fn webrtc_through(t: Transport) {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    if let Some(b_ip) = &lab.alternate_ip {
+        problems.extend(redirect_problems(&lab, b_ip, &f));
+    }
     if !problems.is_empty() {
         say(&format!("--- turn-relay counters ---\n{}", lab.counters()));
         say(&lab.relay_log());
         panic!("{test}: {}", problems.join("; "));
     }
+}
+
+/// What is wrong with a redirect test's outcome: both sides' relayed
+/// addresses must be node B's (its IP, one of its relay ports), node A must
+/// have redirected (counted as load) and allocated nothing, node B must
+/// have allocated.
+fn redirect_problems(lab: &Lab, b_ip: &str, f: &BTreeMap<String, String>) -> Vec<String> {
+    let get = |k: &str| f.get(k).map_or("<missing>", String::as_str);
+    let mut problems = Vec::new();
+    for side in ["a", "b"] {
+        let key = format!("{side}.localAddress");
+        let on_b = get(&key).rsplit_once(':').is_some_and(|(ip, port)| {
+            ip == b_ip && port.parse::<u16>().is_ok_and(|p| (RELAY_PORTS_B.0..=RELAY_PORTS_B.1).contains(&p))
+        });
+        if !on_b {
+            let (lo, hi) = RELAY_PORTS_B;
+            problems.push(format!("{key} is {}, not node B's ({b_ip}, ports {lo}-{hi})", get(&key)));
+        }
+    }
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // Counters are published once a second: wait for the redirects.
+    let load = r#"turn_redirects_total{reason="load"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (a, b) = loop {
+        let (a, b) = (lab.metrics(METRICS).0, lab.metrics(METRICS_B).0);
+        if (value(&a, load) >= 2.0 && value(&b, "turn_allocations_created_total") >= 2.0) || Instant::now() > deadline {
+            break (a, b);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let (redirects, created_a, created_b) =
+        (value(&a, load), value(&a, "turn_allocations_created_total"), value(&b, "turn_allocations_created_total"));
+    say(&format!(
+        "node A redirected {redirects} Allocates and created {created_a} allocations; node B created {created_b}"
+    ));
+    if redirects < 2.0 {
+        problems.push(format!("node A counted {redirects} redirects, not one per browser at least"));
+    }
+    if created_a != 0.0 {
+        problems.push(format!("node A created {created_a} allocations"));
+    }
+    if created_b < 2.0 {
+        problems.push(format!("node B created {created_b} allocations, not one per browser at least"));
+    }
+    if !problems.is_empty() {
+        say(&format!("--- node B counters ---\n{}", lab.counters_of(METRICS_B)));
+    }
+    problems
 }
 
 #[test]
@@ -523,4 +694,19 @@ fn webrtc_data_channel_over_turns_tls() {
 #[test]
 fn webrtc_data_channel_over_turn_udp_through_the_kernel_fast_path() {
     webrtc_through(Transport::UdpFastPath);
+}
+
+#[test]
+fn webrtc_follows_a_redirect_over_turn_udp() {
+    webrtc_through(Transport::UdpRedirect);
+}
+
+#[test]
+fn webrtc_follows_a_redirect_over_turn_tcp() {
+    webrtc_through(Transport::TcpRedirect);
+}
+
+#[test]
+fn webrtc_follows_a_redirect_over_turns_tls() {
+    webrtc_through(Transport::TlsRedirect);
 }

@@ -409,6 +409,7 @@ fn request(net: &mut Net, socket: usize, s: &mut TurnSession, req: Request) -> R
                 }
                 Handled::Done(r) => return r,
                 Handled::Ignored | Handled::Discarded(_) => {}
+                Handled::Redirect { server, .. } => panic!("unexpected redirect to {server}"),
             }
         }
         match s.poll(net.now) {

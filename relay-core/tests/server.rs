@@ -11,8 +11,8 @@ use relay_core::server::own::OwnAddresses;
 use relay_core::server::policy::PeerPolicy;
 use relay_core::server::stats::{AuthFailure, Direction, Drop, MethodLabel, Outcome};
 use relay_core::server::{
-    Client, ClientAction, Event, FastEntry, PEER_HEADROOM, PeerAction, PeerSegment, RelayId, Server, ServerConfig,
-    ServerParts, Transport,
+    Client, ClientAction, Ending, Event, FastEntry, PEER_HEADROOM, PeerAction, PeerSegment, RelayId, Server,
+    ServerConfig, ServerParts, Transport,
 };
 use relay_core::wire::attr::transport;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
@@ -1280,6 +1280,136 @@ fn fast_path_counts_come_back_as_relayed_udp() {
     let s = h.server.stats();
     assert_eq!(s.relayed_packets, [[11, 0, 0], [21, 0, 0]]);
     assert_eq!(s.relayed_bytes, [[1005, 0, 0], [3006, 0, 0]]);
+}
+
+/// The harness's login as `user` (alice or bob), from another 5-tuple.
+fn login_as(h: &mut H, user: &str, password: &str, remote: &str) {
+    h.move_to(remote);
+    h.user = user.into();
+    h.key = Key::long_term(PasswordAlgorithm::Md5, user, REALM, password).unwrap();
+}
+
+/// ChannelData on `channel` with `payload`, as a client sends it.
+fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut cd = vec![0u8; 4 + payload.len()];
+    relay_core::wire::channel_data::encode(&mut cd, channel, payload, false).unwrap();
+    cd
+}
+
+#[test]
+fn admin_snapshot_reports_each_allocation_and_its_traffic() {
+    let mut h = H::new();
+    let alice_client = h.client;
+    let mine = h.allocate();
+    let relay = relay_of(&h, mine);
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    for _ in 0..3 {
+        assert!(matches!(h.send(&channel_data(0x4000, b"hello")), ClientAction::Forward { .. }));
+    }
+    assert!(h.peer_sends(relay, PEER, b"world!").is_some());
+    assert!(h.peer_sends(relay, PEER, b"world!").is_some());
+    // Through the segment path too (a coalesced receive): counted the same.
+    assert!(h.peer_segment(relay, PEER, b"xy").is_some());
+    // Refused traffic is not the allocation's: a peer without permission.
+    assert!(h.peer_sends(relay, PEER2, b"nope").is_none());
+    login_as(&mut h, "bob", "builder", "192.0.2.11:40001");
+    let bobs = h.allocate();
+    h.advance(10);
+
+    let mut all = h.server.allocations(h.now, None);
+    all.sort_by(|a, b| a.username.cmp(&b.username));
+    assert_eq!(all.len(), 2);
+    let a = &all[0];
+    assert_eq!((a.id, a.relays.as_slice(), a.username.as_str()), (mine, &[mine][..], "alice"));
+    assert_eq!((a.transport, a.client, a.server), (Transport::Udp, alice_client.remote, alice_client.local));
+    assert_eq!((a.age, a.lifetime_left), (Duration::from_secs(10), Duration::from_secs(590)));
+    assert_eq!((a.permissions, a.channels), (1, 1));
+    assert_eq!((a.traffic.to_peer.packets, a.traffic.to_peer.bytes), (3, 15));
+    assert_eq!((a.traffic.to_client.packets, a.traffic.to_client.bytes), (3, 14));
+    let b = &all[1];
+    assert_eq!((b.id, b.username.as_str(), b.client), (bobs, "bob", addr("192.0.2.11:40001")));
+    assert_eq!((b.permissions, b.channels, b.traffic), (0, 0, Default::default()));
+    // The shard's counters agree with the sum.
+    let s = h.server.stats();
+    assert_eq!((s.relayed_packets_of(Direction::ToPeer), s.relayed_packets_of(Direction::ToClient)), (3, 3));
+
+    let only_bob = h.server.allocations(h.now, Some("bob"));
+    assert_eq!(only_bob.len(), 1);
+    assert_eq!(only_bob[0].id, bobs);
+    assert!(h.server.allocations(h.now, Some("carol")).is_empty());
+    assert!(h.server.allocations(h.now, Some("ali")).is_empty(), "a user is matched whole");
+    // An expired permission and channel are not counted as live.
+    h.advance(300);
+    let a = h.server.allocations(h.now, Some("alice")).remove(0);
+    assert_eq!((a.permissions, a.channels, a.lifetime_left), (0, 1, Duration::from_secs(290)));
+}
+
+#[test]
+fn admin_ends_one_allocation_by_relay_address_or_all_of_a_user() {
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    let first = h.client;
+    let a1 = h.allocate();
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    let installed = entry(&h, a1, 0x4000, PEER);
+    assert_eq!(fast_events(&mut h), vec![Event::FastPathInstall(installed)]);
+    let relay1 = relay_of(&h, a1);
+    h.move_to("192.0.2.10:40002");
+    let a2 = h.allocate();
+    login_as(&mut h, "bob", "builder", "192.0.2.11:40001");
+    let b1 = h.allocate();
+    events(&mut h);
+
+    // An address no allocation holds (a listener, a free relay): nothing.
+    assert_eq!(h.server.end(h.now, &Ending::Allocation(addr("203.0.113.1:3478"))), 0);
+    assert_eq!(h.server.end(h.now, &Ending::User("carol".into())), 0);
+    assert_eq!(h.server.allocation_count(), 3);
+
+    // By relay address: as a Refresh 0 — the kernel entry goes before
+    // the relay, which rests in quarantine; counted as deleted.
+    assert_eq!(h.server.end(h.now, &Ending::Allocation(a1)), 1);
+    assert_eq!(events(&mut h), vec![Event::FastPathRemove(installed), Event::RelayReleased { relay: relay1 }]);
+    h.server.check_invariants(h.now).unwrap();
+    assert_eq!(h.server.stats().allocations_deleted, 1);
+    assert_eq!(h.server.relays_free(), (0, 1));
+    assert!(h.peer_sends(relay1, PEER, b"late").is_none(), "the relay no longer relays");
+    assert_eq!(h.server.stats().drops_of(Drop::NoAllocation), 1);
+    assert_eq!(h.server.end(h.now, &Ending::Allocation(a1)), 0, "ended once");
+    // Its client learns of it from its next request.
+    h.client = first;
+    h.user = "alice".into();
+    h.key = Key::long_term(PasswordAlgorithm::Md5, "alice", REALM, "wonderland").unwrap();
+    h.nonce = None;
+    assert_eq!(error_code(&h.refresh(600)), Some(437));
+
+    // Every allocation of a user, the others untouched.
+    assert_eq!(h.server.end(h.now, &Ending::User("alice".into())), 1);
+    let left: Vec<SocketAddr> = h.server.allocations(h.now, None).iter().map(|a| a.id).collect();
+    assert_eq!(left, [b1]);
+    assert!(!left.contains(&a2));
+    assert_eq!(h.server.end(h.now, &Ending::User("bob".into())), 1);
+    assert_eq!(h.server.allocation_count(), 0);
+    let s = h.server.stats();
+    assert_eq!((s.allocations_deleted, s.allocations_active), (3, 0));
+    h.server.check_invariants(h.now).unwrap();
+}
+
+#[test]
+fn fast_path_counts_are_credited_to_their_allocation() {
+    let mut h = fast_h(ServerConfig::default(), Setup::default().relays);
+    let mine = h.allocate();
+    h.bind(0x4000, PEER);
+    let e = entry(&h, mine, 0x4000, PEER);
+    assert!(matches!(h.send(&channel_data(0x4000, b"hello")), ClientAction::Forward { .. }));
+    h.server.credit_fast_entry(&e, (10, 1000), (20, 3000));
+    let a = h.server.allocations(h.now, None).remove(0);
+    assert_eq!((a.traffic.to_peer.packets, a.traffic.to_peer.bytes), (11, 1005));
+    assert_eq!((a.traffic.to_client.packets, a.traffic.to_client.bytes), (20, 3000));
+    // An entry of another client on that relay (stale): the shard counts
+    // it, the allocation does not.
+    let stale = FastEntry { client: Client::udp(addr("192.0.2.99:1"), h.client.local), ..e };
+    h.server.credit_fast_entry(&stale, (1, 100), (1, 100));
+    assert_eq!(h.server.allocations(h.now, None)[0].traffic, a.traffic);
+    assert_eq!(h.server.stats().relayed_packets_of(Direction::ToPeer), 12);
 }
 
 proptest::proptest! {

@@ -35,7 +35,7 @@ pub mod sys;
 pub mod tls;
 pub mod uring;
 
-pub use shard::{BackendKind, Batching, Control, ShardReport};
+pub use shard::{BackendKind, Batching, Control, PeerLists, ShardReport};
 pub use socket::{RelayIp, RelayPorts};
 
 use shard::{ShardState, Sock, SockKind, UdpSockets};
@@ -77,6 +77,10 @@ pub struct IoConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Limits of TCP connections.
     pub stream_limits: stream::StreamLimits,
+    /// Trusted load balancers: TCP and TLS connections from these networks
+    /// must begin with a PROXY header (v1 or v2), whose client address is
+    /// used for them; empty (the default): no connection may carry one.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Relay IPs.
     pub relay_ips: Vec<RelayIp>,
     /// Relay ports.
@@ -119,6 +123,7 @@ impl Default for IoConfig {
             tls_listen: Vec::new(),
             tls: None,
             stream_limits: stream::StreamLimits::default(),
+            proxy_protocol_from: Vec::new(),
             relay_ips: vec![RelayIp::same(IpAddr::from([127, 0, 0, 1]))],
             relay_ports: RelayPorts::Range(49152, 65535),
             batch: 32,
@@ -281,6 +286,46 @@ impl RelayHandle {
         self.send(|| Control::SetTls(config.clone()));
     }
 
+    /// Gives every shard new operator peer lists (one shared copy); new
+    /// permissions and channels are checked against them.
+    pub fn set_peer_lists(&self, lists: &Arc<PeerLists>) {
+        self.send(|| Control::SetPeerLists(lists.clone()));
+    }
+
+    /// The allocations of every shard (of `user` only, when given), by
+    /// user then relay address, and how many shards answered within
+    /// `timeout` (the list lacks the others').
+    pub fn allocations(
+        &self,
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> (Vec<relay_core::server::AllocationInfo>, usize) {
+        let user = user.map(str::to_owned);
+        let answers = self.ask(timeout, |reply| Control::Allocations { user: user.clone(), reply });
+        let answered = answers.len();
+        let mut all: Vec<_> = answers.into_iter().flatten().collect();
+        all.sort_by(|a, b| (&a.username, a.id).cmp(&(&b.username, b.id)));
+        (all, answered)
+    }
+
+    /// Ends the allocation holding relay address `relay` (as a Refresh 0
+    /// does): how many ended (0 or 1), and how many shards answered within
+    /// `timeout`.
+    pub fn end_allocation(&self, relay: SocketAddr, timeout: Duration) -> (usize, usize) {
+        self.end(relay_core::server::Ending::Allocation(relay), timeout)
+    }
+
+    /// Ends every allocation of `user`: how many ended, and how many
+    /// shards answered within `timeout`.
+    pub fn end_user(&self, user: &str, timeout: Duration) -> (usize, usize) {
+        self.end(relay_core::server::Ending::User(user.to_owned()), timeout)
+    }
+
+    fn end(&self, which: relay_core::server::Ending, timeout: Duration) -> (usize, usize) {
+        let answers = self.ask(timeout, |reply| Control::End { which: which.clone(), reply });
+        (answers.iter().sum(), answers.len())
+    }
+
     /// True once a drain has been asked for.
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
@@ -414,6 +459,7 @@ impl Relay {
         let mut relay_count = 0;
         for (k, (mut socks, mut streams, relays)) in bound.into_iter().enumerate() {
             streams.set_gso(batching.gso);
+            streams.set_proxy_protocol_from(config.proxy_protocol_from.clone());
             let mut server = make_server(k);
             let mut relay_sock = Vec::with_capacity(relays.len());
             for (ip, port, s) in relays {

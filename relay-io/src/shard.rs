@@ -62,6 +62,15 @@ pub struct ShardReport {
     pub fast_path: crate::fastpath::ShardFastStats,
 }
 
+/// The operator's peer lists that [`Control::SetPeerLists`] carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerLists {
+    /// Networks allowed even though the default policy denies them.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Networks denied in addition to the default list.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
 /// Messages to a shard from other threads.
 #[derive(Debug)]
 pub enum Control {
@@ -75,6 +84,25 @@ pub enum Control {
     SetCredentials(Box<relay_core::server::auth::Credentials>),
     /// Replace the TLS certificate for new connections.
     SetTls(std::sync::Arc<rustls::ServerConfig>),
+    /// Send the shard's allocations (of `user` only, when given) back:
+    /// the admin API's list.
+    Allocations {
+        /// Only this user's.
+        user: Option<String>,
+        /// Where the list goes.
+        reply: Sender<Vec<relay_core::server::AllocationInfo>>,
+    },
+    /// End allocations as a Refresh 0 does (the admin API), and send back
+    /// how many ended.
+    End {
+        /// Which.
+        which: relay_core::server::Ending,
+        /// Where the count goes.
+        reply: Sender<usize>,
+    },
+    /// Replace the operator's peer allow and deny lists (a user database's
+    /// refresh); the shards share one copy.
+    SetPeerLists(std::sync::Arc<PeerLists>),
 }
 
 /// What a socket of the shard is for.
@@ -333,6 +361,18 @@ impl ShardState {
                 Control::Stop => self.stop = true,
                 Control::SetCredentials(c) => self.server.set_credentials(*c),
                 Control::SetTls(c) => self.streams.set_tls_config(c),
+                Control::Allocations { user, reply } => {
+                    // The kernel's counts up to now, so that the list is exact.
+                    self.credit_fast_path();
+                    let _ = reply.send(self.server.allocations(Instant::now(), user.as_deref()));
+                }
+                Control::End { which, reply } => {
+                    let ended = self.server.end(Instant::now(), &which);
+                    // Kernel entries and socket settings go now, not a turn later.
+                    self.apply_events();
+                    let _ = reply.send(ended);
+                }
+                Control::SetPeerLists(l) => self.server.set_peer_lists(&l.allow, &l.deny),
             }
         }
     }
@@ -351,7 +391,7 @@ impl ShardState {
                 Event::FastPathRemove(entry) => {
                     if let Some(fast) = self.fast.as_mut() {
                         let (to_peer, to_client) = fast.remove(&entry);
-                        self.server.credit_fast_path(to_peer, to_client);
+                        self.server.credit_fast_entry(&entry, to_peer, to_client);
                     }
                     continue;
                 }
@@ -367,12 +407,12 @@ impl ShardState {
         }
     }
 
-    /// Credits the server with what the kernel fast path relayed since the
-    /// last look.
+    /// Credits the server (and each entry's allocation) with what the
+    /// kernel fast path relayed since the last look.
     fn credit_fast_path(&mut self) {
         if let Some(fast) = self.fast.as_mut() {
-            let (to_peer, to_client) = fast.collect();
-            self.server.credit_fast_path(to_peer, to_client);
+            let server = &mut self.server;
+            fast.collect(|entry, (to_peer, to_client)| server.credit_fast_entry(entry, to_peer, to_client));
         }
     }
 

@@ -225,7 +225,9 @@ impl StreamClient {
         StreamClient::over(Box::new(rustls::StreamOwned::new(conn, connect(addr))), login)
     }
 
-    fn over(stream: Box<dyn Stream>, login: Login<'_>) -> StreamClient {
+    /// A client over a stream the caller opened (and may have written to
+    /// first: a PROXY protocol header before TCP or TLS).
+    pub fn over(stream: Box<dyn Stream>, login: Login<'_>) -> StreamClient {
         StreamClient { stream, rbuf: Vec::new(), session: Session::new(login) }
     }
 

@@ -107,6 +107,7 @@ impl TurnServer {
         c.policy = RetransmitPolicy { rto: self.rto, rc: self.max_tries, ..RetransmitPolicy::default() };
         c.password_algorithm = self.password_algorithm;
         c.reliable = self.transport != TransportKind::Udp;
+        c.server = Some(self.addr);
         c
     }
 }
@@ -187,6 +188,12 @@ impl<T: Transport> TurnClient<T> {
             match self.core.handle(&self.buf[..n], Instant::now()) {
                 Handled::Ignored | Handled::Discarded(_) => self.ignored += 1,
                 Handled::Transmit(bytes) => self.transport.send(bytes)?,
+                Handled::Redirect { server, domain, request } => {
+                    // RFC 8489 §10: the same request, transport and
+                    // credentials, to the alternate.
+                    self.transport.redirect(server, domain.as_deref())?;
+                    self.transport.send(request)?;
+                }
                 Handled::Done(r) => return r,
             }
         }

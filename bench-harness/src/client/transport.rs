@@ -52,6 +52,20 @@ pub trait Transport {
     fn local_addr(&self) -> io::Result<SocketAddr>;
     /// The server's address.
     fn server_addr(&self) -> SocketAddr;
+    /// Moves to another server of the same kind, for a 300 (Try
+    /// Alternate) the client follows: UDP points its socket there, TCP and
+    /// TLS open a new connection from the same local IP (TLS checking the
+    /// certificate for `domain` when given, else for the name used so far).
+    /// Transports that cannot move say so (`Unsupported`).
+    fn redirect(&mut self, server: SocketAddr, domain: Option<&str>) -> io::Result<()> {
+        let _ = domain;
+        Err(io::Error::new(io::ErrorKind::Unsupported, format!("cannot move this transport to {server}")))
+    }
+}
+
+/// The local address a moved connection binds: the same IP, any port.
+fn same_ip(local: io::Result<SocketAddr>) -> Option<SocketAddr> {
+    local.ok().map(|l| SocketAddr::new(l.ip(), 0))
 }
 
 /// A UDP socket connected to the server.
@@ -121,6 +135,12 @@ impl Transport for UdpTransport {
 
     fn server_addr(&self) -> SocketAddr {
         self.server
+    }
+
+    fn redirect(&mut self, server: SocketAddr, _domain: Option<&str>) -> io::Result<()> {
+        self.sock.connect(server)?;
+        self.server = server;
+        Ok(())
     }
 }
 
@@ -290,6 +310,11 @@ impl Transport for TcpTransport {
         true
     }
 
+    fn redirect(&mut self, server: SocketAddr, _domain: Option<&str>) -> io::Result<()> {
+        *self = TcpTransport::connect(server, same_ip(self.stream.local_addr()))?;
+        Ok(())
+    }
+
     fn kind(&self) -> TransportKind {
         TransportKind::Tcp
     }
@@ -450,6 +475,8 @@ pub struct TlsTransport {
     server: SocketAddr,
     /// Decrypted bytes not yet handed out as frames.
     rbuf: Vec<u8>,
+    /// What it connected with, for a redirect (none when made from parts).
+    connector: Option<TlsConnector>,
 }
 
 impl TlsTransport {
@@ -462,7 +489,7 @@ impl TlsTransport {
         let stream: TcpStream = sock.into();
         stream.set_nodelay(true)?;
         let conn = ClientConnection::new(tls.config.clone(), tls.name.clone()).map_err(tls_error)?;
-        Ok(TlsTransport { stream, conn, server, rbuf: Vec::with_capacity(4096) })
+        Ok(TlsTransport { stream, conn, server, rbuf: Vec::with_capacity(4096), connector: Some(tls.clone()) })
     }
 
     /// Connects to `server` from `local` (when given; port 0: ephemeral)
@@ -526,7 +553,7 @@ impl TlsTransport {
     /// Takes a connection back from [`TlsTransport::into_parts`] (the
     /// stream blocking again).
     pub fn from_parts(stream: TcpStream, conn: ClientConnection, server: SocketAddr, pending: Vec<u8>) -> TlsTransport {
-        TlsTransport { stream, conn, server, rbuf: pending }
+        TlsTransport { stream, conn, server, rbuf: pending, connector: None }
     }
 
     /// Writes what rustls has to send (handshake records, encrypted
@@ -622,6 +649,18 @@ impl Transport for TlsTransport {
 
     fn kind(&self) -> TransportKind {
         TransportKind::Tls
+    }
+
+    fn redirect(&mut self, server: SocketAddr, domain: Option<&str>) -> io::Result<()> {
+        let Some(mut connector) = self.connector.clone() else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "a TLS transport made from parts cannot move"));
+        };
+        if let Some(d) = domain {
+            connector.name = ServerName::try_from(d.to_owned())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("ALTERNATE-DOMAIN {d:?}: {e}")))?;
+        }
+        *self = TlsTransport::connect(server, same_ip(self.stream.local_addr()), &connector)?;
+        Ok(())
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

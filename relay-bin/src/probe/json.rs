@@ -174,6 +174,10 @@ pub struct Turn<'a> {
     pub probe: &'static str,
     /// The server.
     pub server: SocketAddr,
+    /// The alternate server a 300 (Try Alternate) from `server` sent the
+    /// probe to, where everything after the Allocate ran; `None` when it
+    /// was not redirected.
+    pub redirected_to: Option<SocketAddr>,
     /// The client socket.
     pub local: SocketAddr,
     /// The echo peer's socket.

@@ -199,11 +199,16 @@ pub fn turn(
     let _ = writeln!(t, "TURN probe of {server} ({uri}) as {user:?} from {local}, echo peer on {peer}");
     let mut steps = Vec::new();
     let mut challenged = false;
+    let mut followed = false;
     for s in &r.steps {
         let result = match &s.error {
             Some(e) if e.starts_with("401") && s.name == "Allocate" && !challenged => {
                 challenged = true;
                 format!("{e} (challenge)")
+            }
+            Some(e) if e.starts_with("300") && s.name == "Allocate" && r.redirected_from.is_some() && !followed => {
+                followed = true;
+                format!("{e} (followed)")
             }
             Some(e) => e.clone(),
             None => "ok".into(),
@@ -216,6 +221,11 @@ pub fn turn(
             rtt_ms: s.rtt.map(Ms),
             transmissions: s.transmissions,
         });
+    }
+    // Where a 300 (Try Alternate) sent it: the rest ran there.
+    let redirected_to = r.redirected_from.and(r.server);
+    if let (Some(from), Some(to)) = (r.redirected_from, redirected_to) {
+        line(&mut t, "redirected to", format!("{to} (300 from {from})"));
     }
     if let Some(realm) = &r.realm {
         line(&mut t, "realm", realm);
@@ -260,6 +270,7 @@ pub fn turn(
     let j = json::Turn {
         probe: "turn",
         server,
+        redirected_to,
         local,
         peer,
         peer_reflexive: r.peer,

@@ -7,7 +7,10 @@
 //    "chromiumArgs": ["--ignore-certificate-errors"],
 //    "iceServers": [{"urls": "turn:10.203.1.1:3478?transport=udp",
 //                    "username": "test", "credential": "pass"}],
-//    "relayProtocol": "udp", "stepTimeoutMs": 30000, "timeoutMs": 60000}
+//    "relayProtocol": "udp", "stepTimeoutMs": 30000, "timeoutMs": 60000,
+//    "messages": 3000, "bulkBytes": 4194304}
+//
+// (messages and bulkBytes are optional: the page's defaults, as above.)
 //
 // Prints the result as `key=value` lines (what webrtc.rs checks) after a
 // `RESULT {json}` line, and exits 0 when the page says it passed, 1 when it
@@ -68,6 +71,8 @@ async function main() {
       iceServers: config.iceServers,
       relayProtocol: config.relayProtocol,
       stepTimeoutMs: config.stepTimeoutMs || 30000,
+      messages: config.messages,
+      bulkBytes: config.bulkBytes,
     };
     const result = await page.evaluate((c) => runTest(c), pageConfig);
     console.error(`drive.js: ${elapsed()} page finished`);

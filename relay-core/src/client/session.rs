@@ -11,7 +11,14 @@
 //!   offers them (no downgrade);
 //! - responses to signed requests checked: MESSAGE-INTEGRITY(-SHA256) must
 //!   verify with the key, and a success must carry it (RFC 8489 §9.2.5);
-//! - static long-term or TURN REST API [`Credentials`].
+//! - static long-term or TURN REST API [`Credentials`];
+//! - a 300 (Try Alternate) to an Allocate followed once (RFC 8489 §10):
+//!   [`Handled::Redirect`] names the ALTERNATE-SERVER (and
+//!   ALTERNATE-DOMAIN), never the server it came from nor one already
+//!   tried, of the same family; the caller moves its transport there (the
+//!   same kind) and sends the request that comes with it, with the same
+//!   credentials. An authenticated 300 must carry a MESSAGE-INTEGRITY that
+//!   verifies, as a success must.
 //!
 //! Bytes and time go in; bytes to send and outcomes come out. The caller
 //! owns the socket: `turn-bench` drives thousands of sessions over epoll,
@@ -65,6 +72,12 @@ pub struct ClientConfig {
     /// PASSWORD-ALGORITHM and MESSAGE-INTEGRITY-SHA256. A server that does
     /// not offer it fails the request ([`ClientError::PasswordAlgorithm`]).
     pub password_algorithm: PasswordAlgorithm,
+    /// The server the session talks to first, when the caller says: a 300
+    /// pointing back to it is not followed.
+    pub server: Option<SocketAddr>,
+    /// 300 (Try Alternate) answers to an Allocate that are followed
+    /// (RFC 8489 §10; default 1, 0 makes a 300 the end of the request).
+    pub max_redirects: u32,
 }
 
 impl ClientConfig {
@@ -80,6 +93,8 @@ impl ClientConfig {
             max_auth_rounds: 3,
             fingerprint: true,
             password_algorithm: PasswordAlgorithm::Md5,
+            server: None,
+            max_redirects: 1,
         }
     }
 
@@ -151,6 +166,20 @@ pub enum Handled<'a> {
     Discarded(&'static str),
     /// A challenge was answered: transmit this new request.
     Transmit(&'a [u8]),
+    /// A 300 (Try Alternate) to an Allocate, followed: the request goes to
+    /// `server` now. The caller moves its transport there (the same kind:
+    /// UDP from the same socket, or a new TCP or TLS connection, which over
+    /// TLS checks the certificate for `domain` when given, else for the
+    /// name it used so far), then transmits `request`; the transaction
+    /// timers start again with it.
+    Redirect {
+        /// The ALTERNATE-SERVER.
+        server: SocketAddr,
+        /// The ALTERNATE-DOMAIN, over TLS.
+        domain: Option<String>,
+        /// The request to transmit there.
+        request: &'a [u8],
+    },
     /// The transaction ended.
     Done(Result<Success, ClientError>),
 }
@@ -175,6 +204,9 @@ struct Pending {
     auth_rounds: u32,
     /// Sent with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY.
     authenticated: bool,
+    /// Sent to a server that has not challenged this session yet (after a
+    /// redirect): its 401 is a challenge, not a verdict on the password.
+    new_server: bool,
 }
 
 /// One client's protocol state. See the module documentation.
@@ -192,6 +224,13 @@ pub struct TurnSession {
     response_integrity: Option<IntegrityAlgorithm>,
     rng: Rng,
     pending: Option<Pending>,
+    /// The server requests go to, when known (`ClientConfig::server`, then
+    /// where a redirect sent the session).
+    server: Option<SocketAddr>,
+    /// Servers that redirected this session, in order (those known).
+    redirected_from: Vec<SocketAddr>,
+    /// Redirects followed.
+    redirects: u32,
     buf: Box<[u8; MAX_REQUEST]>,
     len: usize,
 }
@@ -258,6 +297,7 @@ impl TurnSession {
     pub fn new(cfg: ClientConfig, unix_now: u64, seed: u64) -> TurnSession {
         let (username, password) = cfg.credentials.resolve(unix_now);
         let realm = cfg.realm.clone();
+        let server = cfg.server;
         TurnSession {
             cfg,
             username,
@@ -269,6 +309,9 @@ impl TurnSession {
             response_integrity: None,
             rng: Rng(seed),
             pending: None,
+            server,
+            redirected_from: Vec::new(),
+            redirects: 0,
             buf: Box::new([0u8; MAX_REQUEST]),
             len: 0,
         }
@@ -300,6 +343,24 @@ impl TurnSession {
         self.response_integrity
     }
 
+    /// The server requests go to now, when known: where the session
+    /// landed after a redirect, else [`ClientConfig::server`].
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.server
+    }
+
+    /// The servers that redirected this session with a 300 it followed,
+    /// the first one first (those known: the first is
+    /// [`ClientConfig::server`] when the caller gave it).
+    pub fn redirected_from(&self) -> &[SocketAddr] {
+        &self.redirected_from
+    }
+
+    /// How many 300s this session followed.
+    pub fn redirects(&self) -> u32 {
+        self.redirects
+    }
+
     /// Whether a transaction is in flight.
     pub fn is_busy(&self) -> bool {
         self.pending.is_some()
@@ -329,11 +390,11 @@ impl TurnSession {
         if self.pending.is_some() {
             return Err(ClientError::Busy);
         }
-        self.begin(request, now, 0)?;
+        self.begin(request, now, 0, false)?;
         Ok(&self.buf[..self.len])
     }
 
-    fn begin(&mut self, request: Request, now: Instant, auth_rounds: u32) -> Result<(), ClientError> {
+    fn begin(&mut self, request: Request, now: Instant, auth_rounds: u32, new_server: bool) -> Result<(), ClientError> {
         if self.key.is_none()
             && let Some(realm) = self.realm.clone()
         {
@@ -350,7 +411,7 @@ impl TurnSession {
         // The first request leaves now, with what this returns.
         tx.poll_transmit(now);
         let authenticated = self.nonce.is_some() && self.key.is_some() && self.realm.is_some();
-        self.pending = Some(Pending { request, tx, auth_rounds, authenticated });
+        self.pending = Some(Pending { request, tx, auth_rounds, authenticated, new_server });
         Ok(())
     }
 
@@ -466,7 +527,7 @@ impl TurnSession {
             // A 401 to an authenticated request means wrong credentials,
             // unless we guessed the realm and the server names another.
             let realm_changed = self.cfg.realm.is_none() && server_realm.is_some() && server_realm != self.realm();
-            if code == 438 || !p.authenticated || realm_changed {
+            if code == 438 || !p.authenticated || p.new_server || realm_changed {
                 let (nonce, auth_rounds) = (nonce.to_owned(), p.auth_rounds);
                 if realm_changed && let Some(r) = server_realm {
                     let r = r.to_owned();
@@ -494,14 +555,76 @@ impl TurnSession {
                     Some(p) => p.request,
                     None => return Handled::Ignored,
                 };
-                return match self.begin(request, now, auth_rounds + 1) {
+                return match self.begin(request, now, auth_rounds + 1, false) {
                     Ok(()) => Handled::Transmit(&self.buf[..self.len]),
                     Err(e) => Handled::Done(Err(e)),
                 };
             }
         }
+        if code == 300 && p.request.method() == Method::ALLOCATE {
+            return self.try_alternate(&m, integrity.is_some(), now, reason);
+        }
         self.pending = None;
         Handled::Done(Err(ClientError::Rejected { method, code, reason: reason.to_owned() }))
+    }
+
+    /// A 300 (Try Alternate) to the Allocate in flight (RFC 8489 §10):
+    /// followed when it names an ALTERNATE-SERVER of the current server's
+    /// family that is neither it nor one that redirected already, within
+    /// `max_redirects`; otherwise the request fails with the 300.
+    fn try_alternate(&mut self, m: &Message<'_>, sealed: bool, now: Instant, reason: &str) -> Handled<'_> {
+        let Some(p) = &self.pending else { return Handled::Ignored };
+        // A redirect of an authenticated request must be the server's: a
+        // forged one would send our credentials' integrity elsewhere.
+        if p.authenticated && !sealed {
+            return self.unauthenticated("300 without MESSAGE-INTEGRITY");
+        }
+        let tid = m.transaction_id();
+        let alternate = match m.get(AttributeType::ALTERNATE_SERVER).map(|a| a.decode(&tid)) {
+            Some(Ok(Attribute::AlternateServer(a))) => Some(a),
+            _ => None,
+        };
+        let domain = match m.get(AttributeType::ALTERNATE_DOMAIN).map(|a| a.decode(&tid)) {
+            Some(Ok(Attribute::AlternateDomain(d))) => Some(d.to_owned()),
+            _ => None,
+        };
+        let refused = match alternate {
+            None => Some("no ALTERNATE-SERVER".to_owned()),
+            Some(_) if self.redirects >= self.cfg.max_redirects => {
+                Some(format!("{} redirect(s) followed already, at most {}", self.redirects, self.cfg.max_redirects))
+            }
+            Some(a) if Some(a) == self.server || self.redirected_from.contains(&a) => {
+                Some(format!("{a} was tried already"))
+            }
+            Some(a) if self.server.is_some_and(|s| s.is_ipv4() != a.is_ipv4()) => {
+                Some(format!("{a} is of another address family"))
+            }
+            Some(a) if a.ip().is_unspecified() || a.port() == 0 => Some(format!("{a} cannot be reached")),
+            Some(_) => None,
+        };
+        let (Some(to), None) = (alternate, &refused) else {
+            self.pending = None;
+            let why = refused.unwrap_or_default();
+            let reason = format!("{reason} (not followed: {why})");
+            return Handled::Done(Err(ClientError::Rejected { method: "Allocate", code: 300, reason }));
+        };
+        // libwebrtc does the same: REALM and NONCE of the 300, when given.
+        if let Some(nonce) = text_attr(m, AttributeType::NONCE) {
+            self.nonce = Some(nonce.to_owned());
+        }
+        let request = match self.pending.take() {
+            Some(p) => p.request,
+            None => return Handled::Ignored,
+        };
+        if let Some(from) = self.server {
+            self.redirected_from.push(from);
+        }
+        self.redirects += 1;
+        self.server = Some(to);
+        match self.begin(request, now, 0, true) {
+            Ok(()) => Handled::Redirect { server: to, domain, request: &self.buf[..self.len] },
+            Err(e) => Handled::Done(Err(e)),
+        }
     }
 
     /// Runs the timers at `now`; see [`Poll`].
@@ -736,6 +859,107 @@ mod tests {
             assert_eq!((sent, end.1), (sends, Duration::from_millis(50)));
             assert!(matches!(c.poll(now), Poll::Idle));
         }
+    }
+
+    const A: &str = "192.0.2.1:3478";
+    const B: &str = "192.0.2.2:3478";
+
+    /// A 300 to `tid` naming `to` (and `domain`), sealed with `key`.
+    fn try_alternate(tid: TransactionId, to: SocketAddr, domain: Option<&str>, key: Option<&Key>) -> Vec<u8> {
+        let mut out = vec![0u8; 512];
+        let mut b = MessageBuilder::new(&mut out, MessageType::new(Class::Error, Method::ALLOCATE), tid).unwrap();
+        b.add(&Attribute::ErrorCode(ErrorCode { code: 300, reason: "Try Alternate" })).unwrap();
+        b.add(&Attribute::AlternateServer(to)).unwrap();
+        if let Some(d) = domain {
+            b.add(&Attribute::AlternateDomain(d)).unwrap();
+        }
+        if let Some(k) = key {
+            b.add_message_integrity(k.as_bytes()).unwrap();
+        }
+        let n = b.finish();
+        out.truncate(n);
+        out
+    }
+
+    fn session_at(server: &str) -> TurnSession {
+        let mut cfg = ClientConfig::new(Credentials::long_term(USER, PASS));
+        cfg.server = Some(server.parse().unwrap());
+        TurnSession::new(cfg, 0, 9)
+    }
+
+    #[test]
+    fn a_sealed_300_is_followed_once_with_the_same_credentials() {
+        let mut c = session_at(A);
+        let req = challenged(&mut c, NONCE_PLAIN, None).unwrap();
+        let now = Instant::now();
+        let b: SocketAddr = B.parse().unwrap();
+        let redirected = match c.handle(&try_alternate(tid_of(&req), b, Some("b.example"), Some(&md5_key())), now) {
+            Handled::Redirect { server, domain, request } => {
+                assert_eq!((server, domain.as_deref()), (b, Some("b.example")));
+                request.to_vec()
+            }
+            other => panic!("{other:?}"),
+        };
+        // A new transaction, the same request and credentials.
+        let m = Message::parse(&redirected).unwrap();
+        assert_ne!(m.transaction_id(), tid_of(&req));
+        assert_eq!(m.method(), Method::ALLOCATE);
+        m.verify_message_integrity(md5_key().as_bytes()).unwrap();
+        assert_eq!((c.server(), c.redirected_from(), c.redirects()), (Some(b), &[A.parse().unwrap()][..], 1));
+        // The new server challenges: that is a challenge, not a verdict.
+        let retry = match c.handle(&challenge(m.transaction_id(), "fresh-nonce-of-b", None), now) {
+            Handled::Transmit(r) => r.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text_attr(&Message::parse(&retry).unwrap(), AttributeType::NONCE), Some("fresh-nonce-of-b"));
+        match c.handle(&success(tid_of(&retry), Some(&md5_key()), false), now) {
+            Handled::Done(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        // A later Allocate's 300 is not followed: once only.
+        c.start(Request::Allocate { lifetime: None }, now).unwrap();
+        let tid = c.transaction().unwrap().tid();
+        let other: SocketAddr = "192.0.2.3:3478".parse().unwrap();
+        match c.handle(&try_alternate(tid, other, None, Some(&md5_key())), now) {
+            Handled::Done(Err(e)) => {
+                assert_eq!(e.code(), Some(300));
+                assert!(e.to_string().contains("not followed"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_300_is_refused_back_home_to_another_family_or_unsealed() {
+        let now = Instant::now();
+        let a: SocketAddr = A.parse().unwrap();
+        for (to, why) in [(a, "tried already"), ("[2001:db8::2]:3478".parse().unwrap(), "another address family")] {
+            let mut c = session_at(A);
+            let req = challenged(&mut c, NONCE_PLAIN, None).unwrap();
+            match c.handle(&try_alternate(tid_of(&req), to, None, Some(&md5_key())), now) {
+                Handled::Done(Err(e)) => assert!(e.to_string().contains(why), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Unsealed, to a signed request: dropped over UDP.
+        let mut c = session_at(A);
+        let req = challenged(&mut c, NONCE_PLAIN, None).unwrap();
+        let b: SocketAddr = B.parse().unwrap();
+        assert!(matches!(c.handle(&try_alternate(tid_of(&req), b, None, None), now), Handled::Discarded(_)));
+        // Sealed with another key: dropped too.
+        let wrong = Key::long_term(PasswordAlgorithm::Md5, USER, REALM, "other").unwrap();
+        assert!(matches!(c.handle(&try_alternate(tid_of(&req), b, None, Some(&wrong)), now), Handled::Discarded(_)));
+        assert!(c.is_busy() && c.redirects() == 0);
+        // Before any challenge nothing is signed: an unsealed 300 is followed.
+        let mut c = session_at(A);
+        let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
+        assert!(matches!(c.handle(&try_alternate(tid_of(&first), b, None, None), now), Handled::Redirect { .. }));
+        // max_redirects 0: the 300 ends the request.
+        let mut cfg = ClientConfig::new(Credentials::long_term(USER, PASS));
+        cfg.max_redirects = 0;
+        let mut c = TurnSession::new(cfg, 0, 3);
+        let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
+        assert!(matches!(c.handle(&try_alternate(tid_of(&first), b, None, None), now), Handled::Done(Err(_))));
     }
 
     #[test]

@@ -94,6 +94,13 @@ pub struct TurnReport {
     pub released: bool,
     /// Why the probe failed, if it did.
     pub error: Option<String>,
+    /// The server that answered the Allocate with 300 (Try Alternate), when
+    /// the probe followed one; the probe then went on with the alternate,
+    /// [`TurnReport::server`].
+    pub redirected_from: Option<SocketAddr>,
+    /// The server the probe ended up talking to (where a redirect sent it);
+    /// `None` before the first request.
+    pub server: Option<SocketAddr>,
 }
 
 impl TurnReport {
@@ -144,7 +151,8 @@ impl TurnProbe {
     pub fn new(config: TurnProbeConfig, now: Instant, seed: u64) -> TurnProbe {
         let mut rng = Rng(seed);
         let credentials = Credentials::long_term(&config.username, &config.password);
-        let session_config = ClientConfig { policy: config.policy, ..ClientConfig::new(credentials) };
+        let session_config =
+            ClientConfig { policy: config.policy, server: Some(config.server), ..ClientConfig::new(credentials) };
         // Long-term credentials do not depend on the time of day.
         let session = TurnSession::new(session_config, 0, rng.next_u64());
         let mut p = TurnProbe {
@@ -156,7 +164,7 @@ impl TurnProbe {
             outbox: VecDeque::new(),
             discarded: None,
             allocated: false,
-            report: TurnReport::default(),
+            report: TurnReport { server: Some(config.server), ..TurnReport::default() },
             config,
         };
         if !p.config.discover_peer {
@@ -323,6 +331,14 @@ impl TurnProbe {
             }
             Handled::Transmit(retry) => {
                 self.outbox.push_back((0, self.config.server, retry.to_vec()));
+                None
+            }
+            Handled::Redirect { server, request, .. } => {
+                // Socket 0 is unconnected: the request simply goes there.
+                self.report.redirected_from = Some(self.config.server);
+                self.report.server = Some(server);
+                self.config.server = server;
+                self.outbox.push_back((0, server, request.to_vec()));
                 None
             }
             Handled::Done(r) => Some(r),

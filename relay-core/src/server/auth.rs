@@ -6,11 +6,18 @@
 //! shared secret (draft-uberti-behave-turn-rest, as coturn's
 //! `use-auth-secret` implements it).
 //!
+//! Cloning [`Credentials`] is cheap whatever their size: the user table
+//! and secrets sit behind an `Arc`, so that a reload or a user database's
+//! refresh hands every shard the same table instead of a copy each. A
+//! second source's table (a user database's) joins the configured one with
+//! [`Credentials::layered`], again without copying either.
+//!
 //! [`NonceIssuer`] makes nonces that need no server state: each one carries
 //! its issue time and a MAC binding it to the client's transport address.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -22,7 +29,7 @@ use subtle::ConstantTimeEq;
 use crate::wire::integrity::{Key, PasswordAlgorithm, PrepError};
 
 /// The keys one static user may sign with.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UserKeys {
     md5: Option<Key>,
     sha256: Option<Key>,
@@ -121,25 +128,37 @@ fn rest_expiry(username: &str) -> Option<u64> {
     expiry.parse().ok()
 }
 
+/// One source's users and REST secrets.
+#[derive(Clone, Default)]
+struct Table {
+    users: HashMap<String, UserKeys>,
+    rest_secrets: Vec<Hmac<Sha1>>,
+}
+
 /// The long-term credentials a server accepts, for one realm.
 ///
 /// Keys of static users are derived once, when added. A TURN REST API user
 /// name `expiry:user` (or plain `expiry`) has password
 /// `base64(HMAC-SHA1(secret, username))` for each configured secret; it is
 /// accepted until `expiry` (Unix seconds, inclusive).
+///
+/// A clone shares the tables (an `Arc` each): cloning costs the same for
+/// one user or a million. Adding to a shared value copies its own table
+/// first (copy on write), so build a table before handing out clones.
 #[derive(Clone)]
 pub struct Credentials {
-    realm: String,
-    users: HashMap<String, UserKeys>,
-    rest_secrets: Vec<Hmac<Sha1>>,
+    realm: Arc<str>,
+    own: Arc<Table>,
+    /// Another source's table, searched after `own` ([`Credentials::layered`]).
+    layer: Option<Arc<Table>>,
 }
 
 impl core::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Credentials")
             .field("realm", &self.realm)
-            .field("users", &self.users.len())
-            .field("rest_secrets", &self.rest_secrets.len())
+            .field("users", &self.user_count())
+            .field("rest_secrets", &self.rest_secret_count())
             .finish()
     }
 }
@@ -147,7 +166,32 @@ impl core::fmt::Debug for Credentials {
 impl Credentials {
     /// No users and no REST secrets, for `realm`.
     pub fn new(realm: &str) -> Self {
-        Credentials { realm: realm.to_owned(), users: HashMap::new(), rest_secrets: Vec::new() }
+        Credentials { realm: realm.into(), own: Arc::default(), layer: None }
+    }
+
+    /// These credentials with `other`'s own users and secrets joined after
+    /// them (a user database's beside the configured ones), sharing both
+    /// tables: nothing is copied. A user in both has both keys, this one's
+    /// first; REST secrets are tried this one's first. Any layer `self`
+    /// already had is replaced, and `other`'s own layer is not carried.
+    /// `other` must be for the same realm: its keys were derived with its
+    /// realm (a mismatch gives no usable key and is refused in debug builds).
+    pub fn layered(&self, other: &Credentials) -> Credentials {
+        debug_assert_eq!(self.realm, other.realm, "credentials of one realm only");
+        Credentials { realm: self.realm.clone(), own: self.own.clone(), layer: Some(other.own.clone()) }
+    }
+
+    /// These credentials without the table [`Credentials::layered`] joined.
+    pub fn without_layer(&self) -> Credentials {
+        Credentials { realm: self.realm.clone(), own: self.own.clone(), layer: None }
+    }
+
+    fn tables(&self) -> impl Iterator<Item = &Table> {
+        core::iter::once(&*self.own).chain(self.layer.as_deref())
+    }
+
+    fn own_mut(&mut self) -> &mut Table {
+        Arc::make_mut(&mut self.own)
     }
 
     /// The realm.
@@ -162,7 +206,7 @@ impl Credentials {
     /// SHA-256 one.
     pub fn add_user(&mut self, username: &str, password: &str) -> Result<(), PrepError> {
         let keys = self.derive(username, password)?;
-        self.users.insert(username.to_owned(), keys);
+        self.own_mut().users.insert(username.to_owned(), keys);
         Ok(())
     }
 
@@ -180,17 +224,22 @@ impl Credentials {
             PasswordAlgorithm::Md5 => UserKeys { md5: Some(md5_key), sha256: None },
             PasswordAlgorithm::Sha256 => UserKeys { md5: None, sha256: Some(md5_key) },
         };
-        self.users.insert(username.to_owned(), keys);
+        self.own_mut().users.insert(username.to_owned(), keys);
     }
 
-    /// Whether `username` is a static user.
+    /// Whether `username` is a static user (of either table).
     pub fn has_user(&self, username: &str) -> bool {
-        self.users.contains_key(username)
+        self.tables().any(|t| t.users.contains_key(username))
     }
 
-    /// How many static users there are.
+    /// How many static users there are (a user in both tables counts twice).
     pub fn user_count(&self) -> usize {
-        self.users.len()
+        self.tables().map(|t| t.users.len()).sum()
+    }
+
+    /// How many REST API secrets there are (both tables).
+    pub fn rest_secret_count(&self) -> usize {
+        self.tables().map(|t| t.rest_secrets.len()).sum()
     }
 
     /// Adds the users of a coturn-style user file, given as its text (the
@@ -235,7 +284,7 @@ impl Credentials {
             parsed.push((user.to_owned(), keys));
         }
         let count = parsed.len();
-        self.users.extend(parsed);
+        self.own_mut().users.extend(parsed);
         Ok(count)
     }
 
@@ -245,32 +294,35 @@ impl Credentials {
     pub fn add_rest_secret(&mut self, secret: &[u8]) {
         // HMAC accepts keys of every length.
         let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-        self.rest_secrets.push(mac);
+        self.own_mut().rest_secrets.push(mac);
     }
 
     /// Whether any REST API secret is configured.
     pub fn has_rest_secrets(&self) -> bool {
-        !self.rest_secrets.is_empty()
+        self.tables().any(|t| !t.rest_secrets.is_empty())
     }
 
     /// The keys `username` may sign with under `alg` at Unix time
     /// `unix_now` (seconds), into `out` (cleared first): the static user's
-    /// key if there is one, then one key per REST secret if `username` is an
-    /// unexpired REST user name (`expiry:user` or `expiry`, accepted while
-    /// `unix_now <= expiry`). Nothing when the name is unknown.
+    /// key if there is one (the own table's, then the layer's), then one key
+    /// per REST secret if `username` is an unexpired REST user name
+    /// (`expiry:user` or `expiry`, accepted while `unix_now <= expiry`).
+    /// Nothing when the name is unknown.
     pub fn keys(&self, username: &str, alg: PasswordAlgorithm, unix_now: u64, out: &mut KeyCandidates) {
         out.clear();
-        if let Some(key) = self.users.get(username).and_then(|keys| keys.get(alg)) {
-            out.push(key);
+        for table in self.tables() {
+            if let Some(key) = table.users.get(username).and_then(|keys| keys.get(alg)) {
+                out.push(key);
+            }
         }
-        if self.rest_secrets.is_empty() {
+        if !self.has_rest_secrets() {
             return;
         }
         match rest_expiry(username) {
             Some(expiry) if unix_now <= expiry => {}
             _ => return,
         }
-        for secret in &self.rest_secrets {
+        for secret in self.tables().flat_map(|t| &t.rest_secrets) {
             let digest = secret.clone().chain_update(username.as_bytes()).finalize().into_bytes();
             let mut password = [0u8; 28];
             let Ok(n) = BASE64.encode_slice(digest, &mut password) else { continue };
@@ -577,6 +629,43 @@ mod tests {
         assert_eq!(both[0], Key::long_term(PasswordAlgorithm::Md5, "1700000000:alice", REALM, "static").unwrap());
         assert_eq!(hex(&both[1]), NORTH_ALICE_MD5);
         assert!(!format!("{c:?}").contains("static"));
+    }
+
+    #[test]
+    fn layered_tables_join_without_copying() {
+        let mut configured = Credentials::new(REALM);
+        configured.add_user("bob", "pass word").unwrap();
+        configured.add_rest_secret(b"north-secret");
+        let mut database = Credentials::new(REALM);
+        let carol = Key::from_hex(PasswordAlgorithm::Md5, "8493fbc53ba582fb4c044c456bdc40eb").unwrap();
+        database.add_user_key("carol", carol);
+        database.add_user_key("bob", carol);
+        database.add_rest_secret(b"south-secret");
+
+        let both = configured.layered(&database);
+        assert!(Arc::ptr_eq(&both.own, &configured.own), "the configured table is shared, not copied");
+        assert!(Arc::ptr_eq(both.layer.as_ref().unwrap(), &database.own), "so is the database's");
+        assert!(Arc::ptr_eq(&both.clone().own, &both.own), "a clone shares the tables");
+        assert!(both.has_user("carol") && both.has_user("bob") && !configured.has_user("carol"));
+        assert_eq!((both.user_count(), both.rest_secret_count()), (3, 2));
+        assert_eq!(keys(&both, "carol", PasswordAlgorithm::Md5, 0), [carol]);
+        // A user in both: the configured key first, then the database's.
+        let bob = Key::long_term(PasswordAlgorithm::Md5, "bob", REALM, "pass word").unwrap();
+        assert_eq!(keys(&both, "bob", PasswordAlgorithm::Md5, 0), [bob, carol]);
+        // REST secrets of both, the configured one first.
+        let rest = keys(&both, "1700000000:alice", PasswordAlgorithm::Md5, 0);
+        assert_eq!(rest.iter().map(hex).collect::<Vec<_>>(), [NORTH_ALICE_MD5, SOUTH_ALICE_MD5]);
+        // Layering again replaces the layer; without_layer drops it.
+        let emptied = both.layered(&Credentials::new(REALM));
+        assert!(!emptied.has_user("carol") && emptied.has_user("bob"));
+        assert_eq!(keys(&both.without_layer(), "carol", PasswordAlgorithm::Md5, 0), []);
+
+        // Adding to a shared value copies its own table first.
+        let mut grown = both.clone();
+        grown.add_user("dave", "pw").unwrap();
+        assert!(grown.has_user("dave") && !both.has_user("dave") && !configured.has_user("dave"));
+        assert!(Arc::ptr_eq(grown.layer.as_ref().unwrap(), &database.own));
+        assert!(!format!("{both:?}").contains("pass word"));
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //!   bandwidth caps;
 //! - [`stats`]: shard-local counters;
 //! - [`error`]: the error responses (code, reason phrase, metric label).
+//! - [`alternate`]: ALTERNATE-SERVER: where new clients go when the node drains
+//!   or is loaded.
 
+pub mod alternate;
 pub mod auth;
 pub mod error;
 pub mod own;
@@ -31,11 +34,12 @@ pub mod stats;
 pub mod table;
 pub mod timer;
 
+pub use alternate::Alternate;
 pub use error::StunError;
 pub use relays::{RelayId, RelayPool};
 pub use rfc5780::{Rfc5780, Rfc5780Error};
 pub use shard::{
-    ClientAction, Event, FastEntry, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerRoute, PeerSegment, Server,
-    ServerConfig, ServerParts,
+    AllocationInfo, ClientAction, Ending, Event, FastEntry, Flow, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerRoute,
+    PeerSegment, Server, ServerConfig, ServerParts, Traffic,
 };
 pub use table::{Client, Transport};

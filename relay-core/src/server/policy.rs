@@ -235,6 +235,20 @@ impl PeerPolicy {
         lists.deny.push(rule);
     }
 
+    /// Replaces the operator's allow and deny lists (a user database's
+    /// refresh, a reload), keeping the default list and the server's own
+    /// addresses. Only checks made from now on see the new lists.
+    pub fn set_lists(&mut self, allow: &[IpNet], deny: &[IpNet]) {
+        self.v4 = Lists::default();
+        self.v6 = Lists::default();
+        for &net in allow {
+            self.allow(net);
+        }
+        for &net in deny {
+            self.deny(net);
+        }
+    }
+
     fn lists_for(&mut self, net: IpNet) -> (&mut Lists, Rule) {
         match net {
             IpNet::V4(n) => {
@@ -544,5 +558,24 @@ mod tests {
         // An explicit deny refuses even relay addresses.
         assert_eq!(p.check(sa("10.9.0.1:50000")), Err(Denied::OperatorDeny));
         assert_eq!(p.check(sa("10.9.0.1:40000")), Err(Denied::OwnAddress));
+    }
+
+    #[test]
+    fn set_lists_replaces_the_operator_lists_and_keeps_own_addresses() {
+        let mut p = PeerPolicy::with_lists(vec![net("10.0.0.0/8")], vec![net("203.0.113.0/24")]);
+        p.own_mut().add_relay(sa("192.0.2.10:50000"), "192.0.2.10".parse().unwrap());
+        p.own_mut().add_listener(sa("192.0.2.10:3478"));
+        assert!(p.permits(ip("10.1.1.1")) && !p.permits(ip("203.0.113.5")));
+        p.set_lists(&[net("192.168.7.0/24"), net("fd00::/8")], &[net("198.51.100.0/24")]);
+        assert_eq!(p.check(ip("10.1.1.1")), Err(Denied::DefaultDeny), "the old allow entry is gone");
+        assert!(p.permits(ip("203.0.113.5")), "the old deny entry is gone");
+        assert!(p.permits(ip("192.168.7.9")) && p.permits(ip("fd00::1")));
+        assert_eq!(p.check(ip("198.51.100.1")), Err(Denied::OperatorDeny));
+        // The own-address rules still hold.
+        assert_eq!(p.check(sa("192.0.2.10:3478")), Err(Denied::Listener));
+        assert_eq!(p.check(sa("192.0.2.10:40000")), Err(Denied::OwnAddress));
+        assert!(p.permits(sa("192.0.2.10:50000")));
+        p.set_lists(&[], &[]);
+        assert_eq!(p.check(ip("192.168.7.9")), Err(Denied::DefaultDeny));
     }
 }

@@ -78,6 +78,13 @@ pub trait QuotaBook: Send + Sync + core::fmt::Debug {
 
     /// Gives back the allocation `token` stands for.
     fn release(&self, token: QuotaToken);
+
+    /// The allocations the book holds now, across every shard, when it
+    /// counts them (`None`: it does not; a server then counts its own
+    /// shard's). The server reads it for `ServerConfig::redirect_above_allocations`.
+    fn total_allocations(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A book without limits that counts nothing.

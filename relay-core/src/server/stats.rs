@@ -147,6 +147,20 @@ labelled! {
 }
 
 labelled! {
+    /// Why an Allocate was answered 300 (Try Alternate).
+    RedirectReason {
+        /// The node is draining.
+        Draining = "draining",
+        /// The node is above its configured load, or its relay ports are
+        /// used up.
+        Load = "load",
+        /// The node holds `limits.max_allocations` (its allocation quota
+        /// is reached).
+        Quota = "quota",
+    }
+}
+
+labelled! {
     /// Direction of relayed traffic.
     Direction {
         /// Client to peer.
@@ -215,6 +229,8 @@ pub struct Stats {
     /// Datagrams to another shard's relay address, sent to its bound
     /// address (relay to relay through the kernel).
     pub relayed_to_own: u64,
+    /// Allocates redirected to an alternate server, by reason.
+    pub redirects: [u64; RedirectReason::COUNT],
 }
 
 impl Stats {
@@ -271,6 +287,11 @@ impl Stats {
         self.drops[r as usize]
     }
 
+    /// Allocates redirected for a reason.
+    pub fn redirects_of(&self, r: RedirectReason) -> u64 {
+        self.redirects[r as usize]
+    }
+
     /// Auth failures counted for a reason.
     pub fn auth_failures_of(&self, r: AuthFailure) -> u64 {
         self.auth_failures[r as usize]
@@ -305,5 +326,8 @@ impl Stats {
         self.data_indications += o.data_indications;
         self.relayed_in_shard += o.relayed_in_shard;
         self.relayed_to_own += o.relayed_to_own;
+        for (x, y) in self.redirects.iter_mut().zip(&o.redirects) {
+            *x += y;
+        }
     }
 }

@@ -127,6 +127,10 @@ pub(crate) struct Allocation {
     pub generation: u32,
     /// When the live wheel entry fires.
     pub scheduled: Instant,
+    /// When it was allocated.
+    pub created: Instant,
+    /// What it relayed, both ways (the admin API's view).
+    pub traffic: super::shard::Traffic,
 }
 
 const fn fam(f: AddressFamily) -> usize {

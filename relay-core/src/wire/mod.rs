@@ -6,6 +6,7 @@
 //! - [`integrity`]: MESSAGE-INTEGRITY(-SHA256), FINGERPRINT and credential keys;
 //! - [`channel_data`]: the 4-byte ChannelData framing of the fast path;
 //! - [`demux`]: first-byte classification and TCP/TLS stream framing;
+//! - [`proxy`]: the PROXY protocol header (v1/v2) an L4 load balancer puts before a stream;
 
 pub mod attr;
 pub mod builder;
@@ -13,6 +14,7 @@ pub mod channel_data;
 pub mod demux;
 pub mod integrity;
 pub mod message;
+pub mod proxy;
 
 pub use attr::{AddressFamily, AttrError, Attribute, AttributeType, ErrorCode, RawAttribute};
 pub use builder::{EncodeError, MessageBuilder};

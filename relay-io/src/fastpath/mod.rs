@@ -469,18 +469,21 @@ impl ShardFastPath {
         relayed(&delta)
     }
 
-    /// What the kernel relayed for every installed entry since the last
-    /// look (call it about once a second).
-    pub fn collect(&mut self) -> Relayed {
-        let mut total = FpSlotStats::default();
-        for i in self.installed.values_mut() {
+    /// What the kernel relayed for each installed entry since the last
+    /// look, handed to `credit` entry by entry (entries that relayed
+    /// nothing are skipped; call it about once a second).
+    pub fn collect(&mut self, mut credit: impl FnMut(&FastEntry, Relayed)) {
+        for (e, i) in self.installed.iter_mut() {
             // A failed read keeps the last one (no history counted twice).
             if let Some(now) = read_slot(&self.slots, i.slot) {
-                total.add(&now.since(&i.seen));
+                let delta = now.since(&i.seen);
                 i.seen = now;
+                let r = relayed(&delta);
+                if r != ((0, 0), (0, 0)) {
+                    credit(e, r);
+                }
             }
         }
-        relayed(&total)
     }
 
     /// The shard's entry counters.

@@ -14,7 +14,14 @@
 //! - for TLS, the rustls session and its record budget: each frame is one
 //!   TLS record, and no more is pushed into rustls per write than its
 //!   64 KiB buffer of unsent records holds (a full one takes nothing, and a
-//!   loop that kept pushing would spin).
+//!   loop that kept pushing would spin);
+//! - the PROXY protocol check at the start of the connection, before any
+//!   frame and before the TLS handshake ([`StreamConn::read_preamble`]):
+//!   from a trusted load balancer a header must come first (within
+//!   [`StreamLimits::proxy_header_timeout`], at most
+//!   [`proxy::MAX_HEADER_LEN`] bytes), from anyone else none may. The
+//!   bytes that follow the header in the same read are handed on as the
+//!   stream's first (to the framer, or to rustls).
 //!
 //! The socket is a parameter of the calls that move bytes (`S: Read +
 //! Write`, a non-blocking `TcpStream` in the data plane, an in-memory pipe
@@ -22,11 +29,13 @@
 //! registration and closing stay with [`super::Streams`].
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
 use relay_core::server::Client;
 use relay_core::wire::demux::{self, Frame, MAX_FRAME_LEN};
+use relay_core::wire::proxy::{self, Parsed, ProxyError};
 
 use super::StreamLimits;
 
@@ -36,8 +45,53 @@ pub const TLS_PUSH_BUDGET: usize = 48 * 1024;
 /// Bytes a TLS record adds to its plaintext (header, tag, content type),
 /// with room to spare.
 pub const TLS_RECORD_OVERHEAD: usize = 32;
-/// The read buffer's first size.
+/// The read buffer's first size (it also holds a whole PROXY header).
 const INITIAL_READ: usize = 4096;
+const _: () = assert!(INITIAL_READ > proxy::MAX_HEADER_LEN);
+
+/// What the start of a connection is checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Preamble {
+    /// Nothing (any more): the bytes are frames, or TLS records.
+    None,
+    /// A PROXY header must come first: the peer is a trusted balancer.
+    Expect,
+    /// No PROXY header may come: the first bytes are looked at once.
+    Refuse,
+}
+
+/// What reading the start of a connection brought
+/// ([`StreamConn::read_preamble`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreambleOutcome {
+    /// Nothing (more) to read now; the check goes on with the next read.
+    Blocked,
+    /// The stream ended (or failed) before anything was decided: close,
+    /// without counting (a balancer's TCP health check connects and
+    /// closes).
+    Closed,
+    /// The PROXY header: the connection goes on; what followed it is
+    /// handed on (cut frames with [`StreamConn::next_frame`]).
+    Header(proxy::Header),
+    /// No header, as none was expected: the bytes read are handed on (cut
+    /// frames with [`StreamConn::next_frame`]).
+    Plain,
+    /// Close the connection, counted for this reason.
+    Refused(ProxyRefusal),
+}
+
+/// Why a connection was refused at its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// A PROXY header from a peer outside the trusted networks.
+    Untrusted,
+    /// A trusted peer's bytes did not begin with a PROXY header, or none
+    /// came in time.
+    Missing,
+    /// A trusted peer's header broke the format (or the stream ended, or
+    /// the time ran out, halfway through it).
+    Invalid,
+}
 
 /// What a read brought.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +151,8 @@ pub struct StreamConn {
     /// TLS: bytes of a frame larger than rustls's buffer still to push
     /// (the rest of it leads the queue).
     tls_split: usize,
+    /// The PROXY protocol check still to make.
+    preamble: Preamble,
 }
 
 impl StreamConn {
@@ -116,7 +172,104 @@ impl StreamConn {
             interest_changed: false,
             dirty: false,
             tls_split: 0,
+            preamble: Preamble::None,
         }
+    }
+
+    /// The connection comes from a trusted load balancer: it must begin
+    /// with a PROXY header. Call before any read.
+    pub fn expect_proxy_header(&mut self) {
+        self.preamble = Preamble::Expect;
+    }
+
+    /// The connection comes from elsewhere: one that begins with a PROXY
+    /// header (or the start of one) is refused. Call before any read.
+    pub fn refuse_proxy_header(&mut self) {
+        self.preamble = Preamble::Refuse;
+    }
+
+    /// True until the PROXY protocol check is done: read with
+    /// [`StreamConn::read_preamble`] then, not [`StreamConn::read_from`].
+    pub fn in_preamble(&self) -> bool {
+        self.preamble != Preamble::None
+    }
+
+    /// While a PROXY header is awaited: how many bytes of it have come.
+    pub fn awaited_header_bytes(&self) -> Option<usize> {
+        (self.preamble == Preamble::Expect).then_some(self.rlen)
+    }
+
+    /// The client's address as its PROXY header gave it (before any frame
+    /// is handled: the server has not seen the client yet).
+    pub fn set_remote(&mut self, remote: SocketAddr) {
+        self.client.remote = remote;
+    }
+
+    /// Reads the start of the connection from `sock`, raw (before TLS),
+    /// and makes the PROXY protocol check; see [`PreambleOutcome`]. The
+    /// header is never longer than [`proxy::MAX_HEADER_LEN`], which the
+    /// read buffer holds, so the check always ends.
+    pub fn read_preamble<S: Read + Write>(&mut self, sock: &mut S, now: Instant) -> PreambleOutcome {
+        let expect = match self.preamble {
+            Preamble::None => return PreambleOutcome::Plain,
+            Preamble::Expect => true,
+            Preamble::Refuse => false,
+        };
+        loop {
+            let n = match sock.read(&mut self.rbuf[self.rlen..]) {
+                // A balancer that went away halfway through its header
+                // sent an invalid one; nothing at all is no header.
+                Ok(0) if expect && self.rlen > 0 => return PreambleOutcome::Refused(ProxyRefusal::Invalid),
+                Ok(0) => return PreambleOutcome::Closed,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return PreambleOutcome::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return PreambleOutcome::Closed,
+            };
+            self.rlen += n;
+            self.last = now;
+            let raw = &self.rbuf[..self.rlen];
+            let (outcome, header_len) = if expect {
+                match proxy::parse(raw) {
+                    Ok(Parsed::Incomplete) if self.rlen < self.rbuf.len() => continue,
+                    Ok(Parsed::Incomplete) => return PreambleOutcome::Refused(ProxyRefusal::Invalid),
+                    Ok(Parsed::Complete { header, len }) => (PreambleOutcome::Header(header), len),
+                    Err(ProxyError::NotAHeader) => return PreambleOutcome::Refused(ProxyRefusal::Missing),
+                    Err(ProxyError::Invalid(_)) => return PreambleOutcome::Refused(ProxyRefusal::Invalid),
+                }
+            } else if proxy::starts_like_header(raw) {
+                return PreambleOutcome::Refused(ProxyRefusal::Untrusted);
+            } else {
+                (PreambleOutcome::Plain, 0)
+            };
+            self.preamble = Preamble::None;
+            return match self.hand_on(header_len, sock) {
+                Ok(()) => outcome,
+                Err(_) => PreambleOutcome::Closed,
+            };
+        }
+    }
+
+    /// The raw bytes read after the PROXY check, from `start` of the read
+    /// buffer, become the stream's first: frames to cut, or TLS records for
+    /// rustls (whose answers go out as far as the socket takes them).
+    fn hand_on<S: Write>(&mut self, start: usize, sock: &mut S) -> io::Result<()> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            self.rbuf.copy_within(start..self.rlen, 0);
+            self.rlen -= start;
+            self.rpos = 0;
+            return Ok(());
+        };
+        let mut rest = &self.rbuf[start..self.rlen];
+        while !rest.is_empty() {
+            if tls.read_tls(&mut rest)? == 0 {
+                break;
+            }
+            tls.process_new_packets().map_err(io::Error::other)?;
+        }
+        self.rlen = 0;
+        self.rpos = 0;
+        flush_tls(tls, sock)
     }
 
     /// The client this connection is (its 5-tuple and handle).
@@ -299,11 +452,13 @@ impl StreamConn {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
-    /// True when the connection should be closed at `now`: its TLS
-    /// handshake took too long, or it has been idle too long and
-    /// `has_allocation` says it holds no allocation.
+    /// True when the connection should be closed at `now`: its PROXY
+    /// header or its TLS handshake took too long, or it has been idle too
+    /// long and `has_allocation` says it holds no allocation.
     pub fn expired(&self, now: Instant, limits: &StreamLimits, has_allocation: impl FnOnce(&Client) -> bool) -> bool {
-        (self.handshaking() && now.saturating_duration_since(self.opened) > limits.handshake_timeout)
+        let age = now.saturating_duration_since(self.opened);
+        (self.preamble == Preamble::Expect && age > limits.proxy_header_timeout)
+            || (self.handshaking() && age > limits.handshake_timeout)
             || (now.saturating_duration_since(self.last) > limits.idle_timeout && !has_allocation(&self.client))
     }
 
@@ -606,6 +761,191 @@ mod tests {
         assert!(!c.expired(now, &l, |_| false));
         assert!(c.expired(later, &l, |_| false));
         assert!(!c.expired(later, &l, |_| true));
+    }
+
+    // The PROXY protocol check at the start of a connection.
+
+    fn v1(source: &str) -> Vec<u8> {
+        let h = proxy::Header::tcp(proxy::Version::V1, source.parse().unwrap(), "198.51.100.1:3478".parse().unwrap());
+        h.encode_v1().unwrap()
+    }
+
+    fn v2(source: &str) -> Vec<u8> {
+        let source: SocketAddr = source.parse().unwrap();
+        let to = if source.is_ipv4() { "198.51.100.1:3478" } else { "[2001:db8::1]:3478" };
+        let h = proxy::Header::tcp(proxy::Version::V2, source, to.parse().unwrap());
+        h.encode_v2(&[(0xea, b"\x01vpce-0abc")]).unwrap()
+    }
+
+    /// Reads the preamble of `c` from `stream` delivered `read` bytes at a
+    /// time; the outcome that ended it, and the frames that followed.
+    fn preamble_in_reads(c: &mut StreamConn, stream: &[u8], read: usize) -> (PreambleOutcome, Vec<Vec<u8>>) {
+        let now = Instant::now();
+        let mut pipe = Pipe::open();
+        let mut pieces = stream.chunks(read);
+        let outcome = loop {
+            let Some(piece) = pieces.next() else { panic!("the preamble never ended") };
+            pipe.input.extend_from_slice(piece);
+            match c.read_preamble(&mut pipe, now) {
+                PreambleOutcome::Blocked => {}
+                other => break other,
+            }
+        };
+        let mut got = Vec::new();
+        if matches!(outcome, PreambleOutcome::Header(_) | PreambleOutcome::Plain) {
+            assert!(!c.in_preamble());
+            while let Some(f) = c.next_frame().unwrap() {
+                got.push(c.frame(f).to_vec());
+            }
+            for piece in pieces {
+                pipe.input.extend_from_slice(piece);
+            }
+            got.extend(frames(c, &mut pipe, now).unwrap());
+        }
+        (outcome, got)
+    }
+
+    #[test]
+    fn a_header_however_split_then_frames_in_the_same_reads() {
+        let sent = vec![binding(0), channel(3, 1), binding(40)];
+        for (header, source) in [(v1("192.0.2.10:5555"), "192.0.2.10:5555"), (v2("[2001:db8::7]:9"), "[2001:db8::7]:9")]
+        {
+            let stream = [header.clone(), sent.concat()].concat();
+            for read in [1, 2, 5, 13, 17, header.len(), header.len() + 1, stream.len()] {
+                let mut c = plain(Instant::now());
+                c.expect_proxy_header();
+                assert_eq!(c.awaited_header_bytes(), Some(0));
+                let (outcome, got) = preamble_in_reads(&mut c, &stream, read);
+                let PreambleOutcome::Header(h) = outcome else { panic!("{outcome:?} in reads of {read}") };
+                assert_eq!(h.client(), Some(source.parse().unwrap()));
+                assert_eq!(got, sent, "reads of {read}");
+                assert_eq!(c.awaited_header_bytes(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_trusted_peer_without_a_valid_header_is_refused() {
+        let cases: [(&[u8], ProxyRefusal); 4] = [
+            (&binding(0), ProxyRefusal::Missing),
+            (b"GET / HTTP/1.1\r\n", ProxyRefusal::Missing),
+            (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", ProxyRefusal::Invalid),
+            (&[&proxy::V2_SIGNATURE[..], &[0x21, 0x11, 0xff, 0xff]].concat(), ProxyRefusal::Invalid),
+        ];
+        for (stream, why) in cases {
+            let mut c = plain(Instant::now());
+            c.expect_proxy_header();
+            let (outcome, _) = preamble_in_reads(&mut c, stream, 1);
+            assert_eq!(outcome, PreambleOutcome::Refused(why), "{stream:?}");
+        }
+        // The stream ends halfway through a header, or before one.
+        let now = Instant::now();
+        let mut c = plain(now);
+        c.expect_proxy_header();
+        let mut pipe = Pipe { input: b"PROXY TCP4 ".to_vec(), eof: true, ..Pipe::open() };
+        assert_eq!(c.read_preamble(&mut pipe, now), PreambleOutcome::Refused(ProxyRefusal::Invalid));
+        let mut c = plain(now);
+        c.expect_proxy_header();
+        let mut pipe = Pipe { eof: true, ..Pipe::open() };
+        assert_eq!(c.read_preamble(&mut pipe, now), PreambleOutcome::Closed);
+    }
+
+    #[test]
+    fn an_untrusted_peer_may_not_send_a_header() {
+        for stream in [v1("192.0.2.10:5555"), v2("[2001:db8::7]:9"), b"P".to_vec(), b"\r\n".to_vec()] {
+            let mut c = plain(Instant::now());
+            c.refuse_proxy_header();
+            let (outcome, _) = preamble_in_reads(&mut c, &stream, 64);
+            assert_eq!(outcome, PreambleOutcome::Refused(ProxyRefusal::Untrusted), "{stream:?}");
+        }
+        // Frames are frames, from the first byte.
+        let sent = vec![channel(5, 9), binding(0)];
+        let mut c = plain(Instant::now());
+        c.refuse_proxy_header();
+        let (outcome, got) = preamble_in_reads(&mut c, &sent.concat(), 7);
+        assert_eq!((outcome, got), (PreambleOutcome::Plain, sent));
+        assert_eq!(c.awaited_header_bytes(), None);
+    }
+
+    #[test]
+    fn a_header_that_does_not_come_in_time_expires() {
+        let now = Instant::now();
+        let l = StreamLimits::default();
+        let mut c = plain(now);
+        c.expect_proxy_header();
+        let mut pipe = Pipe { input: b"PROXY TC".to_vec(), ..Pipe::open() };
+        assert_eq!(c.read_preamble(&mut pipe, now), PreambleOutcome::Blocked);
+        assert_eq!(c.awaited_header_bytes(), Some(8));
+        let late = now + l.proxy_header_timeout + Duration::from_millis(1);
+        assert!(!c.expired(now + l.proxy_header_timeout, &l, |_| false));
+        assert!(c.expired(late, &l, |_| false));
+        // Once the header is there, only the idle rule applies.
+        pipe.input.extend_from_slice(b"P4 1.2.3.4 5.6.7.8 1 2\r\n");
+        assert!(matches!(c.read_preamble(&mut pipe, now), PreambleOutcome::Header(_)));
+        assert!(!c.expired(late, &l, |_| false));
+    }
+
+    #[test]
+    fn a_header_before_tls_then_the_handshake_and_frames() {
+        let now = Instant::now();
+        let (server, client_config) = tls_configs();
+        let tls = Box::new(rustls::ServerConnection::new(server).unwrap());
+        let mut c = StreamConn::new(client(Transport::Tls), Some(tls), now);
+        c.expect_proxy_header();
+        let mut tc = rustls::ClientConnection::new(client_config, "localhost".try_into().unwrap()).unwrap();
+        let mut pipe = Pipe::open();
+        // The header and the ClientHello in one read.
+        pipe.input.extend_from_slice(&v2("192.0.2.10:5555"));
+        while tc.wants_write() {
+            tc.write_tls(&mut pipe.input).unwrap();
+        }
+        let PreambleOutcome::Header(h) = c.read_preamble(&mut pipe, now) else { panic!("no header") };
+        assert_eq!(h.client(), Some("192.0.2.10:5555".parse().unwrap()));
+        // rustls answered the ClientHello.
+        assert!(!pipe.output.is_empty());
+        for _ in 0..10 {
+            let _ = client_reads(&mut tc, &std::mem::take(&mut pipe.output));
+            while tc.wants_write() {
+                tc.write_tls(&mut pipe.input).unwrap();
+            }
+            assert_eq!(c.read_from(&mut pipe, now), ReadOutcome::Blocked);
+            if !c.handshaking() && !tc.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!c.handshaking());
+        let sent = vec![binding(0), channel(100, 1)];
+        tc.writer().write_all(&sent.concat()).unwrap();
+        while tc.wants_write() {
+            tc.write_tls(&mut pipe.input).unwrap();
+        }
+        assert_eq!(frames(&mut c, &mut pipe, now).unwrap(), sent);
+    }
+
+    #[test]
+    fn an_untrusted_tls_client_handshakes_as_before() {
+        let now = Instant::now();
+        let (server, client_config) = tls_configs();
+        let tls = Box::new(rustls::ServerConnection::new(server).unwrap());
+        let mut c = StreamConn::new(client(Transport::Tls), Some(tls), now);
+        c.refuse_proxy_header();
+        let mut tc = rustls::ClientConnection::new(client_config, "localhost".try_into().unwrap()).unwrap();
+        let mut pipe = Pipe::open();
+        while tc.wants_write() {
+            tc.write_tls(&mut pipe.input).unwrap();
+        }
+        assert_eq!(c.read_preamble(&mut pipe, now), PreambleOutcome::Plain);
+        for _ in 0..10 {
+            let _ = client_reads(&mut tc, &std::mem::take(&mut pipe.output));
+            while tc.wants_write() {
+                tc.write_tls(&mut pipe.input).unwrap();
+            }
+            assert_eq!(c.read_from(&mut pipe, now), ReadOutcome::Blocked);
+            if !c.handshaking() && !tc.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!c.handshaking() && !tc.is_handshaking());
     }
 
     // TLS: a real rustls session over the in-memory pipe.

@@ -15,6 +15,19 @@
 //! accepting, the epoll registration and its writability interest, the
 //! reads and writes on the socket, closing; and it carries the frames a
 //! client sends to the server and what [`crate::egress`] makes of them.
+//!
+//! Behind an L4 load balancer (the PROXY protocol, v1 or v2): a connection
+//! from a network in [`Streams::set_proxy_protocol_from`] must begin with a
+//! PROXY header (before TLS, within [`StreamLimits::proxy_header_timeout`]),
+//! and the client address it gives replaces the balancer's for everything
+//! after — the address the server sees (XOR-MAPPED-ADDRESS, nonces, quotas,
+//! peer policy) and the per-source connection limit, which counts the
+//! clients behind a balancer, not the balancer. A LOCAL header (the
+//! balancer's own health check) and one without addresses (v1 `UNKNOWN`,
+//! v2 UNSPEC or UNIX) keep the balancer's address; one for a UDP client is
+//! refused. A connection from elsewhere that begins with a header is
+//! refused, as is a trusted one without a valid header; each is counted
+//! ([`StreamStats`]`::proxy_*`).
 
 pub mod conn;
 
@@ -26,13 +39,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use relay_core::server::{Client, Server, Transport};
+use relay_core::wire::proxy;
 use slab::Slab;
 
 use crate::egress::{self, Buf, Packet, REPLY_LEN, Transmit, Via};
 use crate::shard::UdpSockets;
 use crate::sys::{self, Batch, Epoll, empty_event};
-use conn::{Queued, ReadOutcome, StreamConn};
+use conn::{PreambleOutcome, ProxyRefusal, Queued, ReadOutcome, StreamConn};
 
 const LISTENER: u64 = 1 << 40;
 /// Datagrams to peers gathered from client streams before one `sendmmsg`.
@@ -56,6 +71,9 @@ pub struct StreamLimits {
     pub idle_timeout: Duration,
     /// A TLS handshake not finished in this time is abandoned.
     pub handshake_timeout: Duration,
+    /// A trusted balancer's connection whose PROXY header has not come
+    /// whole in this time is closed.
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for StreamLimits {
@@ -67,6 +85,7 @@ impl Default for StreamLimits {
             send_queue_hard: 1 << 20,
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -75,6 +94,9 @@ impl Default for StreamLimits {
 struct Conn {
     sock: TcpStream,
     state: StreamConn,
+    /// Counted in `per_source` under its client's address (a balancer's
+    /// connection is counted once its PROXY header names the client).
+    counted: bool,
 }
 
 /// Counters of the stream side.
@@ -84,10 +106,23 @@ pub struct StreamStats {
     pub open: u64,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused (a limit reached: the shard's, or the source's).
+    /// Connections refused (a limit reached: the shard's, or the source's;
+    /// behind a balancer also once the PROXY header names a client at its
+    /// limit, after the connection was accepted).
     pub refused: u64,
     /// Of those, refused because their source address held its limit.
     pub refused_per_source: u64,
+    /// PROXY headers accepted from trusted balancers.
+    pub proxy_accepted: u64,
+    /// Trusted balancers' connections closed without a PROXY header (the
+    /// first bytes were something else, or nothing came in time).
+    pub proxy_missing: u64,
+    /// Connections from outside the trusted networks closed for beginning
+    /// with a PROXY header.
+    pub proxy_untrusted: u64,
+    /// Trusted balancers' connections closed for a broken PROXY header (or
+    /// one cut short, or one for a UDP client).
+    pub proxy_invalid: u64,
     /// Connections closed for unframeable input.
     pub garbage: u64,
     /// Relayed frames shed because the client read too slowly.
@@ -133,6 +168,8 @@ pub struct Streams {
     conns: Slab<Conn>,
     /// Connections open per source address.
     per_source: HashMap<IpAddr, u32>,
+    /// Networks whose connections begin with a PROXY header.
+    proxy_from: Vec<IpNet>,
     limits: StreamLimits,
     events: Vec<libc::epoll_event>,
     reply: Vec<u8>,
@@ -172,6 +209,7 @@ impl Streams {
             tls: tls_config,
             conns: Slab::new(),
             per_source: HashMap::new(),
+            proxy_from: Vec::new(),
             limits,
             events: vec![empty_event(); 128],
             reply: vec![0u8; REPLY_LEN],
@@ -192,6 +230,20 @@ impl Streams {
     /// Batched UDP counters of those datagrams.
     pub fn udp_stats(&self) -> crate::gso::GsoStats {
         self.to_peers.gso_stats()
+    }
+
+    /// Connections from these networks (trusted load balancers) must
+    /// begin with a PROXY header, whose client address is then theirs; see
+    /// the [module documentation](self). Empty (the default): none may.
+    pub fn set_proxy_protocol_from(&mut self, nets: Vec<IpNet>) {
+        self.proxy_from = nets;
+    }
+
+    /// True when `ip` is in a trusted network (an IPv4-mapped IPv6
+    /// address as the IPv4 address it is).
+    fn trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.proxy_from.iter().any(|n| n.contains(&ip))
     }
 
     /// Replaces the TLS certificate for new connections (a reload).
@@ -257,8 +309,10 @@ impl Streams {
                 Ok(x) => x,
                 Err(_) => return,
             };
-            let from_source = self.per_source.get(&remote.ip()).copied().unwrap_or(0) as usize;
-            if self.limits.max_per_source > 0 && from_source >= self.limits.max_per_source {
+            // A balancer's connections are counted per source under the
+            // client its PROXY header names, once it has come.
+            let behind_balancer = self.trusted(remote.ip());
+            if !behind_balancer && self.at_source_limit(remote.ip()) {
                 self.stats.refused += 1;
                 self.stats.refused_per_source += 1;
                 continue;
@@ -291,11 +345,61 @@ impl Streams {
                 }
             };
             let client = Client { transport, remote, local, conn: id as u32 };
-            entry.insert(Conn { sock: stream, state: StreamConn::new(client, tls, now) });
-            *self.per_source.entry(remote.ip()).or_insert(0) += 1;
+            let mut state = StreamConn::new(client, tls, now);
+            if behind_balancer {
+                state.expect_proxy_header();
+            } else {
+                state.refuse_proxy_header();
+                *self.per_source.entry(remote.ip()).or_insert(0) += 1;
+            }
+            entry.insert(Conn { sock: stream, state, counted: !behind_balancer });
             self.stats.accepted += 1;
             self.stats.open += 1;
         }
+    }
+
+    /// True when `ip` holds as many connections as one source may.
+    fn at_source_limit(&self, ip: IpAddr) -> bool {
+        let from_source = self.per_source.get(&ip).copied().unwrap_or(0) as usize;
+        self.limits.max_per_source > 0 && from_source >= self.limits.max_per_source
+    }
+
+    /// Connection `id`'s PROXY header came: its client address becomes the
+    /// connection's (not for LOCAL, nor a header without addresses), which
+    /// is then counted per source. False when the connection was closed
+    /// for it (a UDP client's header, or a client at its limit).
+    fn proxied(&mut self, id: usize, header: proxy::Header, now: Instant, server: &mut Server) -> bool {
+        if header.command == proxy::Command::Proxy && header.transport == proxy::Transport::Datagram {
+            self.refuse(id, ProxyRefusal::Invalid, now, server);
+            return false;
+        }
+        let Some(c) = self.conns.get(id) else { return false };
+        // An IPv4 client behind a dual-stack balancer may come as an
+        // IPv4-mapped IPv6 address: it is the IPv4 client it is.
+        let remote =
+            header.client().map_or(c.state.client().remote, |a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+        self.stats.proxy_accepted += 1;
+        if self.at_source_limit(remote.ip()) {
+            self.stats.refused += 1;
+            self.stats.refused_per_source += 1;
+            self.close(id, now, server);
+            return false;
+        }
+        let Some(c) = self.conns.get_mut(id) else { return false };
+        c.state.set_remote(remote);
+        c.counted = true;
+        *self.per_source.entry(remote.ip()).or_insert(0) += 1;
+        true
+    }
+
+    /// Closes connection `id`, refused at its start, and counts why.
+    fn refuse(&mut self, id: usize, why: ProxyRefusal, now: Instant, server: &mut Server) {
+        match why {
+            ProxyRefusal::Untrusted => self.stats.proxy_untrusted += 1,
+            ProxyRefusal::Missing => self.stats.proxy_missing += 1,
+            ProxyRefusal::Invalid => self.stats.proxy_invalid += 1,
+        }
+        self.close(id, now, server);
     }
 
     /// Reads what connection `id` has (until its socket would block) and
@@ -303,10 +407,25 @@ impl Streams {
     fn read(&mut self, id: usize, now: Instant, server: &mut Server, udp: &UdpSockets) {
         loop {
             let Some(c) = self.conns.get_mut(id) else { return };
-            match c.state.read_from(&mut c.sock, now) {
-                ReadOutcome::Data => {}
-                ReadOutcome::Blocked => return self.watch(id),
-                ReadOutcome::Closed => return self.close(id, now, server),
+            if c.state.in_preamble() {
+                // The PROXY protocol check, before the first frame.
+                match c.state.read_preamble(&mut c.sock, now) {
+                    PreambleOutcome::Plain => {}
+                    PreambleOutcome::Header(header) => {
+                        if !self.proxied(id, header, now, server) {
+                            return;
+                        }
+                    }
+                    PreambleOutcome::Blocked => return self.watch(id),
+                    PreambleOutcome::Closed => return self.close(id, now, server),
+                    PreambleOutcome::Refused(why) => return self.refuse(id, why, now, server),
+                }
+            } else {
+                match c.state.read_from(&mut c.sock, now) {
+                    ReadOutcome::Data => {}
+                    ReadOutcome::Blocked => return self.watch(id),
+                    ReadOutcome::Closed => return self.close(id, now, server),
+                }
             }
             // Cut and handle every complete frame.
             loop {
@@ -439,7 +558,9 @@ impl Streams {
             let _ = self.epoll.delete(c.sock.as_raw_fd());
             let client = *c.state.client();
             let ip = client.remote.ip();
-            if let Some(n) = self.per_source.get_mut(&ip) {
+            if c.counted
+                && let Some(n) = self.per_source.get_mut(&ip)
+            {
                 *n -= 1;
                 if *n == 0 {
                     self.per_source.remove(&ip);
@@ -450,7 +571,10 @@ impl Streams {
         }
     }
 
-    /// Closes connections idle past the limit that hold no allocation.
+    /// Closes connections idle past the limit that hold no allocation,
+    /// and those whose PROXY header or TLS handshake did not come in time
+    /// (a header that did not is counted: missing, or invalid when part of
+    /// it came).
     pub fn expire(&mut self, now: Instant, server: &mut Server) {
         let stale: Vec<usize> = self
             .conns
@@ -459,7 +583,11 @@ impl Streams {
             .map(|(id, _)| id)
             .collect();
         for id in stale {
-            self.close(id, now, server);
+            match self.conns.get(id).and_then(|c| c.state.awaited_header_bytes()) {
+                Some(0) => self.refuse(id, ProxyRefusal::Missing, now, server),
+                Some(_) => self.refuse(id, ProxyRefusal::Invalid, now, server),
+                None => self.close(id, now, server),
+            }
         }
     }
 

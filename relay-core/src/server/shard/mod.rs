@@ -8,6 +8,7 @@
 //! header into the headroom in front of it.
 
 mod action;
+mod admin;
 mod fast;
 mod reflection;
 mod relay;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use action::{ClientAction, Event, FastEntry, PEER_HEADROOM, PEER_TAILROOM, PeerAction};
+pub use admin::{AllocationInfo, Ending, Flow, Traffic};
 pub use relay::{PeerRoute, PeerSegment};
 
 use super::auth::{Credentials, NonceIssuer};
@@ -83,6 +85,19 @@ pub struct ServerConfig {
     /// allocation. When false, no fast-path event is ever emitted and
     /// nothing costs anything.
     pub fast_path: bool,
+    /// Other nodes new clients are sent to with 300 (Try Alternate) while
+    /// this one is draining ([`Server::set_accepting`]) or above the load
+    /// below (RFC 8489 §10; [`super::alternate`]). Empty: a draining server
+    /// answers Allocate 508, and load never redirects.
+    pub alternates: Vec<super::alternate::Alternate>,
+    /// Redirect new allocations once this many are held in total (the
+    /// quota book's count across shards, [`QuotaBook::total_allocations`]);
+    /// 0 redirects every one. `None`: no such threshold.
+    pub redirect_above_allocations: Option<u64>,
+    /// Redirect new allocations that would take this shard's relay ports
+    /// in use above this fraction (0.0–1.0) of its relay ports; 0.0
+    /// redirects every one. `None`: no such threshold.
+    pub redirect_above_relay_ports: Option<f64>,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +118,9 @@ impl Default for ServerConfig {
             unauthenticated_burst: 2000,
             sha256: true,
             fast_path: false,
+            alternates: Vec::new(),
+            redirect_above_allocations: None,
+            redirect_above_relay_ports: None,
         }
     }
 }
@@ -342,8 +360,18 @@ impl Server {
         self.credentials = credentials;
     }
 
+    /// Replaces the operator's peer allow and deny lists (a user database's
+    /// refresh), keeping the default list and the own-address rules
+    /// ([`PeerPolicy::set_lists`]): permissions and channels created or
+    /// refreshed from now on are checked against them; existing ones run
+    /// until they expire or are refreshed.
+    pub fn set_peer_lists(&mut self, allow: &[ipnet::IpNet], deny: &[ipnet::IpNet]) {
+        self.policy.set_lists(allow, deny);
+    }
+
     /// Stops (or resumes) taking new allocations, for a graceful stop:
-    /// Allocate is answered 508 while existing allocations run on.
+    /// Allocate is answered 300 to an alternate ([`ServerConfig::alternates`]),
+    /// or 508 without one, while existing allocations run on.
     pub fn set_accepting(&mut self, accepting: bool) {
         self.accepting = accepting;
     }

@@ -49,6 +49,7 @@ impl Server {
             self.stats.drop(Drop::Bandwidth);
             return ClientAction::None;
         }
+        a.traffic.add(Direction::ToPeer, 1, u64::from(len));
         self.stats.relayed(Direction::ToPeer, client.transport, len as usize);
         self.route(relay, peer, CHANNEL_DATA_HEADER_LEN..end)
     }
@@ -113,6 +114,7 @@ impl Server {
             self.stats.drop(Drop::Bandwidth);
             return ClientAction::None;
         }
+        a.traffic.add(Direction::ToPeer, 1, data.value.len() as u64);
         self.stats.relayed(Direction::ToPeer, client.transport, data.value.len());
         let start = data.offset + 4;
         self.route(relay, peer, start..start + data.value.len())
@@ -136,7 +138,7 @@ impl Server {
             self.stats.drop(Drop::TooLarge);
             return PeerAction::None;
         }
-        let Ok((_, client, framing)) = self.peer_route(now, relay, peer, Some(payload.len())) else {
+        let Ok((id, client, framing)) = self.peer_route(now, relay, peer, Some(payload.len())) else {
             return PeerAction::None;
         };
         let stream = client.transport.is_stream();
@@ -144,7 +146,7 @@ impl Server {
             Framing::Channel(number) => frame_channel_data(buf, payload.clone(), number, stream),
             Framing::Indication(peer) => frame_data_indication(buf, payload.clone(), peer, self.rng.tid()),
         };
-        self.framed(client, framing, payload.len(), frame.map(|frame| PeerAction::Forward { client, frame }))
+        self.framed(id, client, framing, payload.len(), frame.map(|frame| PeerAction::Forward { client, frame }))
             .unwrap_or(PeerAction::None)
     }
 
@@ -208,16 +210,20 @@ impl Server {
         };
         let segment =
             header.map(|(start, pad)| PeerSegment::Forward { client, head: start..PEER_HEADROOM, pad: pad as u8 });
-        self.framed(client, framing, len, segment).unwrap_or_default()
+        self.framed(id, client, framing, len, segment).unwrap_or_default()
     }
 
-    /// Counts a framed peer datagram (or one too large to frame).
+    /// Counts a framed peer datagram (or one too large to frame), for the
+    /// shard and for allocation `id`.
     #[inline]
-    fn framed<T>(&mut self, client: Client, framing: Framing, len: usize, framed: Option<T>) -> Option<T> {
+    fn framed<T>(&mut self, id: u32, client: Client, framing: Framing, len: usize, framed: Option<T>) -> Option<T> {
         match framed {
             Some(t) => {
                 if matches!(framing, Framing::Indication(_)) {
                     self.stats.data_indications += 1;
+                }
+                if let Some(a) = self.table.allocs.get_mut(id as usize) {
+                    a.traffic.add(Direction::ToClient, 1, len as u64);
                 }
                 self.stats.relayed(Direction::ToClient, client.transport, len);
                 Some(t)

@@ -1,11 +1,25 @@
 //! Allocate (RFC 8656 §7): a relay address (two with
 //! ADDITIONAL-ADDRESS-FAMILY) from the shard's pool, within the quotas;
-//! EVEN-PORT, RESERVATION-TOKEN, DONT-FRAGMENT and LIFETIME.
+//! EVEN-PORT, RESERVATION-TOKEN, DONT-FRAGMENT and LIFETIME; while draining
+//! or loaded, a 300 to an alternate server instead ([`crate::server::alternate`]).
+//!
+//! The redirect for draining or load comes before authentication when the
+//! Allocate has no MESSAGE-INTEGRITY (a new client's first request), after
+//! it otherwise (sealed with the client's key).
+//!
+//! A full node redirects too, where it has an alternate for the client:
+//! the server's allocation quota reached (what would be 508) is a 300
+//! counted as `quota`, relay ports used up (508 as well) a 300 counted as
+//! `load`. The per-user quota (486) is not redirected: it is a limit on the
+//! user, not a lack of room, and each node counts it for itself, so a
+//! redirect would hand the user a fresh quota on every node of the fleet.
 
 use super::Request;
+use crate::server::alternate;
 use crate::server::error::StunError;
-use crate::server::quota::TokenBucket;
+use crate::server::quota::{QuotaError, TokenBucket};
 use crate::server::relays::PoolError;
+use crate::server::stats::RedirectReason;
 use crate::server::table::Allocation;
 use crate::server::{ClientAction, Event, Server};
 use crate::wire::attr::transport;
@@ -14,6 +28,17 @@ use crate::wire::{AddressFamily, Attribute, ErrorCode};
 impl Server {
     pub(super) fn allocate(&mut self, rq: &mut Request<'_, '_>) -> ClientAction {
         let existing = self.table.lookup(rq.client);
+        // Draining or loaded, and a new client that has not authenticated
+        // yet: the 300 at once, before the challenge (unsealed, without
+        // REALM or NONCE; see server::alternate for why).
+        if existing.is_none()
+            && !rq.msg.has_integrity()
+            && requests_udp(rq.msg)
+            && let Some(reason) = self.redirect_reason()
+            && let Some(redirect) = self.try_alternate(rq, reason)
+        {
+            return redirect;
+        }
         let username = match self.authenticate(rq, existing) {
             Ok(u) => u,
             Err(r) => return r,
@@ -73,12 +98,27 @@ impl Server {
             Some(_) => return self.error(rq, StunError::BadRequest),
         };
 
+        // Draining or loaded: to an alternate (after authentication, so
+        // the 300 is sealed; see server::alternate), else draining is 508.
+        if let Some(reason) = self.redirect_reason()
+            && let Some(redirect) = self.try_alternate(rq, reason)
+        {
+            return redirect;
+        }
         if !self.accepting {
             return self.error(rq, StunError::InsufficientCapacity);
         }
         let quota = match self.quotas.acquire(quota_identity(username).as_bytes()) {
             Ok(q) => q,
-            Err(e) => return self.error(rq, e.error()),
+            Err(e) => {
+                // The node is full (not the user): another node may have room.
+                if e == QuotaError::TotalReached
+                    && let Some(redirect) = self.try_alternate(rq, RedirectReason::Quota)
+                {
+                    return redirect;
+                }
+                return self.error(rq, e.error());
+            }
         };
 
         // Size the table for every relay address once, before the first
@@ -99,6 +139,14 @@ impl Server {
             Ok(r) => r,
             Err(e) => {
                 self.quotas.release(quota);
+                // Every relay port of the family taken: full, as far as
+                // this client goes (a reservation token is this node's own,
+                // and a family it lacks is not a matter of load).
+                if e == PoolError::Exhausted
+                    && let Some(redirect) = self.try_alternate(rq, RedirectReason::Load)
+                {
+                    return redirect;
+                }
                 let e = if e == PoolError::FamilyUnsupported {
                     StunError::AddressFamilyNotSupported
                 } else {
@@ -135,6 +183,8 @@ impl Server {
             additional_family_failed,
             generation: 0,
             scheduled: expires,
+            created: now,
+            traffic: Default::default(),
         });
         debug_assert_eq!(inserted, id);
         self.schedule(id, expires);
@@ -144,6 +194,47 @@ impl Server {
         self.stats.allocations_created += 1;
         self.stats.allocations_active += 1;
         self.allocate_success(rq, id)
+    }
+
+    /// A 300 (Try Alternate) sending `rq`'s client to one of the
+    /// alternates, counted under `reason`; `None` when none suits it
+    /// (see [`alternate::choose`]).
+    fn try_alternate(&mut self, rq: &mut Request<'_, '_>, reason: RedirectReason) -> Option<ClientAction> {
+        let (to, domain) = alternate::choose(&self.config.alternates, rq.client, self.policy.own())?;
+        let domain = domain.map(str::to_owned);
+        self.stats.redirects[reason as usize] += 1;
+        Some(self.error_with(rq, StunError::TryAlternate, |b| {
+            b.add(&Attribute::AlternateServer(to))?;
+            if let Some(d) = &domain {
+                b.add(&Attribute::AlternateDomain(d))?;
+            }
+            Ok(())
+        }))
+    }
+
+    /// Why a new allocation should go to an alternate now, if it should:
+    /// draining, or a load threshold reached. Never without alternates.
+    fn redirect_reason(&self) -> Option<RedirectReason> {
+        let c = &self.config;
+        if c.alternates.is_empty() {
+            return None;
+        }
+        if !self.accepting {
+            return Some(RedirectReason::Draining);
+        }
+        if let Some(limit) = c.redirect_above_allocations {
+            let held = self.quotas.total_allocations().unwrap_or(self.table.len() as u64);
+            if held >= limit {
+                return Some(RedirectReason::Load);
+            }
+        }
+        if let Some(fraction) = c.redirect_above_relay_ports {
+            let ports = self.pool.capacity(AddressFamily::V4) + self.pool.capacity(AddressFamily::V6);
+            if (self.pool.in_use() + 1) as f64 > fraction * ports as f64 {
+                return Some(RedirectReason::Load);
+            }
+        }
+        None
     }
 
     fn allocate_success(&mut self, rq: &mut Request<'_, '_>, id: u32) -> ClientAction {
@@ -170,6 +261,13 @@ impl Server {
             Ok(())
         })
     }
+}
+
+/// Whether an Allocate asks for a UDP relay (REQUESTED-TRANSPORT 17): what
+/// a request must at least be for a redirect before authentication.
+fn requests_udp(msg: &crate::wire::Message<'_>) -> bool {
+    let tid = msg.transaction_id();
+    msg.attributes().any(|a| matches!(a.decode(&tid), Ok(Attribute::RequestedTransport(transport::UDP))))
 }
 
 /// Whose quota an allocation counts against: for TURN REST usernames

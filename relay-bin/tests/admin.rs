@@ -1,0 +1,565 @@
+//! The admin API on the metrics listener and `turn-relay admin`, against
+//! the binary over loopback: allocations of two users listed with their
+//! traffic, one ended by id and a user's all ended (the clients' next
+//! Refresh gets 437, the relay stops relaying), a reload that lets a new
+//! user in, wrong or missing tokens refused and counted with nothing done,
+//! the API off without a token, bad settings named, and a slow client that
+//! does not hold the listener. Every process started here is stopped by its
+//! pid; every wait is bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_core::wire::{Attribute, ChannelData, Method};
+use serde_json::Value;
+use test_kit::{Login, TurnClient, error_code, recv_from};
+
+const REALM: &str = "admin.test";
+const TIMEOUT: Duration = Duration::from_secs(3);
+const TOKEN: &str = "s3cr3t-admin-token-0123456789abcdef";
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// 16 consecutive UDP ports free on 127.0.0.1 (below the kernel's
+/// ephemeral range, varied by pid, each checked by binding it).
+fn relay_range() -> String {
+    let start = 10000 + (std::process::id() % 500) as u16 * 16;
+    for k in 0..100u16 {
+        let lo = 10000 + (start - 10000 + k * 16) % 8000;
+        if (lo..lo + 16).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return format!("{lo}-{}", lo + 15);
+        }
+    }
+    panic!("no 16 free UDP ports found");
+}
+
+/// A scratch directory of this test's own.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("turn-relay-admin-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Relay {
+    child: Child,
+    server: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Relay {
+    /// turn-relay on loopback with `extra` flags (two shards, so that
+    /// requests must reach the shard that holds an allocation).
+    fn start(extra: &[&str]) -> Relay {
+        let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let mut args: Vec<String> = [
+            "--listen-udp",
+            &server.to_string(),
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ports",
+            &relay_range(),
+            "--realm",
+            REALM,
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--metrics",
+            &metrics.to_string(),
+            "--shards",
+            "2",
+            "--no-pin",
+            "--log-level",
+            "warn",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(env!("CARGO_BIN_EXE_turn-relay"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let r = Relay { child, server, metrics };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http(r.metrics, "GET", "/healthz", None).is_none() {
+            assert!(Instant::now() < deadline, "turn-relay did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.metrics)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer: status, head, body.
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<Answer> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Answer { status, head: head.to_owned(), body: body.to_owned() })
+}
+
+fn admin(r: &Relay, method: &str, path: &str) -> Answer {
+    http(r.metrics, method, path, Some(TOKEN)).expect("an answer")
+}
+
+fn allocations(r: &Relay, query: &str) -> Vec<Value> {
+    let a = admin(r, "GET", &format!("/admin/allocations{query}"));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!((v["shards"].as_u64(), v["shards_answered"].as_u64()), (Some(2), Some(2)), "{v}");
+    v["allocations"].as_array().unwrap().clone()
+}
+
+fn ids(list: &[Value]) -> Vec<String> {
+    list.iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// `turn-relay admin ARGS` against `r`, bounded.
+fn cli(r: &Relay, token_file: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
+    cmd.arg("admin").arg("--url").arg(r.url());
+    if let Some(f) = token_file {
+        cmd.arg("--token-file").arg(f);
+    }
+    cmd.args(args).env_remove("TURN_RELAY_ADMIN_TOKEN");
+    common::run_bounded(&mut cmd, Duration::from_secs(30))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn client(server: SocketAddr, user: &str, password: &str) -> TurnClient {
+    TurnClient::new(server, Login { user, password, realm: REALM }).with_timeout(TIMEOUT)
+}
+
+/// A Refresh's error code (None: success).
+fn refresh(c: &mut TurnClient) -> Option<u16> {
+    error_code(&c.request(Method::REFRESH, &[Attribute::Lifetime(600)]))
+}
+
+fn metric_line(r: &Relay, prefix: &str, has: &[&str]) -> Option<f64> {
+    let (_, body) = http(r.metrics, "GET", "/metrics", None).map(|a| (a.status, a.body))?;
+    body.lines()
+        .find(|l| l.starts_with(prefix) && has.iter().all(|h| l.contains(h)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn lists_ends_and_reloads_over_the_admin_api_and_its_command() {
+    let dir = scratch("main");
+    let users = dir.join("users");
+    std::fs::write(&users, "alice:secret\nbob:builder\n").unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nuser_file = {:?}\n[admin]\ntoken_file = {:?}\n",
+            users.display().to_string(),
+            token_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let relay = Relay::start(&["--config", config.to_str().unwrap()]);
+
+    // Two users: alice with a channel and traffic, and a second allocation;
+    // bob with two.
+    let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut a1 = client(relay.server, "alice", "secret");
+    let r1 = a1.allocate().unwrap();
+    a1.ok(
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(peer.local_addr().unwrap())],
+    );
+    let mut buf = [0u8; 2048];
+    for i in 0..5u64 {
+        a1.send_channel_data(0x4000, &i.to_be_bytes());
+        let (n, from) = recv_from(&peer, &mut buf).expect("the peer receives");
+        assert_eq!((&buf[..n], from), (&i.to_be_bytes()[..], r1));
+    }
+    for i in 0..3u64 {
+        peer.send_to(&(100 + i).to_be_bytes(), r1).unwrap();
+        let (n, _) = recv_from(&a1.sock, &mut buf).expect("the client receives");
+        assert_eq!(ChannelData::parse(&buf[..n]).unwrap().payload, &(100 + i).to_be_bytes());
+    }
+    let mut a2 = client(relay.server, "alice", "secret");
+    let r2 = a2.allocate().unwrap();
+    let mut b1 = client(relay.server, "bob", "builder");
+    let mut b2 = client(relay.server, "bob", "builder");
+    let (rb1, rb2) = (b1.allocate().unwrap(), b2.allocate().unwrap());
+
+    // The list: every allocation, by user then id, with its fields.
+    let all = allocations(&relay, "");
+    assert_eq!(all.len(), 4, "{all:?}");
+    let users_listed: Vec<&str> = all.iter().map(|a| a["user"].as_str().unwrap()).collect();
+    assert_eq!(users_listed, ["alice", "alice", "bob", "bob"]);
+    let one = all.iter().find(|a| a["id"] == r1.to_string()).expect("alice's first allocation listed");
+    assert_eq!(one["transport"], "udp");
+    assert_eq!(one["client"], a1.sock.local_addr().unwrap().to_string());
+    assert_eq!(one["server"], relay.server.to_string());
+    assert_eq!(one["relays"], serde_json::json!([r1.to_string()]));
+    assert_eq!((one["permissions"].as_u64(), one["channels"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(one["to_peer"], serde_json::json!({"packets": 5, "bytes": 40}));
+    assert_eq!(one["to_client"], serde_json::json!({"packets": 3, "bytes": 24}));
+    let left = one["lifetime_left_s"].as_u64().unwrap();
+    assert!((580..=600).contains(&left), "lifetime left {left}");
+    assert!(one["age_s"].as_u64().unwrap() < 20);
+    let two = all.iter().find(|a| a["id"] == r2.to_string()).unwrap();
+    assert_eq!(two["to_peer"], serde_json::json!({"packets": 0, "bytes": 0}));
+    // By user.
+    let bobs = allocations(&relay, "?user=bob");
+    let mut want = vec![rb1.to_string(), rb2.to_string()];
+    want.sort();
+    assert_eq!(ids(&bobs), want);
+    assert!(allocations(&relay, "?user=carol").is_empty());
+
+    // A wrong or missing token: 401 with the challenge, counted, nothing done.
+    let path = format!("/admin/allocations/{r1}");
+    let wrong = http(relay.metrics, "DELETE", &path, Some("not-the-token-0123456789")).unwrap();
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(wrong.head.contains("WWW-Authenticate: Bearer"), "{}", wrong.head);
+    assert!(!wrong.body.contains(TOKEN));
+    let missing = http(relay.metrics, "DELETE", &path, None).unwrap();
+    assert_eq!(missing.status, 401);
+    let near = http(relay.metrics, "DELETE", &path, Some(&TOKEN[..TOKEN.len() - 1])).unwrap();
+    assert_eq!(near.status, 401, "a prefix of the token is not the token");
+    assert_eq!(allocations(&relay, "").len(), 4);
+    let refused = metric_line(&relay, "turn_admin_requests_total{", &["action=\"unauthorized\"", "code=\"401\""]);
+    assert_eq!(refused, Some(3.0));
+
+    // Routes and methods.
+    assert_eq!(admin(&relay, "GET", "/admin/reload").status, 405);
+    assert!(admin(&relay, "GET", "/admin/reload").head.contains("Allow: POST"));
+    assert_eq!(admin(&relay, "GET", "/admin/nothing").status, 404);
+    assert_eq!(admin(&relay, "DELETE", "/admin/allocations/not-an-address").status, 400);
+    assert_eq!(admin(&relay, "GET", "/admin/allocations?color=red").status, 400);
+    assert_eq!(admin(&relay, "DELETE", "/admin/allocations/127.0.0.1:1").status, 404);
+
+    // End one by id: its Refresh gets 437 and the relay stops relaying.
+    let end = admin(&relay, "DELETE", &path);
+    assert_eq!(end.status, 200, "{}", end.body);
+    assert_eq!(end.json()["ended"], 1);
+    assert_eq!(ids(&allocations(&relay, "?user=alice")), [r2.to_string()]);
+    peer.send_to(b"after the end", r1).unwrap();
+    a1.sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(a1.recv().is_none(), "the ended relay still relays to its client");
+    a1.send_channel_data(0x4000, b"after the end");
+    peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(recv_from(&peer, &mut buf).is_err(), "the ended allocation still relays to its peer");
+    a1.sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(refresh(&mut a1), Some(437));
+    assert_eq!(admin(&relay, "DELETE", &path).status, 404, "ended once");
+
+    // End every allocation of a user; the other user's stay.
+    let end = admin(&relay, "DELETE", "/admin/users/bob/allocations");
+    assert_eq!((end.status, end.json()["ended"].as_u64()), (200, Some(2)), "{}", end.body);
+    assert_eq!((refresh(&mut b1), refresh(&mut b2)), (Some(437), Some(437)));
+    assert_eq!(refresh(&mut a2), None);
+    assert!(allocations(&relay, "?user=bob").is_empty());
+    let deleted = Instant::now() + Duration::from_secs(5);
+    while metric_line(&relay, "turn_allocations_deleted_total", &[]) != Some(3.0) {
+        assert!(Instant::now() < deleted, "the ended allocations were not counted as deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Reload: a new user in the file works afterwards; a broken file is
+    // refused, named, and the old users stay.
+    let mut carol = client(relay.server, "carol", "pw-carol");
+    assert_eq!(carol.allocate(), Err(401));
+    std::fs::write(&users, "alice:secret\nbob:builder\ncarol:pw-carol\n").unwrap();
+    let reload = admin(&relay, "POST", "/admin/reload");
+    assert_eq!((reload.status, reload.json()["reloaded"].as_bool()), (200, Some(true)), "{}", reload.body);
+    let mut carol = client(relay.server, "carol", "pw-carol");
+    let rc = carol.allocate().expect("carol allocates after the reload");
+    std::fs::write(&users, "alice:secret\nno colon here\n").unwrap();
+    let bad = admin(&relay, "POST", "/admin/reload");
+    assert_eq!(bad.status, 500, "{}", bad.body);
+    let why = bad.json()["error"].as_str().unwrap().to_owned();
+    assert!(why.contains(&format!("{}:2", users.display())), "{why}");
+    assert!(!why.contains("secret"), "{why}");
+    let mut carol2 = client(relay.server, "carol", "pw-carol");
+    assert!(carol2.allocate().is_ok(), "a failed reload kept the old users");
+    std::fs::write(&users, "alice:secret\nbob:builder\ncarol:pw-carol\n").unwrap();
+
+    // The command: a table, JSON, end, end-user, reload.
+    let out = cli(&relay, Some(&token_file), &["allocations"]);
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("USER") && lines[0].contains("BYTES>CLIENT"), "{table}");
+    assert_eq!(lines.len(), 1 + 3 + 1, "{table}");
+    assert_eq!(*lines.last().unwrap(), "3 allocations");
+    let row = lines.iter().find(|l| l.starts_with(&r2.to_string())).expect("alice's row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cells[1], cells[2], cells[3]), ("alice", "udp", a2.sock.local_addr().unwrap().to_string().as_str()));
+    // Columns line up: every row's USER column starts where the header's does.
+    let col = lines[0].find("USER").unwrap();
+    for l in &lines[1..4] {
+        assert!(l[col..].starts_with("alice") || l[col..].starts_with("carol"), "misaligned: {l:?}\n{table}");
+    }
+    let out = cli(&relay, Some(&token_file), &["allocations", "--user", "carol", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(v["allocations"].as_array().unwrap()).len(), 2);
+    let out = cli(&relay, Some(&token_file), &["end", &rc.to_string()]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "ended 1 allocation\n".into()),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(refresh(&mut carol), Some(437));
+    let out = cli(&relay, Some(&token_file), &["end", &rc.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("404") && text(&out.stderr).contains(&rc.to_string()), "{}", text(&out.stderr));
+    let out = cli(&relay, Some(&token_file), &["end-user", "carol"]);
+    assert_eq!(text(&out.stdout), "ended 1 allocation of carol\n", "{}", text(&out.stderr));
+    assert_eq!(refresh(&mut carol2), Some(437));
+    let out = cli(&relay, Some(&token_file), &["reload"]);
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "reloaded\n".into()), "{}", text(&out.stderr));
+    // The token from the environment; a wrong one is exit code 4.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
+    cmd.args(["admin", "--url", &relay.url(), "allocations", "--user", "alice"]).env("TURN_RELAY_ADMIN_TOKEN", TOKEN);
+    let out = common::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(out.status.success() && text(&out.stdout).ends_with("1 allocation\n"), "{}", text(&out.stdout));
+    cmd.env("TURN_RELAY_ADMIN_TOKEN", "wrong-token-wrong-token");
+    let out = common::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    // No token at all: a usage error, nothing sent.
+    let out = cli(&relay, None, &["reload"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("TURN_RELAY_ADMIN_TOKEN"), "{}", text(&out.stderr));
+    // Nothing listening: exit code 3, saying so.
+    let nowhere = format!("http://127.0.0.1:{}", free_tcp_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
+    cmd.args(["admin", "--url", &nowhere, "--token-file", token_file.to_str().unwrap(), "reload"]);
+    let out = common::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("cannot reach"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_admin_api_is_off_without_a_token() {
+    let relay = Relay::start(&["--user", "alice:secret"]);
+    let mut c = client(relay.server, "alice", "secret");
+    let relayed = c.allocate().unwrap();
+    for (method, path) in
+        [("GET", "/admin/allocations".to_owned()), ("DELETE", format!("/admin/allocations/{relayed}"))]
+    {
+        let a = http(relay.metrics, method, &path, Some(TOKEN)).unwrap();
+        assert_eq!(a.status, 404, "{}", a.body);
+        assert!(a.json()["error"].as_str().unwrap().contains("off"), "{}", a.body);
+    }
+    assert_eq!(refresh(&mut c), None, "nothing was ended");
+    assert_eq!(http(relay.metrics, "GET", "/metrics", None).unwrap().status, 200);
+    let dir = scratch("off");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let out = cli(&relay, Some(&token_file), &["allocations"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("admin API is off"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_admin_settings_name_the_file_line_and_key() {
+    let dir = scratch("bad");
+    let check = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
+        cmd.args(args).arg("--check-config");
+        common::run_bounded(&mut cmd, Duration::from_secs(30))
+    };
+    let config = dir.join("relay.toml");
+    std::fs::write(&config, "[admin]\ntoken = \"short-token\"\n").unwrap();
+    let out = check(&["--config", config.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}:2: admin.token: ", config.display())), "{err}");
+    assert!(!err.contains("short-token"), "the token is never shown: {err}");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::write(
+        &config,
+        format!("[admin]\ntoken = \"{TOKEN}\"\ntoken_file = {:?}\n", token_file.display().to_string()),
+    )
+    .unwrap();
+    let err = text(&check(&["--config", config.to_str().unwrap()]).stderr);
+    assert!(err.contains("not both") && !err.contains(TOKEN), "{err}");
+    // The flag replaces the file's token; a file that cannot be read is named.
+    let out = check(&["--config", config.to_str().unwrap(), "--admin-token-file", token_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&check(&["--admin-token-file", "/nonexistent/token"]).stderr);
+    assert!(err.contains("<command line>: admin.token_file: cannot read /nonexistent/token"), "{err}");
+    let err = text(&check(&["--admin-token-file", token_file.to_str().unwrap(), "--no-metrics"]).stderr);
+    assert!(err.contains("metrics listener"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that trickles its request (or sends none) holds the one
+/// listener thread for at most the 2 s head deadline: a scrape behind it
+/// is answered.
+#[test]
+fn a_slow_client_does_not_hold_the_metrics_listener() {
+    let relay = Relay::start(&["--user", "alice:secret"]);
+    let mut slow = TcpStream::connect(relay.metrics).unwrap();
+    slow.write_all(b"GET /admin/allocations HTTP/1.1\r\n").unwrap();
+    let addr = relay.metrics;
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..12 {
+            std::thread::sleep(Duration::from_millis(400));
+            if slow.write_all(b"X").is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let a = http(addr, "GET", "/healthz", None).expect("healthz answers");
+    assert_eq!(a.status, 200);
+    assert!(t.elapsed() < Duration::from_millis(3500), "healthz waited {:?}", t.elapsed());
+    trickle.join().unwrap();
+}
+
+/// With the kernel fast path (TC, in network namespaces), what the kernel
+/// relayed is credited to its allocation: the admin list counts every
+/// packet, whichever path took it.
+#[test]
+fn fast_path_traffic_is_counted_per_allocation() {
+    const NAME: &str = "fast_path_traffic_is_counted_per_allocation";
+    const SERVER: &str = "10.201.1.1:3478";
+    const METRICS: &str = "10.201.1.1:9641";
+    let t = match test_kit::Topology::new("fpadm") {
+        Ok(t) => t,
+        Err(why) => return test_kit::skip(NAME, &why),
+    };
+    let dir = scratch("fast");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let args = [
+        "netns",
+        "exec",
+        &t.relay,
+        env!("CARGO_BIN_EXE_turn-relay"),
+        "--listen",
+        SERVER,
+        "--relay-ip",
+        "10.201.2.1",
+        "--relay-ports",
+        "50000-50015",
+        "--realm",
+        REALM,
+        "--user",
+        "alice:secret",
+        "--allow-peer",
+        "10.201.0.0/16",
+        "--metrics",
+        METRICS,
+        "--shards",
+        "1",
+        "--no-pin",
+        "--fast-path",
+        "tc",
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let mut relay =
+        common::Killed(Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    let metrics: SocketAddr = METRICS.parse().unwrap();
+    let clients = t.clients.clone();
+    let get =
+        move |path: &'static str| test_kit::Topology::run_in(&clients, move || http(metrics, "GET", path, Some(TOKEN)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get("/healthz").is_none() {
+        if let Some(status) = relay.0.try_wait().unwrap() {
+            let mut err = String::new();
+            relay.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return test_kit::skip(NAME, &format!("turn-relay --fast-path tc did not start ({status}): {err}"));
+        }
+        assert!(Instant::now() < deadline, "turn-relay did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let login = Login { user: "alice", password: "secret", realm: REALM };
+    let sock = test_kit::Topology::udp(&t.clients, "10.201.1.2:0");
+    let mut c = TurnClient::with_socket(sock, SERVER.parse().unwrap(), login);
+    let relayed = c.allocate().unwrap();
+    let peer = test_kit::Topology::udp(&t.peers, "10.201.2.2:0");
+    c.ok(
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(peer.local_addr().unwrap())],
+    );
+    let n = 30u64;
+    for i in 0..n {
+        let data = format!("datagram {i:03}").into_bytes();
+        c.send_channel_data(0x4001, &data);
+        assert_eq!(test_kit::recv_datagram(&peer).expect("the peer receives"), (data.clone(), relayed));
+        peer.send_to(&data, relayed).unwrap();
+        assert!(c.recv().is_some(), "the client receives");
+    }
+    let list: Value = serde_json::from_str(&get("/admin/allocations").unwrap().body).unwrap();
+    let a = &list["allocations"][0];
+    assert_eq!(a["id"], relayed.to_string());
+    assert_eq!(a["to_peer"], serde_json::json!({"packets": n, "bytes": n * 12}), "{list}");
+    assert_eq!(a["to_client"], serde_json::json!({"packets": n, "bytes": n * 12}), "{list}");
+    // And the kernel did relay them (else this proves nothing); the
+    // metrics are published once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = get("/metrics").unwrap().body;
+        let kernel: f64 = body
+            .lines()
+            .find(|l| l.starts_with(r#"turn_fast_path_packets_total{direction="to_peer"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0);
+        if kernel >= (n - 1) as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relayed in the kernel: {kernel}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
