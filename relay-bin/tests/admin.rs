@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Answer, free_tcp_port, free_udp_port, http, http_in, metric, metric_at};
 use relay_core::wire::{Attribute, ChannelData, Method};
 use serde_json::Value;
 use test_kit::{Login, TurnClient, error_code, recv_from};
@@ -22,14 +23,6 @@ use test_kit::{Login, TurnClient, error_code, recv_from};
 const REALM: &str = "admin.test";
 const TIMEOUT: Duration = Duration::from_secs(3);
 const TOKEN: &str = "s3cr3t-admin-token-0123456789abcdef";
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// 16 consecutive UDP ports free on 127.0.0.1 (below the kernel's
 /// ephemeral range, varied by pid, each checked by binding it).
@@ -62,8 +55,8 @@ impl Relay {
     /// turn-relay on loopback with `extra` flags (two shards, so that
     /// requests must reach the shard that holds an allocation).
     fn start(extra: &[&str]) -> Relay {
-        let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1")).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
         let mut args: Vec<String> = [
             "--listen-udp",
             &server.to_string(),
@@ -113,31 +106,6 @@ impl Drop for Relay {
     }
 }
 
-/// An HTTP answer: status, head, body.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<Answer> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some(Answer { status, head: head.to_owned(), body: body.to_owned() })
-}
-
 fn admin(r: &Relay, method: &str, path: &str) -> Answer {
     http(r.metrics, method, path, Some(TOKEN)).expect("an answer")
 }
@@ -176,13 +144,6 @@ fn client(server: SocketAddr, user: &str, password: &str) -> TurnClient {
 /// A Refresh's error code (None: success).
 fn refresh(c: &mut TurnClient) -> Option<u16> {
     error_code(&c.request(Method::REFRESH, &[Attribute::Lifetime(600)]))
-}
-
-fn metric_line(r: &Relay, prefix: &str, has: &[&str]) -> Option<f64> {
-    let (_, body) = http(r.metrics, "GET", "/metrics", None).map(|a| (a.status, a.body))?;
-    body.lines()
-        .find(|l| l.starts_with(prefix) && has.iter().all(|h| l.contains(h)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[test]
@@ -267,7 +228,7 @@ fn lists_ends_and_reloads_over_the_admin_api_and_its_command() {
     let near = http(relay.metrics, "DELETE", &path, Some(&TOKEN[..TOKEN.len() - 1])).unwrap();
     assert_eq!(near.status, 401, "a prefix of the token is not the token");
     assert_eq!(allocations(&relay, "").len(), 4);
-    let refused = metric_line(&relay, "turn_admin_requests_total{", &["action=\"unauthorized\"", "code=\"401\""]);
+    let refused = metric_at(relay.metrics, r#"turn_admin_requests_total{action="unauthorized",code="401"}"#);
     assert_eq!(refused, Some(3.0));
 
     // Routes and methods.
@@ -300,7 +261,7 @@ fn lists_ends_and_reloads_over_the_admin_api_and_its_command() {
     assert_eq!(refresh(&mut a2), None);
     assert!(allocations(&relay, "?user=bob").is_empty());
     let deleted = Instant::now() + Duration::from_secs(5);
-    while metric_line(&relay, "turn_allocations_deleted_total", &[]) != Some(3.0) {
+    while metric_at(relay.metrics, "turn_allocations_deleted_total") != Some(3.0) {
         assert!(Instant::now() < deleted, "the ended allocations were not counted as deleted");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -374,7 +335,7 @@ fn lists_ends_and_reloads_over_the_admin_api_and_its_command() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("TURN_RELAY_ADMIN_TOKEN"), "{}", text(&out.stderr));
     // Nothing listening: exit code 3, saying so.
-    let nowhere = format!("http://127.0.0.1:{}", free_tcp_port());
+    let nowhere = format!("http://127.0.0.1:{}", free_tcp_port("127.0.0.1"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
     cmd.args(["admin", "--url", &nowhere, "--token-file", token_file.to_str().unwrap(), "reload"]);
     let out = common::run_bounded(&mut cmd, Duration::from_secs(30));
@@ -471,8 +432,6 @@ fn a_slow_client_does_not_hold_the_metrics_listener() {
 #[test]
 fn fast_path_traffic_is_counted_per_allocation() {
     const NAME: &str = "fast_path_traffic_is_counted_per_allocation";
-    const SERVER: &str = "10.201.1.1:3478";
-    const METRICS: &str = "10.201.1.1:9641";
     let t = match test_kit::Topology::new("fpadm") {
         Ok(t) => t,
         Err(why) => return test_kit::skip(NAME, &why),
@@ -480,39 +439,10 @@ fn fast_path_traffic_is_counted_per_allocation() {
     let dir = scratch("fast");
     let token_file = dir.join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let args = [
-        "netns",
-        "exec",
-        &t.relay,
-        env!("CARGO_BIN_EXE_turn-relay"),
-        "--listen",
-        SERVER,
-        "--relay-ip",
-        "10.201.2.1",
-        "--relay-ports",
-        "50000-50015",
-        "--realm",
-        REALM,
-        "--user",
-        "alice:secret",
-        "--allow-peer",
-        "10.201.0.0/16",
-        "--metrics",
-        METRICS,
-        "--shards",
-        "1",
-        "--no-pin",
-        "--fast-path",
-        "tc",
-        "--admin-token-file",
-        token_file.to_str().unwrap(),
-    ];
-    let mut relay =
-        common::Killed(Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
-    let metrics: SocketAddr = METRICS.parse().unwrap();
-    let clients = t.clients.clone();
-    let get =
-        move |path: &'static str| test_kit::Topology::run_in(&clients, move || http(metrics, "GET", path, Some(TOKEN)));
+    let extra = ["--fast-path", "tc", "--admin-token-file", token_file.to_str().unwrap()];
+    let mut relay = common::Killed(common::topology_relay(&t, REALM, &extra));
+    let metrics: SocketAddr = common::TOPOLOGY_METRICS.parse().unwrap();
+    let get = |path: &str| http_in(&t.clients, metrics, "GET", path, Some(TOKEN));
     let deadline = Instant::now() + Duration::from_secs(10);
     while get("/healthz").is_none() {
         if let Some(status) = relay.0.try_wait().unwrap() {
@@ -525,7 +455,7 @@ fn fast_path_traffic_is_counted_per_allocation() {
     }
     let login = Login { user: "alice", password: "secret", realm: REALM };
     let sock = test_kit::Topology::udp(&t.clients, "10.201.1.2:0");
-    let mut c = TurnClient::with_socket(sock, SERVER.parse().unwrap(), login);
+    let mut c = TurnClient::with_socket(sock, common::TOPOLOGY_SERVER.parse().unwrap(), login);
     let relayed = c.allocate().unwrap();
     let peer = test_kit::Topology::udp(&t.peers, "10.201.2.2:0");
     c.ok(
@@ -550,11 +480,7 @@ fn fast_path_traffic_is_counted_per_allocation() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let body = get("/metrics").unwrap().body;
-        let kernel: f64 = body
-            .lines()
-            .find(|l| l.starts_with(r#"turn_fast_path_packets_total{direction="to_peer"}"#))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0);
+        let kernel = metric(&body, r#"turn_fast_path_packets_total{direction="to_peer"}"#).unwrap_or(0.0);
         if kernel >= (n - 1) as f64 {
             break;
         }

@@ -8,7 +8,6 @@
 //! it). A full node (`--max-allocations`) redirects too, counted as
 //! `quota`. `turn-relay probe turn` says where it landed.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,50 +16,18 @@ use bench_harness::client::{DataSource, TcpTransport, TlsOptions, TlsTransport, 
 use bench_harness::{Credentials, ThroughputConfig, TurnServer};
 
 mod common;
-use common::{Killed, run_bounded};
+use common::{Killed, free_tcp_port, free_udp_port, http_get, run_bounded, wait_metrics};
 
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// GET `path`: the status code and body.
-fn http(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
-}
-
-fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Polls `/metrics` until `ok` holds (or `within` passes); returns the last body.
-fn wait_metrics(addr: SocketAddr, within: Duration, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let body = http(addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
-        if ok(&body) || Instant::now() > deadline {
-            return body;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// A sample of a `/metrics` body (see [`common::metric`]); a counter not
+/// there counts as 0.
+fn metric(body: &str, sample: &str) -> f64 {
+    common::metric(body, sample).unwrap_or(0.0)
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1 (bounded tries).
 fn free_udp_and_tcp() -> u16 {
     for _ in 0..50 {
-        let port = free_udp();
+        let port = free_udp_port("127.0.0.1");
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -100,7 +67,7 @@ fn stream_node(lo: u16, cert: &test_kit::TestCert, extra: &[&str]) -> Node {
 
 fn start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Node {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_and_tcp()).parse().unwrap();
-    let metrics = free_tcp();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port("127.0.0.1")));
     let ports = (lo, lo + 99);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
     cmd.args(["--listen", &addr.to_string(), "--relay-ip", "127.0.0.1"]);
@@ -115,7 +82,7 @@ fn start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Node {
             let (c, k) = (d.join("cert.pem"), d.join("key.pem"));
             std::fs::write(&c, &cert.cert_pem).unwrap();
             std::fs::write(&k, &cert.key_pem).unwrap();
-            let t = free_tcp();
+            let t = SocketAddr::from(([127, 0, 0, 1], free_tcp_port("127.0.0.1")));
             cmd.args([
                 "--listen-tls",
                 &t.to_string(),
@@ -226,7 +193,7 @@ fn a_draining_node_flips_readyz_and_redirects_new_clients() {
     let b = node(base, &[]);
     let b_addr = b.addr.to_string();
     let mut a = node(base + 100, &["--alternate", &b_addr, "--drain-timeout", "120"]);
-    assert_eq!(http(a.metrics, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(a.metrics, "/readyz").map(|r| r.status), Some(200));
 
     // An allocation on A before the drain, kept open so that A stays up.
     let mut old = client(a.addr);
@@ -238,7 +205,7 @@ fn a_draining_node_flips_readyz_and_redirects_new_clients() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     // /readyz answers 503 first...
     let deadline = Instant::now() + Duration::from_secs(5);
-    while http(a.metrics, "/readyz").map(|r| r.0) != Some(503) {
+    while http_get(a.metrics, "/readyz").map(|r| r.status) != Some(503) {
         assert!(Instant::now() < deadline, "A's /readyz did not turn 503 on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -5,24 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_tcp_port, free_udp_port, http_get, metric_at};
 use relay_core::wire::{Attribute, AttributeType, ChannelData, Class, Message, Method};
 use test_kit::{Login, StreamClient, TurnClient, recv_from};
 
 const REALM: &str = "bin.test";
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A relay port range unlikely to be in use: below the ephemeral range
 /// the kernel hands out by default on Linux, varied by pid, and one of its
@@ -41,8 +33,8 @@ struct Relay {
 
 impl Relay {
     fn start(extra: &[&str]) -> Relay {
-        let port = free_udp_port();
-        let metrics_port = free_tcp_port();
+        let port = free_udp_port("127.0.0.1");
+        let metrics_port = free_tcp_port("127.0.0.1");
         let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
         let mut args = vec![
@@ -110,21 +102,6 @@ impl Drop for Relay {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(TIMEOUT)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let code = body.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body))
-}
-
-fn metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
-    let (_, body) = http_get(addr, "/metrics")?;
-    body.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// A client of the relay in realm [`REALM`], waiting [`TIMEOUT`] for answers.
 fn client(server: SocketAddr, user: &str, password: &str) -> TurnClient {
     TurnClient::new(server, Login { user, password, realm: REALM }).with_timeout(TIMEOUT)
@@ -174,11 +151,11 @@ fn relays_reports_metrics_reloads_and_drains() {
     // Metrics (published once a second).
     let deadline = Instant::now() + Duration::from_secs(5);
     let sent = r#"turn_relayed_packets_total{direction="to_peer",transport="udp"}"#;
-    while metric(relay.metrics, sent) != Some(20.0) {
+    while metric_at(relay.metrics, sent) != Some(20.0) {
         assert!(Instant::now() < deadline, "metrics never showed 20 relayed packets");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(metric(relay.metrics, "turn_allocations_active"), Some(1.0));
+    assert_eq!(metric_at(relay.metrics, "turn_allocations_active"), Some(1.0));
 
     // Batched UDP: a peer's burst, sent as one GSO message, arrives
     // coalesced and leaves for the client as one GSO send; the counters
@@ -199,17 +176,17 @@ fn relays_reports_metrics_reloads_and_drains() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(relay.metrics, "turn_udp_gro_datagrams_total").unwrap_or(0.0) < 10.0
-        || metric(relay.metrics, "turn_udp_gso_sends_total").unwrap_or(0.0) < 1.0
+    while metric_at(relay.metrics, "turn_udp_gro_datagrams_total").unwrap_or(0.0) < 10.0
+        || metric_at(relay.metrics, "turn_udp_gso_sends_total").unwrap_or(0.0) < 1.0
     {
         assert!(Instant::now() < deadline, "metrics never showed the batched burst");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(metric(relay.metrics, r#"turn_udp_sent_datagrams_total{batched="yes"}"#).unwrap() >= 10.0);
-    assert!(metric(relay.metrics, r#"turn_udp_sent_datagrams_total{batched="no"}"#).unwrap() >= 20.0);
-    assert_eq!(metric(relay.metrics, "turn_udp_gso_fallbacks_total"), Some(0.0));
-    assert!(metric(relay.metrics, r#"turn_requests_total{method="allocate",result="success"}"#) == Some(1.0));
-    assert_eq!(http_get(relay.metrics, "/readyz").unwrap().0, 200);
+    assert!(metric_at(relay.metrics, r#"turn_udp_sent_datagrams_total{batched="yes"}"#).unwrap() >= 10.0);
+    assert!(metric_at(relay.metrics, r#"turn_udp_sent_datagrams_total{batched="no"}"#).unwrap() >= 20.0);
+    assert_eq!(metric_at(relay.metrics, "turn_udp_gso_fallbacks_total"), Some(0.0));
+    assert!(metric_at(relay.metrics, r#"turn_requests_total{method="allocate",result="success"}"#) == Some(1.0));
+    assert_eq!(http_get(relay.metrics, "/readyz").unwrap().status, 200);
 
     // A user unknown to the file is refused; after editing the file and
     // SIGHUP, accepted, and alice's allocation still relays.
@@ -231,7 +208,7 @@ fn relays_reports_metrics_reloads_and_drains() {
     // SIGTERM: not ready, no new allocations, running ones go on.
     relay.signal(15);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(http_get(relay.metrics, "/readyz").unwrap().0, 503);
+    assert_eq!(http_get(relay.metrics, "/readyz").unwrap().status, 503);
     let mut late = client(relay.server, "alice", "secret");
     assert_eq!(late.allocate(), Err(508));
     round_trip(&c, &peer, relayed, 5);
@@ -362,7 +339,7 @@ fn sockets_of(pid: u32) -> Vec<(&'static str, SocketAddr)> {
 fn listen_serves_udp_and_tcp_on_that_address_only() {
     // A port free over UDP and TCP on 127.0.0.1 and 127.0.0.2 (bounded tries).
     let port = (0..50)
-        .map(|_| free_udp_port())
+        .map(|_| free_udp_port("127.0.0.1"))
         .find(|&p| {
             ["127.0.0.1", "127.0.0.2"]
                 .iter()
@@ -370,7 +347,7 @@ fn listen_serves_udp_and_tcp_on_that_address_only() {
         })
         .expect("a port free over UDP and TCP");
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
     let args = [
         "--listen",
         &server.to_string(),
@@ -411,7 +388,7 @@ fn listen_serves_udp_and_tcp_on_that_address_only() {
 /// which two processes cannot share) it joins and serves beside the first.
 #[test]
 fn a_second_instance_needs_handover() {
-    let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1")).parse().unwrap();
     let args_for = |range: String, metrics: SocketAddr| {
         ["--listen", &server.to_string(), "--relay-ip", "127.0.0.1", "--relay-ports", &range]
             .into_iter()
@@ -419,9 +396,9 @@ fn a_second_instance_needs_handover() {
             .map(str::to_owned)
             .collect::<Vec<String>>()
     };
-    let m1: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let m1: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
     let _first = Relay::spawn(server, m1, &args_for(relay_range(2), m1));
-    let m2: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let m2: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_turn-relay")).args(args_for(relay_range(3), m2)).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -430,5 +407,5 @@ fn a_second_instance_needs_handover() {
     let mut args = args_for(relay_range(3), m2);
     args.push("--handover".into());
     let second = Relay::spawn(server, m2, &args);
-    assert_eq!(http_get(second.metrics, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(second.metrics, "/readyz").unwrap().status, 200);
 }

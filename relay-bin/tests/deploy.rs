@@ -33,8 +33,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -952,27 +952,19 @@ fn served(s: &mut Server, generated: bool) -> Served {
     }
 }
 
-/// `GET path` from inside the namespace: (status code, body), or None
-/// when nothing answers.
-fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    Topology::run_in(&ns.0, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned())))
-    })
+/// `GET path` from inside the namespace: the status code, or None when
+/// nothing answers.
+fn http_status(ns: &Netns, addr: SocketAddr, path: &str) -> Option<u16> {
+    common::http_in(&ns.0, addr, "GET", path, None).map(|a| a.status)
 }
 
-/// `GET`, waiting (bounded) for the listener.
+/// `GET` from inside the namespace, waiting (bounded) for the listener to
+/// answer 200; the body.
 fn http_ok(ns: &Netns, addr: SocketAddr, path: &str) -> String {
     let deadline = Instant::now() + LIMIT;
     loop {
-        match http_get(ns, addr, path) {
-            Some((200, body)) => return body,
+        match common::http_in(&ns.0, addr, "GET", path, None) {
+            Some(a) if a.status == 200 => return a.body,
             other if Instant::now() > deadline => panic!("GET http://{addr}{path}: {other:?}"),
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
@@ -1129,11 +1121,11 @@ fn the_shipped_deployments_serve_what_they_declare() {
     s.signal("-TERM");
     let drain = s.line("draining: no new allocations");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while http_get(&ns, at_node(ready_port), &ready).map(|r| r.0) != Some(503) {
+    while http_status(&ns, at_node(ready_port), &ready) != Some(503) {
         assert!(Instant::now() < deadline, "/readyz did not turn 503 on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(http_get(&ns, at_node(live_port), &alive).map(|r| r.0), Some(200), "liveness fails while draining");
+    assert_eq!(http_status(&ns, at_node(live_port), &alive), Some(200), "liveness fails while draining");
     let drain_s: u64 = serde_json::from_str::<serde_json::Value>(&drain)
         .ok()
         .and_then(|v| v["drain_timeout_s"].as_u64())
@@ -1171,16 +1163,8 @@ fn the_shipped_deployments_serve_what_they_declare() {
     let mut s = Server::start(&ns, &args);
     let sv = served(&mut s, false);
     let mut held = allocate_everywhere(&ns, &sv, ("probe", "probe-password", &realm), &cert);
-    let metrics = sv.metrics;
-    let admin = Topology::run_in(&ns.0, move || {
-        let mut s = TcpStream::connect_timeout(&metrics, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(s, "GET /admin/allocations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        Some(text)
-    });
-    assert!(admin.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")), "the admin API: {admin:?}");
+    let admin = common::http_in(&ns.0, sv.metrics, "GET", "/admin/allocations", Some(token));
+    assert!(admin.as_ref().is_some_and(|a| a.status == 200), "the admin API: {admin:?}");
     let d: serde_json::Value = serde_json::from_str(&read("deploy/grafana/turn-relay.json")).unwrap();
     let wanted = dashboard_metrics(&d);
     // Published once a second: wait (bounded) for the last of them.

@@ -10,89 +10,31 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Killed, run_bounded};
+use common::{
+    Killed, TOPOLOGY_METRICS as METRICS, TOPOLOGY_SERVER as SERVER, run_bounded, topology_command, topology_relay,
+};
 use relay_core::wire::{Attribute, Method};
 use relay_io::fastpath::PassiveXdp;
 use test_kit::{Login, Topology, TurnClient, channel_frame, recv_datagram};
 
 const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: "fast.bin.test" };
-const SERVER: &str = "10.201.1.1:3478";
-const METRICS: &str = "10.201.1.1:9641";
 
-/// `ip netns exec <relay> turn-relay --listen … --relay-ip …` and `extra`.
-fn relay_command<'a>(t: &'a Topology, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "netns",
-        "exec",
-        &t.relay,
-        env!("CARGO_BIN_EXE_turn-relay"),
-        "--listen",
-        SERVER,
-        "--relay-ip",
-        "10.201.2.1",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn spawn(t: &Topology, extra: &[&str]) -> Child {
-    let mut args = relay_command(
-        t,
-        &[
-            "--relay-ports",
-            "50000-50015",
-            "--realm",
-            LOGIN.realm,
-            "--user",
-            "alice:secret",
-            "--allow-peer",
-            "10.201.0.0/16",
-            "--metrics",
-            METRICS,
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
-    );
-    args.extend_from_slice(extra);
-    Command::new("ip").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-/// GET `path` from the metrics listener (from the clients' namespace).
-fn http_get(t: &Topology, path: &str) -> Option<String> {
-    let path = path.to_owned();
-    Topology::run_in(&t.clients, move || {
-        let mut s = TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_millis(200)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    })
-}
-
-/// A metric's value (waiting up to 3 s for it to be published: once a second).
-fn metric(t: &Topology, name_and_labels: &str) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let body = http_get(t, "/metrics").expect("metrics");
-        let v = body.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok());
-        match v {
-            Some(v) => return v,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            None => panic!("no {name_and_labels} in the metrics"),
-        }
-    }
+/// A metric's value, read from the clients' namespace (waiting up to 3 s
+/// for it to be published: once a second).
+fn metric(t: &Topology, sample: &str) -> f64 {
+    let body = common::wait_metrics_in(&t.clients, METRICS.parse().unwrap(), Duration::from_secs(3), |b| {
+        common::metric(b, sample).is_some()
+    });
+    common::metric(&body, sample).unwrap_or_else(|| panic!("no {sample} in the metrics: {body}"))
 }
 
 fn wait_up(t: &Topology) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(t, "/healthz").is_none() {
+    while common::http_in(&t.clients, METRICS.parse().unwrap(), "GET", "/healthz", None).is_none() {
         assert!(Instant::now() < deadline, "turn-relay did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -118,13 +60,13 @@ fn the_binary_relays_in_the_kernel_and_leaves_nothing_behind() {
         }
     }
     // A forced mode that cannot attach: native XDP on lo.
-    let forced = relay_command(&t, &["--fast-path", "xdp", "--fast-path-interface", "lo"]);
+    let forced = topology_command(&t, &["--fast-path", "xdp", "--fast-path-interface", "lo"]);
     let out = run_bounded(Command::new("ip").args(forced), Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a fast path that cannot attach stops the start");
     assert!(stderr.contains("fast path") && stderr.contains("to lo:"), "the error names the device: {stderr}");
 
-    let relay = Killed(spawn(&t, &["--fast-path", "xdp"]));
+    let relay = Killed(topology_relay(&t, LOGIN.realm, &["--fast-path", "xdp"]));
     wait_up(&t);
     assert!(xdp_on(&t, "vrc") && xdp_on(&t, "vrp"), "attached to both of the relay's devices");
     assert_eq!(metric(&t, r#"turn_fast_path_info{path="xdp"}"#), 1.0);
@@ -168,7 +110,7 @@ fn the_binary_relays_in_the_kernel_and_leaves_nothing_behind() {
     }
     // And a new start attaches again (nothing pinned in the way), then
     // stops cleanly on SIGTERM and detaches.
-    let mut relay = Killed(spawn(&t, &["--fast-path", "xdp"]));
+    let mut relay = Killed(topology_relay(&t, LOGIN.realm, &["--fast-path", "xdp"]));
     wait_up(&t);
     assert!(xdp_on(&t, "vrc"));
     assert!(Command::new("kill").args(["-15", &relay.0.id().to_string()]).status().unwrap().success());
@@ -186,7 +128,7 @@ fn the_binary_relays_in_the_kernel_and_leaves_nothing_behind() {
     // The TC mode: relays in the kernel too; after SIGKILL a new start
     // attaches again (TCX links go with the process).
     for round in 0..2 {
-        let relay = Killed(spawn(&t, &["--fast-path", "tc"]));
+        let relay = Killed(topology_relay(&t, LOGIN.realm, &["--fast-path", "tc"]));
         wait_up(&t);
         assert_eq!(metric(&t, r#"turn_fast_path_info{path="tc"}"#), 1.0, "round {round}");
         let sock = Topology::udp(&t.clients, "10.201.1.2:0");

@@ -9,12 +9,11 @@
 //! says to skip (for machines without coturn); in CI (`CI=true`) or with
 //! `TURN_RELAY_REQUIRE_ALL=1` that escape does not work.
 
-use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{Killed, have, run_bounded, skip};
+use common::{Killed, free_udp_port, have, run_bounded, skip};
 
 /// True when coturn's client tools are here; without them the test fails,
 /// or skips (returning false) where `TURN_RELAY_SKIP_INTEROP=1` allows it
@@ -28,10 +27,6 @@ fn tools_present(test: &str) -> bool {
         skip(test, "TURN_RELAY_SKIP_INTEROP=1 and coturn's client tools are missing");
     }
     found
-}
-
-fn free_udp_port(ip: &str) -> u16 {
-    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 /// The totals line: `tot_send_msgs=N, tot_recv_msgs=M`.

@@ -16,36 +16,17 @@ use std::time::{Duration, Instant};
 use relay_core::wire::proxy::{Header, Version};
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
 
-use common::Killed;
+use common::{Killed, free_tcp_port, http_get, metric_at};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// The trusted balancer's address (all of 127/8 is loopback).
 const BALANCER: &str = "127.0.0.5";
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A relay port range of its own, below the kernel's ephemeral range,
 /// varied by pid.
 fn relay_range() -> String {
     let lo = 12000 + (std::process::id() % 200) as u16 * 20;
     format!("{lo}-{}", lo + 15)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(TIMEOUT)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
-/// The value of the metric line starting with `name_and_labels`.
-fn metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
-    let body = http_get(addr, "/metrics")?;
-    body.lines().find(|l| l.starts_with(name_and_labels)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -93,8 +74,8 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 fn the_configured_balancer_is_trusted_and_counted_in_metrics() {
     let dir = std::env::temp_dir().join(format!("turn-relay-proxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let tcp: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let tcp: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
     let file = dir.join("relay.toml");
     let text = format!("[listen]\ntcp = [\"{tcp}\"]\nproxy_protocol_from = [\"{BALANCER}/32\"]\n");
     std::fs::write(&file, text).unwrap();
@@ -143,7 +124,7 @@ fn the_configured_balancer_is_trusted_and_counted_in_metrics() {
     loop {
         let got: Vec<Option<f64>> = want
             .iter()
-            .map(|(r, _)| metric(metrics, &format!("turn_proxy_protocol_total{{result=\"{r}\"}}")))
+            .map(|(r, _)| metric_at(metrics, &format!("turn_proxy_protocol_total{{result=\"{r}\"}}")))
             .collect();
         if got.iter().zip(&want).all(|(g, (_, w))| *g == Some(*w)) {
             break;

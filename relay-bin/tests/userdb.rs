@@ -22,8 +22,7 @@
 //! binaries, redis-server and coturn's tools (`.ci/run` installs them);
 //! without them the test is skipped, except in CI where that is a failure.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,20 +32,12 @@ use relay_core::wire::{Attribute, Method};
 use test_kit::{Login, TurnClient, error_code, recv_datagram};
 
 mod common;
-use common::{have, run_bounded, skip};
+use common::{Answer, free_tcp_port, free_udp_port, have, http_get, metric_at, run_bounded, skip};
 
 const REALM: &str = "example.org";
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// How long a change may take to be seen: far below the 30 s schedule.
 const SEEN_WITHIN: Duration = Duration::from_secs(8);
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp_port(ip: &str) -> u16 {
-    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -185,7 +176,8 @@ impl Postgres {
         if !out.status.success() {
             return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        let mut pg = Postgres { dir, port: free_tcp_port(), ids, server: Server { child: None, signal: "-INT" } };
+        let mut pg =
+            Postgres { dir, port: free_tcp_port("127.0.0.1"), ids, server: Server { child: None, signal: "-INT" } };
         pg.start();
         let mut c = pg.client("postgres");
         c.batch_execute("CREATE DATABASE coturn").unwrap();
@@ -265,7 +257,7 @@ impl Redis {
         let password = format!("redis-pw-{}", std::process::id());
         let mut r = Redis {
             dir: TempDir::new("redis"),
-            port: free_tcp_port(),
+            port: free_tcp_port("127.0.0.1"),
             password,
             server: Server { child: None, signal: "-TERM" },
         };
@@ -385,24 +377,6 @@ impl Db for Sqlite {
 
 // The relay and its clients
 
-/// GET `path` from the metrics listener: (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return (0, String::new()) };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
-    (code, body)
-}
-
-/// A sample of `/metrics` without labels.
-fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let (_, body) = http_get(addr, "/metrics");
-    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 struct Relay {
     child: Child,
     server: SocketAddr,
@@ -420,7 +394,7 @@ impl Drop for Relay {
 impl Relay {
     fn start(db: &dyn Db, ports: (u16, u16), log: PathBuf) -> Relay {
         let server: SocketAddr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1")).parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port("127.0.0.1")).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_turn-relay"))
             .args(["--listen", &server.to_string(), "--relay-ip", "127.0.0.1"])
             .args(["--relay-ports", &format!("{}-{}", ports.0, ports.1), "--quarantine", "1"])
@@ -541,9 +515,9 @@ fn scenario(db: &mut dyn Db, ports: (u16, u16), log_dir: &Path) {
     let log = relay.log.clone();
     let m = relay.metrics;
     eventually("the database read", Duration::from_secs(15), &log, || {
-        metric(m, "turn_user_database_up") == Some(1.0) && metric(m, "turn_user_database_users") == Some(1.0)
+        metric_at(m, "turn_user_database_up") == Some(1.0) && metric_at(m, "turn_user_database_users") == Some(1.0)
     });
-    assert_eq!(metric(m, "turn_user_database_secrets"), Some(1.0));
+    assert_eq!(metric_at(m, "turn_user_database_secrets"), Some(1.0));
     assert!(relay.allocate("alice", "alice-pw").is_ok(), "{engine}: alice");
     assert_eq!(relay.allocate("alice", "wrong").unwrap_err(), 401, "{engine}: a wrong password");
     assert!(relay.allocate("static", "static-pw").is_ok(), "{engine}: the configured user");
@@ -606,11 +580,11 @@ fn scenario(db: &mut dyn Db, ports: (u16, u16), log_dir: &Path) {
 
     // The database stops: everything known keeps working.
     db.stop();
-    eventually("the outage seen", Duration::from_secs(15), &log, || metric(m, "turn_user_database_up") == Some(0.0));
-    let (code, body) = http_get(m, "/readyz");
-    assert_eq!(code, 200, "{engine}: a database outage does not make the node unready: {body}");
+    eventually("the outage seen", Duration::from_secs(15), &log, || metric_at(m, "turn_user_database_up") == Some(0.0));
+    let Answer { status, body, .. } = http_get(m, "/readyz").expect("/readyz answers");
+    assert_eq!(status, 200, "{engine}: a database outage does not make the node unready: {body}");
     assert!(body.contains("database: ") && body.contains("unreachable"), "{engine}: /readyz: {body}");
-    assert!(metric(m, "turn_user_database_refresh_failures_total").is_some_and(|v| v >= 1.0));
+    assert!(metric_at(m, "turn_user_database_refresh_failures_total").is_some_and(|v| v >= 1.0));
     running.send_channel_data(0x4000, b"during");
     assert_eq!(recv_datagram(&peer).map(|d| d.0), Some(b"during".to_vec()), "{engine}: relayed during the outage");
     assert!(relay.allocate("bob", "bob-pw").is_ok(), "{engine}: a known user allocates during the outage");
@@ -621,9 +595,9 @@ fn scenario(db: &mut dyn Db, ports: (u16, u16), log_dir: &Path) {
 
     // Back: the metric recovers and changes are seen again.
     db.start();
-    eventually("the recovery", Duration::from_secs(40), &log, || metric(m, "turn_user_database_up") == Some(1.0));
-    let (code, body) = http_get(m, "/readyz");
-    assert!(code == 200 && !body.contains("database: "), "{engine}: /readyz after the recovery: {body}");
+    eventually("the recovery", Duration::from_secs(40), &log, || metric_at(m, "turn_user_database_up") == Some(1.0));
+    let Answer { status, body, .. } = http_get(m, "/readyz").expect("/readyz answers");
+    assert!(status == 200 && !body.contains("database: "), "{engine}: /readyz after the recovery: {body}");
     turnadmin(db, &["-a", "-u", "dave", "-r", REALM, "-p", "dave-pw"]);
     eventually("dave added after the recovery", SEEN_WITHIN, &log, || relay.allocate("dave", "dave-pw").is_ok());
     running.send_channel_data(0x4000, b"after");
