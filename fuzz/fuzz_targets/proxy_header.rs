@@ -1,6 +1,7 @@
 //! Fuzzes the PROXY protocol header parser (`relay_core::wire::proxy`) and
-//! the check relay-io makes with it at the start of a connection from a
-//! trusted balancer (`StreamConn::read_preamble`).
+//! the checks relay-io makes with it at the start of a connection
+//! (`StreamConn::read_preamble`): from a trusted balancer (a header must
+//! come) and from anywhere else (none may).
 //!
 //! The first input byte picks a read size; the rest is what the balancer
 //! sends. Invariants:
@@ -15,7 +16,12 @@
 //! - the connection check over an in-memory socket, in reads of that
 //!   size, ends as the parser says (the header; refused as missing or
 //!   invalid; still waiting), and the bytes after the header are cut into
-//!   exactly the frames a connection without the check cuts from them.
+//!   exactly the frames a connection without the check cuts from them;
+//! - `starts_like_header` says "a header, or the start of one" exactly
+//!   where the parser does not say `NotAHeader`;
+//! - the untrusted check decides on the first read: refused as untrusted
+//!   where that read starts like a header, and otherwise every byte is
+//!   cut into the frames a connection without the check cuts.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -91,6 +97,27 @@ fuzz_target!(|data: &[u8]| {
         (PreambleOutcome::Refused(ProxyRefusal::Invalid), Err(ProxyError::Invalid(_))) => {}
         (PreambleOutcome::Blocked, Ok(Parsed::Incomplete)) => assert!(conn.in_preamble()),
         (o, w) => panic!("the connection check ended {o:?}, the parser says {w:?}"),
+    }
+
+    // The untrusted check (a direct client's connection), in reads.
+    assert_eq!(proxy::starts_like_header(stream), whole != Err(ProxyError::NotAHeader));
+    let first = &stream[..read.min(stream.len())];
+    let mut conn = StreamConn::new(client, None, now);
+    conn.refuse_proxy_header();
+    let mut sock = MemSocket { input: first.to_vec(), ..MemSocket::open() };
+    match conn.read_preamble(&mut sock, now) {
+        PreambleOutcome::Refused(ProxyRefusal::Untrusted) => assert!(proxy::starts_like_header(first)),
+        PreambleOutcome::Plain => {
+            assert!(!proxy::starts_like_header(first), "a header's start let through");
+            assert!(!conn.in_preamble());
+            sock.input.extend_from_slice(&stream[first.len()..]);
+            let all = frames(&mut conn, &mut sock, now);
+            let mut plain = StreamConn::new(client, None, now);
+            let mut whole = MemSocket { input: stream.to_vec(), ..MemSocket::open() };
+            assert_eq!(all, frames(&mut plain, &mut whole, now));
+        }
+        PreambleOutcome::Blocked => assert!(stream.is_empty() && conn.in_preamble()),
+        o => panic!("the untrusted check ended {o:?}"),
     }
 });
 

@@ -13,14 +13,23 @@
 //! Without a token configured every `/admin/` path answers 404 (the API is
 //! off). A missing or wrong `Authorization: Bearer` token is answered 401
 //! with `WWW-Authenticate: Bearer`, before any routing, and counted
-//! (`turn_admin_requests_total{code="401"}`). The token is compared in
-//! constant time and never logged.
+//! (`turn_admin_requests_total{code="401"}`) and held back
+//! [`UNAUTHORIZED_DELAY`] while it holds one of the [`ADMIN_SLOTS`]: wrong
+//! guesses run at 16 a second at most for the whole server, however many
+//! connections bring them. The token is compared in constant time and
+//! never logged.
+//!
+//! Each request runs on its connection's own thread (metrics.rs), never in
+//! front of `/healthz`, `/readyz` or `/metrics`; at most [`ADMIN_SLOTS`]
+//! admin requests are worked on at once, and one more is answered 503 with
+//! `Retry-After` at once.
 
 pub mod client;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -35,6 +44,12 @@ const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a reload may take in the main loop before the request gives up
 /// waiting (the reload itself still finishes there).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin requests worked on at once (listing, ending, reloading, or
+/// holding back a refused token's answer); one more is answered 503.
+pub const ADMIN_SLOTS: usize = 4;
+/// How long the answer to a missing or wrong token is held back, its slot
+/// held: at most `ADMIN_SLOTS` guesses per this time, server-wide.
+pub const UNAUTHORIZED_DELAY: Duration = Duration::from_millis(250);
 /// Shortest token accepted (characters).
 const MIN_TOKEN_LEN: usize = 16;
 /// Longest token accepted (characters); it must fit in the request head.
@@ -131,6 +146,17 @@ pub struct Admin {
     token: Option<Token>,
     relay: RelayHandle,
     main: mpsc::Sender<LoopEvent>,
+    /// Requests being worked on (at most `ADMIN_SLOTS`).
+    busy: AtomicUsize,
+}
+
+/// One of the `ADMIN_SLOTS`, given back when dropped.
+struct AdminSlot<'a>(&'a AtomicUsize);
+
+impl Drop for AdminSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// An answer to an admin request.
@@ -139,13 +165,14 @@ pub struct Response {
     status: u16,
     body: String,
     allow: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl Response {
     fn json<T: Serialize>(status: u16, body: &T) -> Response {
         let mut body = serde_json::to_string_pretty(body).unwrap_or_else(|_| "{}".into());
         body.push('\n');
-        Response { status, body, allow: None }
+        Response { status, body, allow: None, retry_after: None }
     }
 
     fn error(status: u16, message: impl Into<String>) -> Response {
@@ -165,6 +192,9 @@ impl Response {
         }
         if let Some(allow) = self.allow {
             head.push_str(&format!("Allow: {allow}\r\n"));
+        }
+        if let Some(s) = self.retry_after {
+            head.push_str(&format!("Retry-After: {s}\r\n"));
         }
         head.push_str("Connection: close\r\n\r\n");
         s.write_all(head.as_bytes())?;
@@ -289,7 +319,7 @@ impl Admin {
     /// The admin API over `relay`; `main` reaches the main loop (for a
     /// reload). Without a token it is off: every `/admin/` path is 404.
     pub fn new(token: Option<Token>, relay: RelayHandle, main: mpsc::Sender<LoopEvent>) -> Admin {
-        Admin { token, relay, main }
+        Admin { token, relay, main, busy: AtomicUsize::new(0) }
     }
 
     /// Logs where the API is served now that the listener is bound at
@@ -317,9 +347,30 @@ impl Admin {
         if path != "/admin" && !path.starts_with("/admin/") {
             return None;
         }
-        let (action, r) = self.route(method, path, query, head);
+        let (action, r) = if self.token.is_none() {
+            // Off: nothing to work on, nothing to bound.
+            self.route(method, path, query, head)
+        } else if let Some(_slot) = self.slot() {
+            self.route(method, path, query, head)
+        } else {
+            let mut r = Response::error(
+                503,
+                format!("the admin API is busy ({ADMIN_SLOTS} requests in progress): retry shortly"),
+            );
+            r.retry_after = Some(1);
+            ("busy", r)
+        };
         metrics::counter!("turn_admin_requests_total", "action" => action, "code" => r.status.to_string()).increment(1);
         Some(r)
+    }
+
+    /// One of the `ADMIN_SLOTS`, if one is free.
+    fn slot(&self) -> Option<AdminSlot<'_>> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) >= ADMIN_SLOTS {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(AdminSlot(&self.busy))
     }
 
     fn route(&self, method: &str, path: &str, query: &str, head: &str) -> (&'static str, Response) {
@@ -331,6 +382,8 @@ impl Admin {
         };
         if !bearer(head).is_some_and(|t| token.matches(t.as_bytes())) {
             tracing::debug!("admin: request without the right bearer token refused");
+            // Held back with its slot held: guessing is slow server-wide.
+            std::thread::sleep(UNAUTHORIZED_DELAY);
             return ("unauthorized", Response::error(401, "a valid bearer token is required"));
         }
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
@@ -443,8 +496,10 @@ fn percent_decode(s: &str, query: bool) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Exactly two hex digits (from_str_radix alone would take
+                // a sign: "%+f").
+                let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' if query => {
@@ -491,5 +546,10 @@ mod tests {
         assert_eq!(percent_decode("%zz", false), None);
         assert_eq!(percent_decode("%4", false), None);
         assert_eq!(percent_decode("%ff", false), None);
+        // Two hex digits, no sign.
+        assert_eq!(percent_decode("%+f", false), None);
+        assert_eq!(percent_decode("%-1", false), None);
+        assert_eq!(percent_decode("a%+fb", true), None);
+        assert_eq!(percent_decode("%2b%2B", false).as_deref(), Some("++"));
     }
 }

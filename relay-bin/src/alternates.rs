@@ -18,7 +18,7 @@
 //! has a port of its own), `domain` is sent to TLS clients as
 //! ALTERNATE-DOMAIN (the name on that node's certificate).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use relay_core::server::Alternate;
 
@@ -96,6 +96,23 @@ pub fn parse(values: &[toml::Value]) -> Result<Vec<Alternate>, AlternateError> {
         out.push(alt);
     }
     Ok(out)
+}
+
+/// The address of `alt` that is one of this node's `listeners`, if any:
+/// the same address, or a wildcard listener's port on one of `host_ips`
+/// (the host's interface addresses: a wildcard listener answers on all of
+/// them; `[::]` takes IPv4 clients too, as the listeners are dual-stack).
+/// IPv4-mapped forms count as IPv4.
+pub fn own_listener(alt: &Alternate, listeners: &[SocketAddr], host_ips: &[IpAddr]) -> Option<SocketAddr> {
+    let on_host = |ip: IpAddr| host_ips.iter().any(|h| h.to_canonical() == ip);
+    [alt.address, alt.tls].into_iter().flatten().find(|x| {
+        let ip = x.ip().to_canonical();
+        listeners.iter().any(|l| {
+            let lip = l.ip().to_canonical();
+            l.port() == x.port()
+                && (lip == ip || (lip.is_unspecified() && (lip.is_ipv6() || ip.is_ipv4()) && on_host(ip)))
+        })
+    })
 }
 
 /// The TOML value of an `--alternate-tls ADDR[=DOMAIN]` flag.
@@ -205,6 +222,35 @@ mod tests {
         // The node's own listener is not an alternate.
         let e = error_of("[listen]\naddresses = [\"127.0.0.1:3478\"]\n[server]\nalternates = [\"127.0.0.1:3478\"]\n");
         assert!(e.contains("server.alternates[0]: 127.0.0.1:3478 is this node's own listener"), "{e}");
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_every_address_of_the_host() {
+        let host = [IpAddr::from([127, 0, 0, 1]), IpAddr::from([192, 0, 2, 9]), "2001:db8::9".parse().unwrap()];
+        let alt = |s: &str| Alternate::plain(sa(s));
+        let tls = |s: &str| Alternate { address: None, tls: Some(sa(s)), domain: None };
+        let v4_any = [sa("0.0.0.0:3478"), sa("0.0.0.0:5349")];
+        assert_eq!(own_listener(&alt("192.0.2.9:3478"), &v4_any, &host), Some(sa("192.0.2.9:3478")));
+        assert_eq!(own_listener(&tls("127.0.0.1:5349"), &v4_any, &host), Some(sa("127.0.0.1:5349")));
+        // Another port, an address not of this host, another family.
+        assert_eq!(own_listener(&alt("192.0.2.9:3479"), &v4_any, &host), None);
+        assert_eq!(own_listener(&alt("192.0.2.10:3478"), &v4_any, &host), None);
+        assert_eq!(own_listener(&alt("[2001:db8::9]:3478"), &v4_any, &host), None);
+        // [::] is dual-stack: IPv6 and IPv4 addresses of the host.
+        let v6_any = [sa("[::]:3478")];
+        assert_eq!(own_listener(&alt("[2001:db8::9]:3478"), &v6_any, &host), Some(sa("[2001:db8::9]:3478")));
+        assert_eq!(own_listener(&alt("192.0.2.9:3478"), &v6_any, &host), Some(sa("192.0.2.9:3478")));
+        assert_eq!(own_listener(&alt("[::ffff:192.0.2.9]:3478"), &v6_any, &host), Some(sa("[::ffff:192.0.2.9]:3478")));
+        // A specific listener: that address only.
+        let one = [sa("192.0.2.9:3478")];
+        assert_eq!(own_listener(&alt("192.0.2.9:3478"), &one, &host), Some(sa("192.0.2.9:3478")));
+        assert_eq!(own_listener(&alt("127.0.0.1:3478"), &one, &host), None);
+        // Through the configuration: the host's loopback address behind the
+        // default wildcard listener is refused at start.
+        let e = error_of("[listen]\naddresses = [\"0.0.0.0:3478\"]\n[server]\nalternates = [\"127.0.0.1:3478\"]\n");
+        assert!(e.contains("server.alternates[0]: 127.0.0.1:3478 is this node's own listener"), "{e}");
+        let ok = "[listen]\naddresses = [\"0.0.0.0:3478\"]\n[server]\nalternates = [\"127.0.0.1:3479\"]\n";
+        Config::parse("relay.toml", ok).unwrap().validate(&[]).unwrap();
     }
 
     #[test]

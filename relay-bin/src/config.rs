@@ -302,6 +302,9 @@ pub struct AuthSection {
     /// A user database in coturn's schema: `postgresql://…`, `redis://…`
     /// or `sqlite:///path` (crate::userdb).
     pub database: Option<String>,
+    /// A file holding that URL (crate::userdb::load_database_file), so that
+    /// its password stays off the command line.
+    pub database_file: Option<PathBuf>,
     /// Seconds between scheduled reads of the user database.
     pub database_refresh: u64,
 }
@@ -315,6 +318,7 @@ impl Default for AuthSection {
             nonce_lifetime: 600,
             sha256: true,
             database: None,
+            database_file: None,
             database_refresh: 30,
         }
     }
@@ -504,6 +508,11 @@ impl Config {
         if let Some(url) = &self.auth.database {
             crate::userdb::DatabaseUrl::parse(url).map_err(|m| origin("auth.database").error("auth.database", m))?;
         }
+        let most = relay_core::server::auth::MAX_REST_SECRETS;
+        if self.auth.rest_secrets.len() > most {
+            let m = format!("at most {most} secrets (each is tried per request)");
+            return Err(origin("auth.rest_secrets").error("auth.rest_secrets", m));
+        }
         if !(1..=86_400).contains(&self.auth.database_refresh) {
             let key = "auth.database_refresh";
             return Err(origin(key).error(key, "must be within 1..=86400 seconds"));
@@ -590,7 +599,7 @@ impl Config {
 
     /// `server.alternates`, checked with the redirect thresholds: entries
     /// well formed (crate::alternates), none of them one of this node's
-    /// listeners.
+    /// listeners (a wildcard listener's port on any address of the host).
     pub fn alternates(&self, cli_keys: &[&str]) -> Result<Vec<relay_core::server::Alternate>, ConfigError> {
         let s = &self.server;
         let fail = |e: crate::alternates::AlternateError| {
@@ -601,9 +610,12 @@ impl Config {
         };
         let alts = crate::alternates::parse(&s.alternates).map_err(fail)?;
         let l = self.listen.listeners();
-        let listening = |x: &SocketAddr| l.udp.iter().chain(&l.tcp).chain(&l.tls).any(|y| y == x);
+        let listeners: Vec<SocketAddr> = l.udp.iter().chain(&l.tcp).chain(&l.tls).copied().collect();
+        // A wildcard listener answers on every address of the host.
+        let wildcard = listeners.iter().any(|l| l.ip().is_unspecified()) && !alts.is_empty();
+        let host = if wildcard { relay_io::sys::host_addresses().unwrap_or_default() } else { Vec::new() };
         for (i, a) in alts.iter().enumerate() {
-            if let Some(x) = [a.address, a.tls].into_iter().flatten().find(listening) {
+            if let Some(x) = crate::alternates::own_listener(a, &listeners, &host) {
                 let key = format!("server.alternates[{i}]");
                 let message = format!("{x} is this node's own listener");
                 return Err(fail(crate::alternates::AlternateError { key, message }));

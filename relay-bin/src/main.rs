@@ -198,6 +198,10 @@ struct Cli {
     /// sqlite:///path [auth.database].
     #[arg(long, value_name = "URL")]
     user_database: Option<String>,
+    /// A file holding that URL, which keeps its password out of the process
+    /// list [auth.database_file].
+    #[arg(long, value_name = "PATH")]
+    user_database_file: Option<PathBuf>,
     /// Seconds between scheduled reads of the user database [auth.database_refresh].
     #[arg(long, value_name = "SECS")]
     user_database_refresh: Option<u64>,
@@ -334,7 +338,14 @@ impl Cli {
         set!("auth.users", !self.user.is_empty(), c.auth.users = self.user.clone());
         set!("auth.user_file", self.user_file.is_some(), c.auth.user_file = self.user_file.clone());
         set!("auth.rest_secrets", !self.rest_secret.is_empty(), c.auth.rest_secrets = self.rest_secret.clone());
-        set!("auth.database", self.user_database.is_some(), c.auth.database = self.user_database.clone());
+        set!("auth.database", self.user_database.is_some(), {
+            c.auth.database = self.user_database.clone();
+            c.auth.database_file = None;
+        });
+        set!("auth.database_file", self.user_database_file.is_some(), {
+            c.auth.database_file = self.user_database_file.clone();
+            c.auth.database = None;
+        });
         set!("auth.database_refresh", self.user_database_refresh.is_some(), {
             c.auth.database_refresh = self.user_database_refresh.unwrap_or(30)
         });
@@ -434,8 +445,13 @@ fn load_user_file(creds: &mut Credentials, path: &Path) -> Result<usize, ConfigE
 /// A reload (SIGHUP): re-reads the configuration and gives the shards its
 /// credentials, joined with the user database's ([`userdb::Composer`]),
 /// and its certificate.
-fn apply_reload(cli: &Cli, users: &userdb::Composer, relay: &relay_io::RelayHandle) -> Result<(), String> {
-    let (creds, tls) = reload(cli)?;
+fn apply_reload(
+    cli: &Cli,
+    running: &Config,
+    users: &userdb::Composer,
+    relay: &relay_io::RelayHandle,
+) -> Result<(), String> {
+    let (creds, tls) = reload(cli, running)?;
     users.set_configured(creds);
     if let Some(tls) = tls {
         relay.set_tls_config(&tls);
@@ -444,9 +460,11 @@ fn apply_reload(cli: &Cli, users: &userdb::Composer, relay: &relay_io::RelayHand
 }
 
 /// Re-reads the configuration for a SIGHUP: credentials and certificate.
-fn reload(cli: &Cli) -> Result<(Credentials, Option<Arc<relay_io::tls::Rustls>>), String> {
+fn reload(cli: &Cli, running: &Config) -> Result<(Credentials, Option<Arc<relay_io::tls::Rustls>>), String> {
     let mut c = Config::load_or_default(cli.config.as_deref()).map_err(|e| e.to_string())?;
-    cli.apply(&mut c);
+    let cli_keys = cli.apply(&mut c);
+    userdb::load_database_file(&mut c, &cli_keys).map_err(|e| e.to_string())?;
+    userdb::check_reload(running, &c)?;
     let (creds, _) = credentials(&c).map_err(|e| e.to_string())?;
     Ok((creds, tls_config(&c)?))
 }
@@ -509,6 +527,10 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     let cli_keys = cli.apply(&mut config);
+    if let Err(e) = userdb::load_database_file(&mut config, &cli_keys) {
+        eprintln!("turn-relay: {e}");
+        return ExitCode::from(2);
+    }
     if cli.demo {
         eprintln!("turn-relay --demo: {}", demo(&config, &cli));
         return ExitCode::FAILURE;
@@ -601,6 +623,30 @@ fn run(
     generated: Option<String>,
     admin_token: Option<admin::Token>,
 ) -> Result<(), String> {
+    // Signals and admin requests for the main loop. The handlers come
+    // first: a SIGHUP or SIGTERM during the slow start (sockets, the user
+    // database's first read) waits for the loop instead of ending the
+    // process with the signal's default action.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let handle = signals.handle();
+    let signal_tx = sig_tx.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signals = signals;
+            for s in signals.forever() {
+                if signal_tx.send(admin::LoopEvent::Signal(s)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
     let shards = match config.server.shards {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -693,8 +739,6 @@ fn run(
         );
     }
     let health = Arc::new(metrics::Health::default());
-    // Signals and admin requests for the main loop.
-    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
     if config.metrics.enabled {
         let handle = metrics::install()?;
         let admin = Arc::new(admin::Admin::new(admin_token, relay.handle().clone(), sig_tx.clone()));
@@ -720,31 +764,13 @@ fn run(
         ),
         None => None,
     };
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("signals: {e}"))?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut signals = signals;
-            for s in signals.forever() {
-                if sig_tx.send(admin::LoopEvent::Signal(s)).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
 
     let backend = relay.backend().name();
     let mut stop_requested = false;
     while !relay.is_finished() {
         match sig_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(admin::LoopEvent::Reload(reply)) => {
-                let result = apply_reload(cli, &users, relay.handle());
+                let result = apply_reload(cli, config, &users, relay.handle());
                 match &result {
                     Ok(()) => tracing::info!("admin: credentials and certificates reloaded"),
                     Err(e) => tracing::error!("admin: reload failed, keeping the old settings: {e}"),
@@ -752,7 +778,7 @@ fn run(
                 let _ = reply.send(result);
             }
             Ok(admin::LoopEvent::Signal(signal_hook::consts::SIGHUP)) => {
-                match apply_reload(cli, &users, relay.handle()) {
+                match apply_reload(cli, config, &users, relay.handle()) {
                     Ok(()) => tracing::info!("SIGHUP: credentials and certificates reloaded"),
                     Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old settings: {e}"),
                 }

@@ -5,9 +5,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -46,6 +46,7 @@ pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::f
         streams.proxy_missing += r.streams.proxy_missing;
         streams.proxy_untrusted += r.streams.proxy_untrusted;
         streams.proxy_invalid += r.streams.proxy_invalid;
+        streams.proxy_duplicate += r.streams.proxy_duplicate;
     }
     let mut udp = relay_io::gso::GsoStats::default();
     for r in reports {
@@ -69,6 +70,7 @@ pub fn publish(reports: &[ShardReport], backend: &str, fast: Option<&relay_io::f
         ("missing", streams.proxy_missing),
         ("untrusted", streams.proxy_untrusted),
         ("invalid", streams.proxy_invalid),
+        ("duplicate", streams.proxy_duplicate),
     ] {
         counter!("turn_proxy_protocol_total", "result" => result).absolute(v);
     }
@@ -177,11 +179,40 @@ impl Health {
     }
 }
 
+/// Connections the listener serves at once; one more is answered 503 and
+/// closed at once (so that a flood of idle connections costs threads no
+/// more than this).
+const MAX_CONNECTIONS: usize = 64;
+/// How long a request's head may take to arrive.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// How long writing an answer may take in all (a large admin list to a
+/// slow reader included); then the connection is dropped.
+const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What every connection's thread answers from.
+struct Served {
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    admin: Arc<crate::admin::Admin>,
+}
+
+/// One live connection, counted until its thread ends (or fails to start).
+struct Slot(Arc<AtomicUsize>);
+
+impl std::ops::Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (it
-/// takes allocations: not draining) on `addr`, one short-lived connection
-/// at a time on its own thread.
+/// takes allocations: not draining) on `addr`. The accepting thread only
+/// accepts: each connection is read and answered on a short-lived thread of
+/// its own (at most [`MAX_CONNECTIONS`] at once), so that a probe never
+/// waits behind a slow client or an admin request (a reload, a large list
+/// to a slow reader).
 /// Paths under `/admin/` go to `admin` (the admin API, off without a
-/// token).
+/// token), which bounds its own concurrent work.
 pub fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
@@ -190,27 +221,47 @@ pub fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let served = Arc::new(Served { handle, health, admin });
+    let live = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = answer(stream, &handle, &health, &admin);
+        for stream in listener.incoming() {
+            let mut stream = match stream {
+                Ok(s) => s,
+                // Out of file descriptors, say: do not spin on it.
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                live.fetch_sub(1, Ordering::AcqRel);
+                // Best effort, never blocking the accepting thread.
+                let _ = stream.set_nonblocking(true);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
+                      Retry-After: 1\r\nConnection: close\r\n\r\nbusy\n",
+                );
+                continue;
+            }
+            let slot = Slot(live.clone());
+            let served = served.clone();
+            // A thread that cannot start drops its closure, and the slot with it.
+            let _ = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+                let _slot = slot;
+                let _ = answer(stream, &served);
+            });
         }
     })?;
     Ok(local)
 }
 
-fn answer(
-    mut s: TcpStream,
-    handle: &PrometheusHandle,
-    health: &Health,
-    admin: &crate::admin::Admin,
-) -> std::io::Result<()> {
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+fn answer(mut s: TcpStream, served: &Served) -> std::io::Result<()> {
     let mut req = [0u8; 2048];
     let mut n = 0;
-    // The whole head within 2 s: a slow client holds the listener no longer.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    // The whole head within 2 s: a slow client holds its own thread no longer.
+    let deadline = Instant::now() + HEAD_DEADLINE;
     while n < req.len() && !req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(());
         }
@@ -224,23 +275,45 @@ fn answer(
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if let Some(r) = admin.answer(method, path, head) {
-        return r.write_to(&mut s);
+    if let Some(r) = served.admin.answer(method, path, head) {
+        let mut out = Vec::new();
+        r.write_to(&mut out)?;
+        return write_within(&mut s, &out, Instant::now() + WRITE_DEADLINE);
     }
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", served.handle.render()),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => match health.readyz() {
+        ("GET", "/readyz") => match served.health.readyz() {
             (true, body) => ("200 OK", "text/plain", body),
             (false, body) => ("503 Service Unavailable", "text/plain", body),
         },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_owned()),
     };
-    write!(
-        s,
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )?;
-    s.write_all(body.as_bytes())
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    write_within(&mut s, &out, Instant::now() + WRITE_DEADLINE)
+}
+
+/// Writes all of `bytes` by `deadline` (a reader that takes in a trickle
+/// is cut off then, not served for ever).
+fn write_within(s: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(k) => bytes = &bytes[k..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

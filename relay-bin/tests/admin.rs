@@ -3,9 +3,11 @@
 //! traffic, one ended by id and a user's all ended (the clients' next
 //! Refresh gets 437, the relay stops relaying), a reload that lets a new
 //! user in, wrong or missing tokens refused and counted with nothing done,
-//! the API off without a token, bad settings named, and a slow client that
-//! does not hold the listener. Every process started here is stopped by its
-//! pid; every wait is bounded.
+//! the API off without a token, bad settings named, a slow client that
+//! does not hold the listener, probes answered at once while admin requests
+//! are stuck (a reload blocked in the main loop) and a busy API answered
+//! 503, and wrong tokens slowed server-wide. Every process started here is
+//! stopped by its pid; every wait is bounded.
 
 mod common;
 
@@ -13,6 +15,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Answer, free_tcp_port, free_udp_port, http, http_in, metric, metric_at};
@@ -401,12 +405,14 @@ fn bad_admin_settings_name_the_file_line_and_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A client that trickles its request (or sends none) holds the one
-/// listener thread for at most the 2 s head deadline: a scrape behind it
-/// is answered.
+/// A client that trickles its request, and one that sends nothing, hold
+/// only their own connections' threads: a probe behind them is answered at
+/// once (not after their 2 s head deadline). Past 64 connections at once,
+/// one more is refused at once.
 #[test]
 fn a_slow_client_does_not_hold_the_metrics_listener() {
     let relay = Relay::start(&["--user", "alice:secret"]);
+    let _silent = TcpStream::connect(relay.metrics).unwrap();
     let mut slow = TcpStream::connect(relay.metrics).unwrap();
     slow.write_all(b"GET /admin/allocations HTTP/1.1\r\n").unwrap();
     let addr = relay.metrics;
@@ -419,11 +425,193 @@ fn a_slow_client_does_not_hold_the_metrics_listener() {
         }
     });
     std::thread::sleep(Duration::from_millis(100));
-    let t = Instant::now();
-    let a = http(addr, "GET", "/healthz", None).expect("healthz answers");
-    assert_eq!(a.status, 200);
-    assert!(t.elapsed() < Duration::from_millis(3500), "healthz waited {:?}", t.elapsed());
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let t = Instant::now();
+        let a = http(addr, "GET", path, None).expect("an answer");
+        assert_eq!(a.status, 200, "{path}");
+        assert!(t.elapsed() < Duration::from_millis(1000), "{path} waited {:?}", t.elapsed());
+    }
     trickle.join().unwrap();
+    // Connections beyond the 64 served at once are refused at once, and
+    // served again as soon as some close.
+    let idle: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    // A 503 "busy" when the client reads it before the close (which may
+    // reset the connection, its request unread): never served.
+    let over = http(addr, "GET", "/healthz", None);
+    assert!(over.as_ref().is_none_or(|a| (a.status, a.body.as_str()) == (503, "busy\n")), "{over:?}");
+    assert!(t.elapsed() < Duration::from_millis(1000), "the refusal waited {:?}", t.elapsed());
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http(addr, "GET", "/healthz", None).map(|a| a.status) != Some(200) {
+        assert!(Instant::now() < deadline, "healthz not served again once the idle connections closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `mkfifo PATH` (coreutils).
+fn mkfifo(path: &Path) {
+    let out = common::run_bounded(Command::new("mkfifo").arg(path), Duration::from_secs(10));
+    assert!(out.status.success(), "mkfifo {}: {}", path.display(), text(&out.stderr));
+}
+
+/// Reloads stuck in the main loop (its users file a FIFO that nobody
+/// writes yet) fill the admin API's slots: one more admin request is
+/// answered 503 with Retry-After at once, and `/healthz`, `/readyz` and
+/// `/metrics` are answered at once all along. Once the file is written the
+/// reloads finish, each 200.
+#[test]
+fn probes_never_wait_behind_admin_work() {
+    const SLOTS: usize = 4; // admin::ADMIN_SLOTS
+    let dir = scratch("busy");
+    let users = dir.join("users");
+    std::fs::write(&users, "alice:secret\n").unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nuser_file = {:?}\n[admin]\ntoken_file = {:?}\n",
+            users.display().to_string(),
+            token_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let relay = Relay::start(&["--config", config.to_str().unwrap()]);
+    let addr = relay.metrics;
+
+    // The users file becomes a FIFO: a reload blocks reading it.
+    let fifo = dir.join("users.fifo");
+    mkfifo(&fifo);
+    std::fs::rename(&fifo, &users).unwrap();
+    let reload = move || std::thread::spawn(move || http(addr, "POST", "/admin/reload", Some(TOKEN)).map(|a| a.status));
+    let mut reloads: Vec<_> = (0..SLOTS).map(|_| reload()).collect();
+    // Every slot taken: the next admin request is refused at once. (A
+    // reload that came in while a probe below held a slot was itself
+    // refused: it is sent again.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let busy = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        for t in reloads.iter_mut() {
+            if t.is_finished() {
+                let done = std::mem::replace(t, reload());
+                assert_eq!(done.join().unwrap(), Some(503), "a reload finished while its file could not be read");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        let a = http(addr, "GET", "/admin/allocations", Some(TOKEN)).expect("an answer");
+        if a.status == 503 {
+            assert!(t.elapsed() < Duration::from_millis(1000), "the busy answer waited {:?}", t.elapsed());
+            break a;
+        }
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(Instant::now() < deadline, "the admin API never became busy with {SLOTS} reloads in progress");
+    };
+    assert!(busy.head.contains("Retry-After: 1"), "{}", busy.head);
+    assert!(busy.json()["error"].as_str().unwrap().contains("busy"), "{}", busy.body);
+    // Probes and scrapes meanwhile: at once, every time.
+    for _ in 0..3 {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let t = Instant::now();
+            let a = http(addr, "GET", path, None).expect("an answer");
+            assert_eq!(a.status, 200, "{path}: {}", a.body);
+            assert!(t.elapsed() < Duration::from_millis(500), "{path} waited {:?} behind admin work", t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = metric_at(addr, r#"turn_admin_requests_total{action="busy",code="503"}"#);
+    assert!(refused.is_some_and(|n| n >= 1.0), "busy answers counted: {refused:?}");
+    assert!(reloads.iter().all(|t| !t.is_finished()), "a reload finished while its file could not be read");
+
+    // Let the reload read: open the FIFO's writing end (this returns once
+    // the main loop has its reading end open), put a regular file in its
+    // place for the reloads after it, then write the users.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = users.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(&path));
+    });
+    let mut writer = rx.recv_timeout(Duration::from_secs(5)).expect("the main loop reads the users file").unwrap();
+    let regular = dir.join("users.new");
+    std::fs::write(&regular, "alice:secret\nbob:builder\n").unwrap();
+    std::fs::rename(&regular, &users).unwrap();
+    writer.write_all(b"alice:secret\nbob:builder\n").unwrap();
+    drop(writer);
+    for t in reloads {
+        assert_eq!(t.join().unwrap(), Some(200), "a reload did not finish once its file was there");
+    }
+    let mut bob = client(relay.server, "bob", "builder");
+    assert!(bob.allocate().is_ok(), "the reload let bob in");
+    assert_eq!(admin(&relay, "GET", "/admin/allocations").status, 200, "the slots are free again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Wrong tokens are answered 401 only after a delay, their slot held:
+/// eight connections guessing as fast as they can get a handful of answers
+/// a second, server-wide (the others are told the API is busy), and the
+/// probes are not slowed.
+#[test]
+fn wrong_tokens_are_slowed_server_wide() {
+    const SLOTS: f64 = 4.0; // admin::ADMIN_SLOTS
+    const DELAY: f64 = 0.25; // admin::UNAUTHORIZED_DELAY
+    let dir = scratch("guess");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let relay = Relay::start(&["--user", "alice:secret", "--admin-token-file", token_file.to_str().unwrap()]);
+    let addr = relay.metrics;
+    let t = Instant::now();
+    let one = http(addr, "GET", "/admin/allocations", Some("a-wrong-guess-0123456789")).unwrap();
+    assert_eq!(one.status, 401);
+    assert!(t.elapsed() >= Duration::from_millis(200), "a wrong token answered in {:?}", t.elapsed());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let guessers: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut refused, mut busy) = (0u32, 0u32);
+                for k in 0..10_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let guess = format!("guess-{i}-{k}-0123456789abcdef");
+                    match http(addr, "DELETE", "/admin/users/alice/allocations", Some(&guess)).map(|a| a.status) {
+                        Some(401) => refused += 1,
+                        Some(503) => {
+                            busy += 1;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        other => panic!("a wrong token answered {other:?}"),
+                    }
+                }
+                (refused, busy)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let h = http(addr, "GET", "/healthz", None).expect("healthz answers");
+    assert!(h.status == 200 && t.elapsed() < Duration::from_millis(500), "healthz: {h:?} in {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(1200));
+    stop.store(true, Ordering::Relaxed);
+    let (mut refused, mut busy) = (0u32, 0u32);
+    for g in guessers {
+        let (r, b) = g.join().unwrap();
+        refused += r;
+        busy += b;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // A slot answers one guess per DELAY at most.
+    let most = (SLOTS * (elapsed / DELAY + 1.0)) as u32;
+    assert!(refused >= 1 && refused <= most, "{refused} guesses answered 401 in {elapsed:.2} s (at most {most})");
+    assert!(busy >= 1, "no guess was told the API is busy ({refused} answered 401)");
+    let counted = metric_at(addr, r#"turn_admin_requests_total{action="unauthorized",code="401"}"#);
+    assert_eq!(counted, Some(f64::from(refused + 1)));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With the kernel fast path (TC, in network namespaces), what the kernel

@@ -65,10 +65,25 @@ fn stream_node(lo: u16, cert: &test_kit::TestCert, extra: &[&str]) -> Node {
     start(lo, Some(cert), extra)
 }
 
+/// Starts a node; ports are picked free just before, so another process
+/// may take one first: a node that exits before it is up is started again
+/// on fresh ports (three tries), and its log is shown if none comes up.
 fn start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Node {
+    let mut logs = String::new();
+    for attempt in 1..=3 {
+        match try_start(lo, cert, extra) {
+            Ok(n) => return n,
+            Err(log) => logs.push_str(&format!("attempt {attempt}:\n{log}\n")),
+        }
+    }
+    panic!("no node came up with relay ports from {lo}:\n{logs}");
+}
+
+fn try_start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Result<Node, String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_and_tcp()).parse().unwrap();
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port("127.0.0.1")));
     let ports = (lo, lo + 99);
+    let log = std::env::temp_dir().join(format!("turn-relay-alternate-{}-{lo}.log", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
     cmd.args(["--listen", &addr.to_string(), "--relay-ip", "127.0.0.1"]);
     let (mut tls, mut dir) = (None, None);
@@ -82,7 +97,11 @@ fn start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Node {
             let (c, k) = (d.join("cert.pem"), d.join("key.pem"));
             std::fs::write(&c, &cert.cert_pem).unwrap();
             std::fs::write(&k, &cert.key_pem).unwrap();
-            let t = SocketAddr::from(([127, 0, 0, 1], free_tcp_port("127.0.0.1")));
+            // Two free ports picked one after the other may be the same one.
+            let t = (0..20)
+                .map(|_| SocketAddr::from(([127, 0, 0, 1], free_tcp_port("127.0.0.1"))))
+                .find(|t| *t != metrics && t.port() != addr.port())
+                .expect("a second free TCP port");
             cmd.args([
                 "--listen-tls",
                 &t.to_string(),
@@ -100,13 +119,28 @@ fn start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Node {
             .args(["--metrics", &metrics.to_string(), "--log-level", "warn"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
-    let n = Node { process, addr, metrics, ports, tls, dir };
-    let up = wait_metrics(metrics, Duration::from_secs(10), |b| metric(b, "turn_shards") == 2.0);
-    assert_eq!(metric(&up, "turn_shards"), 2.0, "node on {addr} did not come up");
+    let mut n = Node { process, addr, metrics, ports, tls, dir };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(a) = http_get(metrics, "/metrics")
+            && a.status == 200
+            && metric(&a.body, "turn_shards") == 2.0
+        {
+            break;
+        }
+        let exited = n.process.0.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            return Err(format!("node on {addr} (metrics {metrics}) did not come up ({exited:?}): {text}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&log);
     for listener in [cert.map(|_| addr), tls].into_iter().flatten() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect_timeout(&listener, Duration::from_millis(200)).is_err() {
@@ -114,7 +148,7 @@ fn start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Node {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    n
+    Ok(n)
 }
 
 /// Relay ports below the kernel's ephemeral range (32768+), where few
@@ -352,7 +386,12 @@ fn without_alternate_domain_a_tls_client_checks_the_first_servers_name() {
         TurnClient::new(TlsTransport::connect(a_tls, None, &connector).unwrap(), target.client_config()).unwrap();
     let e = c.allocate(None).expect_err("B's certificate is not for a.turn.test").to_string();
     assert!(e.contains("certificate"), "{e}");
-    let bm = wait_metrics(b.metrics, Duration::from_secs(1), |_| true);
+    // Counters are published once a second: wait until B's show the
+    // client's connection (accepted before the handshake the client gave
+    // up), so that an allocation it made would show as well.
+    let accepted = "turn_tcp_connections_accepted_total";
+    let bm = wait_metrics(b.metrics, Duration::from_secs(5), |m| metric(m, accepted) >= 1.0);
+    assert!(metric(&bm, accepted) >= 1.0, "B never saw the client's connection: {bm}");
     assert_eq!(metric(&bm, "turn_allocations_created_total"), 0.0);
 }
 

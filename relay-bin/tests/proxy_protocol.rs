@@ -1,7 +1,8 @@
 //! `listen.proxy_protocol_from` in the `turn-relay` binary: the key from a
 //! configuration file reaches the TCP listener (a trusted balancer's
-//! header gives the client address; an untrusted header and a trusted
-//! connection without one are closed), the counters reach `/metrics` as
+//! header gives the client address; an untrusted header, a trusted
+//! connection without one and a second connection naming the same client
+//! are closed), the counters reach `/metrics` as
 //! `turn_proxy_protocol_total{result=…}`, and a bad value is refused
 //! naming the file, line and key. The process is stopped by its pid; every
 //! wait is bounded.
@@ -117,9 +118,14 @@ fn the_configured_balancer_is_trusted_and_counted_in_metrics() {
     let mut bare = connect_from(BALANCER, tcp);
     bare.write_all(&binding_request()).unwrap();
     assert!(closed_by_server(&mut bare), "the balancer's connection without a header was not refused");
+    // The same client again while its connection is open: closed.
+    let mut twice = connect_from(BALANCER, tcp);
+    let header = Header::tcp(Version::V1, client, tcp).encode_v1().unwrap();
+    twice.write_all(&[header, binding_request()].concat()).unwrap();
+    assert!(closed_by_server(&mut twice), "a second connection naming the client was not refused");
 
     // The shards' counters are published once a second.
-    let want = [("accepted", 1.0), ("missing", 1.0), ("untrusted", 1.0), ("invalid", 0.0)];
+    let want = [("accepted", 1.0), ("missing", 1.0), ("untrusted", 1.0), ("invalid", 0.0), ("duplicate", 1.0)];
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let got: Vec<Option<f64>> = want

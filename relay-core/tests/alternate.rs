@@ -419,3 +419,152 @@ fn used_up_relay_ports_redirect_as_load_but_a_reservation_token_does_not() {
     assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
     assert_eq!(code(&h.allocate(&v4_udp(40001))), Some(508));
 }
+
+/// Every ALTERNATE-SERVER of a response, in order.
+fn alternate_servers(resp: &[u8]) -> Vec<SocketAddr> {
+    let m = Message::parse(resp).unwrap();
+    let tid = m.transaction_id();
+    m.attributes()
+        .filter_map(|a| match a.decode(&tid) {
+            Ok(Attribute::AlternateServer(x)) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_alternate_of_the_other_family_follows_the_first() {
+    let mut h = H::with(config());
+    h.server.set_accepting(false);
+    // IPv4 client: the IPv4 alternate first, then the IPv6 one.
+    let resp = h.allocate(&v4_udp(40000));
+    assert_eq!(code(&resp), Some(300));
+    assert_eq!(alternate_servers(&resp), [addr("198.51.100.20:3478"), addr("[2001:db8::20]:3478")]);
+    // IPv6 client: the other way round, before the challenge too.
+    let c6 = Client::udp(addr("[2001:db8::10]:40000"), addr("[2001:db8::1]:3478"));
+    let req = h.build(Method::ALLOCATE, false, &[Attribute::RequestedTransport(transport::UDP)]);
+    let resp = h.send(&c6, &req);
+    assert_eq!(alternate_servers(&resp), [addr("[2001:db8::20]:3478"), addr("198.51.100.20:3478")]);
+    // TLS: both TLS addresses (one domain), ALTERNATE-DOMAIN once.
+    let tls = Client {
+        transport: Transport::Tls,
+        remote: addr("192.0.2.10:40001"),
+        local: addr("203.0.113.1:5349"),
+        conn: 3,
+    };
+    let resp = h.allocate(&tls);
+    assert_eq!(alternate_servers(&resp), [addr("198.51.100.20:5349"), addr("[2001:db8::20]:5349")]);
+    assert_eq!(text(&resp, AttributeType::ALTERNATE_DOMAIN).as_deref(), Some("turn-b.example.org"));
+    // Only one family configured: one ALTERNATE-SERVER.
+    let only_v4 = vec![Alternate::plain(addr("198.51.100.20:3478"))];
+    let mut h = H::with(ServerConfig { alternates: only_v4, ..ServerConfig::default() });
+    h.server.set_accepting(false);
+    assert_eq!(alternate_servers(&h.allocate(&v4_udp(40000))), [addr("198.51.100.20:3478")]);
+}
+
+#[test]
+fn the_relay_port_threshold_counts_the_requested_family() {
+    // Dual-stack: two IPv4 ports and eight IPv6 ones. At 0.5, the second
+    // IPv4 allocation is redirected although 1 of 10 ports is in use.
+    let mut relays = vec!["203.0.113.1:50000".to_owned(), "203.0.113.1:50001".to_owned()];
+    relays.extend((0..8).map(|i| format!("[2001:db8::1]:{}", 50000 + i)));
+    let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
+    let cfg = ServerConfig { redirect_above_relay_ports: Some(0.5), ..config() };
+    let mut h = H::new(cfg, Arc::new(SharedTotal::default()), &relays);
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
+    let resp = h.allocate(&v4_udp(40001));
+    assert_eq!((code(&resp), alternate_server(&resp)), (Some(300), Some(addr("198.51.100.20:3478"))));
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 1);
+    // Before the challenge as well.
+    let req = h.build(Method::ALLOCATE, false, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(code(&h.send(&v4_udp(40002), &req)), Some(300));
+    // An IPv6 relay is another matter: four of eight are taken here.
+    let six = [Attribute::RequestedTransport(transport::UDP), Attribute::RequestedAddressFamily(0x02)];
+    for port in 40010..40014 {
+        h.nonce = None;
+        let resp = h.request(&v4_udp(port), Method::ALLOCATE, &six);
+        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{:?}", code(&resp));
+    }
+    h.nonce = None;
+    assert_eq!(code(&h.request(&v4_udp(40014), Method::ALLOCATE, &six)), Some(300));
+    let req = h.build(Method::ALLOCATE, false, &six);
+    assert_eq!(code(&h.send(&v4_udp(40015), &req)), Some(300), "before the challenge too");
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 4);
+    assert_eq!(h.server.allocation_count(), 5);
+    h.server.check_invariants(h.now).unwrap();
+}
+
+#[test]
+fn an_allocate_with_a_reservation_token_is_never_redirected() {
+    // Four relay ports: EVEN-PORT with R reserves the next one.
+    let relays = ["203.0.113.1:50000", "203.0.113.1:50001", "203.0.113.1:50002", "203.0.113.1:50003"];
+    let cfg = ServerConfig { redirect_above_relay_ports: Some(0.25), ..config() };
+    let mut h = H::new(cfg, Arc::new(SharedTotal::default()), &relays);
+    h.nonce = None;
+    let even = [Attribute::RequestedTransport(transport::UDP), Attribute::EvenPort(true)];
+    let resp = h.request(&v4_udp(40000), Method::ALLOCATE, &even);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    let token = match m.get(AttributeType::RESERVATION_TOKEN).unwrap().decode(&m.transaction_id()) {
+        Ok(Attribute::ReservationToken(t)) => *t,
+        other => panic!("{other:?}"),
+    };
+    // Above the threshold now (one of four in use, 0.25): a plain Allocate
+    // goes elsewhere...
+    assert_eq!(code(&h.allocate(&v4_udp(40001))), Some(300));
+    // ...the token's does not: not before the challenge (a 401, not a 300)...
+    let with_token = [Attribute::RequestedTransport(transport::UDP), Attribute::ReservationToken(&token)];
+    let req = h.build(Method::ALLOCATE, false, &with_token);
+    assert_eq!(code(&h.send(&v4_udp(40002), &req)), Some(401));
+    // ...nor after: it takes the reserved port here.
+    h.nonce = None;
+    let resp = h.request(&v4_udp(40002), Method::ALLOCATE, &with_token);
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{:?}", code(&resp));
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 1);
+    // Draining: no redirect with a token either, 508 as without alternates.
+    let mut h = H::with(config());
+    h.server.set_accepting(false);
+    let req = h.build(Method::ALLOCATE, false, &with_token);
+    assert_eq!(code(&h.send(&v4_udp(40003), &req)), Some(401));
+    h.nonce = None;
+    let resp = h.request(&v4_udp(40003), Method::ALLOCATE, &with_token);
+    assert_eq!((code(&resp), alternate_server(&resp)), (Some(508), None));
+    // A full node (allocation quota): 508 too, not a quota redirect.
+    let book = Arc::new(TestQuotas::new(1, 0));
+    let mut h = H::new(config(), book, &relays);
+    h.nonce = None;
+    let resp = h.request(&v4_udp(40000), Method::ALLOCATE, &even);
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+    let m = Message::parse(&resp).unwrap();
+    let token = match m.get(AttributeType::RESERVATION_TOKEN).unwrap().decode(&m.transaction_id()) {
+        Ok(Attribute::ReservationToken(t)) => *t,
+        other => panic!("{other:?}"),
+    };
+    let with_token = [Attribute::RequestedTransport(transport::UDP), Attribute::ReservationToken(&token)];
+    h.nonce = None;
+    let resp = h.request(&v4_udp(40001), Method::ALLOCATE, &with_token);
+    assert_eq!((code(&resp), alternate_server(&resp)), (Some(508), None));
+    assert_eq!(code(&h.allocate(&v4_udp(40002))), Some(300), "without a token the full node redirects");
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Quota), 1);
+}
+
+#[test]
+fn a_redirect_dropped_over_the_reflection_budget_is_not_counted() {
+    // One unauthenticated answer per source and second.
+    let cfg = ServerConfig { unauthenticated_rate: 1, unauthenticated_burst: 1, ..config() };
+    let mut h = H::with(cfg);
+    h.server.set_accepting(false);
+    let req = h.build(Method::ALLOCATE, false, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(code(&h.send(&v4_udp(40000), &req)), Some(300));
+    // The same source again at once: over its budget, nothing is sent.
+    let action = h.server.handle_client(h.now, &v4_udp(40001), &req, &mut h.out);
+    assert_eq!(action, ClientAction::None);
+    let stats = h.server.stats();
+    assert_eq!(stats.redirects_of(RedirectReason::Draining), 1, "only the 300 that went out");
+    assert_eq!(stats.requests_of(MethodLabel::Allocate, Outcome::Error(StunError::TryAlternate)), 1);
+    assert_eq!(stats.drops_of(relay_core::server::stats::Drop::RateLimited), 1);
+    // A second later the budget is back: sent and counted.
+    h.now += Duration::from_secs(1);
+    assert_eq!(code(&h.send(&v4_udp(40002), &req)), Some(300));
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Draining), 2);
+}

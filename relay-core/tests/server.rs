@@ -910,6 +910,36 @@ fn stream_clients_get_padded_channel_data_and_lose_allocations_on_close() {
     assert_eq!(h.server.stats().allocations_deleted, 1);
 }
 
+/// Two stream connections naming one 5-tuple (PROXY headers naming one
+/// client; relay-io refuses the second, this is the core's own line): the
+/// allocation is the connection's that made it. The other cannot relay
+/// through it, refresh it, allocate over it, or end it by closing.
+#[test]
+fn a_stream_allocation_belongs_to_its_connection_not_its_5_tuple() {
+    let mut h = H::new();
+    h.client = Client { transport: Transport::Tcp, conn: 9, ..h.client };
+    h.allocate();
+    assert_eq!(class(&h.bind(0x4000, PEER)), Class::Success);
+    let (owner, other) = (h.client, Client { conn: 10, ..h.client });
+    h.client = other;
+    assert!(!h.server.has_allocation(&other), "the other connection holds no allocation");
+    let no_allocation = h.server.stats().drops_of(Drop::NoAllocation);
+    assert_eq!(h.send(&channel_data(0x4000, b"not yours")), ClientAction::None);
+    assert_eq!(send_to(&mut h, PEER, b"not yours").1, ClientAction::None);
+    assert_eq!(h.server.stats().drops_of(Drop::NoAllocation), no_allocation + 2);
+    assert_eq!(error_code(&h.refresh(600)), Some(437), "a Refresh of another connection's allocation");
+    let resp = h.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(error_code(&resp), Some(437), "an Allocate over a held 5-tuple");
+    h.server.handle_client_closed(h.now, &other);
+    assert_eq!((h.server.allocation_count(), h.server.stats().allocations_deleted), (1, 0));
+    // Its own connection still relays through it, and ends it.
+    h.client = owner;
+    assert!(h.server.has_allocation(&owner));
+    assert!(matches!(h.send(&channel_data(0x4000, b"mine")), ClientAction::Forward { .. }));
+    h.server.handle_client_closed(h.now, &owner);
+    assert_eq!((h.server.allocation_count(), h.server.stats().allocations_deleted), (0, 1));
+}
+
 #[test]
 fn bandwidth_cap_drops_excess() {
     let mut h = H::with(Setup {

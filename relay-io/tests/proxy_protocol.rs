@@ -1,8 +1,8 @@
 //! The PROXY protocol (v1 and v2) on TCP and TLS listeners, over real
-//! loopback sockets, on both backends. The trusted balancer is
-//! 127.0.0.5 (`proxy_protocol_from = 127.0.0.5/32`): its connections come
-//! from that address and must begin with a header; a client connecting
-//! from 127.0.0.1 is outside it. Headers claim documentation addresses
+//! loopback sockets, on both backends. The trusted balancers are
+//! 127.0.0.5 and 127.0.0.6 (`proxy_protocol_from = [127.0.0.5/32,
+//! 127.0.0.6/32]`): their connections come from there and must begin with
+//! a header; a client connecting from 127.0.0.1 is outside them. Headers claim documentation addresses
 //! (192.0.2.0/24, 2001:db8::/32) that no loopback socket can have, so an
 //! answer naming them can only come from the header.
 //!
@@ -27,6 +27,8 @@ const REALM: &str = "proxy.test";
 const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: REALM };
 /// The trusted load balancer's address.
 const BALANCER: &str = "127.0.0.5";
+/// Another trusted balancer.
+const BALANCER2: &str = "127.0.0.6";
 /// Where a direct (untrusted) client connects from.
 const DIRECT: &str = "127.0.0.1";
 
@@ -45,7 +47,10 @@ fn start(backend: Backend, max_per_source: usize) -> Option<Relay> {
             proxy_header_timeout: Duration::from_secs(1),
             ..StreamLimits::default()
         },
-        proxy_protocol_from: vec![format!("{BALANCER}/32").parse().unwrap()],
+        proxy_protocol_from: vec![
+            format!("{BALANCER}/32").parse().unwrap(),
+            format!("{BALANCER2}/32").parse().unwrap(),
+        ],
         ..IoConfig::default()
     };
     let make = |_k: usize| {
@@ -132,32 +137,37 @@ fn headers_give_the_client_address_however_they_arrive() {
             (Version::V2, "[::ffff:192.0.2.12]:7000", "192.0.2.12:7000"),
         ];
         for (version, client, want) in cases {
-            let want: SocketAddr = want.parse().unwrap();
+            let (client, want): (SocketAddr, SocketAddr) = (client.parse().unwrap(), want.parse().unwrap());
+            // The three connections below are open at once: each is its
+            // own client, one port apart (one client on two connections is
+            // refused).
+            let client = |k: u16| SocketAddr::new(client.ip(), client.port() + k).to_string();
+            let want = |k: u16| SocketAddr::new(want.ip(), want.port() + k);
             // The header alone, then the Binding request.
             let mut s = connect_from(BALANCER, tcp);
-            s.write_all(&header(version, client)).unwrap();
+            s.write_all(&header(version, &client(0))).unwrap();
             let mut c = StreamClient::over(Box::new(s), LOGIN);
-            assert_eq!(binding(&mut c), want, "{backend:?} {version:?}: header, then STUN");
+            assert_eq!(binding(&mut c), want(0), "{backend:?} {version:?}: header, then STUN");
             // The header split over several writes (segments), a pause
             // between each.
             let mut s = connect_from(BALANCER, tcp);
-            let h = header(version, client);
+            let h = header(version, &client(1));
             for piece in h.chunks(7) {
                 s.write_all(piece).unwrap();
                 std::thread::sleep(Duration::from_millis(15));
             }
             let mut c = StreamClient::over(Box::new(s), LOGIN);
-            assert_eq!(binding(&mut c), want, "{backend:?} {version:?}: header in pieces");
+            assert_eq!(binding(&mut c), want(1), "{backend:?} {version:?}: header in pieces");
             // The header and the request in one write: the request is not
             // lost behind the header (StreamClient writes the request
             // itself, so it is sent here by hand, then answered).
             let mut s = connect_from(BALANCER, tcp);
             let request = binding_request();
-            s.write_all(&[header(version, client), request.clone()].concat()).unwrap();
+            s.write_all(&[header(version, &client(2)), request.clone()].concat()).unwrap();
             let mut c = StreamClient::over(Box::new(s), LOGIN);
             let resp = c.frame();
             assert_eq!(&resp[8..20], &request[8..20], "the answer to the request sent with the header");
-            assert_eq!(mapped(&resp), want, "{backend:?} {version:?}: header and STUN in one write");
+            assert_eq!(mapped(&resp), want(2), "{backend:?} {version:?}: header and STUN in one write");
         }
         // LOCAL (the balancer's own health check): its own address.
         let mut s = connect_from(BALANCER, tcp);
@@ -360,6 +370,116 @@ fn refused_starts_are_closed_and_counted() {
         // The listeners still serve direct clients.
         let mut c = StreamClient::tls(tls, LOGIN, &test_certificate().1);
         binding(&mut c);
+        relay.stop().unwrap();
+    }
+}
+
+/// The balancer's own connections (LOCAL headers, its health checks) and
+/// those without addresses (v1 UNKNOWN) keep its address and are not
+/// counted per source: with one connection allowed per source, the
+/// balancer holds several, while a client behind it gets one.
+#[test]
+fn the_balancers_own_connections_are_not_counted_per_source() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 1) else { continue };
+        let tcp = relay.tcp_addrs()[0];
+        let local =
+            Header { version: Version::V2, command: Command::Local, transport: Transport::Unspec, addresses: None };
+        let mut held = Vec::new();
+        for bytes in [local.encode_v2(&[]).unwrap(), local.encode_v2(&[]).unwrap(), b"PROXY UNKNOWN\r\n".to_vec()] {
+            let mut s = connect_from(BALANCER, tcp);
+            s.write_all(&bytes).unwrap();
+            let own = s.local_addr().unwrap();
+            let mut c = StreamClient::over(Box::new(s), LOGIN);
+            assert_eq!(binding(&mut c), own, "{backend:?}: the balancer's own connection is served");
+            held.push(c);
+        }
+        // A client behind it is counted: one connection, not two.
+        let mut s = connect_from(BALANCER, tcp);
+        s.write_all(&header(Version::V2, "192.0.2.60:1")).unwrap();
+        let mut c = StreamClient::over(Box::new(s), LOGIN);
+        assert_eq!(binding(&mut c), "192.0.2.60:1".parse().unwrap(), "{backend:?}");
+        let mut second = connect_from(BALANCER, tcp);
+        second.write_all(&[header(Version::V2, "192.0.2.60:2"), binding_request()].concat()).unwrap();
+        assert!(closed_by_server(&mut second), "{backend:?}: a client's second connection");
+        let st = stats(&relay);
+        assert_eq!((st.refused_per_source, st.open, st.proxy_accepted), (1, 4, 5), "{backend:?}");
+        relay.stop().unwrap();
+    }
+}
+
+/// Two balancer connections whose headers name one client (a NAT that
+/// reuses a port towards two balancers, or a forged header), and one
+/// naming a direct client: the later one is refused (counted
+/// `duplicate`), so the allocation's 5-tuple is one connection's; the
+/// first keeps its allocation, which relays on. Once the first closes,
+/// the client may come again.
+#[test]
+fn a_header_naming_a_client_already_connected_is_refused() {
+    for backend in backends() {
+        let Some(relay) = start(backend, 100) else { continue };
+        let tcp = relay.tcp_addrs()[0];
+        let client = "192.0.2.50:4000";
+        let mut s = connect_from(BALANCER, tcp);
+        s.write_all(&header(Version::V2, client)).unwrap();
+        let mut first = StreamClient::over(Box::new(s), LOGIN);
+        let resp = first.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        assert_eq!(mapped(&resp), client.parse().unwrap(), "{backend:?}");
+        let m = Message::parse(&resp).unwrap();
+        let relayed = match m.get(AttributeType::XOR_RELAYED_ADDRESS).map(|a| a.decode(&m.transaction_id())) {
+            Some(Ok(Attribute::XorRelayedAddress(a))) => a,
+            other => panic!("{other:?}"),
+        };
+        let p = peer();
+        let paddr = p.local_addr().unwrap();
+        first.ok(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(paddr)]);
+        first.ok(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4002), Attribute::XorPeerAddress(paddr)]);
+        // The same client through the other balancer (v1, with ChannelData
+        // for the first's channel behind it), and through the same one.
+        for (from, version) in [(BALANCER2, Version::V1), (BALANCER, Version::V2)] {
+            let mut s = connect_from(from, tcp);
+            let mut cd = vec![0u8; 8];
+            relay_core::wire::channel_data::encode(&mut cd, 0x4002, b"evil", true).unwrap();
+            s.write_all(&[header(version, client), cd].concat()).unwrap();
+            assert!(closed_by_server(&mut s), "{backend:?}: a second connection naming {client} from {from}");
+        }
+        // Nothing of theirs reached the peer; the first's allocation
+        // lives on and relays both ways.
+        for i in 0..3u8 {
+            first.send_channel_data(0x4002, &[i; 20]);
+            let (got, from) = recv_datagram(&p).expect("the peer receives");
+            assert_eq!((&got[..], from), (&[i; 20][..], relayed), "{backend:?}");
+            p.send_to(&[i; 30], relayed).unwrap();
+            let f = first.frame();
+            let cd = ChannelData::parse(&f).unwrap();
+            assert_eq!((cd.channel, cd.payload), (0x4002, &[i; 30][..]), "{backend:?}");
+        }
+        // A header naming a direct client's address (on the same
+        // listener) is refused too.
+        let direct = connect_from(DIRECT, tcp);
+        let direct_addr = direct.local_addr().unwrap();
+        let mut d = StreamClient::over(Box::new(direct), LOGIN);
+        assert_eq!(binding(&mut d), direct_addr);
+        let mut forged = connect_from(BALANCER, tcp);
+        forged.write_all(&header(Version::V2, &direct_addr.to_string())).unwrap();
+        assert!(closed_by_server(&mut forged), "{backend:?}: a header naming a direct client");
+        assert_eq!(binding(&mut d), direct_addr, "{backend:?}: the direct client is served on");
+        let st = stats(&relay);
+        assert_eq!((st.proxy_duplicate, st.proxy_accepted, st.proxy_invalid), (3, 1, 0), "{backend:?}");
+        // The first closes (its allocation with it): the client may come
+        // again.
+        drop(first);
+        let deadline = Instant::now() + TIMEOUT;
+        while stats(&relay).open != 1 {
+            assert!(Instant::now() < deadline, "{backend:?}: the closed connection stays open");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut s = connect_from(BALANCER2, tcp);
+        s.write_all(&header(Version::V1, client)).unwrap();
+        let mut again = StreamClient::over(Box::new(s), LOGIN);
+        let resp = again.request(Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+        assert_eq!(mapped(&resp), client.parse().unwrap(), "{backend:?}: the client comes again");
+        assert_eq!(stats(&relay).proxy_duplicate, 3, "{backend:?}");
         relay.stop().unwrap();
     }
 }

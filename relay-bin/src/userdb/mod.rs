@@ -33,6 +33,7 @@ use relay_core::server::auth::Credentials;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
 use relay_io::{PeerLists, RelayHandle};
 
+use crate::config::{Config, ConfigError};
 use crate::metrics::Health;
 
 /// The `/readyz` detail line this module owns.
@@ -118,6 +119,45 @@ impl DatabaseUrl {
     }
 }
 
+/// Resolves `auth.database_file`: the URL is read from that file
+/// (surrounding whitespace ignored) into `auth.database`, so that its
+/// password stays off the command line and out of the configuration file.
+/// Errors name the key and the file, never the URL.
+pub fn load_database_file(c: &mut Config, cli_keys: &[&str]) -> Result<(), ConfigError> {
+    let Some(path) = c.auth.database_file.clone() else { return Ok(()) };
+    let key = "auth.database_file";
+    if c.auth.database.is_some() {
+        return Err(c.error_at(cli_keys, key, "set auth.database or auth.database_file, not both"));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| c.error_at(cli_keys, key, format!("cannot read {}: {e}", path.display())))?;
+    let url = text.trim();
+    DatabaseUrl::parse(url).map_err(|m| c.error_at(cli_keys, key, format!("{}: {m}", path.display())))?;
+    c.auth.database = Some(url.to_owned());
+    Ok(())
+}
+
+/// Refuses a reload from the running configuration `old` to `new` that
+/// changes what the user database was started with: `auth.database` (its
+/// URL, whether given directly or by `auth.database_file`),
+/// `auth.database_refresh`, and `server.realm` while a database is
+/// configured (the refresher reads that realm's rows and derives its keys
+/// with it). Those need a restart; the error says which key changed, never
+/// the URL.
+pub fn check_reload(old: &Config, new: &Config) -> Result<(), String> {
+    let restart = |key: &str| Err(format!("{key} changed: that needs a restart (the old settings stay)"));
+    if old.auth.database != new.auth.database {
+        return restart("auth.database");
+    }
+    if old.auth.database.is_some() && old.auth.database_refresh != new.auth.database_refresh {
+        return restart("auth.database_refresh");
+    }
+    if old.auth.database.is_some() && old.server.realm != new.server.realm {
+        return restart("server.realm (with auth.database set)");
+    }
+    Ok(())
+}
+
 /// `url` with the password of its user part (`user:password@`) and any
 /// `password=` query parameter replaced by `***`.
 pub fn redact(url: &str) -> String {
@@ -171,18 +211,37 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Sorts and deduplicates the lists (the engines return sets in any order).
+    /// Sorts and deduplicates the lists (the engines return sets in any
+    /// order). Peer ranges are trimmed; REST secrets are kept as stored,
+    /// blanks included, as coturn uses them (an empty one is dropped: anyone
+    /// could sign with it).
     pub fn normalize(mut self) -> Snapshot {
-        for list in [&mut self.secrets, &mut self.allowed, &mut self.denied] {
+        for list in [&mut self.allowed, &mut self.denied] {
             for v in list.iter_mut() {
                 *v = v.trim().to_owned();
             }
+        }
+        for list in [&mut self.secrets, &mut self.allowed, &mut self.denied] {
             list.retain(|v| !v.is_empty());
             list.sort();
             list.dedup();
         }
         self
     }
+}
+
+/// The REST secrets of `now` (sorted) in the order the shards try them:
+/// the ones `before` (the previous order) lacks first, then the others in
+/// `before`'s order. coturn's schemas keep no time with a secret, so the
+/// newest is the one this process saw appear last: a secret a rotation adds
+/// is tried even when more are stored than a request is checked against
+/// ([`relay_core::server::auth::MAX_REST_SECRETS`]).
+pub fn newest_first(before: &[String], now: &[String]) -> Vec<String> {
+    let old: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
+    let current: std::collections::HashSet<&str> = now.iter().map(String::as_str).collect();
+    let added = now.iter().filter(|s| !old.contains(s.as_str()));
+    let kept = before.iter().filter(|s| current.contains(s.as_str()));
+    added.chain(kept).cloned().collect()
 }
 
 /// A row the refresher skipped, and why (never the key or secret itself).
@@ -244,7 +303,13 @@ pub struct Built {
 
 /// Builds credentials and peer lists for `realm` from `snap`; a bad row
 /// is skipped (and reported), never the whole read.
+#[cfg(test)]
 pub fn build(realm: &str, snap: &Snapshot) -> Built {
+    build_ordered(realm, snap, &snap.secrets)
+}
+
+/// [`build`] with the REST secrets in the order given ([`newest_first`]).
+fn build_ordered(realm: &str, snap: &Snapshot, secrets: &[String]) -> Built {
     let mut credentials = Credentials::new(realm);
     let mut bad = Vec::new();
     for (name, hex) in &snap.users {
@@ -253,7 +318,7 @@ pub fn build(realm: &str, snap: &Snapshot) -> Built {
             Err(message) => bad.push(BadRow { table: "turnusers_lt", name: name.clone(), message }),
         }
     }
-    for secret in &snap.secrets {
+    for secret in secrets {
         credentials.add_rest_secret(secret.as_bytes());
     }
     let mut peers = PeerLists::default();
@@ -277,6 +342,9 @@ pub fn build(realm: &str, snap: &Snapshot) -> Built {
 pub struct Composer {
     relay: RelayHandle,
     inner: Mutex<Parts>,
+    /// REST secrets beyond those a request is checked against, as last
+    /// handed to the shards (`turn_user_database_secrets_untried`).
+    untried: Arc<AtomicU64>,
 }
 
 struct Parts {
@@ -291,7 +359,7 @@ impl Composer {
     /// `configured` and `configured_peers`.
     pub fn new(relay: RelayHandle, configured: Credentials, configured_peers: PeerLists) -> Composer {
         let parts = Parts { configured, database: None, configured_peers, database_peers: PeerLists::default() };
-        Composer { relay, inner: Mutex::new(parts) }
+        Composer { relay, inner: Mutex::new(parts), untried: Arc::default() }
     }
 
     fn parts(&self) -> std::sync::MutexGuard<'_, Parts> {
@@ -299,10 +367,21 @@ impl Composer {
     }
 
     fn push_credentials(&self, p: &Parts) {
-        match &p.database {
-            Some(db) => self.relay.set_credentials(&p.configured.layered(db)),
-            None => self.relay.set_credentials(&p.configured),
+        let all = match &p.database {
+            Some(db) => p.configured.layered(db),
+            None => p.configured.clone(),
+        };
+        let untried = all.rest_secrets_untried() as u64;
+        if self.untried.swap(untried, Ordering::Relaxed) != untried && untried > 0 {
+            tracing::warn!(
+                secrets = all.rest_secret_count(),
+                untried,
+                tried = relay_core::server::auth::MAX_REST_SECRETS,
+                "more REST secrets than a request is checked against: the configured ones and then the \
+                 database's newest are tried, {untried} never; delete retired secrets (turnadmin -X)"
+            );
         }
+        self.relay.set_credentials(&all);
     }
 
     fn push_peers(&self, p: &Parts) {
@@ -349,6 +428,8 @@ pub struct Status {
     refreshes: AtomicU64,
     failures: AtomicU64,
     pushes: AtomicU64,
+    /// Shared with the [`Composer`].
+    secrets_untried: Arc<AtomicU64>,
     last_success: Mutex<Option<Instant>>,
 }
 
@@ -363,6 +444,7 @@ pub fn publish(engine: &'static str, s: &Status) {
     gauge!("turn_user_database_peer_ranges", "list" => "allow").set(load(&s.allowed) as f64);
     gauge!("turn_user_database_peer_ranges", "list" => "deny").set(load(&s.denied) as f64);
     gauge!("turn_user_database_bad_rows").set(load(&s.bad_rows) as f64);
+    gauge!("turn_user_database_secrets_untried").set(load(&s.secrets_untried) as f64);
     counter!("turn_user_database_refreshes_total").absolute(load(&s.refreshes));
     counter!("turn_user_database_refresh_failures_total").absolute(load(&s.failures));
     counter!("turn_user_database_updates_total").absolute(load(&s.pushes));
@@ -390,6 +472,8 @@ pub(crate) struct Ctx {
     health: Arc<Health>,
     composer: Arc<Composer>,
     last: Option<Snapshot>,
+    /// The database's REST secrets, newest first ([`newest_first`]).
+    secret_order: Vec<String>,
     /// Set once an outage was logged; cleared on the next success.
     down_since: Option<Instant>,
     first: Option<std::sync::mpsc::Sender<()>>,
@@ -441,7 +525,8 @@ impl Ctx {
         self.health.set_detail(DETAIL, None);
         let changed = self.last.as_ref() != Some(&snap);
         if changed {
-            let built = build(&self.realm, &snap);
+            self.secret_order = newest_first(&self.secret_order, &snap.secrets);
+            let built = build_ordered(&self.realm, &snap, &self.secret_order);
             for b in &built.bad {
                 tracing::warn!(table = b.table, row = %b.name, "user database: row skipped: {}", b.message);
             }
@@ -534,7 +619,7 @@ impl Refresher {
         first_wait: Duration,
     ) -> std::io::Result<Refresher> {
         let stop = Arc::new(AtomicBool::new(false));
-        let status = Arc::new(Status::default());
+        let status = Arc::new(Status { secrets_untried: composer.untried.clone(), ..Status::default() });
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let engine = url.engine();
         let mut ctx = Ctx {
@@ -545,6 +630,7 @@ impl Refresher {
             health,
             composer,
             last: None,
+            secret_order: Vec::new(),
             down_since: None,
             first: Some(first_tx),
             engine,
@@ -636,6 +722,71 @@ mod tests {
     }
 
     #[test]
+    fn the_url_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("turn-relay-dburl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("database-url");
+        std::fs::write(&file, "  postgresql://turn:hunter2@127.0.0.1/coturn\n").unwrap();
+        let text = format!("[auth]\ndatabase_file = \"{}\"\n", file.display());
+        let mut c = Config::parse("relay.toml", &text).unwrap();
+        load_database_file(&mut c, &[]).unwrap();
+        assert_eq!(c.auth.database.as_deref(), Some("postgresql://turn:hunter2@127.0.0.1/coturn"));
+        assert!(c.validate(&[]).is_ok());
+
+        // Both keys; a file that is not there; a bad URL in the file: the
+        // key and the file are named, the password never.
+        let both = format!("[auth]\ndatabase = \"sqlite:///x\"\n{}", &text["[auth]\n".len()..]);
+        let e = load_database_file(&mut Config::parse("relay.toml", &both).unwrap(), &[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "auth.database_file"), "{e}");
+        assert!(e.message.contains("not both"), "{e}");
+        let gone = "[auth]\ndatabase_file = \"/nonexistent/turn-relay-db-url\"\n";
+        let e = load_database_file(&mut Config::parse("relay.toml", gone).unwrap(), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("relay.toml:2: auth.database_file: cannot read /nonexistent"), "{e}");
+        std::fs::write(&file, "mysql://turn:hunter2@db/coturn").unwrap();
+        let e = load_database_file(&mut Config::parse("relay.toml", &text).unwrap(), &[]).unwrap_err();
+        assert!(e.message.contains("unknown scheme") && e.message.contains("database-url"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // From the command line: the error says so.
+        let mut c = Config::default();
+        c.auth.database_file = Some("/nonexistent/x".into());
+        let e = load_database_file(&mut c, &["auth.database_file"]).unwrap_err();
+        assert!(e.to_string().starts_with("<command line>: auth.database_file: "), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn configured_rest_secrets_are_bounded() {
+        let n = relay_core::server::auth::MAX_REST_SECRETS;
+        let list = |n: usize| (0..n).map(|i| format!("\"s{i}\"")).collect::<Vec<_>>().join(", ");
+        let ok = Config::parse("relay.toml", &format!("[auth]\nrest_secrets = [{}]\n", list(n))).unwrap();
+        assert!(ok.validate(&[]).is_ok());
+        let text = format!("[auth]\nrest_secrets = [{}]\n", list(n + 1));
+        let e = Config::parse("relay.toml", &text).unwrap().validate(&[]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "auth.rest_secrets"), "{e}");
+        assert!(!e.to_string().contains("s16"), "a secret in the error: {e}");
+    }
+
+    #[test]
+    fn reloads_that_need_a_restart() {
+        let parse = |text: &str| Config::parse("relay.toml", text).unwrap();
+        let db = "[server]\nrealm = \"a.example\"\n[auth]\ndatabase = \"sqlite:///var/lib/turn/turndb\"\n";
+        let old = parse(db);
+        assert!(check_reload(&old, &parse(db)).is_ok());
+        let realm = check_reload(&old, &parse(&db.replace("a.example", "b.example"))).unwrap_err();
+        assert!(realm.contains("server.realm") && realm.contains("needs a restart"), "{realm}");
+        let url = check_reload(&old, &parse(&db.replace("turndb", "other"))).unwrap_err();
+        assert!(url.contains("auth.database") && !url.contains("sqlite"), "{url}");
+        let gone = check_reload(&old, &parse("[server]\nrealm = \"a.example\"\n")).unwrap_err();
+        assert!(gone.contains("auth.database"), "{gone}");
+        let refresh = check_reload(&old, &parse(&format!("{db}database_refresh = 5\n"))).unwrap_err();
+        assert!(refresh.contains("auth.database_refresh"), "{refresh}");
+        // Without a database the realm may change on a reload.
+        let plain = parse("[server]\nrealm = \"a.example\"\n");
+        assert!(check_reload(&plain, &parse("[server]\nrealm = \"b.example\"\n")).is_ok());
+        assert!(check_reload(&plain, &old).unwrap_err().contains("auth.database"));
+    }
+
+    #[test]
     fn redaction() {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact("redis://user@h/0"), "redis://user@h/0");
@@ -707,8 +858,41 @@ mod tests {
 
     #[test]
     fn snapshots_compare_in_any_order() {
-        let a = Snapshot { secrets: vec!["b".into(), "a".into(), " a ".into()], ..Snapshot::default() }.normalize();
+        let a = Snapshot { secrets: vec!["b".into(), "a".into(), "a".into()], ..Snapshot::default() }.normalize();
         let b = Snapshot { secrets: vec!["a".into(), "b".into()], ..Snapshot::default() }.normalize();
         assert_eq!(a, b);
+        let ranges = Snapshot { allowed: vec![" 10.0.0.1 ".into(), "10.0.0.1".into()], ..Snapshot::default() };
+        assert_eq!(ranges.normalize().allowed, ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn rest_secrets_are_used_as_stored() {
+        use relay_core::server::auth::KeyCandidates;
+        // coturn signs with the stored value, blanks and all.
+        let snap = Snapshot { secrets: vec![" west secret ".into(), String::new()], ..Snapshot::default() };
+        let snap = snap.normalize();
+        assert_eq!(snap.secrets, [" west secret "], "kept as stored; the empty one dropped");
+        let built = build("example.org", &snap);
+        let mut want = relay_core::server::auth::Credentials::new("example.org");
+        want.add_rest_secret(b" west secret ");
+        let (mut got, mut expected) = (KeyCandidates::new(), KeyCandidates::new());
+        built.credentials.keys("1700000000:u", PasswordAlgorithm::Md5, 0, &mut got);
+        want.keys("1700000000:u", PasswordAlgorithm::Md5, 0, &mut expected);
+        assert_eq!(got.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
+        assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn the_newest_secret_comes_first() {
+        let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // At start every secret is new: sorted.
+        let order = newest_first(&[], &v(&["b", "a", "c"]));
+        assert_eq!(order, v(&["b", "a", "c"]));
+        // A rotation: the added one first, whatever its name; the deleted gone.
+        let order = newest_first(&v(&["a", "b", "c"]), &v(&["a", "aa", "c"]));
+        assert_eq!(order, v(&["aa", "a", "c"]));
+        let order = newest_first(&order, &v(&["0", "a", "aa", "c"]));
+        assert_eq!(order, v(&["0", "aa", "a", "c"]));
+        assert_eq!(newest_first(&order, &[]), Vec::<String>::new());
     }
 }

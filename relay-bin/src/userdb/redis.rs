@@ -2,7 +2,9 @@
 //! `turn/realm/<realm>/secret`, `…/allowed-peer-ip`, `…/denied-peer-ip`),
 //! and keyspace notifications on `turn/realm/<realm>/*` for changes, which
 //! the server sends only with `notify-keyspace-events` set (`K$sg` or
-//! wider); without them the schedule alone applies.
+//! wider); without them the schedule alone applies. The same when the
+//! user may not subscribe (a Redis 7 ACL user without the channel
+//! pattern): the refresher says so once and reads on schedule.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,6 +19,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH: usize = 1000;
 /// Set once the missing keyspace notifications were logged.
 static NOTIFY_OFF_LOGGED: AtomicBool = AtomicBool::new(false);
+/// Set once a refused PSUBSCRIBE was logged.
+static SUBSCRIBE_REFUSED_LOGGED: AtomicBool = AtomicBool::new(false);
+/// The most queued keyspace messages taken before one read.
+const MAX_DRAIN: usize = 100_000;
 
 /// `s` with Redis glob characters escaped.
 fn glob_escape(s: &str) -> String {
@@ -103,15 +109,44 @@ pub(super) fn session(url: &str, ctx: &mut Ctx) -> Result<(), String> {
         );
     }
     let mut sub = connect()?;
-    let mut events = sub.as_pubsub();
     let base = format!("turn/realm/{}/", ctx.realm());
-    events.psubscribe(format!("__keyspace@{db}__:{}*", glob_escape(&base))).map_err(|e| format!("PSUBSCRIBE: {e}"))?;
+    let pattern = format!("__keyspace@{db}__:{}*", glob_escape(&base));
+    // PSUBSCRIBE as a plain command, which returns the server's refusal
+    // (PubSub::psubscribe drops it, leaving a subscription that never
+    // delivers).
+    let subscribed = match redis::cmd("PSUBSCRIBE").arg(&pattern).query::<Value>(&mut sub) {
+        Ok(_) => true,
+        // The server refused it (an ACL user without `&<pattern>`, since
+        // Redis 7 the default, or a server without pub/sub): the schedule
+        // still applies.
+        Err(e) if e.code().is_some() => {
+            if !SUBSCRIBE_REFUSED_LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    pattern = %pattern,
+                    "Redis refused PSUBSCRIBE ({e}): user database changes are seen at the next scheduled refresh \
+                     (auth.database_refresh); grant the user the channel (ACL SETUSER <user> '&<pattern>')"
+                );
+            }
+            false
+        }
+        Err(e) => return Err(format!("PSUBSCRIBE: {e}")),
+    };
+    let mut events = sub.as_pubsub();
     let mut why = "connected";
     while !ctx.stopping() {
         let realm = ctx.realm().to_owned();
+        if subscribed {
+            // Every write queued so far is covered by the read that
+            // follows: one read for a burst, not one per key.
+            drain(&mut events)?;
+        }
         let snap = read(&mut data, &realm).map_err(|e| format!("read: {e}"))?;
         ctx.success(snap, why);
         let wake = ctx.wait(|slice| {
+            if !subscribed {
+                std::thread::sleep(slice);
+                return Ok(false);
+            }
             events.set_read_timeout(Some(slice.max(Duration::from_millis(10)))).map_err(|e| e.to_string())?;
             match events.get_message() {
                 Ok(_) => Ok(true),
@@ -125,6 +160,21 @@ pub(super) fn session(url: &str, ctx: &mut Ctx) -> Result<(), String> {
         };
     }
     Ok(())
+}
+
+/// Takes the keyspace messages already queued (bounded), without waiting
+/// for more than a moment.
+fn drain(events: &mut redis::PubSub<'_>) -> Result<usize, String> {
+    events.set_read_timeout(Some(Duration::from_millis(1))).map_err(|e| e.to_string())?;
+    let mut taken = 0;
+    while taken < MAX_DRAIN {
+        match events.get_message() {
+            Ok(_) => taken += 1,
+            Err(e) if e.is_timeout() => break,
+            Err(e) => return Err(format!("keyspace events: {e}")),
+        }
+    }
+    Ok(taken)
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@
 //! - responses to signed requests checked: MESSAGE-INTEGRITY(-SHA256) must
 //!   verify with the key, and a success must carry it (RFC 8489 §9.2.5);
 //! - static long-term or TURN REST API [`Credentials`];
-//! - a 300 (Try Alternate) to an Allocate followed once (RFC 8489 §10):
+//! - a 300 (Try Alternate) to an Allocate followed once per Allocate
+//!   (RFC 8489 §10; [`ClientConfig::max_redirects`]):
 //!   [`Handled::Redirect`] names the ALTERNATE-SERVER (and
-//!   ALTERNATE-DOMAIN), never the server it came from nor one already
-//!   tried, of the same family; the caller moves its transport there (the
+//!   ALTERNATE-DOMAIN), never the server it came from nor one that Allocate
+//!   tried already, of the same family; the caller moves its transport there (the
 //!   same kind) and sends the request that comes with it, with the same
 //!   credentials. An authenticated 300 must carry a MESSAGE-INTEGRITY that
 //!   verifies, as a success must.
@@ -75,8 +76,10 @@ pub struct ClientConfig {
     /// The server the session talks to first, when the caller says: a 300
     /// pointing back to it is not followed.
     pub server: Option<SocketAddr>,
-    /// 300 (Try Alternate) answers to an Allocate that are followed
-    /// (RFC 8489 §10; default 1, 0 makes a 300 the end of the request).
+    /// 300 (Try Alternate) answers followed per Allocate (RFC 8489 §10;
+    /// default 1, 0 makes a 300 the end of the request). Counted for each
+    /// Allocate on its own, across its authentication rounds: a later
+    /// Allocate of the session may be redirected again.
     pub max_redirects: u32,
 }
 
@@ -207,6 +210,16 @@ struct Pending {
     /// Sent to a server that has not challenged this session yet (after a
     /// redirect): its 401 is a challenge, not a verdict on the password.
     new_server: bool,
+    /// The redirects this request followed.
+    hops: Hops,
+}
+
+/// The redirects one request followed: how many, and where in
+/// `TurnSession::redirected_from` the servers it left begin.
+#[derive(Clone, Copy, Debug)]
+struct Hops {
+    count: u32,
+    since: usize,
 }
 
 /// One client's protocol state. See the module documentation.
@@ -229,7 +242,7 @@ pub struct TurnSession {
     server: Option<SocketAddr>,
     /// Servers that redirected this session, in order (those known).
     redirected_from: Vec<SocketAddr>,
-    /// Redirects followed.
+    /// Redirects followed, all requests together.
     redirects: u32,
     buf: Box<[u8; MAX_REQUEST]>,
     len: usize,
@@ -390,11 +403,19 @@ impl TurnSession {
         if self.pending.is_some() {
             return Err(ClientError::Busy);
         }
-        self.begin(request, now, 0, false)?;
+        let hops = Hops { count: 0, since: self.redirected_from.len() };
+        self.begin(request, now, 0, false, hops)?;
         Ok(&self.buf[..self.len])
     }
 
-    fn begin(&mut self, request: Request, now: Instant, auth_rounds: u32, new_server: bool) -> Result<(), ClientError> {
+    fn begin(
+        &mut self,
+        request: Request,
+        now: Instant,
+        auth_rounds: u32,
+        new_server: bool,
+        hops: Hops,
+    ) -> Result<(), ClientError> {
         if self.key.is_none()
             && let Some(realm) = self.realm.clone()
         {
@@ -411,7 +432,7 @@ impl TurnSession {
         // The first request leaves now, with what this returns.
         tx.poll_transmit(now);
         let authenticated = self.nonce.is_some() && self.key.is_some() && self.realm.is_some();
-        self.pending = Some(Pending { request, tx, auth_rounds, authenticated, new_server });
+        self.pending = Some(Pending { request, tx, auth_rounds, authenticated, new_server, hops });
         Ok(())
     }
 
@@ -551,11 +572,11 @@ impl TurnSession {
                     }
                 }
                 self.nonce = Some(nonce);
-                let request = match self.pending.take() {
-                    Some(p) => p.request,
+                let (request, hops) = match self.pending.take() {
+                    Some(p) => (p.request, p.hops),
                     None => return Handled::Ignored,
                 };
-                return match self.begin(request, now, auth_rounds + 1, false) {
+                return match self.begin(request, now, auth_rounds + 1, false, hops) {
                     Ok(()) => Handled::Transmit(&self.buf[..self.len]),
                     Err(e) => Handled::Done(Err(e)),
                 };
@@ -570,8 +591,9 @@ impl TurnSession {
 
     /// A 300 (Try Alternate) to the Allocate in flight (RFC 8489 §10):
     /// followed when it names an ALTERNATE-SERVER of the current server's
-    /// family that is neither it nor one that redirected already, within
-    /// `max_redirects`; otherwise the request fails with the 300.
+    /// family that is neither it nor one that redirected this Allocate
+    /// already, within `max_redirects` for this Allocate; otherwise the
+    /// request fails with the 300.
     fn try_alternate(&mut self, m: &Message<'_>, sealed: bool, now: Instant, reason: &str) -> Handled<'_> {
         let Some(p) = &self.pending else { return Handled::Ignored };
         // A redirect of an authenticated request must be the server's: a
@@ -588,14 +610,15 @@ impl TurnSession {
             Some(Ok(Attribute::AlternateDomain(d))) => Some(d.to_owned()),
             _ => None,
         };
+        let hops = p.hops;
+        let tried = self.redirected_from.get(hops.since..).unwrap_or_default();
         let refused = match alternate {
             None => Some("no ALTERNATE-SERVER".to_owned()),
-            Some(_) if self.redirects >= self.cfg.max_redirects => {
-                Some(format!("{} redirect(s) followed already, at most {}", self.redirects, self.cfg.max_redirects))
-            }
-            Some(a) if Some(a) == self.server || self.redirected_from.contains(&a) => {
-                Some(format!("{a} was tried already"))
-            }
+            Some(_) if hops.count >= self.cfg.max_redirects => Some(format!(
+                "{} redirect(s) followed already by this Allocate, at most {}",
+                hops.count, self.cfg.max_redirects
+            )),
+            Some(a) if Some(a) == self.server || tried.contains(&a) => Some(format!("{a} was tried already")),
             Some(a) if self.server.is_some_and(|s| s.is_ipv4() != a.is_ipv4()) => {
                 Some(format!("{a} is of another address family"))
             }
@@ -608,7 +631,8 @@ impl TurnSession {
             let reason = format!("{reason} (not followed: {why})");
             return Handled::Done(Err(ClientError::Rejected { method: "Allocate", code: 300, reason }));
         };
-        // libwebrtc does the same: REALM and NONCE of the 300, when given.
+        // The NONCE of the 300, when given (libwebrtc takes its REALM and
+        // NONCE; a realm stays the one the key was derived for here).
         if let Some(nonce) = text_attr(m, AttributeType::NONCE) {
             self.nonce = Some(nonce.to_owned());
         }
@@ -621,7 +645,8 @@ impl TurnSession {
         }
         self.redirects += 1;
         self.server = Some(to);
-        match self.begin(request, now, 0, true) {
+        let hops = Hops { count: hops.count + 1, since: hops.since };
+        match self.begin(request, now, 0, true, hops) {
             Ok(()) => Handled::Redirect { server: to, domain, request: &self.buf[..self.len] },
             Err(e) => Handled::Done(Err(e)),
         }
@@ -916,17 +941,68 @@ mod tests {
             Handled::Done(Ok(_)) => {}
             other => panic!("{other:?}"),
         }
-        // A later Allocate's 300 is not followed: once only.
-        c.start(Request::Allocate { lifetime: None }, now).unwrap();
-        let tid = c.transaction().unwrap().tid();
-        let other: SocketAddr = "192.0.2.3:3478".parse().unwrap();
-        match c.handle(&try_alternate(tid, other, None, Some(&md5_key())), now) {
+        // A later Allocate (this one's allocation gone) is an Allocate of
+        // its own: its 300 is followed, once, and may send it back to A.
+        let c_addr: SocketAddr = "192.0.2.3:3478".parse().unwrap();
+        for (from, to) in [(b, c_addr), (c_addr, A.parse().unwrap())] {
+            c.start(Request::Allocate { lifetime: None }, now).unwrap();
+            let tid = c.transaction().unwrap().tid();
+            match c.handle(&try_alternate(tid, to, None, Some(&md5_key())), now) {
+                Handled::Redirect { server, .. } => assert_eq!(server, to),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!((c.server(), c.redirected_from().last()), (Some(to), Some(&from)));
+            c.cancel();
+        }
+        assert_eq!(c.redirects(), 3, "the session's total");
+    }
+
+    #[test]
+    fn one_allocate_follows_one_300_across_its_challenges() {
+        // A 300 from A, B's 401, then B's 300 to C: the same Allocate,
+        // redirected once already: not followed.
+        let mut c = session_at(A);
+        let req = challenged(&mut c, NONCE_PLAIN, None).unwrap();
+        let now = Instant::now();
+        let b: SocketAddr = B.parse().unwrap();
+        let at_b = match c.handle(&try_alternate(tid_of(&req), b, None, Some(&md5_key())), now) {
+            Handled::Redirect { request, .. } => request.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let retry = match c.handle(&challenge(tid_of(&at_b), "nonce-of-b", None), now) {
+            Handled::Transmit(r) => r.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let to_c: SocketAddr = "192.0.2.3:3478".parse().unwrap();
+        match c.handle(&try_alternate(tid_of(&retry), to_c, None, Some(&md5_key())), now) {
             Handled::Done(Err(e)) => {
                 assert_eq!(e.code(), Some(300));
-                assert!(e.to_string().contains("not followed"), "{e}");
+                assert!(e.to_string().contains("1 redirect(s) followed already by this Allocate"), "{e}");
             }
             other => panic!("{other:?}"),
         }
+        // With two allowed, the second is followed, but never back to a
+        // server this Allocate left.
+        let mut cfg = ClientConfig::new(Credentials::long_term(USER, PASS));
+        (cfg.server, cfg.max_redirects) = (Some(A.parse().unwrap()), 2);
+        let mut c = TurnSession::new(cfg, 0, 5);
+        let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
+        let at_b = match c.handle(&try_alternate(tid_of(&first), b, None, None), now) {
+            Handled::Redirect { request, .. } => request.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        match c.handle(&try_alternate(tid_of(&at_b), A.parse().unwrap(), None, None), now) {
+            Handled::Done(Err(e)) => assert!(e.to_string().contains("tried already"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let first = c.start(Request::Allocate { lifetime: None }, now).unwrap().to_vec();
+        let at_c = match c.handle(&try_alternate(tid_of(&first), to_c, None, None), now) {
+            Handled::Redirect { request, .. } => request.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let d: SocketAddr = "192.0.2.4:3478".parse().unwrap();
+        assert!(matches!(c.handle(&try_alternate(tid_of(&at_c), d, None, None), now), Handled::Redirect { .. }));
+        assert_eq!(c.redirected_from(), &[A.parse().unwrap(), b, to_c][..]);
     }
 
     #[test]

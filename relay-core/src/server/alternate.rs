@@ -6,8 +6,11 @@
 //! its [`Alternate`]s: of the client's address family, for the client's
 //! transport, never the node itself. Clients are spread over the
 //! alternates by a hash of their address, so that one client (and its
-//! retransmissions) always gets the same one. Refresh, CreatePermission
-//! and ChannelBind of existing allocations are never redirected.
+//! retransmissions) always gets the same one. Where an alternate of the
+//! other address family suits too, it follows as a second ALTERNATE-SERVER
+//! (RFC 8489 §10); clients read the first. Refresh, CreatePermission and
+//! ChannelBind of existing allocations are never redirected, nor is an
+//! Allocate with RESERVATION-TOKEN (the token names a port of this node).
 //!
 //! When it comes depends on the request:
 //!
@@ -72,30 +75,54 @@ impl Alternate {
     }
 }
 
+/// Where [`choose`] sends a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice<'a> {
+    /// The ALTERNATE-SERVER, of the client's address family: the one
+    /// clients follow.
+    pub address: SocketAddr,
+    /// ALTERNATE-DOMAIN (TLS clients only).
+    pub domain: Option<&'a str>,
+    /// A second ALTERNATE-SERVER, of the other address family (RFC 8489
+    /// §10), when one suits: for TLS clients, only one with the same
+    /// domain, so that ALTERNATE-DOMAIN holds for both.
+    pub other_family: Option<SocketAddr>,
+}
+
 /// The alternate for `client`: one of `alternates` with an address for its
 /// transport, of its family (an IPv4 client over an IPv4-mapped address
 /// counts as IPv4), that is neither the address the client reached nor one
 /// of the server's listeners; chosen by a hash of the client's address.
-/// The domain goes with it for TLS clients only.
-pub fn choose<'a>(
-    alternates: &'a [Alternate],
-    client: &Client,
-    own: &OwnAddresses,
-) -> Option<(SocketAddr, Option<&'a str>)> {
+/// The domain goes with it for TLS clients only. With it, where there is
+/// one, an alternate of the other family chosen the same way.
+pub fn choose<'a>(alternates: &'a [Alternate], client: &Client, own: &OwnAddresses) -> Option<Choice<'a>> {
     let v6 = is_v6(client.remote.ip());
-    let usable = |a: &&'a Alternate| {
-        a.address_for(client.transport).is_some_and(|addr| {
-            is_v6(addr.ip()) == v6 && !same(addr, client.local) && !own.is_listener(addr, |_| false)
-        })
+    let hash = spread(client.remote);
+    let usable = |family_v6: bool| {
+        move |a: &&'a Alternate| {
+            a.address_for(client.transport).is_some_and(|addr| {
+                is_v6(addr.ip()) == family_v6 && !same(addr, client.local) && !own.is_listener(addr, |_| false)
+            })
+        }
     };
-    let n = alternates.iter().filter(usable).count();
+    let first = pick(alternates.iter().filter(usable(v6)), hash)?;
+    let tls = client.transport == Transport::Tls;
+    let domain = if tls { first.domain.as_deref() } else { None };
+    let other = alternates.iter().filter(usable(!v6)).filter(|a| !tls || a.domain == first.domain);
+    Some(Choice {
+        address: first.address_for(client.transport)?,
+        domain,
+        other_family: pick(other, hash).and_then(|a| a.address_for(client.transport)),
+    })
+}
+
+/// One of `candidates`, by `hash`.
+fn pick<'a>(candidates: impl Iterator<Item = &'a Alternate> + Clone, hash: u64) -> Option<&'a Alternate> {
+    let n = candidates.clone().count();
     if n == 0 {
         return None;
     }
-    let pick = (spread(client.remote) % n as u64) as usize;
-    let a = alternates.iter().filter(usable).nth(pick)?;
-    let domain = if client.transport == Transport::Tls { a.domain.as_deref() } else { None };
-    Some((a.address_for(client.transport)?, domain))
+    candidates.into_iter().nth((hash % n as u64) as usize)
 }
 
 /// IPv6, not counting IPv4-mapped addresses.
@@ -139,6 +166,11 @@ mod tests {
         Client { transport: t, remote: sa(remote), local: sa(local), conn: 0 }
     }
 
+    /// The first ALTERNATE-SERVER and ALTERNATE-DOMAIN of a choice.
+    fn first<'a>(alts: &'a [Alternate], c: &Client, own: &OwnAddresses) -> Option<(SocketAddr, Option<&'a str>)> {
+        choose(alts, c, own).map(|ch| (ch.address, ch.domain))
+    }
+
     #[test]
     fn family_transport_and_self_are_respected() {
         let alts = vec![
@@ -151,23 +183,23 @@ mod tests {
         let own = OwnAddresses::new();
         for port in 1000..1100 {
             let c = client(Transport::Udp, &format!("198.51.100.7:{port}"), "192.0.2.9:3478");
-            assert_eq!(choose(&alts, &c, &own), Some((sa("192.0.2.1:3478"), None)));
+            assert_eq!(first(&alts, &c, &own), Some((sa("192.0.2.1:3478"), None)));
             let c = client(Transport::Tcp, &format!("[2001:db8::77]:{port}"), "[2001:db8::9]:3478");
-            assert_eq!(choose(&alts, &c, &own), Some((sa("[2001:db8::1]:3478"), None)));
+            assert_eq!(first(&alts, &c, &own), Some((sa("[2001:db8::1]:3478"), None)));
             // An IPv4 client on a dual-stack socket is an IPv4 client.
             let c = client(Transport::Udp, &format!("[::ffff:198.51.100.7]:{port}"), "[::ffff:192.0.2.9]:3478");
-            assert_eq!(choose(&alts, &c, &own), Some((sa("192.0.2.1:3478"), None)));
+            assert_eq!(first(&alts, &c, &own), Some((sa("192.0.2.1:3478"), None)));
             let c = client(Transport::Tls, &format!("198.51.100.7:{port}"), "192.0.2.9:5349");
-            assert_eq!(choose(&alts, &c, &own), Some((sa("192.0.2.2:5349"), Some("b.example"))));
+            assert_eq!(first(&alts, &c, &own), Some((sa("192.0.2.2:5349"), Some("b.example"))));
             // No IPv6 TLS alternate.
             let c = client(Transport::Tls, &format!("[2001:db8::77]:{port}"), "[2001:db8::9]:5349");
-            assert_eq!(choose(&alts, &c, &own), None);
+            assert_eq!(first(&alts, &c, &own), None);
         }
         // A listener of the server is not an alternate either.
         let mut own = OwnAddresses::new();
         own.add_listener(sa("192.0.2.1:3478"));
         let c = client(Transport::Udp, "198.51.100.7:1", "192.0.2.9:3478");
-        assert_eq!(choose(&alts, &c, &own), None);
+        assert_eq!(first(&alts, &c, &own), None);
     }
 
     #[test]
@@ -178,10 +210,52 @@ mod tests {
         for i in 0..400u32 {
             let remote = format!("198.51.{}.{}:{}", i % 7, i % 251, 40000 + i);
             let c = client(Transport::Udp, &remote, "192.0.2.9:3478");
-            let (to, _) = choose(&alts, &c, &own).unwrap();
-            assert_eq!(choose(&alts, &c, &own).unwrap().0, to, "the same client, the same alternate");
+            let to = choose(&alts, &c, &own).unwrap().address;
+            assert_eq!(choose(&alts, &c, &own).unwrap().address, to, "the same client, the same alternate");
             seen[usize::from(to.ip().to_string().rsplit('.').next().unwrap().parse::<u8>().unwrap()) - 1] += 1;
         }
         assert!(seen.iter().all(|&n| n > 60), "{seen:?}");
+    }
+
+    #[test]
+    fn an_alternate_of_the_other_family_comes_second() {
+        let alts = vec![
+            Alternate::plain(sa("192.0.2.1:3478")),
+            Alternate {
+                address: Some(sa("[2001:db8::1]:3478")),
+                tls: Some(sa("[2001:db8::1]:5349")),
+                domain: Some("b.example".into()),
+            },
+            Alternate { address: None, tls: Some(sa("192.0.2.1:5349")), domain: Some("b.example".into()) },
+            Alternate { address: None, tls: Some(sa("[2001:db8::3]:5349")), domain: Some("c.example".into()) },
+        ];
+        let own = OwnAddresses::new();
+        let c = client(Transport::Udp, "198.51.100.7:1000", "192.0.2.9:3478");
+        let ch = choose(&alts, &c, &own).unwrap();
+        assert_eq!((ch.address, ch.other_family), (sa("192.0.2.1:3478"), Some(sa("[2001:db8::1]:3478"))));
+        let c = client(Transport::Udp, "[2001:db8::77]:1000", "[2001:db8::9]:3478");
+        let ch = choose(&alts, &c, &own).unwrap();
+        assert_eq!((ch.address, ch.other_family), (sa("[2001:db8::1]:3478"), Some(sa("192.0.2.1:3478"))));
+        // TLS: only an alternate with the same domain comes second, for
+        // every client (c.example never goes with b.example).
+        for port in 1000..1100 {
+            let c = client(Transport::Tls, &format!("198.51.100.7:{port}"), "192.0.2.9:5349");
+            let ch = choose(&alts, &c, &own).unwrap();
+            assert_eq!(
+                (ch.address, ch.domain, ch.other_family),
+                (sa("192.0.2.1:5349"), Some("b.example"), Some(sa("[2001:db8::1]:5349")))
+            );
+        }
+        // No other family that suits: none second. A listener of the node
+        // is never one either.
+        let v4_only = vec![Alternate::plain(sa("192.0.2.1:3478"))];
+        let c = client(Transport::Udp, "198.51.100.7:1000", "192.0.2.9:3478");
+        assert_eq!(choose(&v4_only, &c, &own).unwrap().other_family, None);
+        let mut own = OwnAddresses::new();
+        own.add_listener(sa("[2001:db8::1]:3478"));
+        assert_eq!(choose(&alts, &c, &own).unwrap().other_family, None);
+        // Without one of the client's family, no redirect at all.
+        let v6_only = vec![Alternate::plain(sa("[2001:db8::1]:3478"))];
+        assert_eq!(choose(&v6_only, &c, &OwnAddresses::new()), None);
     }
 }

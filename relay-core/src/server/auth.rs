@@ -59,8 +59,17 @@ pub struct UserFileError {
     pub message: String,
 }
 
-/// The most keys [`Credentials::keys`] returns for one request.
-pub const MAX_KEY_CANDIDATES: usize = 4;
+/// The most TURN REST API secrets one request is checked against: the
+/// configured ones first, then a user database's, in the order added. Each
+/// costs an HMAC-SHA1 and a key derivation for every request whose user
+/// name has the REST form, a bogus one's included, so the number is bounded;
+/// secrets beyond it are never tried ([`Credentials::rest_secrets_untried`]
+/// says how many, so that the caller can warn).
+pub const MAX_REST_SECRETS: usize = 16;
+
+/// The most keys [`Credentials::keys`] returns for one request: a static
+/// user's key from each of the two tables and one per REST secret tried.
+pub const MAX_KEY_CANDIDATES: usize = MAX_REST_SECRETS + 2;
 
 /// The keys a request may have been signed with, best first: a small list on
 /// the stack holding at most [`MAX_KEY_CANDIDATES`].
@@ -242,6 +251,12 @@ impl Credentials {
         self.tables().map(|t| t.rest_secrets.len()).sum()
     }
 
+    /// How many REST API secrets are never tried, being beyond the
+    /// [`MAX_REST_SECRETS`] a request is checked against (0 normally).
+    pub fn rest_secrets_untried(&self) -> usize {
+        self.rest_secret_count().saturating_sub(MAX_REST_SECRETS)
+    }
+
     /// Adds the users of a coturn-style user file, given as its text (the
     /// caller reads the file: nothing here touches the file system), named
     /// `source_name` in errors; returns how many lines held a user.
@@ -290,7 +305,8 @@ impl Credentials {
 
     /// Adds a TURN REST API shared secret. Several may be configured while
     /// secrets rotate: a user name is accepted with any of them, tried in
-    /// the order added (at most [`MAX_KEY_CANDIDATES`] keys are returned).
+    /// the order added, this table's before a layer's (at most
+    /// [`MAX_REST_SECRETS`] of them).
     pub fn add_rest_secret(&mut self, secret: &[u8]) {
         // HMAC accepts keys of every length.
         let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
@@ -305,8 +321,9 @@ impl Credentials {
     /// The keys `username` may sign with under `alg` at Unix time
     /// `unix_now` (seconds), into `out` (cleared first): the static user's
     /// key if there is one (the own table's, then the layer's), then one key
-    /// per REST secret if `username` is an unexpired REST user name
-    /// (`expiry:user` or `expiry`, accepted while `unix_now <= expiry`).
+    /// per REST secret (the first [`MAX_REST_SECRETS`]) if `username` is an
+    /// unexpired REST user name (`expiry:user` or `expiry`, accepted while
+    /// `unix_now <= expiry`).
     /// Nothing when the name is unknown.
     pub fn keys(&self, username: &str, alg: PasswordAlgorithm, unix_now: u64, out: &mut KeyCandidates) {
         out.clear();
@@ -322,7 +339,7 @@ impl Credentials {
             Some(expiry) if unix_now <= expiry => {}
             _ => return,
         }
-        for secret in self.tables().flat_map(|t| &t.rest_secrets) {
+        for secret in self.tables().flat_map(|t| &t.rest_secrets).take(MAX_REST_SECRETS) {
             let digest = secret.clone().chain_update(username.as_bytes()).finalize().into_bytes();
             let mut password = [0u8; 28];
             let Ok(n) = BASE64.encode_slice(digest, &mut password) else { continue };
@@ -592,11 +609,51 @@ mod tests {
         for not_rest in ["alice", "", ":alice", "17x:alice", "-1:alice", "99999999999999999999999:a"] {
             assert!(keys(&c, not_rest, PasswordAlgorithm::Md5, 0).is_empty(), "{not_rest:?}");
         }
-        // More secrets than candidates: the first ones are kept.
-        for i in 0..5 {
-            c.add_rest_secret(format!("extra-{i}").as_bytes());
+    }
+
+    #[test]
+    fn many_rest_secrets_are_all_tried_up_to_the_bound() {
+        let user = "1700000000:alice";
+        let key = |secret: &str| {
+            let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(user.as_bytes());
+            let password = BASE64.encode(mac.finalize().into_bytes());
+            Key::long_term(PasswordAlgorithm::Md5, user, REALM, &password).unwrap()
+        };
+        // Configured secrets, then a database's (a layer): the last one a
+        // rotation added is tried, however many came before it.
+        let mut configured = Credentials::new(REALM);
+        let mut database = Credentials::new(REALM);
+        configured.add_rest_secret(b"configured");
+        for i in 0..6 {
+            database.add_rest_secret(format!("db-{i}").as_bytes());
         }
-        assert_eq!(keys(&c, "1700000000:alice", PasswordAlgorithm::Md5, 0).len(), MAX_KEY_CANDIDATES);
+        let both = configured.layered(&database);
+        assert_eq!(both.rest_secrets_untried(), 0);
+        let got = keys(&both, user, PasswordAlgorithm::Md5, 0);
+        let want: Vec<Key> = core::iter::once("configured".to_owned())
+            .chain((0..6).map(|i| format!("db-{i}")))
+            .map(|s| key(&s))
+            .collect();
+        assert_eq!(got, want, "every secret, configured first");
+
+        // Past the bound: the first MAX_REST_SECRETS are tried, the rest
+        // counted so that the caller can warn.
+        for i in 6..MAX_REST_SECRETS + 3 {
+            database.add_rest_secret(format!("db-{i}").as_bytes());
+        }
+        let both = configured.layered(&database);
+        assert_eq!(both.rest_secrets_untried(), 4);
+        let got = keys(&both, user, PasswordAlgorithm::Md5, 0);
+        assert_eq!(got.len(), MAX_REST_SECRETS);
+        assert_eq!(got[MAX_REST_SECRETS - 1], key(&format!("db-{}", MAX_REST_SECRETS - 2)));
+
+        // A static user of that name in both tables keeps every REST slot.
+        configured.add_user(user, "pw").unwrap();
+        database.add_user(user, "pw2").unwrap();
+        let got = keys(&configured.layered(&database), user, PasswordAlgorithm::Md5, 0);
+        assert_eq!(got.len(), MAX_KEY_CANDIDATES);
+        assert_eq!(got[2], key("configured"));
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub struct RelayPool {
     by_addr: HashMap<SocketAddr, RelayId>,
     free: [VecDeque<(RelayId, u32)>; 2],
     total: [usize; 2],
-    in_use: usize,
+    /// Addresses held by allocations, per family.
+    in_use: [usize; 2],
     reservations: VecDeque<(RelayId, Instant)>,
     quarantine: Duration,
     resting: VecDeque<(RelayId, Instant)>,
@@ -138,7 +139,12 @@ impl RelayPool {
 
     /// Number of addresses held by allocations.
     pub fn in_use(&self) -> usize {
-        self.in_use
+        self.in_use[0] + self.in_use[1]
+    }
+
+    /// Number of addresses of a family held by allocations.
+    pub fn in_use_of(&self, family: AddressFamily) -> usize {
+        self.in_use[fam(family)]
     }
 
     /// True when the shard has addresses of this family.
@@ -150,7 +156,7 @@ impl RelayPool {
         let r = &mut self.relays[id.index()];
         r.state = State::InUse { alloc };
         r.epoch = r.epoch.wrapping_add(1);
-        self.in_use += 1;
+        self.in_use[fam(AddressFamily::of(&r.addr))] += 1;
     }
 
     fn is_free(&self, id: RelayId) -> bool {
@@ -238,7 +244,7 @@ impl RelayPool {
         if !matches!(r.state, State::InUse { .. }) {
             return;
         }
-        self.in_use -= 1;
+        self.in_use[fam(AddressFamily::of(&r.addr))] -= 1;
         r.state = State::Quarantined;
         self.resting.push_back((id, now + self.quarantine));
     }
@@ -305,6 +311,30 @@ mod tests {
         assert_eq!(p.acquire(AddressFamily::V4, 4).unwrap(), a);
         assert_eq!(p.acquire(AddressFamily::V4, 5).unwrap(), b);
         assert_eq!(p.in_use(), 2);
+    }
+
+    #[test]
+    fn addresses_in_use_are_counted_per_family() {
+        let t0 = Instant::now();
+        let mut p = pool([50000, 50001]);
+        p.add(SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 50000)));
+        let a = p.acquire(AddressFamily::V4, 1).unwrap();
+        p.acquire(AddressFamily::V4, 2).unwrap();
+        assert_eq!((p.in_use_of(AddressFamily::V4), p.in_use_of(AddressFamily::V6), p.in_use()), (2, 0, 2));
+        let six = p.acquire(AddressFamily::V6, 3).unwrap();
+        assert_eq!((p.in_use_of(AddressFamily::V4), p.in_use_of(AddressFamily::V6), p.in_use()), (2, 1, 3));
+        p.release(a, t0);
+        p.release(six, t0);
+        // Released twice: counted once.
+        p.release(six, t0);
+        assert_eq!((p.in_use_of(AddressFamily::V4), p.in_use_of(AddressFamily::V6), p.in_use()), (1, 0, 1));
+        // Reserved and even ports count under their family too.
+        let mut p = pool([50002, 50003]);
+        let t = [3u8; 8];
+        p.acquire_even(AddressFamily::V4, 1, Some((t, t0))).unwrap();
+        assert_eq!(p.in_use_of(AddressFamily::V4), 1, "a reserved port is not in use yet");
+        p.acquire_reserved(&t, 2, t0).unwrap();
+        assert_eq!((p.in_use_of(AddressFamily::V4), p.in_use_of(AddressFamily::V6)), (2, 0));
     }
 
     #[test]

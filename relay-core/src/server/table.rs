@@ -191,8 +191,21 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// The allocation of `client`: its 5-tuple's, and made on its
+    /// connection (`Client::conn`, 0 for UDP). On a stream the connection
+    /// is what the client is: two connections can name one 5-tuple (PROXY
+    /// headers naming one client, relay-io refuses the second), and
+    /// neither may then use, keep or end the other's allocation.
     #[inline]
     pub fn lookup(&self, client: &Client) -> Option<u32> {
+        let id = self.lookup_key(client)?;
+        self.allocs.get(id as usize).is_some_and(|a| a.client.conn == client.conn).then_some(id)
+    }
+
+    /// The allocation holding `client`'s 5-tuple, whichever connection
+    /// made it (a new allocation must not take a 5-tuple that is held).
+    #[inline]
+    pub fn lookup_key(&self, client: &Client) -> Option<u32> {
         let key = client.key();
         if let Some((k, id)) = self.last.get()
             && k == key

@@ -91,6 +91,10 @@ pub enum ProxyRefusal {
     /// A trusted peer's header broke the format (or the stream ended, or
     /// the time ran out, halfway through it).
     Invalid,
+    /// A trusted peer's header named a client (its address, on this
+    /// listener) that another open connection of the shard already is
+    /// ([`Streams`](super::Streams) decides this, not the connection).
+    Duplicate,
 }
 
 /// What a read brought.

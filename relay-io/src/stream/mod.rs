@@ -24,10 +24,18 @@
 //! peer policy) and the per-source connection limit, which counts the
 //! clients behind a balancer, not the balancer. A LOCAL header (the
 //! balancer's own health check) and one without addresses (v1 `UNKNOWN`,
-//! v2 UNSPEC or UNIX) keep the balancer's address; one for a UDP client is
-//! refused. A connection from elsewhere that begins with a header is
-//! refused, as is a trusted one without a valid header; each is counted
-//! ([`StreamStats`]`::proxy_*`).
+//! v2 UNSPEC or UNIX) keep the balancer's address and are not counted per
+//! source (the balancer is trusted, and its address is no client's: the
+//! shard's connection limit still bounds them); one for a UDP client is
+//! refused. A header naming a client another open connection of the shard
+//! already is (the same address on the same listener: a NAT reusing a
+//! port towards two balancers, or a forged header) is refused, as the
+//! allocation's 5-tuple must name one connection; the check is one lookup
+//! when the header comes. Each shard has its own connections and its own
+//! allocations, so the same client on two shards (the kernel spreads
+//! accepted connections over them) collides in neither. A connection from
+//! elsewhere that begins with a header is refused, as is a trusted one
+//! without a valid header; each is counted ([`StreamStats`]`::proxy_*`).
 
 pub mod conn;
 
@@ -99,6 +107,14 @@ struct Conn {
     counted: bool,
 }
 
+/// What names a connection's client to the server: the allocation's
+/// 5-tuple (transport, client address, listener address).
+type ClientKey = (Transport, SocketAddr, SocketAddr);
+
+fn client_key(c: &Client) -> ClientKey {
+    (c.transport, c.remote, c.local)
+}
+
 /// Counters of the stream side.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StreamStats {
@@ -123,6 +139,9 @@ pub struct StreamStats {
     /// Trusted balancers' connections closed for a broken PROXY header (or
     /// one cut short, or one for a UDP client).
     pub proxy_invalid: u64,
+    /// Trusted balancers' connections closed for a PROXY header naming a
+    /// client that another open connection of the shard already is.
+    pub proxy_duplicate: u64,
     /// Connections closed for unframeable input.
     pub garbage: u64,
     /// Relayed frames shed because the client read too slowly.
@@ -168,6 +187,9 @@ pub struct Streams {
     conns: Slab<Conn>,
     /// Connections open per source address.
     per_source: HashMap<IpAddr, u32>,
+    /// The connection each client (its 5-tuple) is: a direct one from its
+    /// accept, a balancer's once its PROXY header came.
+    by_client: HashMap<ClientKey, usize>,
     /// Networks whose connections begin with a PROXY header.
     proxy_from: Vec<IpNet>,
     limits: StreamLimits,
@@ -209,6 +231,7 @@ impl Streams {
             tls: tls_config,
             conns: Slab::new(),
             per_source: HashMap::new(),
+            by_client: HashMap::new(),
             proxy_from: Vec::new(),
             limits,
             events: vec![empty_event(); 128],
@@ -351,6 +374,9 @@ impl Streams {
             } else {
                 state.refuse_proxy_header();
                 *self.per_source.entry(remote.ip()).or_insert(0) += 1;
+                // The kernel's 5-tuple: no other direct connection has it
+                // (a balancer's header claiming it first keeps it).
+                self.by_client.entry(client_key(&client)).or_insert(id);
             }
             entry.insert(Conn { sock: stream, state, counted: !behind_balancer });
             self.stats.accepted += 1;
@@ -365,9 +391,11 @@ impl Streams {
     }
 
     /// Connection `id`'s PROXY header came: its client address becomes the
-    /// connection's (not for LOCAL, nor a header without addresses), which
-    /// is then counted per source. False when the connection was closed
-    /// for it (a UDP client's header, or a client at its limit).
+    /// connection's, which is then counted per source (not for LOCAL, nor
+    /// a header without addresses: those keep the balancer's address,
+    /// uncounted). False when the connection was closed for it (a UDP
+    /// client's header, a client another connection already is, or a
+    /// client at its limit).
     fn proxied(&mut self, id: usize, header: proxy::Header, now: Instant, server: &mut Server) -> bool {
         if header.command == proxy::Command::Proxy && header.transport == proxy::Transport::Datagram {
             self.refuse(id, ProxyRefusal::Invalid, now, server);
@@ -376,19 +404,26 @@ impl Streams {
         let Some(c) = self.conns.get(id) else { return false };
         // An IPv4 client behind a dual-stack balancer may come as an
         // IPv4-mapped IPv6 address: it is the IPv4 client it is.
-        let remote =
-            header.client().map_or(c.state.client().remote, |a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+        let named = header.client().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+        let client = Client { remote: named.unwrap_or(c.state.client().remote), ..*c.state.client() };
+        if self.by_client.contains_key(&client_key(&client)) {
+            self.refuse(id, ProxyRefusal::Duplicate, now, server);
+            return false;
+        }
         self.stats.proxy_accepted += 1;
-        if self.at_source_limit(remote.ip()) {
+        if named.is_some() && self.at_source_limit(client.remote.ip()) {
             self.stats.refused += 1;
             self.stats.refused_per_source += 1;
             self.close(id, now, server);
             return false;
         }
         let Some(c) = self.conns.get_mut(id) else { return false };
-        c.state.set_remote(remote);
-        c.counted = true;
-        *self.per_source.entry(remote.ip()).or_insert(0) += 1;
+        c.state.set_remote(client.remote);
+        self.by_client.insert(client_key(&client), id);
+        if named.is_some() {
+            c.counted = true;
+            *self.per_source.entry(client.remote.ip()).or_insert(0) += 1;
+        }
         true
     }
 
@@ -398,6 +433,7 @@ impl Streams {
             ProxyRefusal::Untrusted => self.stats.proxy_untrusted += 1,
             ProxyRefusal::Missing => self.stats.proxy_missing += 1,
             ProxyRefusal::Invalid => self.stats.proxy_invalid += 1,
+            ProxyRefusal::Duplicate => self.stats.proxy_duplicate += 1,
         }
         self.close(id, now, server);
     }
@@ -558,6 +594,9 @@ impl Streams {
             let _ = self.epoll.delete(c.sock.as_raw_fd());
             let client = *c.state.client();
             let ip = client.remote.ip();
+            if self.by_client.get(&client_key(&client)) == Some(&id) {
+                self.by_client.remove(&client_key(&client));
+            }
             if c.counted
                 && let Some(n) = self.per_source.get_mut(&ip)
             {

@@ -95,8 +95,9 @@ pub struct ServerConfig {
     /// 0 redirects every one. `None`: no such threshold.
     pub redirect_above_allocations: Option<u64>,
     /// Redirect new allocations that would take this shard's relay ports
-    /// in use above this fraction (0.0–1.0) of its relay ports; 0.0
-    /// redirects every one. `None`: no such threshold.
+    /// of the requested family in use above this fraction (0.0–1.0) of its
+    /// relay ports of that family; 0.0 redirects every one. `None`: no such
+    /// threshold.
     pub redirect_above_relay_ports: Option<f64>,
 }
 
@@ -388,7 +389,7 @@ impl Server {
         self.stats.drop(reason);
     }
 
-    /// True when this client has an allocation.
+    /// True when this client (on a stream: this connection) has an allocation.
     pub fn has_allocation(&self, client: &Client) -> bool {
         self.table.lookup(client).is_some()
     }
@@ -437,7 +438,8 @@ impl Server {
         }
     }
 
-    /// A stream connection closed: its allocation goes with it.
+    /// A stream connection closed: its allocation goes with it (only one
+    /// made on that connection: not another's holding the same 5-tuple).
     pub fn handle_client_closed(&mut self, now: Instant, client: &Client) {
         if let Some(id) = self.table.lookup(client) {
             self.stats.allocations_deleted += 1;

@@ -13,6 +13,11 @@
 //! `load`. The per-user quota (486) is not redirected: it is a limit on the
 //! user, not a lack of room, and each node counts it for itself, so a
 //! redirect would hand the user a fresh quota on every node of the fleet.
+//!
+//! An Allocate with RESERVATION-TOKEN is never redirected: the token names
+//! a port this node holds for the client (the pair of an EVEN-PORT
+//! allocation made here), which no other node has. It is served, or
+//! answered 508 while draining or full, as without alternates.
 
 use super::Request;
 use crate::server::alternate;
@@ -28,13 +33,19 @@ use crate::wire::{AddressFamily, Attribute, ErrorCode};
 impl Server {
     pub(super) fn allocate(&mut self, rq: &mut Request<'_, '_>) -> ClientAction {
         let existing = self.table.lookup(rq.client);
+        // The 5-tuple held by another stream connection's allocation (two
+        // connections naming one client): 437, after this one's own
+        // authentication.
+        let taken = self.table.lookup_key(rq.client);
         // Draining or loaded, and a new client that has not authenticated
         // yet: the 300 at once, before the challenge (unsealed, without
-        // REALM or NONCE; see server::alternate for why).
-        if existing.is_none()
+        // REALM or NONCE; see server::alternate for why). Without
+        // alternates nothing is decoded here.
+        if taken.is_none()
             && !rq.msg.has_integrity()
-            && requests_udp(rq.msg)
-            && let Some(reason) = self.redirect_reason()
+            && !self.config.alternates.is_empty()
+            && let Some(family) = redirectable(rq.msg)
+            && let Some(reason) = self.redirect_reason(family)
             && let Some(redirect) = self.try_alternate(rq, reason)
         {
             return redirect;
@@ -47,9 +58,9 @@ impl Server {
         let Some((key, _)) = rq.seal.key else { return ClientAction::None };
         let (msg, now) = (rq.msg, rq.now);
         let tid = msg.transaction_id();
-        if let Some(id) = existing {
+        if let Some(id) = taken {
             // A retransmission gets the original answer; anything else 437.
-            if self.table.get(id).is_some_and(|a| a.allocate_tid == tid) {
+            if existing == Some(id) && self.table.get(id).is_some_and(|a| a.allocate_tid == tid) {
                 return self.allocate_success(rq, id);
             }
             return self.error(rq, StunError::AllocationMismatch);
@@ -100,7 +111,9 @@ impl Server {
 
         // Draining or loaded: to an alternate (after authentication, so
         // the 300 is sealed; see server::alternate), else draining is 508.
-        if let Some(reason) = self.redirect_reason()
+        // Never with a reservation token: it names a port of this node.
+        if token.is_none()
+            && let Some(reason) = self.redirect_reason(family)
             && let Some(redirect) = self.try_alternate(rq, reason)
         {
             return redirect;
@@ -113,6 +126,7 @@ impl Server {
             Err(e) => {
                 // The node is full (not the user): another node may have room.
                 if e == QuotaError::TotalReached
+                    && token.is_none()
                     && let Some(redirect) = self.try_alternate(rq, RedirectReason::Quota)
                 {
                     return redirect;
@@ -197,24 +211,35 @@ impl Server {
     }
 
     /// A 300 (Try Alternate) sending `rq`'s client to one of the
-    /// alternates, counted under `reason`; `None` when none suits it
-    /// (see [`alternate::choose`]).
+    /// alternates (and, second, one of the other address family when there
+    /// is one), counted under `reason` when it is sent (an unauthenticated
+    /// answer over the source's reflection budget is not); `None` when none
+    /// suits the client (see [`alternate::choose`]).
     fn try_alternate(&mut self, rq: &mut Request<'_, '_>, reason: RedirectReason) -> Option<ClientAction> {
-        let (to, domain) = alternate::choose(&self.config.alternates, rq.client, self.policy.own())?;
-        let domain = domain.map(str::to_owned);
-        self.stats.redirects[reason as usize] += 1;
-        Some(self.error_with(rq, StunError::TryAlternate, |b| {
+        let choice = alternate::choose(&self.config.alternates, rq.client, self.policy.own())?;
+        let (to, other) = (choice.address, choice.other_family);
+        let domain = choice.domain.map(str::to_owned);
+        let action = self.error_with(rq, StunError::TryAlternate, |b| {
             b.add(&Attribute::AlternateServer(to))?;
+            if let Some(o) = other {
+                b.add(&Attribute::AlternateServer(o))?;
+            }
             if let Some(d) = &domain {
                 b.add(&Attribute::AlternateDomain(d))?;
             }
             Ok(())
-        }))
+        });
+        if matches!(action, ClientAction::Reply { .. }) {
+            self.stats.redirects[reason as usize] += 1;
+        }
+        Some(action)
     }
 
-    /// Why a new allocation should go to an alternate now, if it should:
-    /// draining, or a load threshold reached. Never without alternates.
-    fn redirect_reason(&self) -> Option<RedirectReason> {
+    /// Why a new allocation of a relay address of `family` should go to an
+    /// alternate now, if it should: draining, or a load threshold reached
+    /// (the relay ports threshold counts that family's ports of the shard).
+    /// Never without alternates.
+    fn redirect_reason(&self, family: AddressFamily) -> Option<RedirectReason> {
         let c = &self.config;
         if c.alternates.is_empty() {
             return None;
@@ -228,9 +253,12 @@ impl Server {
                 return Some(RedirectReason::Load);
             }
         }
+        // Per family: on a dual-stack shard the IPv4 ports can run out
+        // while the IPv6 ones are idle. A family the shard lacks is no
+        // matter of load (440).
         if let Some(fraction) = c.redirect_above_relay_ports {
-            let ports = self.pool.capacity(AddressFamily::V4) + self.pool.capacity(AddressFamily::V6);
-            if (self.pool.in_use() + 1) as f64 > fraction * ports as f64 {
+            let ports = self.pool.capacity(family);
+            if ports > 0 && (self.pool.in_use_of(family) + 1) as f64 > fraction * ports as f64 {
                 return Some(RedirectReason::Load);
             }
         }
@@ -263,11 +291,23 @@ impl Server {
     }
 }
 
-/// Whether an Allocate asks for a UDP relay (REQUESTED-TRANSPORT 17): what
-/// a request must at least be for a redirect before authentication.
-fn requests_udp(msg: &crate::wire::Message<'_>) -> bool {
+/// The relay address family an Allocate asks for, when it may be
+/// redirected before authentication: a UDP relay (REQUESTED-TRANSPORT 17),
+/// no RESERVATION-TOKEN, a known REQUESTED-ADDRESS-FAMILY (IPv4 without
+/// one), and every attribute well formed (anything else is answered as it
+/// would be without alternates, after the challenge).
+fn redirectable(msg: &crate::wire::Message<'_>) -> Option<AddressFamily> {
     let tid = msg.transaction_id();
-    msg.attributes().any(|a| matches!(a.decode(&tid), Ok(Attribute::RequestedTransport(transport::UDP))))
+    let (mut udp, mut family) = (false, AddressFamily::V4);
+    for a in msg.attributes() {
+        match a.decode(&tid).ok()? {
+            Attribute::RequestedTransport(p) => udp = p == transport::UDP,
+            Attribute::ReservationToken(_) => return None,
+            Attribute::RequestedAddressFamily(f) => family = AddressFamily::from_code(f)?,
+            _ => {}
+        }
+    }
+    udp.then_some(family)
 }
 
 /// Whose quota an allocation counts against: for TURN REST usernames
