@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{Killed, free_udp_port, have, run_bounded, skip};
+use common::{Killed, assert_uclient_round_trips, free_udp_port, have, run_bounded, skip};
 
 /// True when coturn's client tools are here; without them the test fails,
 /// or skips (returning false) where `TURN_RELAY_SKIP_INTEROP=1` allows it
@@ -27,16 +27,6 @@ fn tools_present(test: &str) -> bool {
         skip(test, "TURN_RELAY_SKIP_INTEROP=1 and coturn's client tools are missing");
     }
     found
-}
-
-/// The totals line: `tot_send_msgs=N, tot_recv_msgs=M`.
-fn totals(log: &str) -> Option<(u64, u64)> {
-    let line = log.lines().rev().find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))?;
-    let num = |key: &str| -> Option<u64> {
-        let rest = &line[line.find(key)? + key.len()..];
-        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    };
-    Some((num("tot_send_msgs=")?, num("tot_recv_msgs=")?))
 }
 
 #[test]
@@ -124,14 +114,7 @@ fn uclient_round_trips(mode: &str, extra: &[&str], port: u16) {
         Duration::from_secs(30),
     );
     let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(totals(&log), Some((400, 400)), "{mode}: uclient log:\n{log}");
-    assert!(log.contains("Total lost packets 0 (0.000000%)"), "{mode}: uclient log:\n{log}");
-    // A TURN error response ("error 400 (Bad Request)"). uclient's TLS
-    // probing of protocol versions rustls does not offer (TLS 1.0/1.1)
-    // logs "error:0A000126" lines and then connects with 1.2/1.3.
-    let turn_error =
-        log.lines().any(|l| l.split("error ").skip(1).any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())));
-    assert!(!turn_error, "{mode}: uclient reported a TURN error:\n{log}");
+    assert_uclient_round_trips(mode, &log, 400);
 }
 
 /// `turnutils_uclient -y`: clients talk to each other through the server,

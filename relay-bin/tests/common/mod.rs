@@ -218,3 +218,28 @@ fn poll_metrics(ns: Option<&str>, addr: SocketAddr, within: Duration, ok: impl F
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The totals line of a `turnutils_uclient` log: `tot_send_msgs=N,
+/// tot_recv_msgs=M`.
+pub fn uclient_totals(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))?;
+    let num = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Some((num("tot_send_msgs=")?, num("tot_recv_msgs=")?))
+}
+
+/// Fails the test unless a `turnutils_uclient` log (stdout and stderr)
+/// shows `messages` sent and all of them back, none lost, and no TURN
+/// error answered.
+pub fn assert_uclient_round_trips(mode: &str, log: &str, messages: u64) {
+    assert_eq!(uclient_totals(log), Some((messages, messages)), "{mode}: uclient log:\n{log}");
+    assert!(log.contains("Total lost packets 0 (0.000000%)"), "{mode}: uclient log:\n{log}");
+    // A TURN error response ("error 400 (Bad Request)"). uclient's TLS
+    // probing of protocol versions rustls does not offer (TLS 1.0/1.1)
+    // logs "error:0A000126" lines and then connects with 1.2/1.3.
+    let turn_error =
+        log.lines().any(|l| l.split("error ").skip(1).any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())));
+    assert!(!turn_error, "{mode}: uclient reported a TURN error:\n{log}");
+}
