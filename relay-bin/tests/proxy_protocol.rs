@@ -23,7 +23,7 @@ use relay_core::wire::{
     Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
 use rustls::pki_types::ServerName;
-use test_kit::{Login, Stream, StreamClient, recv_from};
+use test_kit::{Login, Stream, StreamClient, closed_by_server, recv_from};
 
 use common::{Killed, free_tcp_port, http_get, metric_at, skip};
 
@@ -64,19 +64,6 @@ fn read_message(s: &mut TcpStream) -> Vec<u8> {
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).expect("a STUN body");
     [&head[..], &body].concat()
-}
-
-/// True when the server closes `s` within a few seconds.
-fn closed_by_server(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(_) | Err(_) => return false,
-        }
-    }
 }
 
 #[test]
@@ -122,15 +109,15 @@ fn the_configured_balancer_is_trusted_and_counted_in_metrics() {
     let mut direct = connect_from("127.0.0.1", tcp);
     let header = Header::tcp(Version::V1, client, tcp).encode_v1().unwrap();
     direct.write_all(&[header, binding_request()].concat()).unwrap();
-    assert!(closed_by_server(&mut direct), "an untrusted header was not refused");
+    assert!(closed_by_server(&mut direct, TIMEOUT), "an untrusted header was not refused");
     let mut bare = connect_from(BALANCER, tcp);
     bare.write_all(&binding_request()).unwrap();
-    assert!(closed_by_server(&mut bare), "the balancer's connection without a header was not refused");
+    assert!(closed_by_server(&mut bare, TIMEOUT), "the balancer's connection without a header was not refused");
     // The same client again while its connection is open: closed.
     let mut twice = connect_from(BALANCER, tcp);
     let header = Header::tcp(Version::V1, client, tcp).encode_v1().unwrap();
     twice.write_all(&[header, binding_request()].concat()).unwrap();
-    assert!(closed_by_server(&mut twice), "a second connection naming the client was not refused");
+    assert!(closed_by_server(&mut twice, TIMEOUT), "a second connection naming the client was not refused");
 
     // The shards' counters are published once a second.
     let want = [("accepted", 1.0), ("missing", 1.0), ("untrusted", 1.0), ("invalid", 0.0), ("duplicate", 1.0)];
@@ -409,7 +396,7 @@ fn haproxy_send_proxy_reaches_the_relay_with_the_client_address() {
     for (what, to) in [("TCP", tcp), ("TLS", tls)] {
         let mut bare = connect_from(HAPROXY, to);
         bare.write_all(&binding_request()).unwrap();
-        assert!(closed_by_server(&mut bare), "{what}: a trusted connection without a header was not refused");
+        assert!(closed_by_server(&mut bare, TIMEOUT), "{what}: a trusted connection without a header was not refused");
     }
     // Each of the 5 connections the relay took so far is counted: haproxy's
     // 3 `accepted`, the 2 bare ones `missing`.

@@ -21,8 +21,11 @@ use relay_core::server::stats::Direction;
 use relay_core::server::{Server, ServerConfig, ServerParts};
 use relay_core::wire::{Attribute, Method, attr::AddressFamily};
 use relay_io::fastpath::{COUNTERS, FastPathMode, PassiveXdp};
-use relay_io::{IoConfig, Relay, RelayIp, RelayPorts};
-use test_kit::{Login, Topology, TurnClient, channel_frame, data_indication, recv_datagram, send_indication};
+use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+use test_kit::{
+    Listeners, Login, Topology, TurnClient, channel_frame, data_indication, loopback_config, recv_datagram,
+    send_indication,
+};
 
 const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: "fast.test" };
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -426,10 +429,8 @@ fn tc_on_loopback_relays_between_local_sockets() {
     let started = Topology::run_in(&ns.0, move || {
         let io = IoConfig {
             udp_listen: vec!["127.0.0.1:3478".parse().unwrap()],
-            relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-            relay_ports: RelayPorts::Ephemeral(4),
             fast_path: FastPathMode::Tc,
-            ..IoConfig::default()
+            ..loopback_config(Backend::Auto, 1, Listeners::Udp, RelayPorts::Ephemeral(4))
         };
         Relay::start(&io, |_| {
             let parts = ServerParts::new(LOGIN.credentials()).with_policy(test_kit::allow_loopback());

@@ -12,7 +12,7 @@ use relay_core::server::{Server, ServerParts};
 use relay_core::wire::Attribute;
 use relay_core::wire::attr::transport;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
-use test_kit::{Login, TurnClient};
+use test_kit::{Listeners, Login, TurnClient, loopback_config};
 
 const LOGIN: Login<'static> = Login { user: "u", password: "p", realm: "fd.test" };
 
@@ -37,13 +37,7 @@ fn a_port_range_beyond_the_descriptor_limit_is_capped_not_fatal() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Far more ports than this process may open: the pool stops short of
     // the limit and the relay still starts and serves.
-    let config = IoConfig {
-        backend: Backend::Portable,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(2_000_000),
-        ..IoConfig::default()
-    };
+    let config = loopback_config(Backend::Portable, 1, Listeners::Udp, RelayPorts::Ephemeral(2_000_000));
     let relay = Relay::start(&config, make).expect("starts with a capped pool");
     let limit = fd_limit();
     assert!(relay.relay_count() > 0 && (relay.relay_count() as u64) < limit, "{} of {limit}", relay.relay_count());
@@ -69,11 +63,8 @@ fn a_capped_pool_is_shared_between_relay_addresses_whatever_their_order() {
         // 2 × 16,384 ports is more than a 20,000-descriptor process may
         // hold: each address must still get its share.
         let config = IoConfig {
-            backend: Backend::Portable,
-            udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
             relay_ips: order.iter().map(|&ip| RelayIp::same(ip)).collect(),
-            relay_ports: RelayPorts::Range(49152, 65535),
-            ..IoConfig::default()
+            ..loopback_config(Backend::Portable, 1, Listeners::Udp, RelayPorts::Range(49152, 65535))
         };
         let relay = Relay::start(&config, make).expect("starts");
         let server = relay.udp_addrs()[0];
@@ -97,11 +88,8 @@ fn a_relay_address_left_without_ports_is_a_start_up_error() {
     // and the relay refuses to start instead of answering 508 to every
     // allocation of the family.
     let config = IoConfig {
-        backend: Backend::Portable,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap()), RelayIp::same("192.0.2.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(4),
-        ..IoConfig::default()
+        ..loopback_config(Backend::Portable, 1, Listeners::Udp, RelayPorts::Ephemeral(4))
     };
     match Relay::start(&config, make) {
         Err(e @ relay_io::StartError::NoRelayPorts { .. }) => {

@@ -21,8 +21,8 @@ use relay_io::gso::GsoStats;
 use relay_io::sys::Batch;
 use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
 use test_kit::{
-    Login, StreamClient, TIMEOUT, TurnClient, allow_loopback, backends, channel_frame, data_indication, peer,
-    recv_datagram, start_or_skip,
+    Listeners, Login, StreamClient, TIMEOUT, TurnClient, allow_loopback, backends, channel_frame, data_indication,
+    loopback_config, peer, recv_datagram, start_or_skip,
 };
 
 const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: "gso.test" };
@@ -45,12 +45,8 @@ fn start_with(
     tweak: impl FnOnce(&mut IoConfig),
 ) -> Option<Relay> {
     let mut config = IoConfig {
-        shards: 1,
-        backend,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         relay_ips: vec![RelayIp::same(relay_ip.parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(2),
-        ..IoConfig::default()
+        ..loopback_config(backend, 1, Listeners::Udp, RelayPorts::Ephemeral(2))
     };
     tweak(&mut config);
     let make = |_k: usize| {

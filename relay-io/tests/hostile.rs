@@ -15,10 +15,10 @@ use relay_core::wire::{
     Attribute, AttributeType, ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
 use relay_io::stream::StreamLimits;
-use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+use relay_io::{Backend, IoConfig, Relay, RelayPorts};
 use test_kit::{
-    Login, TurnClient, allow_loopback, backends, error_code, peer, recv_from, send_indication, start_or_skip,
-    test_certificate,
+    Listeners, Login, TurnClient, allow_loopback, backends, error_code, loopback_config, peer, recv_from,
+    send_indication, start_or_skip,
 };
 
 const REALM: &str = "hostile.test";
@@ -33,16 +33,8 @@ struct Options {
 
 fn start(backend: Backend, o: &Options) -> Option<Relay> {
     let config = IoConfig {
-        shards: 1,
-        backend,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(test_certificate().0),
         stream_limits: o.limits,
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(8),
-        ..IoConfig::default()
+        ..loopback_config(backend, 1, Listeners::UdpTcpTls, RelayPorts::Ephemeral(8))
     };
     let policy = if o.allow_loopback { allow_loopback() } else { PeerPolicy::new() };
     let bandwidth = o.bandwidth;

@@ -13,25 +13,15 @@ use relay_core::wire::channel_data;
 use relay_core::wire::{Attribute, AttributeType, ChannelData, Message, Method};
 use relay_io::{Backend, BackendKind, IoConfig, Relay, RelayIp, RelayPorts};
 use test_kit::{
-    Login, StreamClient, TIMEOUT, TurnClient, allow_loopback, backends, channel_frame, data_indication, error_code,
-    peer, recv_datagram, send_indication, start_or_skip, test_certificate,
+    Listeners, Login, StreamClient, TIMEOUT, TurnClient, allow_loopback, backends, channel_frame, data_indication,
+    error_code, loopback_config, peer, recv_datagram, send_indication, start_or_skip, test_certificate,
 };
 
 const REALM: &str = "loopback.test";
 const LOGIN: Login<'static> = Login { user: "alice", password: "secret", realm: REALM };
 
 fn start(backend: Backend, shards: usize, ports_per_shard: usize, quarantine: Duration) -> Option<Relay> {
-    let config = IoConfig {
-        shards,
-        backend,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(test_certificate().0),
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(ports_per_shard),
-        ..IoConfig::default()
-    };
+    let config = loopback_config(backend, shards, Listeners::UdpTcpTls, RelayPorts::Ephemeral(ports_per_shard));
     let make = |_k: usize| {
         let parts = ServerParts::new(LOGIN.credentials())
             .with_config(ServerConfig { relay_quarantine: quarantine, ..ServerConfig::default() })
@@ -316,13 +306,8 @@ fn start_relays(backend: Backend, shards: usize, advertised: Option<&str>, slot:
     let lo = 30_000 + (std::process::id() % 200) as u16 * 160 + slot * 20;
     let bind = "127.0.0.1".parse().unwrap();
     let config = IoConfig {
-        shards,
-        backend,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         relay_ips: vec![RelayIp { bind, advertised: advertised.map_or(bind, |a| a.parse().unwrap()) }],
-        relay_ports: RelayPorts::Range(lo, lo + 20 * shards as u16 - 1),
-        ..IoConfig::default()
+        ..loopback_config(backend, shards, Listeners::UdpTcp, RelayPorts::Range(lo, lo + 20 * shards as u16 - 1))
     };
     let make = |_k: usize| Server::new(ServerParts::new(LOGIN.credentials()), Instant::now(), 1_800_000_000, 7);
     Some((start_or_skip(&config, make)?, lo))
@@ -477,14 +462,7 @@ fn relay_to_relay_between_tcp_and_udp_clients() {
 #[test]
 fn a_second_instance_on_the_same_address_refuses_to_start_unless_handing_over() {
     let make = |_k: usize| Server::new(ServerParts::new(Credentials::new(REALM)), Instant::now(), 1_800_000_000, 3);
-    let first = IoConfig {
-        backend: Backend::Portable,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(2),
-        ..IoConfig::default()
-    };
+    let first = loopback_config(Backend::Portable, 1, Listeners::UdpTcp, RelayPorts::Ephemeral(2));
     let a = Relay::start(&first, make).unwrap();
     let (udp, tcp) = (a.udp_addrs()[0], a.tcp_addrs()[0]);
     let free_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -8,7 +8,7 @@
 //!
 //! Every wait is bounded (test-kit's TIMEOUT, or the few seconds given).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,10 @@ use relay_core::wire::attr::transport;
 use relay_core::wire::proxy::{self, Command, Header, Transport, Version};
 use relay_core::wire::{Attribute, AttributeType, ChannelData, Class, Message, Method};
 use relay_io::stream::{StreamLimits, StreamStats};
-use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
+use relay_io::{Backend, IoConfig, Relay, RelayPorts};
 use test_kit::{
-    Login, StreamClient, TIMEOUT, allow_loopback, backends, client_config, peer, recv_datagram, start_or_skip,
-    test_certificate,
+    Listeners, Login, StreamClient, TIMEOUT, allow_loopback, backends, client_config, closed_by_server,
+    loopback_config, peer, recv_datagram, start_or_skip, test_certificate,
 };
 
 const REALM: &str = "proxy.test";
@@ -31,17 +31,11 @@ const BALANCER: &str = "127.0.0.5";
 const BALANCER2: &str = "127.0.0.6";
 /// Where a direct (untrusted) client connects from.
 const DIRECT: &str = "127.0.0.1";
+/// How long a connection the relay refuses may take to be closed.
+const CLOSED_WITHIN: Duration = Duration::from_secs(4);
 
 fn start(backend: Backend, max_per_source: usize) -> Option<Relay> {
     let config = IoConfig {
-        shards: 1,
-        backend,
-        udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tcp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(test_certificate().0),
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(8),
         stream_limits: StreamLimits {
             max_per_source,
             proxy_header_timeout: Duration::from_secs(1),
@@ -51,7 +45,7 @@ fn start(backend: Backend, max_per_source: usize) -> Option<Relay> {
             format!("{BALANCER}/32").parse().unwrap(),
             format!("{BALANCER2}/32").parse().unwrap(),
         ],
-        ..IoConfig::default()
+        ..loopback_config(backend, 1, Listeners::UdpTcpTls, RelayPorts::Ephemeral(8))
     };
     let make = |_k: usize| {
         Server::new(
@@ -106,21 +100,6 @@ fn mapped(resp: &[u8]) -> SocketAddr {
 /// The address a Binding request on `client` is answered with.
 fn binding(client: &mut StreamClient) -> SocketAddr {
     mapped(&client.request(Method::BINDING, &[]))
-}
-
-/// True when the server closes `s` (end of stream, or a reset because
-/// bytes it did not read were left) within a few seconds.
-fn closed_by_server(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
-    let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(_) | Err(_) => return false,
-        }
-    }
 }
 
 #[test]
@@ -283,7 +262,7 @@ fn the_per_source_limit_counts_the_clients_behind_the_balancer() {
         // room for other clients.
         let mut third = open("192.0.2.30:3");
         third.write_all(&binding_request()).unwrap();
-        assert!(closed_by_server(&mut third), "{backend:?}: a third connection of one client");
+        assert!(closed_by_server(&mut third, CLOSED_WITHIN), "{backend:?}: a third connection of one client");
         let mut c = StreamClient::over(Box::new(open("192.0.2.32:1")), LOGIN);
         assert_eq!(binding(&mut c), "192.0.2.32:1".parse().unwrap());
         let st = stats(&relay);
@@ -304,7 +283,7 @@ fn the_per_source_limit_counts_the_clients_behind_the_balancer() {
             binding(d);
         }
         let mut s = connect_from(DIRECT, tcp);
-        assert!(closed_by_server(&mut s), "{backend:?}: a third direct connection");
+        assert!(closed_by_server(&mut s, CLOSED_WITHIN), "{backend:?}: a third direct connection");
         assert_eq!(stats(&relay).refused_per_source, 2, "{backend:?}");
         relay.stop().unwrap();
     }
@@ -322,7 +301,7 @@ fn refused_starts_are_closed_and_counted() {
         let refused = |from: &str, to: SocketAddr, bytes: &[u8], what: &str| {
             let mut s = connect_from(from, to);
             s.write_all(bytes).unwrap();
-            assert!(closed_by_server(&mut s), "{backend:?}: {what} was not closed");
+            assert!(closed_by_server(&mut s, CLOSED_WITHIN), "{backend:?}: {what} was not closed");
         };
         // Untrusted, with a header: plain TCP (v1, v2) and TLS.
         refused(DIRECT, tcp, &[header(Version::V1, "192.0.2.40:1"), binding_request()].concat(), "untrusted v1");
@@ -346,12 +325,12 @@ fn refused_starts_are_closed_and_counted() {
             let mut s = connect_from(BALANCER, tls);
             s.write_all(&header(Version::V2, "192.0.2.40:6")[..20]).unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
-            assert!(closed_by_server(&mut s), "{backend:?}: a header cut short");
+            assert!(closed_by_server(&mut s, CLOSED_WITHIN), "{backend:?}: a header cut short");
         }
         // Nothing at all within the header timeout (1 s here).
         let started = Instant::now();
         let mut silent = connect_from(BALANCER, tls);
-        assert!(closed_by_server(&mut silent), "{backend:?}: a balancer connection that sends nothing");
+        assert!(closed_by_server(&mut silent, CLOSED_WITHIN), "{backend:?}: a balancer connection that sends nothing");
         assert!(started.elapsed() >= Duration::from_secs(1), "closed before the header timeout");
         // A balancer that connects and closes (a TCP health check) is not
         // counted.
@@ -401,7 +380,7 @@ fn the_balancers_own_connections_are_not_counted_per_source() {
         assert_eq!(binding(&mut c), "192.0.2.60:1".parse().unwrap(), "{backend:?}");
         let mut second = connect_from(BALANCER, tcp);
         second.write_all(&[header(Version::V2, "192.0.2.60:2"), binding_request()].concat()).unwrap();
-        assert!(closed_by_server(&mut second), "{backend:?}: a client's second connection");
+        assert!(closed_by_server(&mut second, CLOSED_WITHIN), "{backend:?}: a client's second connection");
         let st = stats(&relay);
         assert_eq!((st.refused_per_source, st.open, st.proxy_accepted), (1, 4, 5), "{backend:?}");
         relay.stop().unwrap();
@@ -441,7 +420,10 @@ fn a_header_naming_a_client_already_connected_is_refused() {
             let mut cd = vec![0u8; 8];
             relay_core::wire::channel_data::encode(&mut cd, 0x4002, b"evil", true).unwrap();
             s.write_all(&[header(version, client), cd].concat()).unwrap();
-            assert!(closed_by_server(&mut s), "{backend:?}: a second connection naming {client} from {from}");
+            assert!(
+                closed_by_server(&mut s, CLOSED_WITHIN),
+                "{backend:?}: a second connection naming {client} from {from}"
+            );
         }
         // Nothing of theirs reached the peer; the first's allocation
         // lives on and relays both ways.
@@ -462,7 +444,7 @@ fn a_header_naming_a_client_already_connected_is_refused() {
         assert_eq!(binding(&mut d), direct_addr);
         let mut forged = connect_from(BALANCER, tcp);
         forged.write_all(&header(Version::V2, &direct_addr.to_string())).unwrap();
-        assert!(closed_by_server(&mut forged), "{backend:?}: a header naming a direct client");
+        assert!(closed_by_server(&mut forged, CLOSED_WITHIN), "{backend:?}: a header naming a direct client");
         assert_eq!(binding(&mut d), direct_addr, "{backend:?}: the direct client is served on");
         let st = stats(&relay);
         assert_eq!((st.proxy_duplicate, st.proxy_accepted, st.proxy_invalid), (3, 1, 0), "{backend:?}");

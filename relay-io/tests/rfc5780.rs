@@ -11,8 +11,8 @@ use relay_core::server::auth::Credentials;
 use relay_core::server::{Rfc5780, Server, ServerParts};
 use relay_core::wire::attr::ChangeRequest;
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
-use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts};
-use test_kit::start_or_skip;
+use relay_io::{Backend, IoConfig, Relay, RelayPorts};
+use test_kit::{Listeners, loopback_config, start_or_skip};
 
 /// A port P with P and P+1 free on both loopback addresses (bounded tries).
 fn port_pair() -> u16 {
@@ -33,12 +33,8 @@ fn port_pair() -> u16 {
 
 fn start(backend: Backend, pair: Rfc5780) -> Option<Relay> {
     let config = IoConfig {
-        shards: 2,
-        backend,
         udp_listen: pair.listen_addresses().to_vec(),
-        relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-        relay_ports: RelayPorts::Ephemeral(2),
-        ..IoConfig::default()
+        ..loopback_config(backend, 2, Listeners::Udp, RelayPorts::Ephemeral(2))
     };
     let make = |_k: usize| {
         let parts = ServerParts::new(Credentials::new("rfc5780.test"));

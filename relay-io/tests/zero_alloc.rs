@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use relay_core::server::{Server, ServerParts};
 use relay_core::wire::channel_data;
 use relay_core::wire::{Attribute, Method};
+use relay_io::RelayPorts;
 use relay_io::sys::Batch;
-use relay_io::{IoConfig, RelayIp, RelayPorts};
-use test_kit::{Login, TurnClient, allow_loopback, backends, peer, recv_from, start_or_skip};
+use test_kit::{
+    Listeners, Login, TurnClient, allow_loopback, backends, loopback_config, peer, recv_from, start_or_skip,
+};
 
 struct Counting;
 
@@ -79,14 +81,7 @@ fn receive(rx: &mut Batch, sock: &UdpSocket, mut each: impl FnMut(&mut Batch, us
 #[test]
 fn relaying_allocates_nothing() {
     for backend in backends() {
-        let config = IoConfig {
-            shards: 1,
-            backend,
-            udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
-            relay_ips: vec![RelayIp::same("127.0.0.1".parse().unwrap())],
-            relay_ports: RelayPorts::Ephemeral(2),
-            ..IoConfig::default()
-        };
+        let config = loopback_config(backend, 1, Listeners::Udp, RelayPorts::Ephemeral(2));
         let make = |_| {
             let parts = ServerParts::new(LOGIN.credentials()).with_policy(allow_loopback());
             Server::new(parts, Instant::now(), 1_800_000_000, 1)

@@ -6,8 +6,9 @@
 //! - [`test_certificate`] and [`certificate`]: self-signed certificates as
 //!   relay-io's TLS listener and a client's root store take them;
 //! - loopback helpers: [`peer`] (a peer socket on 127.0.0.2), [`backends`],
-//!   [`allow_loopback`], [`start_or_skip`], [`error_code`], datagram
-//!   receives that retry when a signal interrupts them;
+//!   [`allow_loopback`], [`loopback_config`] (a relay's configuration on
+//!   127.0.0.1), [`start_or_skip`], [`error_code`], datagram receives that
+//!   retry when a signal interrupts them, [`closed_by_server`];
 //! - [`Topology`]: clients, a relay and peers in three network namespaces
 //!   joined by veth pairs;
 //! - the skip rule ([`skip`], [`skip_io_uring`], [`skips_fail`]): a test
@@ -26,7 +27,8 @@ mod mem;
 mod netns;
 mod skip;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use relay_core::server::Server;
@@ -35,7 +37,7 @@ use relay_core::server::policy::PeerPolicy;
 use relay_core::wire::integrity::{Key, PasswordAlgorithm};
 use relay_core::wire::{Attribute, AttributeType, Class, Message, MessageBuilder, MessageType, Method, TransactionId};
 use relay_io::fastpath::FastPathMode;
-use relay_io::{Backend, IoConfig, Relay, StartError};
+use relay_io::{Backend, IoConfig, Relay, RelayIp, RelayPorts, StartError};
 
 pub use cert::{TestCert, certificate, client_config, test_certificate};
 pub use client::{Stream, StreamClient, TurnClient};
@@ -102,6 +104,41 @@ pub fn allow_loopback() -> PeerPolicy {
     PeerPolicy::with_lists(vec!["127.0.0.0/8".parse().expect("a prefix")], vec![])
 }
 
+/// The listeners a [`loopback_config`] opens on 127.0.0.1, each on a port
+/// the kernel picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listeners {
+    /// UDP only.
+    Udp,
+    /// UDP and TCP.
+    UdpTcp,
+    /// UDP, TCP and TLS (serving [`test_certificate`]).
+    UdpTcpTls,
+}
+
+/// A relay on loopback: `shards` shards on `backend`, `listeners` on
+/// 127.0.0.1, relaying from 127.0.0.1 on `relay_ports`; the rest is
+/// `IoConfig::default()`. A test adjusts what else it needs
+/// (`IoConfig { stream_limits, ..loopback_config(…) }`) and starts it with
+/// [`start_or_skip`], which adds the fast path that
+/// `TURN_RELAY_TEST_FAST_PATH` asks for.
+pub fn loopback_config(backend: Backend, shards: usize, listeners: Listeners, relay_ports: RelayPorts) -> IoConfig {
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let tcp = listeners != Listeners::Udp;
+    let tls = listeners == Listeners::UdpTcpTls;
+    IoConfig {
+        shards,
+        backend,
+        udp_listen: vec![any_port],
+        tcp_listen: if tcp { vec![any_port] } else { Vec::new() },
+        tls_listen: if tls { vec![any_port] } else { Vec::new() },
+        tls: tls.then(|| test_certificate().0),
+        relay_ips: vec![RelayIp::same(any_port.ip())],
+        relay_ports,
+        ..IoConfig::default()
+    }
+}
+
 /// Starts a relay; `None` (after [`skip_io_uring`]) where io_uring is not
 /// available here. Any other start-up error fails the test. With
 /// `TURN_RELAY_TEST_FAST_PATH` set (`tc`, …) a relay without a fast path
@@ -149,6 +186,22 @@ pub fn recv_datagram(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let (n, from) = recv_from(sock, &mut buf).ok()?;
     buf.truncate(n);
     Some((buf, from))
+}
+
+/// True when the server closes `s` (end of stream, or a reset because
+/// bytes it did not read were left) within `within`; false when data
+/// arrives instead, or nothing does in time. Sets `s`'s read timeout.
+pub fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("set a read timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(_) | Err(_) => return false,
+        }
+    }
 }
 
 /// A ChannelData message: `padded` to a multiple of four, as on a stream.
