@@ -131,6 +131,11 @@ impl QuotaBook for Quotas {
         Some(u64::from(self.active_total()))
     }
 
+    /// `limits.max_allocations` held (never with 0, unlimited).
+    fn is_full(&self) -> bool {
+        self.max_total != 0 && self.active_total() >= self.max_total
+    }
+
     /// Gives an allocation back.
     ///
     /// The token must come from this `Quotas`; one from another is ignored
@@ -175,16 +180,19 @@ mod tests {
         let a1 = q.acquire(b"alice").unwrap();
         let a2 = q.acquire(b"alice").unwrap();
         assert_eq!(q.acquire(b"alice").unwrap_err(), QuotaError::UserReached);
+        assert!(!q.is_full(), "a user at their limit does not fill the server");
         assert_eq!(q.active_for(b"alice"), 2);
         assert_eq!(q.active_total(), 2, "a refused user gives the total back");
         let b1 = q.acquire(b"bob").unwrap();
         let b2 = q.acquire(b"bob").unwrap();
         let c1 = q.acquire(b"carol").unwrap();
         assert_eq!(q.acquire(b"dave").unwrap_err(), QuotaError::TotalReached);
+        assert!(q.is_full());
         assert_eq!(q.active_total(), 5);
         assert_eq!((q.active_for(b"dave"), q.active_users()), (0, 3));
 
         q.release(a1);
+        assert!(!q.is_full());
         assert_eq!(q.active_for(b"alice"), 1);
         let a3 = q.acquire(b"alice").unwrap();
         for t in [a2, a3, b1, b2, c1] {
@@ -203,6 +211,7 @@ mod tests {
         let q = Quotas::new(0, 0);
         let tokens: Vec<_> = (0..1000).map(|i| q.acquire(format!("user{}", i % 10).as_bytes()).unwrap()).collect();
         assert_eq!(q.active_total(), 1000);
+        assert!(!q.is_full(), "0: no total limit");
         // Without a per-user limit users are not counted (no lock taken).
         assert_eq!((q.active_for(b"user1"), q.active_users()), (0, 0));
         for t in tokens {

@@ -6,7 +6,8 @@
 //! B's TCP listener; over TLS to B's TLS listener, checking B's
 //! certificate against the ALTERNATE-DOMAIN A sent (and failing without
 //! it). A full node (`--max-allocations`) redirects too, counted as
-//! `quota`. `turn-relay probe turn` says where it landed.
+//! `quota`, before the challenge (the first Allocate's answer is the 300).
+//! `turn-relay probe turn` says where it landed.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
@@ -429,6 +430,10 @@ fn a_full_node_redirects_as_quota_and_probe_turn_says_where_it_landed() {
     assert_eq!(j["released"], true);
     let errors: Vec<&str> = j["requests"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str()).collect();
     assert!(errors.iter().any(|e| e.starts_with("300")), "{j}");
+    // Full, A knows before the challenge: its answer to the first Allocate
+    // is the 300 (unsealed, what browsers follow), not a 401; the one 401
+    // is B's first challenge.
+    assert_eq!(errors, ["300 Try Alternate", "401 Unauthenticated"], "{j}");
 
     let (code, text) = probe(&[]);
     assert_eq!(code, Some(0), "{text}");

@@ -4,7 +4,8 @@
 //! challenge, unsealed; an authenticated one sealed with its key; existing
 //! allocations keep refreshing; without alternates, draining stays 508.
 //! A full node (allocation quota reached, relay ports used up) redirects
-//! too; a user at their own quota gets 486 as ever.
+//! too, before the challenge as well; a user at their own quota gets 486
+//! as ever.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -418,6 +419,161 @@ fn used_up_relay_ports_redirect_as_load_but_a_reservation_token_does_not() {
     let mut h = H::new(ServerConfig::default(), Arc::new(TestQuotas::new(0, 0)), &["203.0.113.1:50000"]);
     assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
     assert_eq!(code(&h.allocate(&v4_udp(40001))), Some(508));
+}
+
+/// A first Allocate (REQUESTED-TRANSPORT UDP, and `extra`), without
+/// MESSAGE-INTEGRITY, from `client`.
+fn first_allocate(h: &mut H, client: &Client, extra: &[Attribute<'_>]) -> Vec<u8> {
+    let mut attrs = vec![Attribute::RequestedTransport(transport::UDP)];
+    attrs.extend_from_slice(extra);
+    let req = h.build(Method::ALLOCATE, false, &attrs);
+    h.send(client, &req)
+}
+
+/// A 300 to the IPv4 alternate as browsers can follow it: unsealed, no
+/// REALM, no NONCE.
+fn assert_unsealed_redirect(resp: &[u8]) {
+    assert_eq!((code(resp), alternate_server(resp)), (Some(300), Some(addr("198.51.100.20:3478"))));
+    let m = Message::parse(resp).unwrap();
+    assert!(!m.has_integrity());
+    assert!(m.get(AttributeType::REALM).is_none() && m.get(AttributeType::NONCE).is_none());
+}
+
+#[test]
+fn a_first_allocate_at_a_full_node_is_redirected_before_the_challenge() {
+    // Room for one allocation in all.
+    let book = Arc::new(TestQuotas::new(1, 0));
+    let relays = ["203.0.113.1:50000", "203.0.113.1:50001", "[2001:db8::1]:50000"];
+    let mut h = H::new(config(), book.clone(), &relays);
+    let held = v4_udp(40000);
+    assert_eq!(Message::parse(&h.allocate(&held)).unwrap().class(), Class::Success);
+    // Full: a new client's first Allocate is moved at once, as quota, with
+    // nothing taken and no challenge issued.
+    let resp = first_allocate(&mut h, &v4_udp(40001), &[]);
+    assert_unsealed_redirect(&resp);
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Quota), 1);
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 0);
+    assert_eq!(book.active(), (1, 1));
+    // Whatever the family asked for: the quota is the node's.
+    let six = [Attribute::RequestedAddressFamily(0x02)];
+    assert_eq!(code(&first_allocate(&mut h, &v4_udp(40002), &six)), Some(300));
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Quota), 2);
+    // A request that is not an Allocate to move still gets the challenge.
+    let req = h.build(Method::ALLOCATE, false, &[]);
+    assert_eq!(code(&h.send(&v4_udp(40003), &req)), Some(401));
+    // Room again (the allocation ends): the challenge, then an allocation.
+    let resp = h.request(&held, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{:?}", code(&resp));
+    assert_eq!(book.active(), (0, 0));
+    assert_eq!(code(&first_allocate(&mut h, &v4_udp(40004), &[])), Some(401));
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40004))).unwrap().class(), Class::Success);
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Quota), 2);
+    h.server.check_invariants(h.now).unwrap();
+
+    // Without an alternate for the client, the challenge and then 508.
+    let only_v6 = vec![Alternate::plain(addr("[2001:db8::20]:3478"))];
+    let cfg = ServerConfig { alternates: only_v6, ..ServerConfig::default() };
+    let mut h = H::new(cfg, Arc::new(TestQuotas::new(1, 0)), &relays);
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
+    assert_eq!(code(&first_allocate(&mut h, &v4_udp(40001), &[])), Some(401));
+    assert_eq!(code(&h.allocate(&v4_udp(40001))), Some(508));
+}
+
+#[test]
+fn a_first_allocate_finding_its_familys_ports_used_up_is_redirected_as_load() {
+    // One IPv4 relay port and one IPv6 one, no quota limits, no thresholds.
+    let relays = ["203.0.113.1:50000", "[2001:db8::1]:50000"];
+    let mut h = H::new(config(), Arc::new(TestQuotas::new(0, 0)), &relays);
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
+    let resp = first_allocate(&mut h, &v4_udp(40001), &[]);
+    assert_unsealed_redirect(&resp);
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 1);
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Quota), 0);
+    // The IPv6 port is free: an IPv6 relay is asked for as ever.
+    let six = [Attribute::RequestedTransport(transport::UDP), Attribute::RequestedAddressFamily(0x02)];
+    assert_eq!(code(&first_allocate(&mut h, &v4_udp(40002), &six[1..])), Some(401));
+    h.nonce = None;
+    let resp = h.request(&v4_udp(40002), Method::ALLOCATE, &six);
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success, "{:?}", code(&resp));
+    // Now both families are used up.
+    assert_eq!(code(&first_allocate(&mut h, &v4_udp(40003), &six[1..])), Some(300));
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 2);
+    // A family the node lacks is no matter of load: the challenge, then 440.
+    let mut h = H::new(config(), Arc::new(TestQuotas::new(0, 0)), &["203.0.113.1:50000"]);
+    assert_eq!(code(&first_allocate(&mut h, &v4_udp(40000), &six[1..])), Some(401));
+    h.nonce = None;
+    assert_eq!(code(&h.request(&v4_udp(40000), Method::ALLOCATE, &six)), Some(440));
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 0);
+    h.server.check_invariants(h.now).unwrap();
+}
+
+#[test]
+fn a_user_at_their_quota_is_challenged_then_486_not_redirected() {
+    // Room on the node, one allocation per user.
+    let book = Arc::new(TestQuotas::new(10, 1));
+    let mut h = H::new(config(), book.clone(), &["203.0.113.1:50000", "203.0.113.1:50001"]);
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
+    // alice's next first Allocate: who she is is not known yet, and the
+    // node has room: the challenge.
+    let resp = first_allocate(&mut h, &v4_udp(40001), &[]);
+    assert_eq!((code(&resp), alternate_server(&resp)), (Some(401), None));
+    h.nonce = Some(text(&resp, AttributeType::NONCE).unwrap());
+    let resp = h.request(&v4_udp(40001), Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!((code(&resp), alternate_server(&resp)), (Some(486), None));
+    let stats = h.server.stats();
+    let redirects: u64 = [RedirectReason::Quota, RedirectReason::Load, RedirectReason::Draining]
+        .map(|r| stats.redirects_of(r))
+        .iter()
+        .sum();
+    assert_eq!(redirects, 0);
+    assert_eq!(book.active(), (1, 1));
+}
+
+/// A quota book that cannot tell it is full before an acquire (the trait's
+/// default `is_full`), as when another shard takes the last place between
+/// the look and the acquire.
+#[derive(Debug)]
+struct Blind(TestQuotas);
+
+impl QuotaBook for Blind {
+    fn acquire(&self, user: &[u8]) -> Result<QuotaToken, QuotaError> {
+        self.0.acquire(user)
+    }
+    fn release(&self, token: QuotaToken) {
+        self.0.release(token)
+    }
+}
+
+#[test]
+fn a_node_that_fills_after_the_challenge_redirects_sealed() {
+    // Filled by another shard between the look and the acquire: the
+    // challenge first, then the 300 sealed with the client's key.
+    let book = Arc::new(Blind(TestQuotas::new(1, 0)));
+    let relays = ["203.0.113.1:50000", "203.0.113.1:50001"];
+    let mut h = H::new(config(), book.clone(), &relays);
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
+    let resp = first_allocate(&mut h, &v4_udp(40001), &[]);
+    assert_eq!(code(&resp), Some(401));
+    h.nonce = Some(text(&resp, AttributeType::NONCE).unwrap());
+    let resp = h.request(&v4_udp(40001), Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!((code(&resp), alternate_server(&resp)), (Some(300), Some(addr("198.51.100.20:3478"))));
+    Message::parse(&resp).unwrap().verify_message_integrity(h.key.as_bytes()).unwrap();
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Quota), 1);
+    assert_eq!(book.0.active(), (1, 1), "the redirect took no quota");
+
+    // Relay ports: challenged while one was free, taken by another client
+    // before the authenticated request: sealed, as load.
+    let mut h = H::new(config(), Arc::new(TestQuotas::new(0, 0)), &["203.0.113.1:50000"]);
+    let resp = first_allocate(&mut h, &v4_udp(40001), &[]);
+    assert_eq!(code(&resp), Some(401));
+    let nonce = text(&resp, AttributeType::NONCE).unwrap();
+    assert_eq!(Message::parse(&h.allocate(&v4_udp(40000))).unwrap().class(), Class::Success);
+    h.nonce = Some(nonce);
+    let resp = h.request(&v4_udp(40001), Method::ALLOCATE, &[Attribute::RequestedTransport(transport::UDP)]);
+    assert_eq!(code(&resp), Some(300));
+    Message::parse(&resp).unwrap().verify_message_integrity(h.key.as_bytes()).unwrap();
+    assert_eq!(h.server.stats().redirects_of(RedirectReason::Load), 1);
+    h.server.check_invariants(h.now).unwrap();
 }
 
 /// Every ALTERNATE-SERVER of a response, in order.

@@ -34,11 +34,12 @@
 //! - An authenticated Allocate (a client that knew the realm and nonce) is
 //!   redirected after authentication, the 300 sealed with its key, so a
 //!   client that checks it (ours does) cannot be sent elsewhere by a forged
-//!   answer. A full node (see `shard::request::allocate`) can only tell
-//!   after authentication, so that redirect is always sealed: clients like
-//!   ours follow it, libwebrtc does not get past node B's 401 (set
-//!   `redirect_above_allocations` below `limits.max_allocations` so that
-//!   browsers are moved before the node is full).
+//!   answer. A full node (see `shard::request::allocate`) is one more
+//!   reason, known before the challenge like the others (the total quota
+//!   and the relay ports free, never the user's quota); only a node that
+//!   fills between a client's challenge and its authenticated Allocate
+//!   answers it sealed, which clients like ours follow and libwebrtc does
+//!   not get past (node B's 401).
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -85,6 +85,16 @@ pub trait QuotaBook: Send + Sync + core::fmt::Debug {
     fn total_allocations(&self) -> Option<u64> {
         None
     }
+
+    /// Whether the server's total is reached now, so that an
+    /// [`acquire`](QuotaBook::acquire) for any user would be refused with
+    /// [`QuotaError::TotalReached`] (`false`: room, or no total limit). The
+    /// server reads it before the challenge, to send a new client of a full
+    /// node to an alternate unauthenticated; a count that moves meanwhile
+    /// does no harm (`acquire` still decides). Per-user limits play no part.
+    fn is_full(&self) -> bool {
+        false
+    }
 }
 
 /// A book without limits that counts nothing.

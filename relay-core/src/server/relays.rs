@@ -79,6 +79,9 @@ pub struct RelayPool {
     total: [usize; 2],
     /// Addresses held by allocations, per family.
     in_use: [usize; 2],
+    /// Addresses free to allocate, per family (not in use, reserved or
+    /// resting).
+    available: [usize; 2],
     reservations: VecDeque<(RelayId, Instant)>,
     quarantine: Duration,
     resting: VecDeque<(RelayId, Instant)>,
@@ -110,6 +113,7 @@ impl RelayPool {
         let f = fam(AddressFamily::of(&addr));
         self.free[f].push_back((id, 0));
         self.total[f] += 1;
+        self.available[f] += 1;
         id
     }
 
@@ -147,6 +151,34 @@ impl RelayPool {
         self.in_use[fam(family)]
     }
 
+    /// Number of addresses of a family free to allocate now: neither held,
+    /// nor reserved for a RESERVATION-TOKEN, nor resting in quarantine. At 0
+    /// a plain Allocate of the family is refused ([`PoolError::Exhausted`]).
+    pub fn free_of(&self, family: AddressFamily) -> usize {
+        self.available[fam(family)]
+    }
+
+    /// Recounts the addresses free and in use per family against the kept
+    /// counts (for [`Server::check_invariants`](crate::server::Server::check_invariants)).
+    pub(crate) fn check_counts(&self) -> Result<(), String> {
+        let (mut free, mut in_use) = ([0usize; 2], [0usize; 2]);
+        for r in &self.relays {
+            let f = fam(AddressFamily::of(&r.addr));
+            match r.state {
+                State::Free { .. } => free[f] += 1,
+                State::InUse { .. } => in_use[f] += 1,
+                State::Quarantined | State::Reserved { .. } => {}
+            }
+        }
+        if free != self.available || in_use != self.in_use {
+            return Err(format!(
+                "pool counts free {:?} and in use {:?}, its addresses are {free:?} and {in_use:?}",
+                self.available, self.in_use
+            ));
+        }
+        Ok(())
+    }
+
     /// True when the shard has addresses of this family.
     pub fn supports(&self, family: AddressFamily) -> bool {
         self.total[fam(family)] > 0
@@ -154,9 +186,13 @@ impl RelayPool {
 
     fn take(&mut self, id: RelayId, alloc: u32) {
         let r = &mut self.relays[id.index()];
+        let f = fam(AddressFamily::of(&r.addr));
+        if matches!(r.state, State::Free { .. }) {
+            self.available[f] -= 1;
+        }
         r.state = State::InUse { alloc };
         r.epoch = r.epoch.wrapping_add(1);
-        self.in_use[fam(AddressFamily::of(&r.addr))] += 1;
+        self.in_use[f] += 1;
     }
 
     fn is_free(&self, id: RelayId) -> bool {
@@ -223,6 +259,7 @@ impl RelayPool {
         if let (Some(n), Some((token, now))) = (next, reserve_next) {
             let until = now + RESERVATION_LIFETIME;
             self.relays[n.index()].state = State::Reserved { token, until };
+            self.available[f] -= 1;
             self.reservations.push_back((n, until));
         }
         Ok(id)
@@ -256,6 +293,7 @@ impl RelayPool {
         r.state = State::Free { epoch: r.epoch };
         let f = fam(AddressFamily::of(&r.addr));
         self.free[f].push_back((id, r.epoch));
+        self.available[f] += 1;
     }
 
     /// Frees reservations that expired and quarantines that ended by `now`.
@@ -335,6 +373,48 @@ mod tests {
         assert_eq!(p.in_use_of(AddressFamily::V4), 1, "a reserved port is not in use yet");
         p.acquire_reserved(&t, 2, t0).unwrap();
         assert_eq!((p.in_use_of(AddressFamily::V4), p.in_use_of(AddressFamily::V6)), (2, 0));
+    }
+
+    #[test]
+    fn free_addresses_are_counted_per_family_as_acquire_sees_them() {
+        let t0 = Instant::now();
+        let mut p = pool([50002, 50003, 50004]);
+        p.quarantine = Duration::from_secs(10);
+        p.add(SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 50000)));
+        let free = |p: &RelayPool| (p.free_of(AddressFamily::V4), p.free_of(AddressFamily::V6));
+        assert_eq!(free(&p), (3, 1));
+        // An even port with R: one taken, its neighbour reserved.
+        let token = [5u8; 8];
+        let even = p.acquire_even(AddressFamily::V4, 1, Some((token, t0))).unwrap();
+        assert_eq!(free(&p), (1, 1), "a reserved port is not free");
+        let last = p.acquire(AddressFamily::V4, 2).unwrap();
+        assert_eq!(free(&p), (0, 1));
+        assert_eq!(p.acquire(AddressFamily::V4, 3), Err(PoolError::Exhausted));
+        // The reservation taken: none freed.
+        let reserved = p.acquire_reserved(&token, 3, t0).unwrap();
+        assert_eq!(free(&p), (0, 1));
+        // Released ports rest first; free again after their quarantine.
+        p.release(last, t0);
+        p.release(last, t0);
+        assert_eq!(free(&p), (0, 1), "resting is not free");
+        assert_eq!(p.acquire(AddressFamily::V4, 4), Err(PoolError::Exhausted));
+        p.expire(t0 + Duration::from_secs(10));
+        assert_eq!(free(&p), (1, 1));
+        for id in [even, reserved] {
+            p.release(id, t0 + Duration::from_secs(10));
+        }
+        p.expire(t0 + Duration::from_secs(20));
+        assert_eq!(free(&p), (3, 1));
+        p.check_counts().unwrap();
+        // A reservation that expires unused is free again.
+        let mut p = pool([50002, 50003]);
+        p.acquire_even(AddressFamily::V4, 1, Some((token, t0))).unwrap();
+        assert_eq!(p.free_of(AddressFamily::V4), 0);
+        p.expire(t0 + RESERVATION_LIFETIME);
+        assert_eq!(p.free_of(AddressFamily::V4), 1);
+        assert!(p.acquire(AddressFamily::V4, 2).is_ok());
+        assert_eq!(p.free_of(AddressFamily::V4), 0);
+        p.check_counts().unwrap();
     }
 
     #[test]

@@ -48,6 +48,10 @@ impl QuotaBook for TestQuotas {
         Ok(QuotaToken::new(key))
     }
 
+    fn is_full(&self) -> bool {
+        self.max_total != 0 && self.counts.lock().unwrap().0 >= self.max_total
+    }
+
     fn release(&self, token: QuotaToken) {
         let mut c = self.counts.lock().unwrap();
         let (total, users) = &mut *c;

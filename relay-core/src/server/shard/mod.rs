@@ -566,6 +566,7 @@ impl Server {
         if relays != self.pool.in_use() {
             return Err(format!("{relays} relays held by allocations, pool says {}", self.pool.in_use()));
         }
+        self.pool.check_counts()?;
         let s = &self.stats;
         if s.allocations_active != t.len() as u64 || s.permissions_active != perms || s.channels_active != chans {
             return Err(format!(

@@ -3,16 +3,22 @@
 //! EVEN-PORT, RESERVATION-TOKEN, DONT-FRAGMENT and LIFETIME; while draining
 //! or loaded, a 300 to an alternate server instead ([`crate::server::alternate`]).
 //!
-//! The redirect for draining or load comes before authentication when the
-//! Allocate has no MESSAGE-INTEGRITY (a new client's first request), after
-//! it otherwise (sealed with the client's key).
+//! The redirect comes before authentication when the Allocate has no
+//! MESSAGE-INTEGRITY (a new client's first request), after it otherwise
+//! (sealed with the client's key).
 //!
 //! A full node redirects too, where it has an alternate for the client:
 //! the server's allocation quota reached (what would be 508) is a 300
-//! counted as `quota`, relay ports used up (508 as well) a 300 counted as
-//! `load`. The per-user quota (486) is not redirected: it is a limit on the
-//! user, not a lack of room, and each node counts it for itself, so a
-//! redirect would hand the user a fresh quota on every node of the fleet.
+//! counted as `quota`, relay ports of the requested family used up (508 as
+//! well) a 300 counted as `load`. Both are known before the challenge (the
+//! quota book's [`is_full`](crate::server::quota::QuotaBook::is_full), the
+//! pool's free count), so a browser's first Allocate is moved unsealed like
+//! a draining node's. A node that fills between the challenge and the
+//! authenticated request still redirects then, sealed. The per-user quota
+//! (486) is not redirected: it is a limit on the user, not a lack of room,
+//! and each node counts it for itself, so a redirect would hand the user a
+//! fresh quota on every node of the fleet (nor can it be known before the
+//! user is).
 //!
 //! An Allocate with RESERVATION-TOKEN is never redirected: the token names
 //! a port this node holds for the client (the pair of an EVEN-PORT
@@ -37,10 +43,10 @@ impl Server {
         // connections naming one client): 437, after this one's own
         // authentication.
         let taken = self.table.lookup_key(rq.client);
-        // Draining or loaded, and a new client that has not authenticated
-        // yet: the 300 at once, before the challenge (unsealed, without
-        // REALM or NONCE; see server::alternate for why). Without
-        // alternates nothing is decoded here.
+        // Draining, loaded or full, and a new client that has not
+        // authenticated yet: the 300 at once, before the challenge
+        // (unsealed, without REALM or NONCE; see server::alternate for
+        // why). Without alternates nothing is decoded here.
         if taken.is_none()
             && !rq.msg.has_integrity()
             && !self.config.alternates.is_empty()
@@ -109,9 +115,9 @@ impl Server {
             Some(_) => return self.error(rq, StunError::BadRequest),
         };
 
-        // Draining or loaded: to an alternate (after authentication, so
-        // the 300 is sealed; see server::alternate), else draining is 508.
-        // Never with a reservation token: it names a port of this node.
+        // Draining, loaded or full: to an alternate (after authentication,
+        // so the 300 is sealed; see server::alternate), else draining is
+        // 508. Never with a reservation token: it names a port of this node.
         if token.is_none()
             && let Some(reason) = self.redirect_reason(family)
             && let Some(redirect) = self.try_alternate(rq, reason)
@@ -124,7 +130,9 @@ impl Server {
         let quota = match self.quotas.acquire(quota_identity(username).as_bytes()) {
             Ok(q) => q,
             Err(e) => {
-                // The node is full (not the user): another node may have room.
+                // The node is full (not the user), filled since
+                // `redirect_reason` looked (another shard took the last
+                // place): another node may have room.
                 if e == QuotaError::TotalReached
                     && token.is_none()
                     && let Some(redirect) = self.try_alternate(rq, RedirectReason::Quota)
@@ -236,9 +244,11 @@ impl Server {
     }
 
     /// Why a new allocation of a relay address of `family` should go to an
-    /// alternate now, if it should: draining, or a load threshold reached
-    /// (the relay ports threshold counts that family's ports of the shard).
-    /// Never without alternates.
+    /// alternate now, if it should: draining, a load threshold reached (the
+    /// relay ports threshold counts that family's ports of the shard), the
+    /// server's allocation quota reached (`quota`), or no relay port of
+    /// the family free (`load`). Never without alternates. Nothing here
+    /// depends on the user, so it holds before the challenge as after.
     fn redirect_reason(&self, family: AddressFamily) -> Option<RedirectReason> {
         let c = &self.config;
         if c.alternates.is_empty() {
@@ -261,6 +271,16 @@ impl Server {
             if ports > 0 && (self.pool.in_use_of(family) + 1) as f64 > fraction * ports as f64 {
                 return Some(RedirectReason::Load);
             }
+        }
+        // Full: what would be 508 once authenticated. The total quota only
+        // (a user's is no lack of room, and unknown before the challenge).
+        if self.quotas.is_full() {
+            return Some(RedirectReason::Quota);
+        }
+        // Every port of the family held, reserved or resting. A family the
+        // shard lacks is 440, as above.
+        if self.pool.supports(family) && self.pool.free_of(family) == 0 {
+            return Some(RedirectReason::Load);
         }
         None
     }
