@@ -466,15 +466,23 @@ fn reload(cli: &Cli, running: &Config) -> Result<(Credentials, Option<Arc<relay_
     userdb::load_database_file(&mut c, &cli_keys).map_err(|e| e.to_string())?;
     userdb::check_reload(running, &c)?;
     let (creds, _) = credentials(&c).map_err(|e| e.to_string())?;
-    Ok((creds, tls_config(&c)?))
+    Ok((creds, tls_config(&c, &cli_keys).map_err(|e| e.to_string())?))
 }
 
-/// The TLS certificate, when `[tls]` names one.
-fn tls_config(c: &Config) -> Result<Option<Arc<relay_io::tls::Rustls>>, String> {
-    match (&c.tls.cert, &c.tls.key) {
-        (Some(cert), Some(key)) => relay_io::tls::load_server_config(cert, key).map(Some).map_err(|e| e.to_string()),
-        _ => Ok(None),
-    }
+/// The TLS certificate, when `[tls]` names one: read and checked against
+/// its key (at the start, by `--check-config`, and at each reload). An
+/// error names `tls.cert` or `tls.key` where it was set and the file.
+fn tls_config(c: &Config, cli_keys: &[&str]) -> Result<Option<Arc<relay_io::tls::Rustls>>, ConfigError> {
+    use relay_io::tls::TlsError;
+    let (Some(cert), Some(key)) = (&c.tls.cert, &c.tls.key) else { return Ok(None) };
+    relay_io::tls::load_server_config(cert, key).map(Some).map_err(|e| match e {
+        TlsError::Certificate { path, message } => c.error_at(cli_keys, "tls.cert", format!("{path}: {message}")),
+        TlsError::Key { path, message } => c.error_at(cli_keys, "tls.key", format!("{path}: {message}")),
+        TlsError::Refused(why) => {
+            let m = format!("{} does not go with the certificate {}: {why}", key.display(), cert.display());
+            c.error_at(cli_keys, "tls.key", m)
+        }
+    })
 }
 
 fn server_config(c: &Config) -> ServerConfig {
@@ -556,12 +564,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match tls_config(&config, &cli_keys) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("turn-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    match run(&cli, &config, relay_addrs, (port_lo, port_hi), creds, generated, admin_token) {
+    match run(&cli, &config, relay_addrs, (port_lo, port_hi), (creds, generated), admin_token, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -619,9 +634,9 @@ fn run(
     config: &Config,
     relay_addrs: Vec<(IpAddr, IpAddr)>,
     ports: (u16, u16),
-    creds: Credentials,
-    generated: Option<String>,
+    (creds, generated): (Credentials, Option<String>),
     admin_token: Option<admin::Token>,
+    tls: Option<Arc<relay_io::tls::Rustls>>,
 ) -> Result<(), String> {
     // Signals and admin requests for the main loop. The handlers come
     // first: a SIGHUP or SIGTERM during the slow start (sockets, the user
@@ -673,7 +688,7 @@ fn run(
         udp_listen,
         tcp_listen: listeners.tcp,
         tls_listen: listeners.tls,
-        tls: tls_config(config)?,
+        tls,
         relay_ips: relay_addrs.iter().map(|&(bind, advertised)| RelayIp { bind, advertised }).collect(),
         relay_ports: RelayPorts::Range(ports.0, ports.1),
         max_datagram: config.relay.max_datagram,

@@ -238,6 +238,74 @@ fn bad_configuration_is_refused_before_any_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn check_config_reads_the_tls_certificate_and_key() {
+    let dir = std::env::temp_dir().join(format!("turn-relay-check-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
+        cmd.args(args).arg("--check-config");
+        let out = common::run_bounded(&mut cmd, Duration::from_secs(10));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cert = test_kit::certificate(&["localhost"]);
+    let other = test_kit::certificate(&["localhost"]);
+    let (cert_file, key_file, other_key) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("other-key.pem"));
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &cert.key_pem).unwrap();
+    std::fs::write(&other_key, &other.key_pem).unwrap();
+    let missing = dir.join("missing.pem");
+    let config = dir.join("relay.toml");
+    let write = |cert: &std::path::Path, key: &std::path::Path| {
+        let tls = format!("[listen]\ntls = [\"127.0.0.1:5349\"]\n[tls]\ncert = {:?}\nkey = {:?}\n", cert, key);
+        std::fs::write(&config, tls).unwrap();
+    };
+    let with_file = ["--config", config.to_str().unwrap()];
+
+    // A valid pair passes (and nothing is bound: the check only reads).
+    write(&cert_file, &key_file);
+    let (code, out, err) = check(&with_file);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("configuration ok"), "{out}");
+    // A missing certificate: the file, line and key, and the file's name.
+    write(&missing, &key_file);
+    let (code, _, err) = check(&with_file);
+    assert_eq!(code, Some(2), "{err}");
+    let want = format!("{}:4: tls.cert: {}: ", config.display(), missing.display());
+    assert!(err.contains(&want), "{err}");
+    // A key that is not a key (a certificate), and one of another certificate.
+    write(&cert_file, &cert_file);
+    let (code, _, err) = check(&with_file);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{}:5: tls.key: {}: ", config.display(), cert_file.display())), "{err}");
+    write(&cert_file, &other_key);
+    let (code, _, err) = check(&with_file);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{}:5: tls.key: {}", config.display(), other_key.display())), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "no key material in errors: {err}");
+    // Set by flags: the command line is named.
+    let flags = ["--listen-tls", "127.0.0.1:5349", "--tls-key", key_file.to_str().unwrap()];
+    let (code, _, err) = check(&[&flags[..], &["--tls-cert", missing.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("<command line>: tls.cert: {}: ", missing.display())), "{err}");
+    let (code, _, err) = check(&[&flags[..], &["--tls-cert", cert_file.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    // The start reads the same: a missing certificate stops it before any
+    // socket, with the same error.
+    write(&missing, &key_file);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
+    cmd.args(with_file).args(["--listen", "127.0.0.1:0", "--relay-ports", &relay_range(3)]);
+    let out = common::run_bounded(&mut cmd, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}:4: tls.cert: {}: ", config.display(), missing.display())), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `turn-relay --demo` hands over to `turn-bench demo`, found next to it,
 /// which starts this binary on loopback and drives a load through it
 /// (turn-relay holds no load generator). A workspace build (scripts/test)

@@ -1,8 +1,10 @@
 //! The deploy files (`deploy/`) against the binary they deploy:
 //!
 //! - the shipped configuration, `deploy/turn-relay.toml`, passes
-//!   `--check-config`, and so does each key it leaves commented out,
-//!   uncommented alone (every key it names is real);
+//!   `--check-config` with a test certificate where its `[tls]` points
+//!   (`--check-config` reads it; without it, it is refused naming
+//!   `tls.cert`), and so does each key it leaves commented out, uncommented
+//!   alone (every key it names is real);
 //! - every command line of the systemd unit, the Docker image and the
 //!   Kubernetes DaemonSet uses flags `turn-relay --help` lists and parses
 //!   whole (`--check-config` appended); the Kubernetes Secret holds the
@@ -23,8 +25,9 @@
 //!   a user database and the admin API on (their metrics appear only then)
 //!   every metric the Grafana dashboard queries is exported.
 //!
-//! The live part substitutes only what cannot work in a test: the TLS
-//! certificate and key (temporary files), the node's IP (10.203.0.5 on a
+//! The live part substitutes only what cannot work in a test (the static
+//! checks only the first): the TLS certificate and key (temporary files),
+//! the node's IP (10.203.0.5 on a
 //! veth device), and a small relay port range (`--relay-ports`; the full
 //! range needs more open files than a test may hold). It needs root and
 //! iproute2: it skips elsewhere, and fails in CI. Every process started here
@@ -219,14 +222,45 @@ fn commented_key(line: &str) -> Option<&str> {
     (key_len > 0 && rest[key_len..].trim_start().starts_with('=')).then(|| &rest[..key_len])
 }
 
+/// The configuration `text` with its `tls.cert` and `tls.key` files
+/// substituted: a fresh test certificate and key written into `dir` (what
+/// an operator installs where the shipped configuration points;
+/// `--check-config` and the start read them).
+fn with_test_certificate(dir: &TempDir, text: &str) -> (String, test_kit::TestCert) {
+    let cert = test_kit::certificate(&["localhost"]);
+    let file: toml::Table = toml::from_str(text).unwrap();
+    let mut text = text.to_owned();
+    for (key, pem) in [("cert", &cert.cert_pem), ("key", &cert.key_pem)] {
+        let path = file["tls"][key].as_str().expect("tls paths in the shipped configuration");
+        let tmp = dir.write(&format!("tls.{key}"), pem);
+        text = text.replace(&format!("\"{path}\""), &format!("{:?}", tmp.display().to_string()));
+    }
+    (text, cert)
+}
+
+/// The shipped configuration with a test certificate (see
+/// [`with_test_certificate`]), written into `dir`.
+fn shipped_with_test_certificate(dir: &TempDir) -> PathBuf {
+    dir.write("turn-relay.toml", &with_test_certificate(dir, &read(CONFIG)).0)
+}
+
 #[test]
 fn the_shipped_configuration_passes_and_every_key_it_names_is_real() {
-    let path = repo().join(CONFIG);
+    // As shipped, it names a certificate this machine lacks: refused,
+    // naming the key and the file.
+    let shipped: toml::Table = toml::from_str(&read(CONFIG)).unwrap();
+    let cert_path = shipped["tls"]["cert"].as_str().expect("tls.cert in the shipped configuration");
+    if !Path::new(cert_path).exists() {
+        let e = check_config(&["--config".into(), repo().join(CONFIG).display().to_string()]).unwrap_err();
+        assert!(e.contains("tls.cert: ") && e.contains(cert_path), "{e}");
+    }
+    let dir = TempDir::new("keys");
+    let path = shipped_with_test_certificate(&dir);
     check_config(&["--config".into(), path.display().to_string()]).unwrap();
 
     // Each commented-out key, uncommented alone (replacing the same key's
     // active line in its section, if any), passes too.
-    let text = read(CONFIG);
+    let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let mut section = String::new();
     let mut sections = Vec::new();
@@ -241,7 +275,6 @@ fn the_shipped_configuration_passes_and_every_key_it_names_is_real() {
         let k: String = l.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
         (!k.is_empty() && l[k.len()..].trim_start().starts_with('=')).then_some(k)
     };
-    let dir = TempDir::new("keys");
     let mut tried = 0;
     for (i, l) in lines.iter().enumerate() {
         let Some(key) = commented_key(l) else { continue };
@@ -555,7 +588,8 @@ fn probe(ds: &Yaml, which: &str) -> (u16, String) {
 #[test]
 fn every_command_line_uses_real_flags_and_parses() {
     let flags = help_flags();
-    let config = repo().join(CONFIG);
+    let dir = TempDir::new("argv");
+    let config = shipped_with_test_certificate(&dir);
     let docker = dockerfile();
     let k8s = kubernetes();
     let mut lines = Unit::load().turn_relay_lines();
@@ -1029,14 +1063,8 @@ fn the_shipped_deployments_serve_what_they_declare() {
     };
     // The shipped configuration with only the certificate substituted.
     let dir = TempDir::new("live");
-    let cert = test_kit::certificate(&["localhost"]);
-    let mut text = read(CONFIG);
+    let (text, cert) = with_test_certificate(&dir, &read(CONFIG));
     let file: toml::Table = toml::from_str(&text).unwrap();
-    for (key, pem) in [("cert", &cert.cert_pem), ("key", &cert.key_pem)] {
-        let path = file["tls"][key].as_str().expect("tls paths in the shipped configuration");
-        let tmp = dir.write(&format!("tls.{key}"), pem);
-        text = text.replace(&format!("\"{path}\""), &format!("{:?}", tmp.display().to_string()));
-    }
     let config = dir.write("turn-relay.toml", &text);
     let realm = file["server"]["realm"].as_str().unwrap().to_owned();
     let docker = dockerfile();
