@@ -442,21 +442,28 @@ fn load_user_file(creds: &mut Credentials, path: &Path) -> Result<usize, ConfigE
     })
 }
 
-/// A reload (SIGHUP): re-reads the configuration and gives the shards its
-/// credentials, joined with the user database's ([`userdb::Composer`]),
-/// and its certificate.
+/// A reload (SIGHUP, or the admin API's, named by `by` in the log line it
+/// writes): re-reads the configuration and gives the shards its
+/// credentials, joined with the user database's ([`userdb::Composer`]), and
+/// its certificate.
 fn apply_reload(
     cli: &Cli,
     running: &Config,
     users: &userdb::Composer,
     relay: &relay_io::RelayHandle,
+    by: &str,
 ) -> Result<(), String> {
-    let (creds, tls) = reload(cli, running)?;
-    users.set_configured(creds);
-    if let Some(tls) = tls {
-        relay.set_tls_config(&tls);
+    let result = reload(cli, running).map(|(creds, tls)| {
+        users.set_configured(creds);
+        if let Some(tls) = tls {
+            relay.set_tls_config(&tls);
+        }
+    });
+    match &result {
+        Ok(()) => tracing::info!("{by}: credentials and certificates reloaded"),
+        Err(e) => tracing::error!("{by}: reload failed, keeping the old settings: {e}"),
     }
-    Ok(())
+    result
 }
 
 /// Re-reads the configuration for a SIGHUP: credentials and certificate.
@@ -785,18 +792,10 @@ fn run(
     while !relay.is_finished() {
         match sig_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(admin::LoopEvent::Reload(reply)) => {
-                let result = apply_reload(cli, config, &users, relay.handle());
-                match &result {
-                    Ok(()) => tracing::info!("admin: credentials and certificates reloaded"),
-                    Err(e) => tracing::error!("admin: reload failed, keeping the old settings: {e}"),
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(apply_reload(cli, config, &users, relay.handle(), "admin"));
             }
             Ok(admin::LoopEvent::Signal(signal_hook::consts::SIGHUP)) => {
-                match apply_reload(cli, config, &users, relay.handle()) {
-                    Ok(()) => tracing::info!("SIGHUP: credentials and certificates reloaded"),
-                    Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old settings: {e}"),
-                }
+                let _ = apply_reload(cli, config, &users, relay.handle(), "SIGHUP");
             }
             Ok(_) if stop_requested => {
                 tracing::info!("second stop signal: stopping now");

@@ -127,6 +127,17 @@ fn ids(list: &[Value]) -> Vec<String> {
 }
 
 /// `turn-relay admin ARGS` against `r`, bounded.
+/// Writes a user file with `users`, a token file with `token` and a
+/// configuration naming both into `dir`: their paths.
+fn admin_config(dir: &Path, users: &str, token: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (user_file, token_file, config) = (dir.join("users"), dir.join("token"), dir.join("relay.toml"));
+    std::fs::write(&user_file, users).unwrap();
+    std::fs::write(&token_file, token).unwrap();
+    let (u, t) = (user_file.display().to_string(), token_file.display().to_string());
+    std::fs::write(&config, format!("[auth]\nuser_file = {u:?}\n[admin]\ntoken_file = {t:?}\n")).unwrap();
+    (user_file, token_file, config)
+}
+
 fn cli(r: &Relay, token_file: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_turn-relay"));
     cmd.arg("admin").arg("--url").arg(r.url());
@@ -153,20 +164,8 @@ fn refresh(c: &mut TurnClient) -> Option<u16> {
 #[test]
 fn lists_ends_and_reloads_over_the_admin_api_and_its_command() {
     let dir = scratch("main");
-    let users = dir.join("users");
-    std::fs::write(&users, "alice:secret\nbob:builder\n").unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let config = dir.join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\nuser_file = {:?}\n[admin]\ntoken_file = {:?}\n",
-            users.display().to_string(),
-            token_file.display().to_string()
-        ),
-    )
-    .unwrap();
+    // The token file ends in a newline, as an editor leaves it.
+    let (users, token_file, config) = admin_config(&dir, "alice:secret\nbob:builder\n", &format!("{TOKEN}\n"));
     let relay = Relay::start(&["--config", config.to_str().unwrap()]);
 
     // Two users: alice with a channel and traffic, and a second allocation;
@@ -465,20 +464,7 @@ fn mkfifo(path: &Path) {
 fn probes_never_wait_behind_admin_work() {
     const SLOTS: usize = 4; // admin::ADMIN_SLOTS
     let dir = scratch("busy");
-    let users = dir.join("users");
-    std::fs::write(&users, "alice:secret\n").unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = dir.join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\nuser_file = {:?}\n[admin]\ntoken_file = {:?}\n",
-            users.display().to_string(),
-            token_file.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (users, _, config) = admin_config(&dir, "alice:secret\n", TOKEN);
     let relay = Relay::start(&["--config", config.to_str().unwrap()]);
     let addr = relay.metrics;
 

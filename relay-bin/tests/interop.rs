@@ -42,7 +42,6 @@ fn coturn_clients_relay_through_turn_relay() {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, tls.cert_pem).unwrap();
     std::fs::write(&key, tls.key_pem).unwrap();
-    let peer_port = free_udp_port("127.0.0.2");
     // lo..lo+59; the client-to-client test has lo+60..lo+99.
     let lo = 21000 + (std::process::id() % 90) as u16 * 100;
     let relay = Killed(
@@ -69,14 +68,7 @@ fn coturn_clients_relay_through_turn_relay() {
     );
     // The relay's own address (127.0.0.1) is never a permitted peer, so the
     // echo peer listens on 127.0.0.2.
-    let _peer = Killed(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.2", "-p", &peer_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_peer, peer_port) = common::turnutils_peer("127.0.0.2");
     std::thread::sleep(Duration::from_millis(500));
 
     let out = run_bounded(

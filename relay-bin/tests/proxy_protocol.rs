@@ -407,16 +407,7 @@ fn haproxy_send_proxy_reaches_the_relay_with_the_client_address() {
     if !common::have("turnutils_uclient") || !common::have("turnutils_peer") {
         skip(test, "coturn's turnutils_uclient/_peer are missing: apt-get install coturn");
     } else {
-        let peer_port = common::free_udp_port("127.0.0.2");
-        let _echo = Killed(
-            Command::new("turnutils_peer")
-                .args(["-L", "127.0.0.2", "-p", &peer_port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        let (_echo, peer_port) = common::turnutils_peer("127.0.0.2");
         let args: Vec<String> = [
             "-t",
             "-L",

@@ -628,16 +628,7 @@ fn scenario(db: &mut dyn Db, ports: (u16, u16), log_dir: &Path) -> Relay {
     assert_eq!(permission(&relay, "bob", "bob-pw", peer_addr), 403, "{engine}: a loopback peer by default");
     db.peer_range("allowed", "127.0.0.2-127.0.0.3", true);
     eventually("the allowed peer range", SEEN_WITHIN, &log, || permission(&relay, "bob", "bob-pw", peer_addr) == 0);
-    let echo_port = free_udp_port("127.0.0.3");
-    let _echo = common::Killed(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.3", "-p", &echo_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (_echo, echo_port) = common::turnutils_peer("127.0.0.3");
     uclient(&relay, "bob", "bob-pw", format!("127.0.0.3:{echo_port}").parse().unwrap());
     bench_client(&relay, "bob", "bob-pw", &peer);
     db.peer_range("denied", "127.0.0.2", true);

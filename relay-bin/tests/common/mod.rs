@@ -115,6 +115,26 @@ pub fn free_udp_port(ip: &str) -> u16 {
     UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
+/// coturn's echo peer, `turnutils_peer`, on a free UDP port of `ip`:
+/// the process and its port, once it holds the port (within 3 s).
+pub fn turnutils_peer(ip: &str) -> (Killed, u16) {
+    let port = free_udp_port(ip);
+    let peer = Killed(
+        Command::new("turnutils_peer")
+            .args(["-L", ip, "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while UdpSocket::bind((ip, port)).is_ok() {
+        assert!(Instant::now() < deadline, "turnutils_peer did not bind {ip}:{port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (peer, port)
+}
+
 /// A TCP port on `ip` that the kernel handed out just now.
 pub fn free_tcp_port(ip: &str) -> u16 {
     TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()

@@ -907,17 +907,7 @@ mod tests {
         assert_eq!(h.client(), Some("192.0.2.10:5555".parse().unwrap()));
         // rustls answered the ClientHello.
         assert!(!pipe.output.is_empty());
-        for _ in 0..10 {
-            let _ = client_reads(&mut tc, &std::mem::take(&mut pipe.output));
-            while tc.wants_write() {
-                tc.write_tls(&mut pipe.input).unwrap();
-            }
-            assert_eq!(c.read_from(&mut pipe, now), ReadOutcome::Blocked);
-            if !c.handshaking() && !tc.is_handshaking() {
-                break;
-            }
-        }
-        assert!(!c.handshaking());
+        finish_handshake(&mut c, &mut tc, &mut pipe, now);
         let sent = vec![binding(0), channel(100, 1)];
         tc.writer().write_all(&sent.concat()).unwrap();
         while tc.wants_write() {
@@ -939,17 +929,7 @@ mod tests {
             tc.write_tls(&mut pipe.input).unwrap();
         }
         assert_eq!(c.read_preamble(&mut pipe, now), PreambleOutcome::Plain);
-        for _ in 0..10 {
-            let _ = client_reads(&mut tc, &std::mem::take(&mut pipe.output));
-            while tc.wants_write() {
-                tc.write_tls(&mut pipe.input).unwrap();
-            }
-            assert_eq!(c.read_from(&mut pipe, now), ReadOutcome::Blocked);
-            if !c.handshaking() && !tc.is_handshaking() {
-                break;
-            }
-        }
-        assert!(!c.handshaking() && !tc.is_handshaking());
+        finish_handshake(&mut c, &mut tc, &mut pipe, now);
     }
 
     // TLS: a real rustls session over the in-memory pipe.
@@ -976,6 +956,23 @@ mod tests {
             if !c.handshaking() && !tc.is_handshaking() && !tc.wants_write() {
                 pipe.writes = 0;
                 return (c, tc, pipe);
+            }
+        }
+        panic!("no TLS handshake");
+    }
+
+    /// Runs the TLS handshake between `c` and the client `tc` over `pipe`
+    /// to its end (whatever `c` already answered is the client's to read
+    /// first); a panic when it does not end in a few flights.
+    fn finish_handshake(c: &mut StreamConn, tc: &mut rustls::ClientConnection, pipe: &mut Pipe, now: Instant) {
+        for _ in 0..10 {
+            let _ = client_reads(tc, &std::mem::take(&mut pipe.output));
+            while tc.wants_write() {
+                tc.write_tls(&mut pipe.input).unwrap();
+            }
+            assert_eq!(c.read_from(pipe, now), ReadOutcome::Blocked);
+            if !c.handshaking() && !tc.is_handshaking() {
+                return;
             }
         }
         panic!("no TLS handshake");

@@ -188,7 +188,8 @@ pub struct Streams {
     /// Connections open per source address.
     per_source: HashMap<IpAddr, u32>,
     /// The connection each client (its 5-tuple) is: a direct one from its
-    /// accept, a balancer's once its PROXY header came.
+    /// accept, a balancer's once its PROXY header came (empty without
+    /// trusted balancers).
     by_client: HashMap<ClientKey, usize>,
     /// Networks whose connections begin with a PROXY header.
     proxy_from: Vec<IpNet>,
@@ -375,8 +376,11 @@ impl Streams {
                 state.refuse_proxy_header();
                 *self.per_source.entry(remote.ip()).or_insert(0) += 1;
                 // The kernel's 5-tuple: no other direct connection has it
-                // (a balancer's header claiming it first keeps it).
-                self.by_client.entry(client_key(&client)).or_insert(id);
+                // (a balancer's header claiming it first keeps it). Kept
+                // only where headers can come, to refuse one naming it.
+                if !self.proxy_from.is_empty() {
+                    self.by_client.entry(client_key(&client)).or_insert(id);
+                }
             }
             entry.insert(Conn { sock: stream, state, counted: !behind_balancer });
             self.stats.accepted += 1;
