@@ -286,6 +286,12 @@ impl RelayHandle {
         self.send(|| Control::SetTls(config.clone()));
     }
 
+    /// Gives every shard a new nonce issuer: nonces issued before are
+    /// answered 438 Stale Nonce, and clients retry with a fresh one.
+    pub fn set_nonces(&self, nonces: &relay_core::server::auth::NonceIssuer) {
+        self.send(|| Control::SetNonces(Box::new(nonces.clone())));
+    }
+
     /// Gives every shard new operator peer lists (one shared copy); new
     /// permissions and channels are checked against them.
     pub fn set_peer_lists(&self, lists: &Arc<PeerLists>) {

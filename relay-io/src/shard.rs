@@ -103,6 +103,9 @@ pub enum Control {
     /// Replace the operator's peer allow and deny lists (a user database's
     /// refresh); the shards share one copy.
     SetPeerLists(std::sync::Arc<PeerLists>),
+    /// Replace the nonce issuer (a reload that changed the shared nonce
+    /// secret).
+    SetNonces(Box<relay_core::server::auth::NonceIssuer>),
 }
 
 /// What a socket of the shard is for.
@@ -373,6 +376,7 @@ impl ShardState {
                     let _ = reply.send(ended);
                 }
                 Control::SetPeerLists(l) => self.server.set_peer_lists(&l.allow, &l.deny),
+                Control::SetNonces(n) => self.server.set_nonces(*n),
             }
         }
     }

@@ -441,6 +441,21 @@ impl NonceIssuer {
         NonceIssuer { mac, lifetime_secs }
     }
 
+    /// Nonces keyed with an operator's secret of any length, shared by the
+    /// servers of a fleet: each accepts the nonces the others issue, so a
+    /// client moved to another node after its challenge (an
+    /// ALTERNATE-SERVER redirect, which libwebrtc follows with the first
+    /// node's nonce) is not challenged again there. The key is derived
+    /// from the secret under a label of its own, so a secret also used
+    /// for something else (a REST secret, say) gives unrelated MACs.
+    pub fn shared(secret: &[u8], lifetime_secs: u64) -> Self {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+        mac.update(b"relay-core shared nonce key v1");
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&mac.finalize().into_bytes());
+        NonceIssuer::new(key, lifetime_secs)
+    }
+
     /// The lifetime in seconds.
     pub fn lifetime_secs(&self) -> u64 {
         self.lifetime_secs
@@ -833,6 +848,26 @@ mod tests {
         let other = NonceIssuer::new([10; 32], 600);
         assert_eq!(other.check(nonce.as_bytes(), 77, client), NonceCheck::Invalid);
         assert_eq!(n.clone().check(nonce.as_bytes(), 77, client), NonceCheck::Valid);
+    }
+
+    #[test]
+    fn shared_secret_nonces_cross_nodes() {
+        let client: SocketAddr = "192.0.2.7:50000".parse().unwrap();
+        let (a, b) = (NonceIssuer::shared(b"fleet nonce secret", 600), NonceIssuer::shared(b"fleet nonce secret", 600));
+        let other = NonceIssuer::shared(b"another fleet's secret", 600);
+        for sha256 in [false, true] {
+            let n = a.issue(1_000, client, sha256);
+            assert_eq!(b.check(n.as_bytes(), 1_001, client), NonceCheck::Valid);
+            assert_eq!(other.check(n.as_bytes(), 1_001, client), NonceCheck::Invalid);
+            // Still bound to the client's address on every node.
+            assert_eq!(b.check(n.as_bytes(), 1_001, "192.0.2.7:50001".parse().unwrap()), NonceCheck::Invalid);
+        }
+        // The secret is not the key: a node keyed with the raw bytes
+        // (padded to 32) does not accept them.
+        let mut raw = [0u8; 32];
+        raw[..18].copy_from_slice(b"fleet nonce secret");
+        let n = a.issue(1_000, client, false);
+        assert_eq!(NonceIssuer::new(raw, 600).check(n.as_bytes(), 1_001, client), NonceCheck::Invalid);
     }
 
     #[test]

@@ -361,6 +361,13 @@ impl Server {
         self.credentials = credentials;
     }
 
+    /// Replaces the nonce issuer (a reload that changed the shared nonce
+    /// secret): nonces issued before are answered 438 Stale Nonce from now
+    /// on, and clients retry with the fresh one it carries.
+    pub fn set_nonces(&mut self, nonces: NonceIssuer) {
+        self.nonces = nonces;
+    }
+
     /// Replaces the operator's peer allow and deny lists (a user database's
     /// refresh), keeping the default list and the own-address rules
     /// ([`PeerPolicy::set_lists`]): permissions and channels created or
