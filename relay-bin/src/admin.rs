@@ -30,7 +30,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{PoisonError, RwLock, mpsc};
 use std::time::Duration;
 
 use relay_core::server::{AllocationInfo, Transport};
@@ -67,6 +67,7 @@ pub struct AdminSection {
 }
 
 /// The admin API's bearer token. Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Token(Box<[u8]>);
 
 impl std::fmt::Debug for Token {
@@ -143,11 +144,26 @@ pub enum LoopEvent {
 /// The admin API's state on the metrics listener's thread.
 #[derive(Debug)]
 pub struct Admin {
-    token: Option<Token>,
+    /// The token: replaced by a reload (`admin.token`, `admin.token_file`).
+    token: RwLock<Option<Token>>,
     relay: RelayHandle,
     main: mpsc::Sender<LoopEvent>,
     /// Requests being worked on (at most `ADMIN_SLOTS`).
     busy: AtomicUsize,
+    /// Where the metrics listener serves it (once bound).
+    served: std::sync::OnceLock<SocketAddr>,
+}
+
+/// Logs that the API is on at `addr` — with a warning when that is not a
+/// loopback address, where the token would cross the network in the clear.
+fn log_served(addr: SocketAddr) {
+    tracing::info!("admin API on http://{addr}/admin/");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "the admin API is served on {addr}, not a loopback address: its bearer token travels in \
+             plain HTTP; keep the metrics listener on loopback or behind a private network"
+        );
+    }
 }
 
 /// One of the `ADMIN_SLOTS`, given back when dropped.
@@ -319,24 +335,43 @@ impl Admin {
     /// The admin API over `relay`; `main` reaches the main loop (for a
     /// reload). Without a token it is off: every `/admin/` path is 404.
     pub fn new(token: Option<Token>, relay: RelayHandle, main: mpsc::Sender<LoopEvent>) -> Admin {
-        Admin { token, relay, main, busy: AtomicUsize::new(0) }
+        Admin { token: RwLock::new(token), relay, main, busy: AtomicUsize::new(0), served: Default::default() }
+    }
+
+    /// The token now.
+    fn token(&self) -> Option<Token> {
+        self.token.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the token (a reload read the configuration again): the
+    /// next request is checked against the new one; `None` turns the API
+    /// off. Logs what changed, never the token.
+    pub fn set_token(&self, token: Option<Token>) {
+        let mut held = self.token.write().unwrap_or_else(PoisonError::into_inner);
+        match (held.is_some(), &token) {
+            (_, t) if *held == *t => return,
+            (false, Some(_)) => {
+                if let Some(addr) = self.served.get() {
+                    log_served(*addr);
+                }
+            }
+            (true, Some(_)) => tracing::info!("admin API token replaced"),
+            (true, None) => tracing::info!("admin API off: no admin.token or admin.token_file any more"),
+            (false, None) => {}
+        }
+        *held = token;
     }
 
     /// Logs where the API is served now that the listener is bound at
     /// `addr` — with a warning when that is not a loopback address, where
     /// the token would cross the network in the clear.
     pub fn announce(&self, addr: SocketAddr) {
-        if self.token.is_none() {
+        let _ = self.served.set(addr);
+        if self.token().is_none() {
             tracing::debug!("admin API off: no admin.token or admin.token_file");
             return;
         }
-        tracing::info!("admin API on http://{addr}/admin/");
-        if !addr.ip().is_loopback() {
-            tracing::warn!(
-                "the admin API is served on {addr}, not a loopback address: its bearer token travels in \
-                 plain HTTP; keep the metrics listener on loopback or behind a private network"
-            );
-        }
+        log_served(addr);
     }
 
     /// Answers `method` on `target` (path and query) when the path is the
@@ -347,7 +382,7 @@ impl Admin {
         if path != "/admin" && !path.starts_with("/admin/") {
             return None;
         }
-        let (action, r) = if self.token.is_none() {
+        let (action, r) = if self.token().is_none() {
             // Off: nothing to work on, nothing to bound.
             self.route(method, path, query, head)
         } else if let Some(_slot) = self.slot() {
@@ -374,7 +409,7 @@ impl Admin {
     }
 
     fn route(&self, method: &str, path: &str, query: &str, head: &str) -> (&'static str, Response) {
-        let Some(token) = &self.token else {
+        let Some(token) = self.token() else {
             return (
                 "off",
                 Response::error(404, "the admin API is off: no admin.token or admin.token_file configured"),

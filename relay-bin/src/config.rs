@@ -307,6 +307,10 @@ pub struct AuthSection {
     pub database_file: Option<PathBuf>,
     /// Seconds between scheduled reads of the user database.
     pub database_refresh: u64,
+    /// A file holding the nonce secret the nodes of a fleet share (at least
+    /// 16 characters; surrounding whitespace ignored), so that each accepts
+    /// the others' nonces; without one every process draws its own.
+    pub nonce_secret_file: Option<PathBuf>,
 }
 
 impl Default for AuthSection {
@@ -320,6 +324,7 @@ impl Default for AuthSection {
             database: None,
             database_file: None,
             database_refresh: 30,
+            nonce_secret_file: None,
         }
     }
 }

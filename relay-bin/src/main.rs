@@ -239,6 +239,10 @@ struct Cli {
     /// API is off [admin.token_file].
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// File holding the nonce secret a fleet's nodes share
+    /// [auth.nonce_secret_file].
+    #[arg(long, value_name = "FILE")]
+    nonce_secret_file: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -371,8 +375,35 @@ impl Cli {
             c.admin.token_file = self.admin_token_file.clone();
             c.admin.token = None;
         });
+        set!(
+            "auth.nonce_secret_file",
+            self.nonce_secret_file.is_some(),
+            c.auth.nonce_secret_file = self.nonce_secret_file.clone()
+        );
         keys
     }
+}
+
+/// Shortest shared nonce secret accepted (characters).
+const MIN_NONCE_SECRET_LEN: usize = 16;
+
+/// The nonce issuer of the configuration: keyed with the secret of
+/// `auth.nonce_secret_file` when one is set (every node given the same
+/// file accepts the others' nonces), else with one drawn for this process.
+/// An error names the key and the file, never the secret.
+fn nonce_issuer(c: &Config, cli_keys: &[&str]) -> Result<NonceIssuer, ConfigError> {
+    let Some(path) = &c.auth.nonce_secret_file else {
+        return Ok(NonceIssuer::new(random_bytes::<32>(), c.auth.nonce_lifetime));
+    };
+    let key = "auth.nonce_secret_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| c.error_at(cli_keys, key, format!("cannot read {}: {e}", path.display())))?;
+    let secret = text.trim();
+    if secret.len() < MIN_NONCE_SECRET_LEN {
+        let m = format!("{}: the secret must be at least {MIN_NONCE_SECRET_LEN} characters long", path.display());
+        return Err(c.error_at(cli_keys, key, m));
+    }
+    Ok(NonceIssuer::shared(secret.as_bytes(), c.auth.nonce_lifetime))
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -451,12 +482,23 @@ fn apply_reload(
     running: &Config,
     users: &userdb::Composer,
     relay: &relay_io::RelayHandle,
+    admin: Option<&admin::Admin>,
     by: &str,
 ) -> Result<(), String> {
-    let result = reload(cli, running).map(|(creds, tls)| {
-        users.set_configured(creds);
-        if let Some(tls) = tls {
+    let result = reload(cli, running).map(|r| {
+        users.set_configured(r.creds);
+        if let Some(tls) = r.tls {
             relay.set_tls_config(&tls);
+        }
+        if let Some(nonces) = r.nonces {
+            relay.set_nonces(&nonces);
+        }
+        match admin {
+            Some(admin) => admin.set_token(r.admin_token),
+            None if r.admin_token.is_some() => {
+                tracing::warn!("{by}: admin API token ignored: the metrics listener was off at start (needs a restart)")
+            }
+            None => {}
         }
     });
     match &result {
@@ -466,14 +508,32 @@ fn apply_reload(
     result
 }
 
-/// Re-reads the configuration for a SIGHUP: credentials and certificate.
-fn reload(cli: &Cli, running: &Config) -> Result<(Credentials, Option<Arc<relay_io::tls::Rustls>>), String> {
+/// What a reload read.
+struct Reloaded {
+    creds: Credentials,
+    tls: Option<Arc<relay_io::tls::Rustls>>,
+    /// A new nonce issuer when `auth.nonce_secret_file` is set (the same
+    /// secret gives the same issuer: nonces stay valid), or was at start
+    /// and is not any more (a secret of the process's own).
+    nonces: Option<NonceIssuer>,
+    admin_token: Option<admin::Token>,
+}
+
+/// Re-reads the configuration for a SIGHUP: credentials, certificate,
+/// nonce secret and admin token; any error keeps every old setting.
+fn reload(cli: &Cli, running: &Config) -> Result<Reloaded, String> {
     let mut c = Config::load_or_default(cli.config.as_deref()).map_err(|e| e.to_string())?;
     let cli_keys = cli.apply(&mut c);
     userdb::load_database_file(&mut c, &cli_keys).map_err(|e| e.to_string())?;
     userdb::check_reload(running, &c)?;
     let (creds, _) = credentials(&c).map_err(|e| e.to_string())?;
-    Ok((creds, tls_config(&c, &cli_keys).map_err(|e| e.to_string())?))
+    let tls = tls_config(&c, &cli_keys).map_err(|e| e.to_string())?;
+    let nonces = (c.auth.nonce_secret_file.is_some() || running.auth.nonce_secret_file.is_some())
+        .then(|| nonce_issuer(&c, &cli_keys))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let admin_token = admin::load_token(&c, &cli_keys).map_err(|e| e.to_string())?;
+    Ok(Reloaded { creds, tls, nonces, admin_token })
 }
 
 /// The TLS certificate, when `[tls]` names one: read and checked against
@@ -564,6 +624,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let nonces = match nonce_issuer(&config, &cli_keys) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("turn-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let admin_token = match admin::load_token(&config, &cli_keys) {
         Ok(t) => t,
         Err(e) => {
@@ -583,7 +650,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    match run(&cli, &config, relay_addrs, (port_lo, port_hi), (creds, generated), admin_token, tls) {
+    let loaded = Loaded { creds, generated, nonces, admin_token, tls };
+    match run(&cli, &config, relay_addrs, (port_lo, port_hi), loaded) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -636,15 +704,29 @@ fn demo(config: &Config, cli: &Cli) -> String {
     format!("{}: {e}", bench.display())
 }
 
+/// What the start read besides the configuration itself (each checked,
+/// its errors naming the file, line and key).
+struct Loaded {
+    /// The credentials.
+    creds: Credentials,
+    /// The password generated for user "turn" when none is configured.
+    generated: Option<String>,
+    /// The nonce issuer (`auth.nonce_secret_file`, or a secret of its own).
+    nonces: NonceIssuer,
+    /// The admin API's token.
+    admin_token: Option<admin::Token>,
+    /// The TLS certificate.
+    tls: Option<Arc<relay_io::tls::Rustls>>,
+}
+
 fn run(
     cli: &Cli,
     config: &Config,
     relay_addrs: Vec<(IpAddr, IpAddr)>,
     ports: (u16, u16),
-    (creds, generated): (Credentials, Option<String>),
-    admin_token: Option<admin::Token>,
-    tls: Option<Arc<relay_io::tls::Rustls>>,
+    loaded: Loaded,
 ) -> Result<(), String> {
+    let Loaded { creds, generated, nonces, admin_token, tls } = loaded;
     // Signals and admin requests for the main loop. The handlers come
     // first: a SIGHUP or SIGTERM during the slow start (sockets, the user
     // database's first read) waits for the loop instead of ending the
@@ -719,7 +801,6 @@ fn run(
         ..IoConfig::default()
     };
     let quotas = Arc::new(Quotas::new(config.limits.max_allocations, config.limits.max_allocations_per_user));
-    let nonces = NonceIssuer::new(random_bytes::<32>(), config.auth.nonce_lifetime);
     let policy = PeerPolicy::with_lists(config.peers.allow.clone(), config.peers.deny.clone());
     let server_config = server_config(config);
     let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -761,13 +842,15 @@ fn run(
         );
     }
     let health = Arc::new(metrics::Health::default());
+    let mut admin = None;
     if config.metrics.enabled {
         let handle = metrics::install()?;
-        let admin = Arc::new(admin::Admin::new(admin_token, relay.handle().clone(), sig_tx.clone()));
-        let addr = metrics::serve(config.metrics.listen, handle, health.clone(), admin.clone())
+        let api = Arc::new(admin::Admin::new(admin_token, relay.handle().clone(), sig_tx.clone()));
+        let addr = metrics::serve(config.metrics.listen, handle, health.clone(), api.clone())
             .map_err(|e| format!("metrics listener {}: {e}", config.metrics.listen))?;
         tracing::info!("metrics on http://{addr}/metrics");
-        admin.announce(addr);
+        api.announce(addr);
+        admin = Some(api);
     }
     let peer_lists = relay_io::PeerLists { allow: config.peers.allow.clone(), deny: config.peers.deny.clone() };
     let users = Arc::new(userdb::Composer::new(relay.handle().clone(), creds.clone(), peer_lists));
@@ -792,10 +875,10 @@ fn run(
     while !relay.is_finished() {
         match sig_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(admin::LoopEvent::Reload(reply)) => {
-                let _ = reply.send(apply_reload(cli, config, &users, relay.handle(), "admin"));
+                let _ = reply.send(apply_reload(cli, config, &users, relay.handle(), admin.as_deref(), "admin"));
             }
             Ok(admin::LoopEvent::Signal(signal_hook::consts::SIGHUP)) => {
-                let _ = apply_reload(cli, config, &users, relay.handle(), "SIGHUP");
+                let _ = apply_reload(cli, config, &users, relay.handle(), admin.as_deref(), "SIGHUP");
             }
             Ok(_) if stop_requested => {
                 tracing::info!("second stop signal: stopping now");
@@ -842,6 +925,32 @@ mod tests {
         let keys = cli.apply(&mut c);
         c.validate(&keys).unwrap();
         (c.listen.listeners(), keys)
+    }
+
+    #[test]
+    fn a_nonce_secret_file_keys_every_node_alike() {
+        use relay_core::server::auth::NonceCheck;
+        let dir = std::env::temp_dir().join(format!("turn-relay-nonce-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        let toml = format!("[auth]\nnonce_secret_file = {:?}\n", file.display().to_string());
+        let c = Config::parse("relay.toml", &toml).unwrap();
+        std::fs::write(&file, "tiny\n").unwrap();
+        let e = nonce_issuer(&c, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("relay.toml:2: auth.nonce_secret_file: ") && e.contains("at least 16"), "{e}");
+        assert!(!e.contains("tiny"), "the secret is never shown: {e}");
+        std::fs::write(&file, "  a secret long enough for a fleet\n").unwrap();
+        let (a, b) = (nonce_issuer(&c, &[]).unwrap(), nonce_issuer(&c, &[]).unwrap());
+        let client: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+        let n = a.issue(1_000, client, true);
+        assert_eq!(b.check(n.as_bytes(), 1_000, client), NonceCheck::Valid);
+        // Without the file each process draws its own.
+        let own = nonce_issuer(&Config::default(), &[]).unwrap();
+        assert_eq!(own.check(n.as_bytes(), 1_000, client), NonceCheck::Invalid);
+        std::fs::remove_file(&file).unwrap();
+        let e = nonce_issuer(&c, &[]).unwrap_err().to_string();
+        assert!(e.contains("auth.nonce_secret_file: cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -29,10 +29,14 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const TOKEN: &str = "s3cr3t-admin-token-0123456789abcdef";
 
 /// 16 consecutive UDP ports free on 127.0.0.1 (below the kernel's
-/// ephemeral range, varied by pid, each checked by binding it).
+/// ephemeral range, varied by pid, each checked by binding it); each call
+/// of this process starts at another range, so that tests starting relays
+/// at once do not pick the same one.
 fn relay_range() -> String {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let start = 10000 + (std::process::id() % 500) as u16 * 16;
-    for k in 0..100u16 {
+    let first = CALLS.fetch_add(1, Ordering::Relaxed);
+    for k in first..first + 100 {
         let lo = 10000 + (start - 10000 + k * 16) % 8000;
         if (lo..lo + 16).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
             return format!("{lo}-{}", lo + 15);
@@ -344,6 +348,53 @@ fn lists_ends_and_reloads_over_the_admin_api_and_its_command() {
     let out = common::run_bounded(&mut cmd, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stderr).contains("cannot reach"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reload reads the token again: after it the old token is refused and
+/// the new one works; a bad token file fails the reload (named, the token
+/// kept); a configuration without a token turns the API off (SIGHUP), and
+/// one with a token again turns it back on.
+#[test]
+fn a_reload_rotates_the_admin_token() {
+    const NEW: &str = "rotated-admin-token-9876543210fedcba";
+    let dir = scratch("rotate");
+    let (user_file, token_file, config) = admin_config(&dir, "alice:secret\n", TOKEN);
+    let relay = Relay::start(&["--config", config.to_str().unwrap()]);
+    let with = |token: &str, method: &str, path: &str| http(relay.metrics, method, path, Some(token)).unwrap().status;
+    assert_eq!(with(TOKEN, "GET", "/admin/allocations"), 200);
+    std::fs::write(&token_file, NEW).unwrap();
+    // Asked with the old token, which holds until the reload is done.
+    assert_eq!(with(TOKEN, "POST", "/admin/reload"), 200);
+    assert_eq!(with(TOKEN, "GET", "/admin/allocations"), 401);
+    assert_eq!(with(NEW, "GET", "/admin/allocations"), 200);
+    std::fs::write(&token_file, "too-short").unwrap();
+    let bad = http(relay.metrics, "POST", "/admin/reload", Some(NEW)).unwrap();
+    assert_eq!(bad.status, 500, "{}", bad.body);
+    let why = bad.json()["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("admin.token_file") && why.contains(&token_file.display().to_string()), "{why}");
+    assert!(!why.contains("too-short"), "the token is never shown: {why}");
+    assert_eq!(with(NEW, "GET", "/admin/allocations"), 200, "a failed reload kept the token");
+    // Off, then on again, by SIGHUP.
+    let users = format!("[auth]\nuser_file = {:?}\n", user_file.display().to_string());
+    let sighup = || {
+        let pid = relay.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    };
+    let until = |token: &str, status: u16| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while with(token, "GET", "/admin/allocations") != status {
+            assert!(Instant::now() < deadline, "the reload did not give {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(&config, &users).unwrap();
+    sighup();
+    until(NEW, 404);
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::write(&config, format!("{users}[admin]\ntoken_file = {:?}\n", token_file.display().to_string())).unwrap();
+    sighup();
+    until(TOKEN, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -7,7 +7,8 @@
 //! certificate against the ALTERNATE-DOMAIN A sent (and failing without
 //! it). A full node (`--max-allocations`) redirects too, counted as
 //! `quota`, before the challenge (the first Allocate's answer is the 300).
-//! `turn-relay probe turn` says where it landed.
+//! `turn-relay probe turn` says where it landed. Nodes given one nonce
+//! secret accept each other's nonces; a node with its own answers 438.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
@@ -153,9 +154,9 @@ fn try_start(lo: u16, cert: Option<&test_kit::TestCert>, extra: &[&str]) -> Resu
 }
 
 /// Relay ports below the kernel's ephemeral range (32768+), where few
-/// other sockets of this machine sit; 1,000 per process, 100 per node.
+/// other sockets of this machine sit; 1,500 per process, 100 per node.
 fn port_base() -> u16 {
-    20000 + (std::process::id() % 12) as u16 * 1000
+    20000 + (std::process::id() % 8) as u16 * 1500
 }
 
 fn on_node(relayed: SocketAddr, n: &Node) -> bool {
@@ -467,4 +468,38 @@ fn a_full_node_redirects_as_quota_and_probe_turn_says_where_it_landed() {
     let r = again.allocate(None).unwrap();
     assert!(on_node(r, &a), "{r} is not A's");
     again.refresh(0).unwrap();
+}
+
+/// Nodes given one nonce secret (`--nonce-secret-file`) accept each other's
+/// nonces: a client challenged by A and sent on to B — as after a sealed
+/// 300, which libwebrtc follows with A's nonce — is not challenged again
+/// there (no 438 on B); a node with a secret of its own answers 438 Stale
+/// Nonce with a fresh one, and the client allocates on the retry.
+#[test]
+fn nodes_sharing_a_nonce_secret_accept_each_others_nonces() {
+    let dir = std::env::temp_dir().join(format!("turn-relay-nonce-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("nonce-secret");
+    std::fs::write(&secret, "one nonce secret for the whole fleet\n").unwrap();
+    let s = secret.to_str().unwrap();
+    let base = port_base() + 1000;
+    let a = node(base, &["--nonce-secret-file", s]);
+    let b = node(base + 100, &["--nonce-secret-file", s]);
+    let own = node(base + 200, &[]);
+    let stale = r#"turn_auth_failures_total{reason="stale_nonce"}"#;
+    for (other, shared) in [(&b, true), (&own, false)] {
+        let login = test_kit::Login { user: "alice", password: "secret", realm: "fleet" };
+        let mut c = test_kit::TurnClient::new(a.addr, login);
+        assert!(on_node(c.allocate().expect("an allocation on A"), &a));
+        // The same socket, A's nonce, another node.
+        c.server = other.addr;
+        let relayed = c.allocate().expect("an allocation on the other node");
+        assert!(on_node(relayed, other), "{relayed}");
+        let body = wait_metrics(other.metrics, Duration::from_secs(5), |m| {
+            metric(m, "turn_allocations_created_total") == 1.0 && (shared || metric(m, stale) == 1.0)
+        });
+        assert_eq!(metric(&body, "turn_allocations_created_total"), 1.0, "{body}");
+        assert_eq!(metric(&body, stale), if shared { 0.0 } else { 1.0 }, "shared secret: {shared}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
