@@ -43,6 +43,8 @@
 //!
 //! Checks allocate nothing; their cost is linear in the number of entries.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -167,25 +169,77 @@ pub(super) fn embedded_v4(addr: u128) -> Option<u32> {
     }
 }
 
-/// The operator's lists for one address family.
+/// The operator's lists for one address family, indexed by prefix length:
+/// a decision costs one hash lookup per distinct length (at most 33 for
+/// IPv4, 129 for IPv6) however many entries there are — a user database's
+/// ranges become thousands of prefixes, and every Send indication is
+/// checked.
 #[derive(Debug, Clone, Default)]
 struct Lists {
-    allow: Vec<Rule>,
-    deny: Vec<Rule>,
+    /// The prefix lengths that have an entry, longest first, with their
+    /// masks.
+    lens: Vec<(u8, u128)>,
+    /// (length, network) → allowed: `false` when the network is denied,
+    /// whether or not it is also allowed (a deny wins a tie).
+    entries: HashMap<(u8, u128), bool, BuildHasherDefault<PrefixHasher>>,
+}
+
+/// Hashes a (length, network) key with a multiply per word: the entries are
+/// the operator's (no flood to resist, which is what SipHash is for), and a
+/// lookup per prefix length must stay a few nanoseconds. The final rotation
+/// brings the product's well-mixed high bits down to the bucket index, which
+/// the networks' zero host bits would otherwise leave clustered.
+#[derive(Default, Clone, Copy)]
+struct PrefixHasher(u64);
+
+impl PrefixHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+}
+
+impl Hasher for PrefixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.mix(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        self.mix(n as u64);
+        self.mix((n >> 64) as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
 }
 
 impl Lists {
+    fn add(&mut self, rule: Rule, allow: bool) {
+        if let Err(at) = self.lens.binary_search_by(|&(len, _)| rule.len.cmp(&len)) {
+            self.lens.insert(at, (rule.len, rule.mask));
+        }
+        self.entries.entry((rule.len, rule.net)).and_modify(|a| *a &= allow).or_insert(allow);
+    }
+
     /// Longest-prefix decision between the lists: `Some(true)` allowed,
-    /// `Some(false)` denied, `None` when no entry contains `addr`.
+    /// `Some(false)` denied (also when the longest allow and deny entries
+    /// that contain `addr` are equally long), `None` when no entry
+    /// contains it.
     #[inline]
     fn decide(&self, addr: u128) -> Option<bool> {
-        let longest = |rules: &[Rule]| rules.iter().filter(|r| r.contains(addr)).map(|r| r.len).max();
-        match (longest(&self.allow), longest(&self.deny)) {
-            (None, None) => None,
-            (Some(_), None) => Some(true),
-            (None, Some(_)) => Some(false),
-            (Some(allow), Some(deny)) => Some(allow > deny),
-        }
+        self.lens.iter().find_map(|&(len, mask)| self.entries.get(&(len, addr & mask)).copied())
     }
 }
 
@@ -226,13 +280,13 @@ impl PeerPolicy {
     /// Adds an operator allow entry.
     pub fn allow(&mut self, net: IpNet) {
         let (lists, rule) = self.lists_for(net);
-        lists.allow.push(rule);
+        lists.add(rule, true);
     }
 
     /// Adds an operator deny entry.
     pub fn deny(&mut self, net: IpNet) {
         let (lists, rule) = self.lists_for(net);
-        lists.deny.push(rule);
+        lists.add(rule, false);
     }
 
     /// Replaces the operator's allow and deny lists (a user database's
@@ -577,5 +631,78 @@ mod tests {
         assert!(p.permits(sa("192.0.2.10:50000")));
         p.set_lists(&[], &[]);
         assert_eq!(p.check(ip("192.168.7.9")), Err(Denied::DefaultDeny));
+    }
+
+    /// The longest-prefix rule as a linear scan: the index must decide as it
+    /// does (longest entry wins, deny at a tie, `None` without an entry).
+    fn linear(allow: &[Rule], deny: &[Rule], addr: u128) -> Option<bool> {
+        let longest = |rules: &[Rule]| rules.iter().filter(|r| r.contains(addr)).map(|r| r.len).max();
+        match (longest(allow), longest(deny)) {
+            (None, None) => None,
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (Some(a), Some(d)) => Some(a > d),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_length_index_decides_as_a_linear_scan(
+            // Few distinct high bits, so that entries nest and collide.
+            rules in proptest::collection::vec((proptest::bool::ANY, 0u32..16, 0u8..=32), 0..40),
+            addrs in proptest::collection::vec(0u32..16, 1..20),
+            low in proptest::num::u32::ANY,
+        ) {
+            let mut lists = Lists::default();
+            let (mut allow, mut deny) = (Vec::new(), Vec::new());
+            for &(is_allow, high, len) in &rules {
+                let [a, b, c, d] = ((high << 28) | (low >> 4)).to_be_bytes();
+                let rule = Rule::v4(a, b, c, d, len);
+                lists.add(rule, is_allow);
+                if is_allow { allow.push(rule) } else { deny.push(rule) }
+            }
+            for &high in &addrs {
+                for addr in [u128::from((high << 28) | (low >> 4)), u128::from(high << 28), u128::from(!low)] {
+                    proptest::prop_assert_eq!(lists.decide(addr), linear(&allow, &deny, addr), "{:#x}", addr);
+                }
+            }
+        }
+
+        #[test]
+        fn the_length_index_decides_as_a_linear_scan_v6(
+            rules in proptest::collection::vec((proptest::bool::ANY, 0u128..8, 0u8..=128), 0..40),
+            addrs in proptest::collection::vec(0u128..8, 1..20),
+            low in proptest::num::u128::ANY,
+        ) {
+            let mut lists = Lists::default();
+            let (mut allow, mut deny) = (Vec::new(), Vec::new());
+            for &(is_allow, high, len) in &rules {
+                let rule = Rule::v6((high << 125) | (low >> 3), len);
+                lists.add(rule, is_allow);
+                if is_allow { allow.push(rule) } else { deny.push(rule) }
+            }
+            for &high in &addrs {
+                for addr in [(high << 125) | (low >> 3), high << 125, !low] {
+                    proptest::prop_assert_eq!(lists.decide(addr), linear(&allow, &deny, addr), "{:#x}", addr);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn thousands_of_entries_decide_alike() {
+        // A user database's ranges as covering prefixes: 4,000 /24s and
+        // /32s, allowed and denied, nested in /16s.
+        let mut p = PeerPolicy::new();
+        for i in 0..2000u32 {
+            let [_, b, c, _] = (i * 7919).to_be_bytes();
+            p.deny(format!("203.{b}.{c}.0/24").parse().unwrap());
+            p.allow(format!("203.{b}.{c}.{}/32", i % 250).parse().unwrap());
+        }
+        p.allow("203.0.0.0/8".parse().unwrap());
+        let [_, b, c, _] = (7919u32 * 3).to_be_bytes();
+        assert_eq!(p.check(ip(&format!("203.{b}.{c}.3"))), Ok(()), "the /32 allow inside the /24 deny");
+        assert_eq!(p.check(ip(&format!("203.{b}.{c}.4"))), Err(Denied::OperatorDeny));
+        assert_eq!(p.check(ip("203.255.255.1")), Ok(()), "only the /8 allow");
     }
 }
