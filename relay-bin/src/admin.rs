@@ -67,7 +67,7 @@ pub struct AdminSection {
 }
 
 /// The admin API's bearer token. Its `Debug` shows nothing of it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Token(Box<[u8]>);
 
 impl std::fmt::Debug for Token {
@@ -348,8 +348,14 @@ impl Admin {
     /// off. Logs what changed, never the token.
     pub fn set_token(&self, token: Option<Token>) {
         let mut held = self.token.write().unwrap_or_else(PoisonError::into_inner);
+        let same = match (&*held, &token) {
+            (Some(a), Some(b)) => a.matches(&b.0),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        if same {
+            return;
+        }
         match (held.is_some(), &token) {
-            (_, t) if *held == *t => return,
             (false, Some(_)) => {
                 if let Some(addr) = self.served.get() {
                     log_served(*addr);
@@ -382,11 +388,14 @@ impl Admin {
         if path != "/admin" && !path.starts_with("/admin/") {
             return None;
         }
-        let (action, r) = if self.token().is_none() {
+        // Read once: a reload that replaces it meanwhile applies to the next
+        // request, never to half of this one.
+        let token = self.token();
+        let (action, r) = if token.is_none() {
             // Off: nothing to work on, nothing to bound.
-            self.route(method, path, query, head)
+            self.route(token.as_ref(), method, path, query, head)
         } else if let Some(_slot) = self.slot() {
-            self.route(method, path, query, head)
+            self.route(token.as_ref(), method, path, query, head)
         } else {
             let mut r = Response::error(
                 503,
@@ -408,8 +417,15 @@ impl Admin {
         Some(AdminSlot(&self.busy))
     }
 
-    fn route(&self, method: &str, path: &str, query: &str, head: &str) -> (&'static str, Response) {
-        let Some(token) = self.token() else {
+    fn route(
+        &self,
+        token: Option<&Token>,
+        method: &str,
+        path: &str,
+        query: &str,
+        head: &str,
+    ) -> (&'static str, Response) {
+        let Some(token) = token else {
             return (
                 "off",
                 Response::error(404, "the admin API is off: no admin.token or admin.token_file configured"),

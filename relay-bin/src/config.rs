@@ -308,7 +308,7 @@ pub struct AuthSection {
     /// Seconds between scheduled reads of the user database.
     pub database_refresh: u64,
     /// A file holding the nonce secret the nodes of a fleet share (at least
-    /// 16 characters; surrounding whitespace ignored), so that each accepts
+    /// 16 bytes; surrounding whitespace ignored), so that each accepts
     /// the others' nonces; without one every process draws its own.
     pub nonce_secret_file: Option<PathBuf>,
 }

@@ -384,32 +384,70 @@ impl Cli {
     }
 }
 
-/// Shortest shared nonce secret accepted (characters).
+/// Shortest shared nonce secret accepted (bytes).
 const MIN_NONCE_SECRET_LEN: usize = 16;
 
-/// The nonce issuer of the configuration: keyed with the secret of
-/// `auth.nonce_secret_file` when one is set (every node given the same
-/// file accepts the others' nonces), else with one drawn for this process.
-/// An error names the key and the file, never the secret.
-fn nonce_issuer(c: &Config, cli_keys: &[&str]) -> Result<NonceIssuer, ConfigError> {
-    let Some(path) = &c.auth.nonce_secret_file else {
-        return Ok(NonceIssuer::new(random_bytes::<32>(), c.auth.nonce_lifetime));
-    };
+/// The secret of `auth.nonce_secret_file`, when one is set (surrounding
+/// whitespace trimmed). An error names the key and the file, never the
+/// secret.
+fn nonce_secret(c: &Config, cli_keys: &[&str]) -> Result<Option<String>, ConfigError> {
+    let Some(path) = &c.auth.nonce_secret_file else { return Ok(None) };
     let key = "auth.nonce_secret_file";
     let text = std::fs::read_to_string(path)
         .map_err(|e| c.error_at(cli_keys, key, format!("cannot read {}: {e}", path.display())))?;
     let secret = text.trim();
     if secret.len() < MIN_NONCE_SECRET_LEN {
-        let m = format!("{}: the secret must be at least {MIN_NONCE_SECRET_LEN} characters long", path.display());
+        let m = format!("{}: the secret must be at least {MIN_NONCE_SECRET_LEN} bytes long", path.display());
         return Err(c.error_at(cli_keys, key, m));
     }
-    Ok(NonceIssuer::shared(secret.as_bytes(), c.auth.nonce_lifetime))
+    Ok(Some(secret.to_owned()))
 }
 
+/// What nonces are keyed with: the shared secret of
+/// `auth.nonce_secret_file` when one is set (every node given the same file
+/// accepts the others' nonces), else the key this process drew at start,
+/// kept across reloads so that a reload leaves nonces valid unless the
+/// secret or the lifetime changed.
+struct NonceSetting {
+    own: [u8; 32],
+    shared: Option<String>,
+    lifetime: u64,
+}
+
+impl NonceSetting {
+    /// The configuration's setting, with a key of the process's own.
+    fn load(c: &Config, cli_keys: &[&str]) -> Result<NonceSetting, ConfigError> {
+        let shared = nonce_secret(c, cli_keys)?;
+        Ok(NonceSetting { own: random_bytes::<32>(), shared, lifetime: c.auth.nonce_lifetime })
+    }
+
+    /// The issuer it gives.
+    fn issuer(&self) -> NonceIssuer {
+        match &self.shared {
+            Some(secret) => NonceIssuer::shared(secret.as_bytes(), self.lifetime),
+            None => NonceIssuer::new(self.own, self.lifetime),
+        }
+    }
+
+    /// Takes a reload's secret and lifetime: true when either changed
+    /// (the shards need the new issuer).
+    fn update(&mut self, shared: Option<String>, lifetime: u64) -> bool {
+        if self.shared == shared && self.lifetime == lifetime {
+            return false;
+        }
+        (self.shared, self.lifetime) = (shared, lifetime);
+        true
+    }
+}
+
+/// `N` bytes from the kernel's random source. Without one (no
+/// `/dev/urandom`: a broken container) the process stops: nonce keys and
+/// transaction ids must not be guessable.
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
+        eprintln!("turn-relay: cannot read /dev/urandom: {e}");
+        std::process::exit(1);
     }
     b
 }
@@ -475,14 +513,17 @@ fn load_user_file(creds: &mut Credentials, path: &Path) -> Result<usize, ConfigE
 
 /// A reload (SIGHUP, or the admin API's, named by `by` in the log line it
 /// writes): re-reads the configuration and gives the shards its
-/// credentials, joined with the user database's ([`userdb::Composer`]), and
-/// its certificate.
+/// credentials, joined with the user database's ([`userdb::Composer`]), its
+/// certificate and, when the secret or the lifetime changed, a new nonce
+/// issuer (`nonces` holds what the shards have); the admin API gets the
+/// configuration's token. Nothing applies when any of it fails.
 fn apply_reload(
     cli: &Cli,
     running: &Config,
     users: &userdb::Composer,
     relay: &relay_io::RelayHandle,
     admin: Option<&admin::Admin>,
+    nonces: &mut NonceSetting,
     by: &str,
 ) -> Result<(), String> {
     let result = reload(cli, running).map(|r| {
@@ -490,8 +531,11 @@ fn apply_reload(
         if let Some(tls) = r.tls {
             relay.set_tls_config(&tls);
         }
-        if let Some(nonces) = r.nonces {
-            relay.set_nonces(&nonces);
+        if nonces.update(r.nonce_secret, r.nonce_lifetime) {
+            relay.set_nonces(&nonces.issuer());
+            tracing::info!(
+                "{by}: nonce secret or lifetime changed: the shards issue and check nonces with the new setting"
+            );
         }
         match admin {
             Some(admin) => admin.set_token(r.admin_token),
@@ -512,10 +556,9 @@ fn apply_reload(
 struct Reloaded {
     creds: Credentials,
     tls: Option<Arc<relay_io::tls::Rustls>>,
-    /// A new nonce issuer when `auth.nonce_secret_file` is set (the same
-    /// secret gives the same issuer: nonces stay valid), or was at start
-    /// and is not any more (a secret of the process's own).
-    nonces: Option<NonceIssuer>,
+    /// `auth.nonce_secret_file`'s secret, if set.
+    nonce_secret: Option<String>,
+    nonce_lifetime: u64,
     admin_token: Option<admin::Token>,
 }
 
@@ -528,12 +571,9 @@ fn reload(cli: &Cli, running: &Config) -> Result<Reloaded, String> {
     userdb::check_reload(running, &c)?;
     let (creds, _) = credentials(&c).map_err(|e| e.to_string())?;
     let tls = tls_config(&c, &cli_keys).map_err(|e| e.to_string())?;
-    let nonces = (c.auth.nonce_secret_file.is_some() || running.auth.nonce_secret_file.is_some())
-        .then(|| nonce_issuer(&c, &cli_keys))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let nonce_secret = nonce_secret(&c, &cli_keys).map_err(|e| e.to_string())?;
     let admin_token = admin::load_token(&c, &cli_keys).map_err(|e| e.to_string())?;
-    Ok(Reloaded { creds, tls, nonces, admin_token })
+    Ok(Reloaded { creds, tls, nonce_secret, nonce_lifetime: c.auth.nonce_lifetime, admin_token })
 }
 
 /// The TLS certificate, when `[tls]` names one: read and checked against
@@ -624,7 +664,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let nonces = match nonce_issuer(&config, &cli_keys) {
+    let nonces = match NonceSetting::load(&config, &cli_keys) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("turn-relay: {e}");
@@ -711,8 +751,8 @@ struct Loaded {
     creds: Credentials,
     /// The password generated for user "turn" when none is configured.
     generated: Option<String>,
-    /// The nonce issuer (`auth.nonce_secret_file`, or a secret of its own).
-    nonces: NonceIssuer,
+    /// What nonces are keyed with.
+    nonces: NonceSetting,
     /// The admin API's token.
     admin_token: Option<admin::Token>,
     /// The TLS certificate.
@@ -726,7 +766,8 @@ fn run(
     ports: (u16, u16),
     loaded: Loaded,
 ) -> Result<(), String> {
-    let Loaded { creds, generated, nonces, admin_token, tls } = loaded;
+    let Loaded { creds, generated, mut nonces, admin_token, tls } = loaded;
+    let issuer = nonces.issuer();
     // Signals and admin requests for the main loop. The handlers come
     // first: a SIGHUP or SIGTERM during the slow start (sockets, the user
     // database's first read) waits for the loop instead of ending the
@@ -808,7 +849,7 @@ fn run(
         let parts = ServerParts {
             config: server_config.clone(),
             credentials: creds.clone(),
-            nonces: nonces.clone(),
+            nonces: issuer.clone(),
             policy: policy.clone(),
             quotas: quotas.clone(),
         };
@@ -875,10 +916,12 @@ fn run(
     while !relay.is_finished() {
         match sig_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(admin::LoopEvent::Reload(reply)) => {
-                let _ = reply.send(apply_reload(cli, config, &users, relay.handle(), admin.as_deref(), "admin"));
+                let reloaded =
+                    apply_reload(cli, config, &users, relay.handle(), admin.as_deref(), &mut nonces, "admin");
+                let _ = reply.send(reloaded);
             }
             Ok(admin::LoopEvent::Signal(signal_hook::consts::SIGHUP)) => {
-                let _ = apply_reload(cli, config, &users, relay.handle(), admin.as_deref(), "SIGHUP");
+                let _ = apply_reload(cli, config, &users, relay.handle(), admin.as_deref(), &mut nonces, "SIGHUP");
             }
             Ok(_) if stop_requested => {
                 tracing::info!("second stop signal: stopping now");
@@ -936,19 +979,32 @@ mod tests {
         let toml = format!("[auth]\nnonce_secret_file = {:?}\n", file.display().to_string());
         let c = Config::parse("relay.toml", &toml).unwrap();
         std::fs::write(&file, "tiny\n").unwrap();
-        let e = nonce_issuer(&c, &[]).unwrap_err().to_string();
+        let e = NonceSetting::load(&c, &[]).err().unwrap().to_string();
         assert!(e.starts_with("relay.toml:2: auth.nonce_secret_file: ") && e.contains("at least 16"), "{e}");
         assert!(!e.contains("tiny"), "the secret is never shown: {e}");
         std::fs::write(&file, "  a secret long enough for a fleet\n").unwrap();
-        let (a, b) = (nonce_issuer(&c, &[]).unwrap(), nonce_issuer(&c, &[]).unwrap());
+        let (mut a, b) = (NonceSetting::load(&c, &[]).unwrap(), NonceSetting::load(&c, &[]).unwrap());
         let client: SocketAddr = "198.51.100.1:4000".parse().unwrap();
-        let n = a.issue(1_000, client, true);
-        assert_eq!(b.check(n.as_bytes(), 1_000, client), NonceCheck::Valid);
+        let n = a.issuer().issue(1_000, client, true);
+        assert_eq!(b.issuer().check(n.as_bytes(), 1_000, client), NonceCheck::Valid);
         // Without the file each process draws its own.
-        let own = nonce_issuer(&Config::default(), &[]).unwrap();
-        assert_eq!(own.check(n.as_bytes(), 1_000, client), NonceCheck::Invalid);
+        let own = NonceSetting::load(&Config::default(), &[]).unwrap();
+        assert_eq!(own.issuer().check(n.as_bytes(), 1_000, client), NonceCheck::Invalid);
+        // A reload: the same secret and lifetime change nothing; dropping the
+        // secret goes back to the process's own key, which keeps its nonces
+        // across reloads; a new lifetime re-keys with the same key.
+        let secret = a.shared.clone();
+        assert!(!a.update(secret.clone(), 600));
+        assert!(a.update(None, 600));
+        let mine = a.issuer().issue(1_000, client, false);
+        assert!(!a.update(None, 600));
+        assert_eq!(a.issuer().check(mine.as_bytes(), 1_000, client), NonceCheck::Valid);
+        assert!(a.update(None, 900));
+        assert_eq!(a.issuer().check(mine.as_bytes(), 1_000, client), NonceCheck::Valid);
+        assert!(a.update(secret, 900));
+        assert_eq!(a.issuer().check(n.as_bytes(), 1_000, client), NonceCheck::Valid);
         std::fs::remove_file(&file).unwrap();
-        let e = nonce_issuer(&c, &[]).unwrap_err().to_string();
+        let e = NonceSetting::load(&c, &[]).err().unwrap().to_string();
         assert!(e.contains("auth.nonce_secret_file: cannot read"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -29,14 +29,15 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const TOKEN: &str = "s3cr3t-admin-token-0123456789abcdef";
 
 /// 16 consecutive UDP ports free on 127.0.0.1 (below the kernel's
-/// ephemeral range, varied by pid, each checked by binding it); each call
-/// of this process starts at another range, so that tests starting relays
-/// at once do not pick the same one.
+/// ephemeral range, varied by pid, each checked by binding it); each try
+/// of this process takes the next range, so that tests starting relays at
+/// once never pick the same one.
 fn relay_range() -> String {
     static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let start = 10000 + (std::process::id() % 500) as u16 * 16;
-    let first = CALLS.fetch_add(1, Ordering::Relaxed);
-    for k in first..first + 100 {
+    for _ in 0..100 {
+        // Every attempt takes the next range: two tests never try the same.
+        let k = CALLS.fetch_add(1, Ordering::Relaxed);
         let lo = 10000 + (start - 10000 + k * 16) % 8000;
         if (lo..lo + 16).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
             return format!("{lo}-{}", lo + 15);

@@ -8,7 +8,8 @@
 //! it). A full node (`--max-allocations`) redirects too, counted as
 //! `quota`, before the challenge (the first Allocate's answer is the 300).
 //! `turn-relay probe turn` says where it landed. Nodes given one nonce
-//! secret accept each other's nonces; a node with its own answers 438.
+//! secret accept each other's nonces; a node with its own answers 438
+//! until a reload gives it the secret.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
@@ -474,7 +475,8 @@ fn a_full_node_redirects_as_quota_and_probe_turn_says_where_it_landed() {
 /// nonces: a client challenged by A and sent on to B — as after a sealed
 /// 300, which libwebrtc follows with A's nonce — is not challenged again
 /// there (no 438 on B); a node with a secret of its own answers 438 Stale
-/// Nonce with a fresh one, and the client allocates on the retry.
+/// Nonce with a fresh one, and the client allocates on the retry — until a
+/// reload (SIGHUP) gives it the shared secret too.
 #[test]
 fn nodes_sharing_a_nonce_secret_accept_each_others_nonces() {
     let dir = std::env::temp_dir().join(format!("turn-relay-nonce-secret-{}", std::process::id()));
@@ -483,23 +485,42 @@ fn nodes_sharing_a_nonce_secret_accept_each_others_nonces() {
     std::fs::write(&secret, "one nonce secret for the whole fleet\n").unwrap();
     let s = secret.to_str().unwrap();
     let base = port_base() + 1000;
+    let own_config = dir.join("own.toml");
+    std::fs::write(&own_config, "").unwrap();
     let a = node(base, &["--nonce-secret-file", s]);
     let b = node(base + 100, &["--nonce-secret-file", s]);
-    let own = node(base + 200, &[]);
+    let own = node(base + 200, &["--config", own_config.to_str().unwrap()]);
     let stale = r#"turn_auth_failures_total{reason="stale_nonce"}"#;
-    for (other, shared) in [(&b, true), (&own, false)] {
+    // Challenged by A, then the same socket with A's nonce to `other`:
+    // `other`'s allocations made and 438s answered so far.
+    let moved = |other: &Node, made: f64| {
         let login = test_kit::Login { user: "alice", password: "secret", realm: "fleet" };
         let mut c = test_kit::TurnClient::new(a.addr, login);
         assert!(on_node(c.allocate().expect("an allocation on A"), &a));
-        // The same socket, A's nonce, another node.
         c.server = other.addr;
         let relayed = c.allocate().expect("an allocation on the other node");
         assert!(on_node(relayed, other), "{relayed}");
         let body = wait_metrics(other.metrics, Duration::from_secs(5), |m| {
-            metric(m, "turn_allocations_created_total") == 1.0 && (shared || metric(m, stale) == 1.0)
+            metric(m, "turn_allocations_created_total") == made + 1.0
         });
-        assert_eq!(metric(&body, "turn_allocations_created_total"), 1.0, "{body}");
-        assert_eq!(metric(&body, stale), if shared { 0.0 } else { 1.0 }, "shared secret: {shared}");
+        (metric(&body, "turn_allocations_created_total"), metric(&body, stale))
+    };
+    assert_eq!(moved(&b, 0.0), (1.0, 0.0), "a node sharing the secret took A's nonce");
+    assert_eq!(moved(&own, 0.0), (1.0, 1.0), "a node keyed apart answered 438 once");
+    // The secret given to that node by a reload: it takes A's nonces too.
+    std::fs::write(&own_config, format!("[auth]\nnonce_secret_file = {s:?}\n")).unwrap();
+    let pid = own.process.0.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut made, mut answered) = (1.0, 1.0);
+    loop {
+        let (created, stales) = moved(&own, made);
+        if stales == answered {
+            break;
+        }
+        (made, answered) = (created, stales);
+        assert!(Instant::now() < deadline, "after the reload the node still answers A's nonces 438 ({stales})");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{Killed, assert_uclient_round_trips, free_udp_port, have, run_bounded, skip};
+use common::{Killed, assert_uclient_round_trips, free_udp_port, have, run_bounded, skip, wait_serving};
 
 /// True when coturn's client tools are here; without them the test fails,
 /// or skips (returning false) where `TURN_RELAY_SKIP_INTEROP=1` allows it
@@ -69,7 +69,8 @@ fn coturn_clients_relay_through_turn_relay() {
     // The relay's own address (127.0.0.1) is never a permitted peer, so the
     // echo peer listens on 127.0.0.2.
     let (_peer, peer_port) = common::turnutils_peer("127.0.0.2");
-    std::thread::sleep(Duration::from_millis(500));
+    let (udp, tls) = (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], tls_port).into());
+    wait_serving(udp, &[udp, tls], Duration::from_secs(15));
 
     let out = run_bounded(
         Command::new("turnutils_stunclient").args(["-p", &port.to_string(), "127.0.0.1"]),
@@ -132,7 +133,8 @@ fn coturn_clients_reach_each_other_through_turn_relay() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    let udp = ([127, 0, 0, 1], port).into();
+    wait_serving(udp, &[udp], Duration::from_secs(15));
     uclient_round_trips("client to client", &["-y"], port);
     uclient_round_trips("TCP client to client", &["-y", "-t"], port);
     drop(relay);

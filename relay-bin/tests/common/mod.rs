@@ -135,6 +135,38 @@ pub fn turnutils_peer(ip: &str) -> (Killed, u16) {
     (peer, port)
 }
 
+/// Waits until a server started on UDP `udp` answers a STUN Binding request
+/// there and accepts connections on each of `tcp` (a started process is
+/// serving), at most `within`; fails the test otherwise. For processes
+/// without a metrics listener to poll, instead of a fixed sleep, which a
+/// loaded machine outlasts.
+pub fn wait_serving(udp: SocketAddr, tcp: &[SocketAddr], within: Duration) {
+    use relay_core::wire::{Class, Message, MessageBuilder, MessageType, Method, TransactionId};
+    let deadline = Instant::now() + within;
+    let sock = UdpSocket::bind((udp.ip(), 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let tid = TransactionId(*b"wait-serving");
+    let mut req = [0u8; 64];
+    let b = MessageBuilder::new(&mut req, MessageType::new(Class::Request, Method::BINDING), tid).unwrap();
+    let n = b.finish();
+    let mut buf = [0u8; 1500];
+    'answered: loop {
+        assert!(Instant::now() < deadline, "nothing answered a STUN Binding on {udp} within {within:?}");
+        let _ = sock.send_to(&req[..n], udp);
+        while let Ok((len, from)) = sock.recv_from(&mut buf) {
+            if from == udp && Message::parse(&buf[..len]).is_ok_and(|m| m.transaction_id() == tid) {
+                break 'answered;
+            }
+        }
+    }
+    for &t in tcp {
+        while TcpStream::connect_timeout(&t, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "nothing listens on TCP {t} within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A TCP port on `ip` that the kernel handed out just now.
 pub fn free_tcp_port(ip: &str) -> u16 {
     TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
