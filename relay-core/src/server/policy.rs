@@ -605,6 +605,24 @@ mod tests {
         }
     }
 
+    /// Adds `rules` (allow?, rule) to an index and checks it decides every
+    /// one of `addrs` as [`linear`] does.
+    fn index_matches_linear(
+        rules: &[(bool, Rule)],
+        addrs: &[u128],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut lists = Lists::default();
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for &(is_allow, rule) in rules {
+            lists.add(rule, is_allow);
+            if is_allow { allow.push(rule) } else { deny.push(rule) }
+        }
+        for &addr in addrs {
+            proptest::prop_assert_eq!(lists.decide(addr), linear(&allow, &deny, addr), "{:#x}", addr);
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         #[test]
         fn the_length_index_decides_as_a_linear_scan(
@@ -613,19 +631,13 @@ mod tests {
             addrs in proptest::collection::vec(0u32..16, 1..20),
             low in proptest::num::u32::ANY,
         ) {
-            let mut lists = Lists::default();
-            let (mut allow, mut deny) = (Vec::new(), Vec::new());
-            for &(is_allow, high, len) in &rules {
-                let [a, b, c, d] = ((high << 28) | (low >> 4)).to_be_bytes();
-                let rule = Rule::v4(a, b, c, d, len);
-                lists.add(rule, is_allow);
-                if is_allow { allow.push(rule) } else { deny.push(rule) }
-            }
-            for &high in &addrs {
-                for addr in [u128::from((high << 28) | (low >> 4)), u128::from(high << 28), u128::from(!low)] {
-                    proptest::prop_assert_eq!(lists.decide(addr), linear(&allow, &deny, addr), "{:#x}", addr);
-                }
-            }
+            let at = |high: u32| (high << 28) | (low >> 4);
+            let rules: Vec<(bool, Rule)> = rules.iter().map(|&(allow, high, len)| {
+                let [a, b, c, d] = at(high).to_be_bytes();
+                (allow, Rule::v4(a, b, c, d, len))
+            }).collect();
+            let addrs: Vec<u128> = addrs.iter().flat_map(|&h| [at(h), h << 28, !low]).map(u128::from).collect();
+            index_matches_linear(&rules, &addrs)?;
         }
 
         #[test]
@@ -634,18 +646,10 @@ mod tests {
             addrs in proptest::collection::vec(0u128..8, 1..20),
             low in proptest::num::u128::ANY,
         ) {
-            let mut lists = Lists::default();
-            let (mut allow, mut deny) = (Vec::new(), Vec::new());
-            for &(is_allow, high, len) in &rules {
-                let rule = Rule::v6((high << 125) | (low >> 3), len);
-                lists.add(rule, is_allow);
-                if is_allow { allow.push(rule) } else { deny.push(rule) }
-            }
-            for &high in &addrs {
-                for addr in [(high << 125) | (low >> 3), high << 125, !low] {
-                    proptest::prop_assert_eq!(lists.decide(addr), linear(&allow, &deny, addr), "{:#x}", addr);
-                }
-            }
+            let at = |high: u128| (high << 125) | (low >> 3);
+            let rules: Vec<(bool, Rule)> = rules.iter().map(|&(allow, high, len)| (allow, Rule::v6(at(high), len))).collect();
+            let addrs: Vec<u128> = addrs.iter().flat_map(|&h| [at(h), h << 125, !low]).collect();
+            index_matches_linear(&rules, &addrs)?;
         }
     }
 
