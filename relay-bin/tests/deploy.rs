@@ -656,6 +656,19 @@ fn the_kubernetes_secret_holds_the_shipped_configuration_where_the_arguments_nam
         let (_, k) = files.get(path).unwrap_or_else(|| panic!("tls.{key} = {path:?} is not mounted ({files:?})"));
         assert!(["tls.crt", "tls.key"].contains(&k.as_str()), "tls.{key} from the key {k}");
     }
+    // The optional Secrets docs/deploy.md tells operators to create are
+    // mounted where it says their files are.
+    let guide = read("docs/deploy.md");
+    for (path, secret, key) in [
+        ("/etc/turn-relay/admin/token", "turn-relay-admin", "token"),
+        ("/etc/turn-relay/nonce/secret", "turn-relay-nonce", "secret"),
+    ] {
+        assert_eq!(files.get(path), Some(&(secret.to_owned(), key.to_owned())), "{path} is not mounted: {files:?}");
+        assert!(
+            guide.contains(path) && guide.contains(&format!("{secret} --from-file={key}=")),
+            "docs/deploy.md: {path}"
+        );
+    }
 }
 
 #[test]
