@@ -441,13 +441,15 @@ impl NonceSetting {
 }
 
 /// `N` bytes from the kernel's random source. Without one (no
-/// `/dev/urandom`: a broken container) the process stops: nonce keys and
-/// transaction ids must not be guessable.
+/// `/dev/urandom`: a broken container) the process stops with status 2, as
+/// for a setting it cannot start with (not 1, which `probe` uses for a
+/// server that failed its check): nonce keys, passwords and transaction ids
+/// must not be guessable.
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
         eprintln!("turn-relay: cannot read /dev/urandom: {e}");
-        std::process::exit(1);
+        std::process::exit(2);
     }
     b
 }

@@ -37,8 +37,8 @@ fn relay_range() -> String {
     let start = 10000 + (std::process::id() % 500) as u16 * 16;
     for _ in 0..100 {
         // Every attempt takes the next range: two tests never try the same.
-        let k = CALLS.fetch_add(1, Ordering::Relaxed);
-        let lo = 10000 + (start - 10000 + k * 16) % 8000;
+        let k = u32::from(CALLS.fetch_add(1, Ordering::Relaxed));
+        let lo = (10000 + (u32::from(start) - 10000 + k * 16) % 8000) as u16;
         if (lo..lo + 16).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
             return format!("{lo}-{}", lo + 15);
         }

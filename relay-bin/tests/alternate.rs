@@ -503,7 +503,10 @@ fn nodes_sharing_a_nonce_secret_accept_each_others_nonces() {
         let body = wait_metrics(other.metrics, Duration::from_secs(5), |m| {
             metric(m, "turn_allocations_created_total") == made + 1.0
         });
-        (metric(&body, "turn_allocations_created_total"), metric(&body, stale))
+        // A scrape that timed out (an empty or stale body) fails here
+        // rather than passing for "no new 438".
+        assert_eq!(metric(&body, "turn_allocations_created_total"), made + 1.0, "{body}");
+        (made + 1.0, metric(&body, stale))
     };
     assert_eq!(moved(&b, 0.0), (1.0, 0.0), "a node sharing the secret took A's nonce");
     assert_eq!(moved(&own, 0.0), (1.0, 1.0), "a node keyed apart answered 438 once");

@@ -624,6 +624,7 @@ fn the_kubernetes_secret_holds_the_shipped_configuration_where_the_arguments_nam
     let volumes: BTreeMap<&str, &Yaml> =
         list_at(ds, "spec.template.spec.volumes").iter().map(|v| (str_at(v, "name"), v)).collect();
     let mut files: BTreeMap<String, (String, String)> = BTreeMap::new(); // path -> (secret, key)
+    let mut optional = std::collections::BTreeSet::new(); // Secrets marked optional
     for m in list_at(container(ds), "volumeMounts") {
         let (name, dir) = (str_at(m, "name"), str_at(m, "mountPath").trim_end_matches('/'));
         assert!(m.get("subPath").is_none(), "mount {name}: subPath mounts never see a Secret's update");
@@ -635,6 +636,9 @@ fn the_kubernetes_secret_holds_the_shipped_configuration_where_the_arguments_nam
         };
         for s in sources {
             let sname = str_at(s, "name");
+            if s.get("optional").and_then(Yaml::as_bool) == Some(true) {
+                optional.insert(sname.to_owned());
+            }
             for item in list_at(s, "items") {
                 let file = format!("{dir}/{}", str_at(item, "path"));
                 files.insert(file, (sname.to_owned(), str_at(item, "key").to_owned()));
@@ -664,6 +668,8 @@ fn the_kubernetes_secret_holds_the_shipped_configuration_where_the_arguments_nam
         ("/etc/turn-relay/nonce/secret", "turn-relay-nonce", "secret"),
     ] {
         assert_eq!(files.get(path), Some(&(secret.to_owned(), key.to_owned())), "{path} is not mounted: {files:?}");
+        // Optional: pods on a cluster without it (as shipped) still start.
+        assert!(optional.contains(secret), "the Secret {secret} is not optional: pods would not start without it");
         assert!(
             guide.contains(path) && guide.contains(&format!("{secret} --from-file={key}=")),
             "docs/deploy.md: {path}"
