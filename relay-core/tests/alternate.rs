@@ -170,6 +170,16 @@ fn v4_udp(port: u16) -> Client {
     Client::udp(SocketAddr::new("192.0.2.10".parse().unwrap(), port), addr("203.0.113.1:3478"))
 }
 
+/// A TLS client from 192.0.2.10:`port` on the TLS listener (connection 3).
+fn v4_tls(port: u16) -> Client {
+    Client {
+        transport: Transport::Tls,
+        remote: SocketAddr::new("192.0.2.10".parse().unwrap(), port),
+        local: addr("203.0.113.1:5349"),
+        conn: 3,
+    }
+}
+
 fn config() -> ServerConfig {
     ServerConfig { alternates: alternates(), ..ServerConfig::default() }
 }
@@ -238,12 +248,7 @@ fn a_first_unauthenticated_allocate_is_redirected_before_the_challenge() {
 fn tls_clients_get_the_tls_address_and_the_domain() {
     let mut h = H::with(config());
     h.server.set_accepting(false);
-    let tls = Client {
-        transport: Transport::Tls,
-        remote: addr("192.0.2.10:40000"),
-        local: addr("203.0.113.1:5349"),
-        conn: 3,
-    };
+    let tls = v4_tls(40000);
     let resp = h.allocate(&tls);
     assert_eq!(code(&resp), Some(300));
     assert_eq!(alternate_server(&resp), Some(addr("198.51.100.20:5349")));
@@ -602,12 +607,7 @@ fn an_alternate_of_the_other_family_follows_the_first() {
     let resp = h.send(&c6, &req);
     assert_eq!(alternate_servers(&resp), [addr("[2001:db8::20]:3478"), addr("198.51.100.20:3478")]);
     // TLS: both TLS addresses (one domain), ALTERNATE-DOMAIN once.
-    let tls = Client {
-        transport: Transport::Tls,
-        remote: addr("192.0.2.10:40001"),
-        local: addr("203.0.113.1:5349"),
-        conn: 3,
-    };
+    let tls = v4_tls(40001);
     let resp = h.allocate(&tls);
     assert_eq!(alternate_servers(&resp), [addr("198.51.100.20:5349"), addr("[2001:db8::20]:5349")]);
     assert_eq!(text(&resp, AttributeType::ALTERNATE_DOMAIN).as_deref(), Some("turn-b.example.org"));

@@ -42,4 +42,4 @@ pub use shard::{
     AllocationInfo, ClientAction, Ending, Event, FastEntry, Flow, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerRoute,
     PeerSegment, Server, ServerConfig, ServerParts, Traffic,
 };
-pub use table::{Client, Transport};
+pub use table::{Client, FiveTuple, Transport};

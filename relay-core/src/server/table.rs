@@ -66,16 +66,22 @@ impl Client {
         Client { transport: Transport::Udp, remote, local, conn: 0 }
     }
 
-    fn key(&self) -> FiveTuple {
+    /// The 5-tuple that names the client's allocation (the connection
+    /// handle left out).
+    pub fn key(&self) -> FiveTuple {
         FiveTuple { transport: self.transport, remote: self.remote, local: self.local }
     }
 }
 
+/// A client's 5-tuple: what an allocation is keyed by (RFC 8656 §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FiveTuple {
-    transport: Transport,
-    remote: SocketAddr,
-    local: SocketAddr,
+pub struct FiveTuple {
+    /// The transport.
+    pub transport: Transport,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The server's address the client reached.
+    pub local: SocketAddr,
 }
 
 /// A permission: the peer IP and when it expires.

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use relay_core::server::{Client, Server, Transport};
+use relay_core::server::{Client, FiveTuple, Server, Transport};
 use relay_core::wire::proxy;
 use slab::Slab;
 
@@ -105,14 +105,6 @@ struct Conn {
     /// Counted in `per_source` under its client's address (a balancer's
     /// connection is counted once its PROXY header names the client).
     counted: bool,
-}
-
-/// What names a connection's client to the server: the allocation's
-/// 5-tuple (transport, client address, listener address).
-type ClientKey = (Transport, SocketAddr, SocketAddr);
-
-fn client_key(c: &Client) -> ClientKey {
-    (c.transport, c.remote, c.local)
 }
 
 /// Counters of the stream side.
@@ -190,7 +182,7 @@ pub struct Streams {
     /// The connection each client (its 5-tuple) is: a direct one from its
     /// accept, a balancer's once its PROXY header came (empty without
     /// trusted balancers).
-    by_client: HashMap<ClientKey, usize>,
+    by_client: HashMap<FiveTuple, usize>,
     /// Networks whose connections begin with a PROXY header.
     proxy_from: Vec<IpNet>,
     limits: StreamLimits,
@@ -379,7 +371,7 @@ impl Streams {
                 // (a balancer's header claiming it first keeps it). Kept
                 // only where headers can come, to refuse one naming it.
                 if !self.proxy_from.is_empty() {
-                    self.by_client.entry(client_key(&client)).or_insert(id);
+                    self.by_client.entry(client.key()).or_insert(id);
                 }
             }
             entry.insert(Conn { sock: stream, state, counted: !behind_balancer });
@@ -410,7 +402,7 @@ impl Streams {
         // IPv4-mapped IPv6 address: it is the IPv4 client it is.
         let named = header.client().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
         let client = Client { remote: named.unwrap_or(c.state.client().remote), ..*c.state.client() };
-        if self.by_client.contains_key(&client_key(&client)) {
+        if self.by_client.contains_key(&client.key()) {
             self.refuse(id, ProxyRefusal::Duplicate, now, server);
             return false;
         }
@@ -423,7 +415,7 @@ impl Streams {
         }
         let Some(c) = self.conns.get_mut(id) else { return false };
         c.state.set_remote(client.remote);
-        self.by_client.insert(client_key(&client), id);
+        self.by_client.insert(client.key(), id);
         if named.is_some() {
             c.counted = true;
             *self.per_source.entry(client.remote.ip()).or_insert(0) += 1;
@@ -598,8 +590,8 @@ impl Streams {
             let _ = self.epoll.delete(c.sock.as_raw_fd());
             let client = *c.state.client();
             let ip = client.remote.ip();
-            if self.by_client.get(&client_key(&client)) == Some(&id) {
-                self.by_client.remove(&client_key(&client));
+            if self.by_client.get(&client.key()) == Some(&id) {
+                self.by_client.remove(&client.key());
             }
             if c.counted
                 && let Some(n) = self.per_source.get_mut(&ip)
